@@ -1,0 +1,25 @@
+"""RunComfy Model API client and the Seedream 4.0 edit-sequential schema. No ComfyUI or torch needed."""
+
+from .client import CancelResult, JobResult, JobStatus, RunComfyClient, Submission, Timeouts
+from .config import DEFAULT_BASE_URL, Credentials, resolve_base_url, resolve_credentials
+from .errors import (
+    AuthenticationError,
+    ConfigurationError,
+    DeadlineExceededError,
+    DownloadError,
+    InputError,
+    InsufficientBalanceError,
+    JobCancelledError,
+    JobFailedError,
+    OutcomeUnknownError,
+    RequestNotFoundError,
+    RunComfyError,
+    ServiceError,
+    StopRequested,
+)
+from .job import JobEvent, run_job
+from .pipeline import GenerationResult, GenerationSettings, Progress, Reference, generate, parse_url_lines
+from .retry import RetryPolicy
+from .schema import IMAGE_SIZES, MODEL_ID, EditSequentialRequest
+
+__all__ = [name for name in dir() if not name.startswith("_")]

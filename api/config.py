@@ -1,0 +1,99 @@
+"""Where the API token and the service address come from.
+
+The token is read from the environment or RunComfy's CLI token file, never
+from a node input, so it cannot end up in a saved workflow or PNG metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError
+
+DEFAULT_BASE_URL = "https://model-api.runcomfy.net/v1"
+BASE_URL_ENV = "RUNCOMFY_MODEL_API_BASE"
+TOKEN_ENV_VARS: tuple[str, ...] = ("RUNCOMFY_API_TOKEN", "RUNCOMFY_TOKEN")
+_TOKEN_FILE_KEYS: tuple[str, ...] = ("token", "api_token", "access_token", "api_key")
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A token and a human-readable note of where it came from (never the token itself)."""
+
+    token: str = field(repr=False)
+    source: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(source={self.source!r}, token=<hidden>)"
+
+
+def cli_token_files(env: Mapping[str, str]) -> list[Path]:
+    """RunComfy's CLI keeps its token in ~/.config/runcomfy/token.json."""
+    candidates = []
+    if env.get("XDG_CONFIG_HOME"):
+        candidates.append(Path(env["XDG_CONFIG_HOME"]) / "runcomfy" / "token.json")
+    home = env.get("HOME") or str(Path.home())
+    candidates.append(Path(home) / ".config" / "runcomfy" / "token.json")
+    return list(dict.fromkeys(candidates))
+
+
+def _token_from_file(path: Path) -> str | None:
+    try:
+        raw = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        return raw if "\n" not in raw and " " not in raw else None
+    if isinstance(data, str):
+        return data.strip() or None
+    if isinstance(data, dict):
+        for key in _TOKEN_FILE_KEYS:
+            value = data.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+    return None
+
+
+def resolve_credentials(env: Mapping[str, str] | None = None) -> Credentials:
+    """The token from RUNCOMFY_API_TOKEN, else RUNCOMFY_TOKEN, else the CLI token file."""
+    env = os.environ if env is None else env
+    for name in TOKEN_ENV_VARS:
+        value = (env.get(name) or "").strip()
+        if value:
+            return Credentials(value, f"environment variable {name}")
+    for path in cli_token_files(env):
+        token = _token_from_file(path)
+        if token:
+            return Credentials(token, f"token file {path}")
+    raise ConfigurationError(
+        "No RunComfy API token found. Create one in your RunComfy account (Profile > API tokens), then either "
+        "set the environment variable RUNCOMFY_API_TOKEN before starting ComfyUI, or save it as "
+        '{"token": "..."} in ~/.config/runcomfy/token.json. Nothing was sent.'
+    )
+
+
+def resolve_base_url(env: Mapping[str, str] | None = None) -> str:
+    """RUNCOMFY_MODEL_API_BASE, same meaning as for RunComfy's CLI, without a trailing slash."""
+    env = os.environ if env is None else env
+    base = (env.get(BASE_URL_ENV) or "").strip() or DEFAULT_BASE_URL
+    if not base.startswith(("https://", "http://")):
+        raise ConfigurationError(
+            f"{BASE_URL_ENV} is {base!r}; it must be an http(s) URL such as {DEFAULT_BASE_URL}."
+        )
+    host = (urlsplit(base).hostname or "").lower()
+    if base.startswith("http://") and host not in _LOOPBACK_HOSTS:
+        raise ConfigurationError(
+            f"{BASE_URL_ENV} is {base!r}: plain http would send your token unencrypted. "
+            "Use https (plain http is allowed only for a local test service on 127.0.0.1)."
+        )
+    return base.rstrip("/")

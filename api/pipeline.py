@@ -1,0 +1,243 @@
+"""The whole job for one node run: validate, encode references, submit, wait, download.
+
+Plain Python on numpy arrays, so scripts and tests can drive exactly what the
+ComfyUI node drives. Every check runs before anything is encoded or sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .client import RunComfyClient
+from .config import Credentials, resolve_base_url, resolve_credentials
+from .downloads import ResultDownloader, UrlPolicy
+from .errors import StopRequested
+from .job import DEFAULT_DEADLINE_S, JobEvent
+from .references import DEFAULT_PNG_COMPRESS_LEVEL, EncodedReference, check_frame_shape, encode_reference
+from .schema import (
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_MAX_IMAGES,
+    IMAGE_SIZES,
+    MAX_BODY_BYTES,
+    MAX_REFERENCE_BYTES,
+    OPTIMIZE_PROMPT_OPTIONS,
+    SEQUENTIAL_MODES,
+    EditSequentialRequest,
+    check_choice,
+    check_image_url,
+    check_max_images,
+    check_prompt,
+    check_reference_count,
+    check_seed,
+)
+from .waiting import StopCheck, never_stop, run_stoppable
+
+BODY_SLACK_BYTES = 64 * 1024  # room for the prompt and the other fields
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """The node's widgets, named as the user sees them."""
+
+    prompt: str
+    max_images: int = DEFAULT_MAX_IMAGES
+    image_size: str = DEFAULT_IMAGE_SIZE
+    seed: int | None = None
+    optimize_prompt: str = "fast"
+    sequential_image_generation: str = "auto"
+
+    def validate(self, reference_count: int) -> None:
+        check_prompt(self.prompt)
+        check_max_images(self.max_images)
+        check_choice("image_size", self.image_size, IMAGE_SIZES)
+        check_seed(self.seed)
+        check_choice("optimize_prompt", self.optimize_prompt, OPTIMIZE_PROMPT_OPTIONS)
+        check_choice("sequential_image_generation", self.sequential_image_generation, SEQUENTIAL_MODES)
+        check_reference_count(reference_count, self.max_images, self.sequential_image_generation)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One reference frame: (H, W, C) floats in 0..1 and the name the user knows it by."""
+
+    label: str
+    pixels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Progress:
+    text: str
+    fraction: float  # 0..1 of the whole run
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    request_id: str
+    urls: tuple[str, ...]
+    images: list[np.ndarray]  # uint8 RGB (H, W, 3), in result order
+    cost_usd: float | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+ProgressSink = Callable[[Progress], None]
+
+
+def parse_url_lines(text: str | None) -> list[str]:
+    """One URL per line; blank lines and lines starting with # are ignored."""
+    if not text:
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def per_reference_byte_limit(data_reference_count: int) -> int:
+    """Each PNG must be under 10 MB, and all of them base64-encoded must fit in one request body."""
+    if data_reference_count == 0:
+        return MAX_REFERENCE_BYTES - 1
+    share = (MAX_BODY_BYTES - BODY_SLACK_BYTES) * 3 // 4 // data_reference_count
+    return min(MAX_REFERENCE_BYTES - 1, share)
+
+
+def _running_fraction(elapsed_s: float) -> float:
+    """Generation time is unknown; approach 0.8 smoothly so the bar keeps moving."""
+    return 0.2 + 0.6 * (1.0 - math.exp(-elapsed_s / 90.0))
+
+
+class _ProgressReporter:
+    def __init__(self, sink: ProgressSink | None) -> None:
+        self.sink = sink
+        self.fraction = 0.0
+
+    def __call__(self, text: str, fraction: float | None = None) -> None:
+        if fraction is not None:
+            self.fraction = max(self.fraction, min(1.0, fraction))
+        if self.sink is not None:
+            self.sink(Progress(text, self.fraction))
+
+    def job_event(self, event: JobEvent) -> None:
+        fractions = {"submitting": 0.1, "submitted": 0.15, "queued": 0.17, "finishing": 0.8}
+        if event.phase == "running":
+            self(event.message, _running_fraction(event.elapsed_s or 0.0))
+        else:
+            self(event.message, fractions.get(event.phase))
+
+
+async def encode_references(
+    references: Sequence[Reference],
+    *,
+    max_file_bytes: int,
+    compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL,
+    workers: int | None = None,
+    on_encoded: Callable[[EncodedReference, int], None] | None = None,
+) -> list[EncodedReference]:
+    """PNG-encode references in parallel threads (PIL's encoder releases the GIL), keeping their order."""
+    if not references:
+        return []
+    loop = asyncio.get_running_loop()
+    workers = workers or min(len(references), os.cpu_count() or 1)
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="runcomfy-encode") as pool:
+
+        async def one(ref: Reference) -> EncodedReference:
+            nonlocal done
+            encoded = await loop.run_in_executor(
+                pool,
+                lambda: encode_reference(ref.label, ref.pixels, max_file_bytes=max_file_bytes, compress_level=compress_level),
+            )
+            done += 1
+            if on_encoded is not None:
+                on_encoded(encoded, done)
+            return encoded
+
+        return list(await asyncio.gather(*(one(ref) for ref in references)))
+
+
+async def generate(
+    references: Sequence[Reference],
+    image_urls: Sequence[str],
+    settings: GenerationSettings,
+    *,
+    credentials: Credentials | None = None,
+    base_url: str | None = None,
+    on_progress: ProgressSink | None = None,
+    should_stop: StopCheck | None = None,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+    compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL,
+    client_options: dict | None = None,
+) -> GenerationResult:
+    stop = should_stop or never_stop
+    report = _ProgressReporter(on_progress)
+
+    # 1. Everything the user can get wrong, before any work or spending.
+    credentials = credentials or resolve_credentials()
+    base_url = base_url or resolve_base_url()
+    settings.validate(len(references) + len(image_urls))
+    for ref in references:
+        check_frame_shape(ref.label, ref.pixels)
+    urls = [check_image_url(f"image_urls line {i}", url) for i, url in enumerate(image_urls, start=1)]
+
+    # 2. References -> PNG data URIs.
+    notes: list[str] = []
+
+    def encoded_one(encoded: EncodedReference, done: int) -> None:
+        for note in encoded.notes:
+            notes.append(f"{encoded.label}: {note}")
+        extra = f" ({encoded.label}: {'; '.join(encoded.notes)})" if encoded.notes else ""
+        report(f"Encoding references {done}/{len(references)}{extra}", 0.1 * done / len(references))
+
+    if references:
+        report(f"Encoding references 0/{len(references)}", 0.0)
+    stopped, encoded = await run_stoppable(
+        encode_references(
+            references,
+            max_file_bytes=per_reference_byte_limit(len(references)),
+            compress_level=compress_level,
+            on_encoded=encoded_one,
+        ),
+        stop,
+    )
+    if stopped:
+        raise StopRequested("Stopped while preparing the references: nothing was sent and nothing is charged.")
+
+    request = EditSequentialRequest(
+        images=tuple(e.data_uri for e in encoded) + tuple(urls),
+        text=settings.prompt,
+        max_images=settings.max_images,
+        image_size=settings.image_size,
+        seed=settings.seed,
+        optimize_prompt=settings.optimize_prompt,
+        sequential_image_generation=settings.sequential_image_generation,
+    ).validate()
+
+    # 3. Submit once, wait, 4. download.
+    async with RunComfyClient(credentials, base_url, on_retry=lambda m: report(m), **(client_options or {})) as client:
+        result = await client.run(
+            request.model_id,
+            request.to_payload(),
+            deadline_s=deadline_s,
+            on_event=report.job_event,
+            should_stop=stop,
+        )
+    count = len(result.urls)
+    asked = request.to_payload()["sequential_image_generation_options"]
+    if count < asked:
+        notes.append(f"the model returned {count} of up to {asked} images")
+    report(f"Downloading 0/{count}", 0.8)
+    downloader = ResultDownloader(UrlPolicy.for_base_url(base_url))
+    stopped, images = await run_stoppable(
+        downloader.fetch_all(result.urls, lambda done, total: report(f"Downloading {done}/{total}", 0.8 + 0.2 * done / total)),
+        stop,
+    )
+    if stopped:
+        raise StopRequested(
+            f"Stopped while downloading the results of request {result.request_id}; the job itself is finished "
+            "(and charged). Its result links stay valid for about a day.",
+            request_id=result.request_id,
+        )
+    return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(notes))

@@ -1,0 +1,255 @@
+"""The input schema of bytedance/seedream-4-0/edit-sequential, as checks and a typed request.
+
+Every rule of the published schema lives here once, so the node, scripts and
+the local fake service agree on it. Checks raise `InputError` naming the field,
+the limit and the fix; nothing is sent when one fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+from urllib.parse import urlsplit
+
+from .errors import InputError
+
+MODEL_ID = "bytedance/seedream-4-0/edit-sequential"
+
+IMAGE_SIZES: tuple[str, ...] = (
+    "2048:2048 (1:1)",
+    "2304:1728 (4:3)",
+    "1728:2304 (3:4)",
+    "2560:1440 (16:9)",
+    "1440:2560 (9:16)",
+    "2496:1664 (3:2)",
+    "1664:2496 (2:3)",
+    "3024:1296 (21:9)",
+)
+DEFAULT_IMAGE_SIZE = "2560:1440 (16:9)"
+OPTIMIZE_PROMPT_OPTIONS: tuple[str, ...] = ("fast", "standard")
+SEQUENTIAL_MODES: tuple[str, ...] = ("auto", "disabled")
+
+MAX_REFERENCES = 10
+MAX_TOTAL_IMAGES = 15  # references + generated images, when sequential generation is "auto"
+MAX_IMAGES_LIMIT = 15
+DEFAULT_MAX_IMAGES = 3
+MAX_PROMPT_CHARS = 600
+SEED_MAX = 2_147_483_647
+MIN_SIDE_EXCLUSIVE = 14  # each side must be > 14 px
+MAX_SIDE_EXCLUSIVE = 6000  # each side must be < 6000 px
+MIN_ASPECT_EXCLUSIVE = 1 / 3  # width / height must be > 1/3 ...
+MAX_ASPECT_EXCLUSIVE = 3.0  # ... and < 3
+MAX_REFERENCE_BYTES = 10_000_000  # each file under 10 MB
+MAX_BODY_BYTES = 64 * 1024 * 1024  # keep the submit body under what RunComfy's own nodes send
+
+_DATA_URI = re.compile(r"^data:(image/(?:png|jpeg|jpg));base64,", re.IGNORECASE)
+
+
+def image_size_pixels(image_size: str) -> tuple[int, int]:
+    """`"2560:1440 (16:9)"` -> (2560, 1440)."""
+    width, height = image_size.split(" ", 1)[0].split(":")
+    return int(width), int(height)
+
+
+def check_prompt(text: Any) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(
+            "prompt",
+            "is empty. Describe the images you want and say how many, e.g. "
+            "'Generate 3 images of this character in different poses'.",
+        )
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InputError(
+            "prompt",
+            f"has {len(text)} characters; the model accepts at most {MAX_PROMPT_CHARS}. "
+            f"Shorten it by {len(text) - MAX_PROMPT_CHARS} characters.",
+        )
+    return text
+
+
+def check_choice(field_name: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise InputError(field_name, f"{value!r} is not accepted. Choose one of: {listed}.")
+    return value
+
+
+def check_max_images(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_IMAGES_LIMIT:
+        raise InputError("max_images", f"is {value!r}; it must be a whole number from 1 to {MAX_IMAGES_LIMIT}.")
+    return value
+
+
+def check_seed(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise InputError("seed", f"is {value!r}; it must be a whole number from 0 to {SEED_MAX}.")
+    return value
+
+
+def check_reference_count(count: int, max_images: int, mode: str) -> None:
+    """1..10 references, and references + max_images <= 15 when the model may return a set."""
+    if count < 1:
+        raise InputError(
+            "image_1",
+            "no reference image was given. Connect at least one IMAGE to image_1 or put an https URL in image_urls.",
+        )
+    if count > MAX_REFERENCES:
+        raise InputError(
+            "images",
+            f"{count} reference images were given (every frame of every connected batch counts); "
+            f"the model accepts at most {MAX_REFERENCES}. Disconnect inputs or pick fewer frames.",
+        )
+    if mode == "auto" and count + max_images > MAX_TOTAL_IMAGES:
+        allowed = MAX_TOTAL_IMAGES - count
+        raise InputError(
+            "max_images",
+            f"{count} references + max_images {max_images} = {count + max_images}, but references plus "
+            f"generated images cannot exceed {MAX_TOTAL_IMAGES}. Set max_images to {allowed} or less, "
+            f"or use fewer references.",
+        )
+
+
+def check_reference_dimensions(label: str, width: int, height: int) -> None:
+    """Side and aspect-ratio rules. Sides of 6000 px or more are not checked here: they get downscaled."""
+    if width <= MIN_SIDE_EXCLUSIVE or height <= MIN_SIDE_EXCLUSIVE:
+        raise InputError(
+            label,
+            f"is {width}x{height} px; each side must be more than {MIN_SIDE_EXCLUSIVE} px. "
+            "Use a larger image or upscale it first.",
+        )
+    ratio = width / height
+    if not MIN_ASPECT_EXCLUSIVE < ratio < MAX_ASPECT_EXCLUSIVE:
+        raise InputError(
+            label,
+            f"is {width}x{height} px (aspect {ratio:.3g}); width/height must be between 1:3 and 3:1 "
+            "(exclusive). Crop or pad it to a less extreme aspect ratio.",
+        )
+
+
+def check_image_url(label: str, url: Any) -> str:
+    """A reference URL the service can fetch: public https, no credentials in it."""
+    if not isinstance(url, str) or not url.strip():
+        raise InputError(label, "is empty; give one https URL per line.")
+    url = url.strip()
+    if any(ch.isspace() for ch in url):
+        raise InputError(label, f"{_shorten(url)!r} contains spaces; put one URL per line.")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise InputError(label, f"{_shorten(url)!r} is not a valid URL.") from None
+    if parts.scheme.lower() != "https":
+        shown = parts.scheme + ":" if parts.scheme else "no scheme"
+        raise InputError(
+            label,
+            f"{_shorten(url)!r} uses {shown}; only public https:// URLs are accepted "
+            "(RunComfy fetches the file from its servers). Upload the image somewhere public, or connect it as an IMAGE.",
+        )
+    if not host:
+        raise InputError(label, f"{_shorten(url)!r} has no host name.")
+    if parts.username or parts.password:
+        raise InputError(label, "contains a user name or password; use a pre-signed or public URL instead.")
+    if _is_private_host(host):
+        raise InputError(
+            label,
+            f"points at {host}, which RunComfy's servers cannot reach. Use a public https URL, "
+            "or connect the image as an IMAGE input.",
+        )
+    return url
+
+
+def _is_private_host(host: str) -> bool:
+    lowered = host.lower().rstrip(".")
+    if lowered == "localhost" or lowered.endswith((".localhost", ".local", ".internal")):
+        return True
+    try:
+        address = ipaddress.ip_address(lowered)
+    except ValueError:
+        return False
+    return not address.is_global
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_data_uri(label: str, uri: str) -> int:
+    """A `data:image/png|jpeg;base64,` URI whose file is under the size limit. Returns the file size."""
+    match = _DATA_URI.match(uri)
+    if not match:
+        raise InputError(label, "is a data: URI that is not a base64 PNG or JPEG.")
+    encoded_length = len(uri) - match.end()
+    size = encoded_length * 3 // 4 - uri[-2:].count("=")
+    if size >= MAX_REFERENCE_BYTES:
+        raise InputError(
+            label,
+            f"is {size / 1e6:.1f} MB; each reference must be under {MAX_REFERENCE_BYTES / 1e6:.0f} MB. Use a smaller image.",
+        )
+    return size
+
+
+def decode_data_uri(uri: str) -> bytes:
+    """The file bytes of a base64 data URI (used by the local fake service)."""
+    match = _DATA_URI.match(uri)
+    if not match:
+        raise ValueError("not a base64 PNG/JPEG data URI")
+    try:
+        return base64.b64decode(uri[match.end():], validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"bad base64: {exc}") from None
+
+
+@dataclass(frozen=True)
+class EditSequentialRequest:
+    """One submit of the model, field for field. `validate()` enforces every schema rule."""
+
+    images: tuple[str, ...]
+    text: str
+    max_images: int = DEFAULT_MAX_IMAGES
+    image_size: str = DEFAULT_IMAGE_SIZE
+    seed: int | None = None
+    optimize_prompt: str = "fast"
+    sequential_image_generation: str = "auto"
+    model_id: str = field(default=MODEL_ID, repr=False)
+
+    def validate(self) -> "EditSequentialRequest":
+        check_prompt(self.text)
+        check_max_images(self.max_images)
+        check_choice("image_size", self.image_size, IMAGE_SIZES)
+        check_seed(self.seed)
+        check_choice("optimize_prompt", self.optimize_prompt, OPTIMIZE_PROMPT_OPTIONS)
+        check_choice("sequential_image_generation", self.sequential_image_generation, SEQUENTIAL_MODES)
+        check_reference_count(len(self.images), self.max_images, self.sequential_image_generation)
+        for index, uri in enumerate(self.images, start=1):
+            label = f"reference {index}"
+            if isinstance(uri, str) and uri.startswith("data:"):
+                check_data_uri(label, uri)
+            else:
+                check_image_url(label, uri)
+        return self
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON body of the submit call.
+
+        With sequential generation "disabled" the model makes exactly one image, so the
+        maximum sent is 1: the price scales with this field and nothing more can come back.
+        """
+        max_images = self.max_images if self.sequential_image_generation == "auto" else 1
+        payload: dict[str, Any] = {
+            "images": list(self.images),
+            "text": self.text,
+            "sequential_image_generation_options": max_images,
+            "image_size": self.image_size,
+            "optimize_prompt_options": self.optimize_prompt,
+            "sequential_image_generation": self.sequential_image_generation,
+        }
+        if self.seed is not None:
+            payload["seed"] = self.seed
+        return payload

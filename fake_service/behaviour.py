@@ -1,0 +1,49 @@
+"""Knobs of the local fake RunComfy service: timings, outcomes and injected faults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Fault:
+    """One injected misbehaviour, used up by the next matching request.
+
+    kind:
+      "http"     answer `status` (with optional Retry-After) without doing the work
+      "drop"     close the connection without answering (a submit is created first: bytes arrived)
+      "garbage"  answer 200 with truncated JSON (a submit is created first)
+      "stall"    wait `seconds` before handling the request (a submit is created first)
+      "truncate" (files) promise the whole file but send half, then close
+    """
+
+    kind: str
+    status: int = 500
+    retry_after: str | None = None
+    seconds: float = 0.0
+    error_code: str | None = None
+
+
+@dataclass
+class FakeBehaviour:
+    token: str = "fake-runcomfy-token"
+    queue_s: float = 0.3
+    run_s: float = 0.5
+    queue_ahead: int = 2  # queue position when a job arrives
+    images_returned: int | None = None  # None: as many as the prompt asks for, capped by the maximum
+    fail_with: str | None = None  # every job fails with this error text
+    output_scale: float = 1.0  # outputs are image_size x scale (small in tests)
+    mixed_sizes: bool = False  # every other output comes out at a smaller size
+    photographic: bool = False  # noisy outputs that compress like photos (benchmarks)
+    balance_usd: float = 100.0
+    price_per_image_usd: float = 0.03
+    upload_bytes_per_s: float | None = None  # simulated uplink for submit bodies
+    faults: dict[str, list[Fault]] = field(default_factory=dict)  # endpoint -> faults, used in order
+
+    def inject(self, endpoint: str, *faults: Fault) -> None:
+        """endpoint: submit, status, result, cancel, file, catalog."""
+        self.faults.setdefault(endpoint, []).extend(faults)
+
+    def take_fault(self, endpoint: str) -> Fault | None:
+        queue = self.faults.get(endpoint)
+        return queue.pop(0) if queue else None

@@ -1,0 +1,374 @@
+"""A local HTTP server that behaves like the RunComfy Model API for this model.
+
+Real sockets on 127.0.0.1, so the client is tested through its real HTTP
+stack. Counts every submit (each one would be paid), records every request's
+headers, and can be told to misbehave (see `FakeBehaviour.inject`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from .behaviour import Fault, FakeBehaviour
+from .jobs import Job, SchemaViolation, check_payload, new_job, planned_image_count
+
+MODEL_PATH = "/v1/models/bytedance/seedream-4-0/edit-sequential"
+_REQUEST_PATH = re.compile(r"^/v1/requests/([^/]+)/(status|result|cancel)$")
+_FILE_PATH = re.compile(r"^/files/([^/]+)/(\d+)\.png$")
+_UPLOAD_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    at: float
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "_Server"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by default
+        return None
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, code: str | None, message: str, headers: dict[str, str] | None = None) -> None:
+        body: dict[str, Any] = {"error_message": message}
+        if code:
+            body["error_code"] = code
+        self._send_json(status, body, headers)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(2)
+        except OSError:
+            pass
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        rate = self.server.fake.behaviour.upload_bytes_per_s
+        chunks = []
+        remaining = length
+        started = time.monotonic()
+        while remaining > 0:
+            chunk = self.rfile.read(min(_UPLOAD_CHUNK, remaining))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+            if rate:
+                lag = (length - remaining) / rate - (time.monotonic() - started)
+                if lag > 0:
+                    time.sleep(lag)
+        return b"".join(chunks)
+
+    def _authorised(self) -> str | None:
+        header = self.headers.get("Authorization", "")
+        token = header[7:] if header.startswith("Bearer ") else ""
+        if token and token in self.server.fake.valid_tokens:
+            return token
+        self._error(401, "400004", "Invalid, expired or revoked API token")
+        return None
+
+    def _apply_fault(self, fault: Fault | None) -> bool:
+        """Act out a pre-handling fault; True when the request is finished with."""
+        if fault is None:
+            return False
+        if fault.kind == "http":
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
+            code = fault.error_code or ("500001" if fault.status >= 500 else None)
+            self._error(fault.status, code, f"injected HTTP {fault.status}", headers)
+            return True
+        if fault.kind == "drop":
+            self._drop()
+            return True
+        if fault.kind == "garbage":
+            data = b'{"request_id": "trunc'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return True
+        if fault.kind == "stall":
+            time.sleep(fault.seconds)
+        return False
+
+    def _record(self) -> None:
+        self.server.fake.record(RecordedRequest(self.command, self.path, dict(self.headers.items()), time.monotonic()))
+
+    # --- routes ------------------------------------------------------------------------------
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+        self._record()
+        path = self.path.split("?", 1)[0]
+        fake = self.server.fake
+        if path.startswith("/v1/models/"):
+            body = self._read_body()
+            if self._authorised() is None:
+                return
+            if path != MODEL_PATH:
+                self._error(400, "400001", "Unknown model id")
+                return
+            self._submit(body)
+            return
+        match = _REQUEST_PATH.match(path)
+        if match and match.group(2) == "cancel":
+            self._read_body()
+            if self._authorised() is None or self._apply_fault(fake.behaviour.take_fault("cancel")):
+                return
+            job = self._job_or_404(match.group(1))
+            if job is not None:
+                self._send_json(202, fake.cancel(job))
+            return
+        self._error(404, None, "Not found")
+
+    def _submit(self, body: bytes) -> None:
+        fake = self.server.fake
+        fake.count_submit_attempt()
+        fault = fake.behaviour.take_fault("submit")
+        if fault is not None and fault.kind == "http":
+            self._apply_fault(fault)
+            return
+        try:
+            payload = json.loads(body)
+            colours = check_payload(payload)
+        except (ValueError, SchemaViolation) as exc:
+            self._error(422, None, f"Invalid input: {exc}")
+            return
+        token = self.headers["Authorization"][7:]
+        try:
+            job = fake.create_job(payload, colours, token)
+        except _NoBalance:
+            self._error(400, "400002", "Insufficient balance")
+            return
+        if fault is not None:  # the job exists (it reached the service), but the answer goes wrong
+            if fault.kind == "stall":
+                time.sleep(fault.seconds)
+            else:
+                self._apply_fault(fault)
+                return
+        base = fake.base_url
+        rid = job.request_id
+        self._send_json(
+            200,
+            {
+                "request_id": rid,
+                "status_url": f"{base}/requests/{rid}/status",
+                "result_url": f"{base}/requests/{rid}/result",
+                "cancel_url": f"{base}/requests/{rid}/cancel",
+            },
+        )
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._record()
+        path, _, query = self.path.partition("?")
+        fake = self.server.fake
+        file_match = _FILE_PATH.match(path)
+        if file_match:
+            self._serve_file(file_match.group(1), int(file_match.group(2)))
+            return
+        if self._authorised() is None:
+            return
+        if path == MODEL_PATH:
+            if not self._apply_fault(fake.behaviour.take_fault("catalog")):
+                self._send_json(200, fake.catalog())
+            return
+        match = _REQUEST_PATH.match(path)
+        if not match or match.group(2) == "cancel":
+            self._error(404, None, "Not found")
+            return
+        kind = match.group(2)
+        if self._apply_fault(fake.behaviour.take_fault(kind)):
+            return
+        job = self._job_or_404(match.group(1))
+        if job is None:
+            return
+        if job.owner_token != self.headers["Authorization"][7:]:
+            self._error(403, "403001", "Request belongs to another user")
+        elif kind == "status":
+            self._send_json(200, fake.status_body(job))
+        else:
+            self._send_json(200, fake.result_body(job, include_cost="include_cost=true" in query))
+
+    def _job_or_404(self, request_id: str) -> Job | None:
+        job = self.server.fake.jobs.get(request_id)
+        if job is None:
+            self._error(404, "404001", "Request not found or expired")
+        return job
+
+    def _serve_file(self, request_id: str, index: int) -> None:
+        fake = self.server.fake
+        fault = fake.behaviour.take_fault("file")
+        if fault is not None and fault.kind != "truncate" and self._apply_fault(fault):
+            return
+        job = fake.jobs.get(request_id)
+        if job is None or not 0 <= index < job.image_count or job.state()[0] != "completed":
+            self._error(404, None, "No such file")
+            return
+        job.outputs_ready.wait(timeout=120)
+        data = job.outputs[index] or b""
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if fault is not None and fault.kind == "truncate":
+            self.wfile.write(data[: len(data) // 2])
+            self._drop()
+            return
+        self.wfile.write(data)
+
+
+class _NoBalance(Exception):
+    pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, fake: "FakeRunComfy") -> None:
+        super().__init__(("127.0.0.1", fake.port), _Handler)
+        self.fake = fake
+
+
+class FakeRunComfy:
+    """The fake service. `with FakeRunComfy() as fake:` then point the client at `fake.base_url`."""
+
+    def __init__(self, behaviour: FakeBehaviour | None = None, *, port: int = 0) -> None:
+        self.behaviour = behaviour or FakeBehaviour()
+        self.port = port
+        self.valid_tokens = {self.behaviour.token}
+        self.jobs: dict[str, Job] = {}
+        self.requests: list[RecordedRequest] = []
+        self.submit_attempts = 0
+        self.cancel_calls = 0
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> "FakeRunComfy":
+        self._server = _Server(self)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> "FakeRunComfy":
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.origin}/v1"
+
+    # --- state -------------------------------------------------------------------------------
+
+    @property
+    def submits(self) -> int:
+        """Jobs created: each one would be paid for."""
+        return len(self.jobs)
+
+    def record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def count_submit_attempt(self) -> None:
+        with self._lock:
+            self.submit_attempts += 1
+
+    def create_job(self, payload: dict, colours: list[tuple[int, int, int]], token: str) -> Job:
+        with self._lock:
+            cost = planned_image_count(payload, self.behaviour) * self.behaviour.price_per_image_usd
+            if cost > self.behaviour.balance_usd:
+                raise _NoBalance()
+            job = new_job(payload, colours, token, self.behaviour)
+            self.behaviour.balance_usd -= job.cost_usd
+            self.jobs[job.request_id] = job
+            return job
+
+    def cancel(self, job: Job) -> dict[str, Any]:
+        with self._lock:
+            self.cancel_calls += 1
+            state, _ = job.state()
+            if state == "in_queue":
+                job.cancelled = True
+                self.behaviour.balance_usd += job.cost_usd  # a cancelled job is not charged
+                return {"request_id": job.request_id, "status": "cancelled", "outcome": "cancelled"}
+            return {"request_id": job.request_id, "status": state, "outcome": "not_cancellable"}
+
+    def status_body(self, job: Job) -> dict[str, Any]:
+        state, position = job.state()
+        if state == "completed" and job.noticed_done_at is None:
+            job.noticed_done_at = time.monotonic()
+        body: dict[str, Any] = {
+            "request_id": job.request_id,
+            "status": state,
+            "status_url": f"{self.base_url}/requests/{job.request_id}/status",
+            "result_url": f"{self.base_url}/requests/{job.request_id}/result",
+        }
+        if position is not None:
+            body["queue_position"] = position
+        return body
+
+    def result_body(self, job: Job, *, include_cost: bool) -> dict[str, Any]:
+        state, _ = job.state()
+        body: dict[str, Any] = {"request_id": job.request_id, "created_at": job.created}
+        if state != "completed":
+            body["status"] = state
+            return body
+        body["finished_at"] = job.done_at
+        if job.fail_with is not None:
+            body.update(status="failed", error=job.fail_with)
+            return body
+        body["status"] = "succeeded"
+        body["output"] = {"images": [f"{self.origin}/files/{job.request_id}/{i}.png" for i in range(job.image_count)]}
+        if include_cost:
+            body["cost"] = job.cost_usd
+        return body
+
+    def catalog(self) -> dict[str, Any]:
+        return {
+            "model_id": "bytedance/seedream-4-0/edit-sequential",
+            "base_price_usd": self.behaviour.price_per_image_usd,
+            "price_unit": "image",
+            "pricing_note": "Charged per generated image (local fake service).",
+            "input_schema": {},
+        }
+
+    def requests_to(self, prefix: str) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.startswith(prefix)]

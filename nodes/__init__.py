@@ -1,0 +1,6 @@
+"""ComfyUI adapters: widgets, progress, Stop and tensor conversion around `api`."""
+
+from .seedream_edit_sequential import RunComfySeedream4EditSequential
+
+NODE_CLASS_MAPPINGS = {"RunComfySeedream4EditSequential": RunComfySeedream4EditSequential}
+NODE_DISPLAY_NAME_MAPPINGS = {"RunComfySeedream4EditSequential": "Seedream 4.0 Edit Sequential (RunComfy)"}

@@ -1,0 +1,73 @@
+"""The few ComfyUI services the node uses, looked up at call time with quiet fallbacks.
+
+The pack imports and runs without ComfyUI (scripts, tests); inside ComfyUI
+these reach its progress text, progress bar and Stop button.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from types import ModuleType
+from typing import Any
+
+log = logging.getLogger("runcomfy.seedream")
+
+
+def _module(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - absent or broken outside ComfyUI: fall back quietly
+        return None
+
+
+def send_progress_text(text: str, node_id: str | None) -> None:
+    """Text under the node in ComfyUI's canvas (and in the log when ComfyUI is absent)."""
+    server = _module("server")
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    if instance is not None and node_id is not None and hasattr(instance, "send_progress_text"):
+        try:
+            instance.send_progress_text(text, node_id)
+            return
+        except Exception:  # noqa: BLE001 - progress must never break a paid run
+            log.debug("send_progress_text failed", exc_info=True)
+    log.info("%s", text)
+
+
+class ProgressBar:
+    """comfy.utils.ProgressBar when available, otherwise nothing."""
+
+    def __init__(self, total: int, node_id: str | None) -> None:
+        self.total = total
+        utils = _module("comfy.utils")
+        self._bar: Any = None
+        if utils is not None and hasattr(utils, "ProgressBar"):
+            try:
+                self._bar = utils.ProgressBar(total, node_id=node_id)
+            except TypeError:  # older ComfyUI without node_id
+                self._bar = utils.ProgressBar(total)
+            except Exception:  # noqa: BLE001
+                self._bar = None
+
+    def set(self, value: int) -> None:
+        if self._bar is not None:
+            try:
+                self._bar.update_absolute(value, self.total)
+            except Exception:  # noqa: BLE001
+                log.debug("progress bar update failed", exc_info=True)
+
+
+def processing_interrupted() -> bool:
+    """True once the user pressed Stop (or ComfyUI is cancelling the prompt)."""
+    mm = _module("comfy.model_management")
+    check = getattr(mm, "processing_interrupted", None)
+    return bool(check()) if callable(check) else False
+
+
+def interruption(message: str) -> BaseException:
+    """ComfyUI's InterruptProcessingException (a clean "interrupted" in the UI), else a RuntimeError."""
+    mm = _module("comfy.model_management")
+    exc_type = getattr(mm, "InterruptProcessingException", None)
+    if isinstance(exc_type, type) and issubclass(exc_type, BaseException):
+        return exc_type(message)
+    return RuntimeError(message)

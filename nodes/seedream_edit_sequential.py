@@ -1,0 +1,172 @@
+"""The ComfyUI node: widgets in, images out. All real work happens in `api.pipeline`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api.errors import InputError, StopRequested
+from ..api.pipeline import GenerationSettings, Progress, generate, parse_url_lines
+from ..api.schema import (
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_MAX_IMAGES,
+    IMAGE_SIZES,
+    MAX_IMAGES_LIMIT,
+    MAX_PROMPT_CHARS,
+    MAX_REFERENCES,
+    OPTIMIZE_PROMPT_OPTIONS,
+    SEED_MAX,
+    SEQUENTIAL_MODES,
+)
+from . import comfy_bridge
+from .tensors import reference_frames, to_image_batch, to_image_list
+
+OPTIONAL_IMAGE_SOCKETS = tuple(f"image_{i}" for i in range(2, MAX_REFERENCES + 1))
+PROGRESS_STEPS = 100
+
+
+class RunComfySeedream4EditSequential:
+    """Seedream 4.0 edit-sequential on RunComfy: a consistent set of images from references and a prompt."""
+
+    CATEGORY = "RunComfy/Seedream"
+    FUNCTION = "generate"
+    RETURN_TYPES = ("IMAGE", "IMAGE", "STRING", "STRING")
+    RETURN_NAMES = ("images", "image_list", "urls", "request_id")
+    OUTPUT_IS_LIST = (False, True, False, False)
+    OUTPUT_TOOLTIPS = (
+        "All generated images as one batch. If they differ in size they are centred on the largest canvas "
+        "with black borders (never stretched).",
+        "The same images one by one at their native sizes.",
+        "The result URLs, one per line. They expire after about a day.",
+        "The RunComfy request id of this job (useful for support or your dashboard).",
+    )
+    DESCRIPTION = (
+        "Generates a consistent set of images from 1-10 reference images and a prompt with ByteDance "
+        "Seedream 4.0 (edit-sequential) on the RunComfy Model API. Needs a RunComfy API token in "
+        "RUNCOMFY_API_TOKEN or ~/.config/runcomfy/token.json. Each run is charged by RunComfy."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:  # noqa: N802 - ComfyUI's name
+        image_tip = "A reference image. Every frame of a batch counts as one reference ({max} in all, across all inputs)."
+        optional: dict[str, Any] = {
+            name: ("IMAGE", {"tooltip": image_tip.format(max=MAX_REFERENCES)}) for name in OPTIONAL_IMAGE_SOCKETS
+        }
+        optional["image_urls"] = (
+            "STRING",
+            {
+                "multiline": True,
+                "default": "",
+                "tooltip": "Optional public https URLs of more reference images, one per line. They are sent "
+                "unchanged, after the connected images. Lines starting with # are ignored.",
+            },
+        )
+        return {
+            "required": {
+                "image_1": ("IMAGE", {"tooltip": image_tip.format(max=MAX_REFERENCES)}),
+                "prompt": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "Generate 3 images of this character in different poses, consistent style.",
+                        "tooltip": f"What to make, at most {MAX_PROMPT_CHARS} characters. The model decides how many "
+                        "images to return from the prompt, so say the number, e.g. 'Generate 4 images of …'.",
+                    },
+                ),
+                "max_images": (
+                    "INT",
+                    {
+                        "default": DEFAULT_MAX_IMAGES,
+                        "min": 1,
+                        "max": MAX_IMAGES_LIMIT,
+                        "step": 1,
+                        "tooltip": "The most images the model may return; it may return fewer. References plus this "
+                        "cannot exceed 15. The price scales with this value. Ignored (1) when sequential "
+                        "generation is disabled.",
+                    },
+                ),
+                "image_size": (
+                    list(IMAGE_SIZES),
+                    {"default": DEFAULT_IMAGE_SIZE, "tooltip": "Size and aspect ratio of every generated image."},
+                ),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": SEED_MAX,
+                        "control_after_generate": True,
+                        "tooltip": "Same seed and inputs give the same kind of result. Unchanged inputs are not "
+                        "re-run (ComfyUI's cache), so set this to 'fixed' to avoid paying again for the same images.",
+                    },
+                ),
+                "optimize_prompt": (
+                    list(OPTIMIZE_PROMPT_OPTIONS),
+                    {"default": "fast", "tooltip": "How the service rewrites the prompt: fast (quicker) or standard "
+                     "(higher quality, slower)."},
+                ),
+                "sequential_image_generation": (
+                    list(SEQUENTIAL_MODES),
+                    {"default": "auto", "tooltip": "auto: the model may return a set of images (up to max_images). "
+                     "disabled: exactly one image."},
+                ),
+            },
+            "optional": optional,
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    async def generate(
+        self,
+        image_1: Any,
+        prompt: str,
+        max_images: int = DEFAULT_MAX_IMAGES,
+        image_size: str = DEFAULT_IMAGE_SIZE,
+        seed: int = 0,
+        optimize_prompt: str = "fast",
+        sequential_image_generation: str = "auto",
+        image_urls: str = "",
+        unique_id: str | None = None,
+        **more_images: Any,
+    ) -> tuple[Any, ...]:
+        node_id = str(unique_id) if unique_id is not None else None
+        bar = comfy_bridge.ProgressBar(PROGRESS_STEPS, node_id)
+
+        def show(progress: Progress) -> None:
+            comfy_bridge.send_progress_text(progress.text, node_id)
+            bar.set(round(progress.fraction * PROGRESS_STEPS))
+
+        unknown = sorted(set(more_images) - set(OPTIONAL_IMAGE_SOCKETS))
+        if unknown:
+            raise InputError(unknown[0], "is not an input of this node.")
+        sockets = [("image_1", image_1)] + [(name, more_images.get(name)) for name in OPTIONAL_IMAGE_SOCKETS]
+        settings = GenerationSettings(
+            prompt=prompt,
+            max_images=max_images,
+            image_size=image_size,
+            seed=seed,
+            optimize_prompt=optimize_prompt,
+            sequential_image_generation=sequential_image_generation,
+        )
+        try:
+            result = await generate(
+                reference_frames(sockets),
+                parse_url_lines(image_urls),
+                settings,
+                on_progress=show,
+                should_stop=comfy_bridge.processing_interrupted,
+            )
+        except StopRequested as stop:
+            comfy_bridge.send_progress_text(str(stop), node_id)
+            raise comfy_bridge.interruption(str(stop)) from None
+
+        batch, padded = to_image_batch(result.images)
+        summary = f"Done: {len(result.images)} image{'s' if len(result.images) != 1 else ''}, request {result.request_id}"
+        if result.cost_usd is not None:
+            summary += f", cost ${result.cost_usd:.2f}"
+        details = list(result.notes)
+        if padded:
+            details.append(f"sizes differ: padded onto {batch.shape[2]}x{batch.shape[1]} in the batch; image_list keeps native sizes")
+        if details:
+            summary += " (" + "; ".join(details) + ")"
+        comfy_bridge.send_progress_text(summary, node_id)
+        bar.set(PROGRESS_STEPS)
+        return batch, to_image_list(result.images, batch, padded), "\n".join(result.urls), result.request_id

@@ -1,0 +1,105 @@
+"""Shared fixtures: the pack loaded under a fixed name, the local fake service, and a stand-in ComfyUI runtime."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+PACK_ROOT = Path(__file__).resolve().parents[1]
+PACK_NAME = "runcomfy_seedream"
+
+
+def load_pack():
+    """Import the repository as a package, whatever its folder is called (ComfyUI does the same)."""
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    spec = importlib.util.spec_from_file_location(
+        PACK_NAME, PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+load_pack()
+
+from runcomfy_seedream.fake_service import FakeBehaviour, FakeRunComfy  # noqa: E402
+
+
+@pytest.fixture
+def behaviour() -> FakeBehaviour:
+    """Quick jobs with small outputs (image_size / 16), so tests run in a fraction of a second each."""
+    return FakeBehaviour(queue_s=0.3, run_s=0.3, output_scale=1 / 16)
+
+
+@pytest.fixture
+def fake(behaviour, monkeypatch, tmp_path):
+    """The fake service, with the environment of a user who configured it as their API base."""
+    with FakeRunComfy(behaviour) as service:
+        monkeypatch.setenv("HOME", str(tmp_path))
+        monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+        monkeypatch.delenv("RUNCOMFY_TOKEN", raising=False)
+        monkeypatch.setenv("RUNCOMFY_API_TOKEN", behaviour.token)
+        monkeypatch.setenv("RUNCOMFY_MODEL_API_BASE", service.base_url)
+        yield service
+
+
+class ComfyRuntime:
+    """Stand-ins for the parts of ComfyUI the node touches: progress text, progress bar, Stop."""
+
+    def __init__(self) -> None:
+        self.texts: list[tuple[str, str]] = []
+        self.bar_values: list[tuple[int, int]] = []
+        self.interrupted = False
+        self.stop_when = None  # callable(text) -> bool: press Stop when a progress text matches
+
+    def press_stop(self) -> None:
+        self.interrupted = True
+
+    def progress_texts(self) -> list[str]:
+        return [text for text, _ in self.texts]
+
+
+@pytest.fixture
+def comfy(monkeypatch) -> ComfyRuntime:
+    runtime = ComfyRuntime()
+
+    class InterruptProcessingException(Exception):
+        pass
+
+    class PromptServer:
+        instance = None
+
+        def send_progress_text(self, text, node_id, sid=None):
+            runtime.texts.append((text, node_id))
+            if runtime.stop_when is not None and runtime.stop_when(text):
+                runtime.press_stop()
+
+    PromptServer.instance = PromptServer()
+
+    class ProgressBar:
+        def __init__(self, total, node_id=None):
+            self.total = total
+
+        def update_absolute(self, value, total=None, preview=None):
+            runtime.bar_values.append((value, total))
+
+    server = types.ModuleType("server")
+    server.PromptServer = PromptServer
+    comfy_pkg = types.ModuleType("comfy")
+    utils = types.ModuleType("comfy.utils")
+    utils.ProgressBar = ProgressBar
+    mm = types.ModuleType("comfy.model_management")
+    mm.InterruptProcessingException = InterruptProcessingException
+    mm.processing_interrupted = lambda: runtime.interrupted
+    comfy_pkg.utils = utils
+    comfy_pkg.model_management = mm
+    for name, module in {"server": server, "comfy": comfy_pkg, "comfy.utils": utils, "comfy.model_management": mm}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    runtime.InterruptProcessingException = InterruptProcessingException
+    return runtime
