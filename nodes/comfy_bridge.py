@@ -35,10 +35,16 @@ def send_progress_text(text: str, node_id: str | None) -> None:
 
 
 class ProgressBar:
-    """comfy.utils.ProgressBar when available, otherwise nothing."""
+    """comfy.utils.ProgressBar when available, otherwise nothing.
+
+    ComfyUI's progress hook raises InterruptProcessingException (and clears the
+    Stop flag) when Stop was pressed; that is remembered in `stop_seen` instead
+    of escaping mid-job, so the job can still be cancelled remotely.
+    """
 
     def __init__(self, total: int, node_id: str | None) -> None:
         self.total = total
+        self.stop_seen = False
         utils = _module("comfy.utils")
         self._bar: Any = None
         if utils is not None and hasattr(utils, "ProgressBar"):
@@ -53,8 +59,11 @@ class ProgressBar:
         if self._bar is not None:
             try:
                 self._bar.update_absolute(value, self.total)
-            except Exception:  # noqa: BLE001
-                log.debug("progress bar update failed", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - progress must never break a paid run
+                if type(exc).__name__ == "InterruptProcessingException":
+                    self.stop_seen = True
+                else:
+                    log.debug("progress bar update failed", exc_info=True)
 
 
 def processing_interrupted() -> bool:

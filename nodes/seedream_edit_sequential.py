@@ -152,7 +152,7 @@ class RunComfySeedream4EditSequential:
                 parse_url_lines(image_urls),
                 settings,
                 on_progress=show,
-                should_stop=comfy_bridge.processing_interrupted,
+                should_stop=lambda: bar.stop_seen or comfy_bridge.processing_interrupted(),
             )
         except StopRequested as stop:
             comfy_bridge.send_progress_text(str(stop), node_id)

@@ -87,6 +87,10 @@ def comfy(monkeypatch) -> ComfyRuntime:
             self.total = total
 
         def update_absolute(self, value, total=None, preview=None):
+            # Like ComfyUI's progress hook: a pending Stop is raised here, and the flag cleared.
+            if runtime.interrupted:
+                runtime.interrupted = False
+                raise InterruptProcessingException()
             runtime.bar_values.append((value, total))
 
     server = types.ModuleType("server")

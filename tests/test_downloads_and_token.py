@@ -1,0 +1,82 @@
+"""Result files come only from safe places, are checked before decoding, and the token goes nowhere but the API."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import numpy as np
+import pytest
+from helpers import node_inputs, run_node
+from PIL import Image
+
+from runcomfy_seedream.api.downloads import ResultDownloader, UrlPolicy, decode_image
+from runcomfy_seedream.api.errors import DownloadError
+
+
+def test_the_token_is_sent_to_the_api_and_never_with_result_downloads(fake, comfy):
+    run_node(**node_inputs())
+    token = fake.behaviour.token
+    api_calls = fake.requests_to("/v1/")
+    downloads = fake.requests_to("/files/")
+    assert api_calls and all(r.headers.get("Authorization") == f"Bearer {token}" for r in api_calls)
+    assert len(downloads) == 3 and all("Authorization" not in r.headers for r in downloads)
+    assert not any(token in text for text in comfy.progress_texts())
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://cdn.example.com/a.png", "https://10.0.0.5/a.png", "https://localhost/a.png", "file:///etc/passwd", "ftp://x/a.png"],
+)
+def test_result_urls_off_https_or_on_private_hosts_are_refused(url):
+    policy = UrlPolicy.for_base_url("https://model-api.runcomfy.net/v1")
+    with pytest.raises(DownloadError):
+        policy.check(url, "Result image 1")
+    policy.check("https://cdn.runcomfy.net/out/1.png", "Result image 1")  # the normal case passes
+
+
+def test_a_result_that_is_not_an_image_is_refused():
+    with pytest.raises(DownloadError) as caught:
+        decode_image(b"<html>expired</html>", "Result image 2")
+    assert "Result image 2 is not an image" in str(caught.value)
+
+
+def test_a_decompression_bomb_is_not_decoded():
+    buffer = io.BytesIO()
+    Image.new("L", (12_000, 12_000)).save(buffer, format="PNG")  # 144 MP of zeros compresses to a tiny file
+    assert len(buffer.getvalue()) < 1_000_000
+    with pytest.raises(DownloadError) as caught:
+        decode_image(buffer.getvalue(), "Result image 1")
+    assert "safety limit" in str(caught.value) or "too large" in str(caught.value)
+
+
+def test_an_oversized_file_is_cut_off(fake, comfy):
+    run_node(**node_inputs())
+    url = next(iter(fake.jobs.values()))
+    urls = fake.result_body(url, include_cost=False)["output"]["images"]
+    downloader = ResultDownloader(UrlPolicy.for_base_url(fake.base_url), max_bytes=100)
+    with pytest.raises(DownloadError) as caught:
+        asyncio.run(downloader.fetch_all(urls))
+    assert "over the" in str(caught.value) and "limit" in str(caught.value)
+
+
+def test_an_expired_result_link_says_so(fake, comfy):
+    downloader = ResultDownloader(UrlPolicy.for_base_url(fake.base_url))
+    with pytest.raises(DownloadError) as caught:
+        asyncio.run(downloader.fetch_all([f"{fake.origin}/files/unknown/0.png"]))
+    assert "no longer available" in str(caught.value)
+
+
+def test_a_truncated_download_is_retried(fake, comfy):
+    from runcomfy_seedream.fake_service import Fault
+
+    fake.behaviour.inject("file", Fault("truncate"))
+    images, *_ = run_node(**node_inputs())
+    assert images.shape[0] == 3 and float(images.std()) > 0.01
+
+
+def test_decoded_pixels_match_the_file():
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    assert np.array_equal(decode_image(buffer.getvalue(), "x"), pixels)

@@ -1,0 +1,96 @@
+"""Everything a user can get wrong fails before anything is encoded, sent or charged, with a message saying what to change."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import image_batch, node_inputs, run_node
+
+from runcomfy_seedream.api.errors import ConfigurationError, InputError
+
+TEN_FRAMES = image_batch(10, 32, 32)
+
+# (case, inputs to change, error type, words the message must contain)
+CASES = [
+    ("no reference", {"image_1": None}, InputError, ["image_1", "at least one"]),
+    ("11 references", {"image_1": TEN_FRAMES, "image_2": image_batch(1, 32, 32)}, InputError, ["11", "at most 10"]),
+    ("refs + max_images > 15", {"image_1": TEN_FRAMES, "max_images": 6}, InputError, ["max_images", "cannot exceed 15", "5 or less"]),
+    ("aspect 1:4", {"image_1": image_batch(1, 200, 50)}, InputError, ["image_1", "50x200", "1:3 and 3:1"]),
+    ("aspect 4:1", {"image_1": image_batch(1, 50, 200)}, InputError, ["image_1", "200x50", "1:3 and 3:1"]),
+    ("exactly 3:1", {"image_1": image_batch(1, 30, 90)}, InputError, ["1:3 and 3:1"]),
+    ("10x10 image", {"image_1": image_batch(1, 10, 10)}, InputError, ["image_1", "10x10", "more than 14 px"]),
+    ("14 px side", {"image_2": image_batch(1, 14, 30)}, InputError, ["image_2", "more than 14 px"]),
+    ("second frame named", {"image_1": image_batch(2, 32, 32), "image_2": image_batch(3, 20, 80)}, InputError, ["image_2 frame 1"]),
+    ("empty prompt", {"prompt": "   "}, InputError, ["prompt", "is empty", "how many"]),
+    ("601-character prompt", {"prompt": "x" * 601}, InputError, ["prompt", "601", "at most 600", "by 1"]),
+    ("http url", {"image_urls": "http://example.com/a.png"}, InputError, ["image_urls line 1", "https"]),
+    ("file url", {"image_urls": "file:///etc/passwd"}, InputError, ["image_urls line 1", "https"]),
+    ("javascript url", {"image_urls": "javascript:alert(1)"}, InputError, ["image_urls line 1", "https"]),
+    ("malformed url", {"image_urls": "https://exa mple.com/a.png"}, InputError, ["image_urls line 1", "spaces"]),
+    ("bad port", {"image_urls": "https://example.com:99999/a.png"}, InputError, ["not a valid URL"]),
+    ("private host url", {"image_urls": "https://192.168.1.20/a.png"}, InputError, ["cannot reach"]),
+    ("localhost url", {"image_urls": "https://localhost/a.png"}, InputError, ["cannot reach"]),
+    ("url with password", {"image_urls": "https://me:secret@example.com/a.png"}, InputError, ["password"]),
+    ("wrong rank", {"image_1": torch.rand(32, 32, 3)}, InputError, ["image_1", "[batch, height, width, channels]"]),
+    ("wrong dtype", {"image_1": torch.zeros((1, 32, 32, 3), dtype=torch.uint8)}, InputError, ["image_1", "uint8"]),
+    ("not a tensor", {"image_2": "a string"}, InputError, ["image_2", "not an IMAGE"]),
+    ("max_images 0", {"max_images": 0}, InputError, ["max_images", "1 to 15"]),
+    ("max_images 16", {"max_images": 16}, InputError, ["max_images", "1 to 15"]),
+    ("unknown size", {"image_size": "1024:1024 (1:1)"}, InputError, ["image_size", "2048:2048 (1:1)"]),
+    ("negative seed", {"seed": -1}, InputError, ["seed", "0 to 2147483647"]),
+    ("unknown optimize", {"optimize_prompt": "best"}, InputError, ["optimize_prompt", "'fast'"]),
+    ("unknown mode", {"sequential_image_generation": "on"}, InputError, ["sequential_image_generation", "'auto'"]),
+]
+
+
+@pytest.mark.parametrize("case,changes,error,words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_before_anything_is_sent(fake, comfy, case, changes, error, words):
+    with pytest.raises(error) as caught:
+        run_node(**node_inputs(**changes))
+    message = str(caught.value)
+    for word in words:
+        assert word in message, f"{word!r} missing from: {message}"
+    assert fake.requests == [], "nothing may reach the service"
+    assert not any(t.startswith("Encoding") for t in comfy.progress_texts()), "nothing may be encoded"
+
+
+def test_ten_references_and_five_images_is_exactly_the_limit(fake, comfy):
+    images, *_ = run_node(**node_inputs(image_1=TEN_FRAMES, max_images=5, prompt="Generate 5 images of the group."))
+    assert images.shape[0] == 5
+    assert fake.submits == 1
+
+
+def test_missing_token_says_where_to_put_it_and_sends_nothing(fake, comfy, monkeypatch):
+    monkeypatch.delenv("RUNCOMFY_API_TOKEN")
+    with pytest.raises(ConfigurationError) as caught:
+        run_node(**node_inputs())
+    assert "RUNCOMFY_API_TOKEN" in str(caught.value) and "token.json" in str(caught.value)
+    assert fake.requests == []
+
+
+def test_token_from_the_cli_token_file(fake, comfy, monkeypatch, tmp_path):
+    monkeypatch.delenv("RUNCOMFY_API_TOKEN")
+    token_file = tmp_path / ".config" / "runcomfy" / "token.json"
+    token_file.parent.mkdir(parents=True)
+    token_file.write_text('{"token": "%s"}' % fake.behaviour.token)
+    images, *_ = run_node(**node_inputs())
+    assert images.shape[0] == 3
+
+
+def test_plain_http_base_url_off_this_machine_is_refused(fake, comfy, monkeypatch):
+    monkeypatch.setenv("RUNCOMFY_MODEL_API_BASE", "http://model-api.example.com/v1")
+    with pytest.raises(ConfigurationError) as caught:
+        run_node(**node_inputs())
+    assert "unencrypted" in str(caught.value)
+    assert fake.requests == []
+
+
+def test_a_huge_reference_is_downscaled_to_fit_and_the_user_is_told(fake, comfy):
+    wide = torch.rand((1, 2100, 6100, 3), dtype=torch.float32)
+    run_node(**node_inputs(image_1=wide))
+    from helpers import data_uri_size, submitted_payloads
+
+    (payload,) = submitted_payloads(fake)
+    width, height = data_uri_size(payload["images"][0])
+    assert width < 6000 and abs(width / height - 6100 / 2100) < 0.01
+    assert any("downscaled from 6100x2100" in t for t in comfy.progress_texts())

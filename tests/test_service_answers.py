@@ -1,0 +1,115 @@
+"""What the user sees when the service refuses, fails, throttles or misbehaves; never a second paid submit."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from helpers import node_inputs, run_node
+
+from runcomfy_seedream.api.errors import (
+    AuthenticationError,
+    InsufficientBalanceError,
+    JobFailedError,
+    OutcomeUnknownError,
+)
+from runcomfy_seedream.fake_service import Fault
+
+
+def test_wrong_token_is_explained(fake, comfy, monkeypatch):
+    monkeypatch.setenv("RUNCOMFY_API_TOKEN", "not-the-right-token")
+    with pytest.raises(AuthenticationError) as caught:
+        run_node(**node_inputs())
+    assert "invalid, expired or revoked" in str(caught.value)
+    assert "not-the-right-token" not in str(caught.value)
+    assert fake.submits == 0
+
+
+def test_out_of_credit_is_explained(fake, comfy):
+    fake.behaviour.balance_usd = 0.01
+    with pytest.raises(InsufficientBalanceError) as caught:
+        run_node(**node_inputs())
+    assert "balance is too low" in str(caught.value) and "400002" in str(caught.value)
+    assert fake.submits == 0
+
+
+def test_a_failed_generation_shows_the_service_reason(fake, comfy):
+    fake.behaviour.fail_with = "content policy violation"
+    with pytest.raises(JobFailedError) as caught:
+        run_node(**node_inputs())
+    assert "content policy violation" in str(caught.value)
+    assert next(iter(fake.jobs)) in str(caught.value)  # the request id, for support
+
+
+def test_polls_survive_429_5xx_resets_and_garbage_with_one_submit(fake, comfy):
+    fake.behaviour.inject(
+        "status",
+        Fault("http", status=429, retry_after="1"),
+        Fault("http", status=503),
+        Fault("drop"),
+        Fault("garbage"),
+    )
+    fake.behaviour.inject("result", Fault("http", status=500))
+    fake.behaviour.inject("file", Fault("http", status=502), Fault("drop"))
+    started = time.monotonic()
+    images, *_ = run_node(**node_inputs())
+    assert images.shape[0] == 3
+    assert fake.submits == 1 and fake.submit_attempts == 1
+    assert time.monotonic() - started >= 1.0  # Retry-After was honoured
+    assert any("HTTP 429" in t and "trying again" in t for t in comfy.progress_texts())
+
+
+def test_a_rate_limited_submit_is_retried_because_it_was_refused(fake, comfy):
+    fake.behaviour.inject("submit", Fault("http", status=429, retry_after="0"))
+    images, *_ = run_node(**node_inputs())
+    assert images.shape[0] == 3
+    assert fake.submit_attempts == 2 and fake.submits == 1
+
+
+@pytest.mark.parametrize("fault", [Fault("drop"), Fault("garbage")], ids=["connection dropped", "unreadable answer"])
+def test_a_submit_whose_answer_is_lost_is_never_sent_again(fake, comfy, fault):
+    fake.behaviour.inject("submit", fault)
+    with pytest.raises(OutcomeUnknownError) as caught:
+        run_node(**node_inputs())
+    assert "may have been created" in str(caught.value) or "may be running" in str(caught.value)
+    assert fake.submit_attempts == 1 and fake.submits == 1
+
+
+def test_a_submit_that_times_out_is_reported_as_unknown_not_failed(fake, comfy):
+    from runcomfy_seedream.api.client import Timeouts
+    from runcomfy_seedream.api import pipeline
+
+    fake.behaviour.inject("submit", Fault("stall", seconds=2.0))
+    original = pipeline.RunComfyClient
+
+    class QuickTimeouts(original):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, timeouts=Timeouts(submit_read_s=0.5), **kwargs)
+
+    pipeline.RunComfyClient = QuickTimeouts
+    try:
+        with pytest.raises(OutcomeUnknownError) as caught:
+            run_node(**node_inputs())
+    finally:
+        pipeline.RunComfyClient = original
+    assert "not sent again" in str(caught.value)
+    assert fake.submit_attempts == 1
+
+
+def test_service_unreachable_is_retried_then_reported_without_charge(comfy, monkeypatch, tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("RUNCOMFY_API_TOKEN", "t")
+    monkeypatch.setenv("RUNCOMFY_MODEL_API_BASE", f"http://127.0.0.1:{port}/v1")
+    from runcomfy_seedream.api import client as client_module
+    from runcomfy_seedream.api.errors import ServiceError
+    from runcomfy_seedream.api.retry import RetryPolicy
+
+    monkeypatch.setattr(client_module, "RetryPolicy", lambda: RetryPolicy(max_attempts=3, base_delay_s=0.01))
+    with pytest.raises(ServiceError) as caught:
+        run_node(**node_inputs())
+    assert "could not be reached after 3 tries" in str(caught.value) and "Nothing was charged" in str(caught.value)

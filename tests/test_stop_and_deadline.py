@@ -1,0 +1,118 @@
+"""Pressing Stop in each phase: noticed within a second, the queued job cancelled, and the user told what it costs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from helpers import node_inputs, run_node
+
+from runcomfy_seedream.api import pipeline
+from runcomfy_seedream.api.errors import DeadlineExceededError
+
+
+def _stop_and_time(comfy, when):
+    """Press Stop as soon as a progress text matches `when`; return (exception, seconds from Stop to the end)."""
+    pressed_at = []
+
+    def trigger(text):
+        if when(text) and not pressed_at:
+            pressed_at.append(time.monotonic())
+            return True
+        return False
+
+    comfy.stop_when = trigger
+    with pytest.raises(comfy.InterruptProcessingException) as caught:
+        run_node(**node_inputs())
+    return caught.value, time.monotonic() - pressed_at[0]
+
+
+def test_stop_while_queued_cancels_the_job_at_runcomfy(fake, comfy):
+    fake.behaviour.queue_s = 5.0
+    error, reaction = _stop_and_time(comfy, lambda t: t.startswith("Queued"))
+    (job,) = fake.jobs.values()
+    assert job.cancelled and fake.cancel_calls == 1
+    assert "was cancelled at RunComfy; nothing is charged" in str(error)
+    assert reaction < 1.5
+    assert comfy.progress_texts()[-1] == str(error)
+
+
+def test_stop_while_generating_says_it_may_still_be_charged(fake, comfy):
+    fake.behaviour.run_s = 5.0
+    error, reaction = _stop_and_time(comfy, lambda t: t.startswith("Generating"))
+    assert fake.cancel_calls == 0  # a running job cannot be cancelled
+    assert "may still be charged" in str(error) and next(iter(fake.jobs)) in str(error)
+    assert reaction < 1.5
+
+
+def test_stop_while_encoding_sends_nothing(fake, comfy):
+    error, _ = _stop_and_time(comfy, lambda t: t.startswith("Encoding references 0/"))
+    assert "nothing was sent" in str(error)
+    assert fake.requests == []
+
+
+def test_stop_during_submit_waits_for_the_id_then_cancels(fake, comfy):
+    fake.behaviour.upload_bytes_per_s = 20_000  # a slow uplink keeps the submit busy for a while
+    fake.behaviour.queue_s = 10.0
+    error, _ = _stop_and_time(comfy, lambda t: t.startswith("Submitting"))
+    assert any(t.startswith("Stop pressed: waiting for RunComfy to confirm") for t in comfy.progress_texts())
+    (job,) = fake.jobs.values()
+    assert job.cancelled and "nothing is charged" in str(error)
+
+
+def test_stop_while_downloading_keeps_the_request_id(fake, comfy):
+    from runcomfy_seedream.fake_service import Fault
+
+    fake.behaviour.inject("file", Fault("stall", seconds=3.0))
+    error, reaction = _stop_and_time(comfy, lambda t: t.startswith("Downloading 0/"))
+    assert next(iter(fake.jobs)) in str(error) and "charged" in str(error)
+    assert reaction < 1.5
+
+
+def _run_with_deadline(seconds, monkeypatch):
+    original = pipeline.generate
+
+    async def quick_deadline(*args, **kwargs):
+        return await original(*args, deadline_s=seconds, **kwargs)
+
+    monkeypatch.setattr(
+        "runcomfy_seedream.nodes.seedream_edit_sequential.generate", quick_deadline
+    )
+    return run_node(**node_inputs())
+
+
+def test_a_job_still_queued_at_the_deadline_is_cancelled(fake, comfy, monkeypatch):
+    fake.behaviour.queue_s = 30.0
+    with pytest.raises(DeadlineExceededError) as caught:
+        _run_with_deadline(1.0, monkeypatch)
+    assert "still queued" in str(caught.value) and "nothing is charged" in str(caught.value)
+    assert next(iter(fake.jobs.values())).cancelled
+
+
+def test_a_job_still_running_at_the_deadline_is_reported_with_its_id(fake, comfy, monkeypatch):
+    fake.behaviour.queue_s = 0.0
+    fake.behaviour.run_s = 30.0
+    with pytest.raises(DeadlineExceededError) as caught:
+        _run_with_deadline(1.0, monkeypatch)
+    assert "did not finish within 1 s" in str(caught.value) and next(iter(fake.jobs)) in str(caught.value)
+    assert fake.cancel_calls == 0
+
+
+def test_two_nodes_run_concurrently_each_with_one_submit(fake, comfy):
+    from helpers import NODE_ID
+
+    from runcomfy_seedream.nodes import NODE_CLASS_MAPPINGS
+
+    async def both():
+        a = NODE_CLASS_MAPPINGS[NODE_ID]()
+        b = NODE_CLASS_MAPPINGS[NODE_ID]()
+        return await asyncio.gather(
+            a.generate(**node_inputs(seed=1, unique_id="1")), b.generate(**node_inputs(seed=2, unique_id="2"))
+        )
+
+    first, second = asyncio.run(both())
+    assert fake.submits == 2
+    assert first[3] != second[3]
+    assert not bool((first[0] == second[0]).all())  # different seeds, different pictures
+    assert {node for _, node in comfy.texts} == {"1", "2"}
