@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import types
 from pathlib import Path
 
 import pytest
 
-PACK_ROOT = Path(__file__).resolve().parents[1]
-PACK_NAME = "runcomfy_seedream"
-
-
-def load_pack():
-    """Import the repository as a package, whatever its folder is called (ComfyUI does the same)."""
-    if PACK_NAME in sys.modules:
-        return sys.modules[PACK_NAME]
-    spec = importlib.util.spec_from_file_location(
-        PACK_NAME, PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = module
-    spec.loader.exec_module(module)
-    return module
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from pack_import import load_pack  # noqa: E402
 
 load_pack()
 
