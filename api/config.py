@@ -97,3 +97,15 @@ def resolve_base_url(env: Mapping[str, str] | None = None) -> str:
             "Use https (plain http is allowed only for a local test service on 127.0.0.1)."
         )
     return base.rstrip("/")
+
+
+STATE_DIR_ENV = "RUNCOMFY_SEEDREAM_STATE_DIR"
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where the resume journal and result cache live outside ComfyUI (inside, ComfyUI's user directory)."""
+    env = os.environ if env is None else env
+    if env.get(STATE_DIR_ENV):
+        return Path(env[STATE_DIR_ENV])
+    cache_home = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
+    return Path(cache_home) / "runcomfy-seedream"

@@ -31,6 +31,12 @@ ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
+class DownloadedImage:
+    data: bytes  # the file as served, kept for the on-disk result cache
+    pixels: np.ndarray  # uint8 RGB (H, W, 3)
+
+
+@dataclass(frozen=True)
 class UrlPolicy:
     """Which hosts result files may come from."""
 
@@ -108,7 +114,7 @@ class ResultDownloader:
         self.retry = retry
         self.timeout_s = timeout_s
 
-    async def fetch_all(self, urls: Sequence[str], on_progress: ProgressCallback | None = None) -> list[np.ndarray]:
+    async def fetch_all(self, urls: Sequence[str], on_progress: ProgressCallback | None = None) -> list[DownloadedImage]:
         """Decoded images in the order of `urls`; `on_progress(done, total)` after each one."""
         for index, url in enumerate(urls, start=1):
             self.policy.check(url, f"Result image {index}")
@@ -125,16 +131,16 @@ class ResultDownloader:
             event_hooks={"request": [check_hop]},
         ) as http:
 
-            async def one(index: int, url: str) -> np.ndarray:
+            async def one(index: int, url: str) -> DownloadedImage:
                 nonlocal done
                 label = f"Result image {index}"
                 async with gate:
                     data = await self._fetch_bytes(http, url, label)
-                image = await asyncio.to_thread(decode_image, data, label)
+                pixels = await asyncio.to_thread(decode_image, data, label)
                 done += 1
                 if on_progress is not None:
                     on_progress(done, len(urls))
-                return image
+                return DownloadedImage(data, pixels)
 
             tasks = [asyncio.ensure_future(one(i, url)) for i, url in enumerate(urls, start=1)]
             try:

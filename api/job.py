@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from .client import SUCCESS_STATES, JobResult, RunComfyClient
 from .errors import (
@@ -52,6 +52,9 @@ class _Tracker:
         self.running_since: float | None = None
 
 
+SubmittedHook = Callable[[str], Awaitable[None]]
+
+
 async def run_job(
     client: RunComfyClient,
     model_id: str,
@@ -60,12 +63,13 @@ async def run_job(
     deadline_s: float = DEFAULT_DEADLINE_S,
     on_event: EventSink | None = None,
     should_stop: StopCheck | None = None,
+    on_submitted: SubmittedHook | None = None,
     poll_schedule: PollSchedule | None = None,
 ) -> JobResult:
+    """Submit once, then wait for the result. `on_submitted(request_id)` runs the moment the id is known."""
     emit = on_event or _ignore
     stop = should_stop or never_stop
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + deadline_s
+    deadline = asyncio.get_running_loop().time() + deadline_s
 
     if stop():
         raise StopRequested("Stopped before submitting: nothing was sent and nothing is charged.")
@@ -79,14 +83,32 @@ async def run_job(
     except BaseException:
         await cancel_and_wait(submit_task)
         raise
-    submission = submit_task.result()
-    request_id = submission.request_id
+    request_id = submit_task.result().request_id
+    if on_submitted is not None:
+        await on_submitted(request_id)
     emit(JobEvent("submitted", f"Submitted: request {request_id}", request_id=request_id))
-
-    tracker = _Tracker()
     if stop_pressed:
-        raise await _stopped(client, request_id, tracker, emit)
+        raise await _stopped(client, request_id, _Tracker(), emit)
+    return await wait_for_job(
+        client, request_id, deadline_s=deadline - asyncio.get_running_loop().time(), on_event=emit,
+        should_stop=stop, poll_schedule=poll_schedule,
+    )
 
+
+async def wait_for_job(
+    client: RunComfyClient,
+    request_id: str,
+    *,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+    on_event: EventSink | None = None,
+    should_stop: StopCheck | None = None,
+    poll_schedule: PollSchedule | None = None,
+) -> JobResult:
+    """Poll a submitted job until it succeeds, fails, is stopped or the deadline passes."""
+    emit = on_event or _ignore
+    stop = should_stop or never_stop
+    deadline = asyncio.get_running_loop().time() + deadline_s
+    tracker = _Tracker()
     poll_task = asyncio.ensure_future(
         _poll_until_finished(client, request_id, tracker, emit, poll_schedule or PollSchedule())
     )

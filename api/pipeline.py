@@ -10,16 +10,27 @@ import asyncio
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .client import RunComfyClient
 from .config import Credentials, resolve_base_url, resolve_credentials
-from .downloads import ResultDownloader, UrlPolicy
-from .errors import StopRequested
-from .job import DEFAULT_DEADLINE_S, JobEvent
+from .downloads import ResultDownloader, UrlPolicy, decode_image
+from .errors import (
+    AuthenticationError,
+    JobCancelledError,
+    JobFailedError,
+    OutcomeUnknownError,
+    RequestNotFoundError,
+    StopRequested,
+)
+from .fingerprint import pixel_digest, request_fingerprint
+from .job import DEFAULT_DEADLINE_S, JobEvent, run_job, wait_for_job
+from .journal import UNKNOWN_OUTCOME_HOLD_S, Journal
+from .result_cache import ResultCache
 from .references import DEFAULT_PNG_COMPRESS_LEVEL, EncodedReference, check_frame_shape, encode_reference
 from .schema import (
     DEFAULT_IMAGE_SIZE,
@@ -27,6 +38,7 @@ from .schema import (
     IMAGE_SIZES,
     MAX_BODY_BYTES,
     MAX_REFERENCE_BYTES,
+    MODEL_ID,
     OPTIMIZE_PROMPT_OPTIONS,
     SEQUENTIAL_MODES,
     EditSequentialRequest,
@@ -84,6 +96,7 @@ class GenerationResult:
     images: list[np.ndarray]  # uint8 RGB (H, W, 3), in result order
     cost_usd: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    reused: bool = False  # served from the on-disk cache: nothing was sent
 
 
 ProgressSink = Callable[[Progress], None]
@@ -158,6 +171,57 @@ async def encode_references(
         return list(await asyncio.gather(*(one(ref) for ref in references)))
 
 
+@dataclass
+class _RunState:
+    """Where this run's journal entry and cached result live (None: nothing is kept on disk)."""
+
+    fingerprint: str
+    journal: Journal | None
+    cache: ResultCache | None
+
+    async def remember_submit(self, request_id: str) -> None:
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.record_submitted, self.fingerprint, request_id)
+
+    async def remember_unknown_outcome(self) -> None:
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.record_unknown_outcome, self.fingerprint)
+
+    async def forget(self) -> None:
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.forget, self.fingerprint)
+
+
+async def _hash_references(references: Sequence[Reference], workers: int) -> list[str]:
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="runcomfy-hash") as pool:
+        return list(await asyncio.gather(*(loop.run_in_executor(pool, pixel_digest, r.pixels) for r in references)))
+
+
+async def _decode_files(files: Sequence[bytes]) -> list[np.ndarray]:
+    return list(
+        await asyncio.gather(
+            *(asyncio.to_thread(decode_image, data, f"Saved result {i}") for i, data in enumerate(files, start=1))
+        )
+    )
+
+
+async def _settle(state: _RunState, job):
+    """Await a job, keeping the journal right: a job that ended without results is forgotten."""
+    try:
+        return await job
+    except (JobFailedError, JobCancelledError):
+        await state.forget()
+        raise
+    except StopRequested as stop:
+        if stop.cancel_outcome == "cancelled":
+            await state.forget()
+        raise
+    except OutcomeUnknownError:
+        await state.remember_unknown_outcome()
+        raise
+
+
 async def generate(
     references: Sequence[Reference],
     image_urls: Sequence[str],
@@ -165,14 +229,17 @@ async def generate(
     *,
     credentials: Credentials | None = None,
     base_url: str | None = None,
+    state_dir: Path | None = None,
     on_progress: ProgressSink | None = None,
     should_stop: StopCheck | None = None,
     deadline_s: float = DEFAULT_DEADLINE_S,
     compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL,
     client_options: dict | None = None,
 ) -> GenerationResult:
+    """One node run. With `state_dir`, a paid request is journaled and its result cached on disk."""
     stop = should_stop or never_stop
     report = _ProgressReporter(on_progress)
+    workers = min(max(1, len(references)), os.cpu_count() or 1)
 
     # 1. Everything the user can get wrong, before any work or spending.
     credentials = credentials or resolve_credentials()
@@ -182,8 +249,92 @@ async def generate(
         check_frame_shape(ref.label, ref.pixels)
     urls = [check_image_url(f"image_urls line {i}", url) for i, url in enumerate(image_urls, start=1)]
 
-    # 2. References -> PNG data URIs.
+    # 2. Have these exact inputs been paid for already?
+    stopped, digests = await run_stoppable(_hash_references(references, workers), stop)
+    if stopped:
+        raise StopRequested("Stopped while preparing the references: nothing was sent and nothing is charged.")
+    state = _RunState(
+        request_fingerprint(
+            model_id=MODEL_ID, base_url=base_url, settings=asdict(settings), reference_digests=digests, reference_urls=urls
+        ),
+        Journal(state_dir) if state_dir else None,
+        ResultCache(state_dir) if state_dir else None,
+    )
+    if state.cache is not None:
+        cached = await asyncio.to_thread(state.cache.load, state.fingerprint)
+        if cached is not None:
+            images = await _decode_files(cached.files)
+            report(f"Reused the saved images of request {cached.request_id}: nothing sent, nothing charged.", 1.0)
+            notes = (f"saved result of request {cached.request_id} reused; change the seed for new images",)
+            return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, reused=True)
+    entry = await asyncio.to_thread(state.journal.get, state.fingerprint) if state.journal else None
+    if entry is not None and entry.state == "unknown_outcome":
+        raise OutcomeUnknownError(
+            "An earlier submit of exactly these inputs got no answer, so it may be running and charged; to avoid "
+            "paying twice it is not sent again. Check your RunComfy dashboard, or change the seed to submit anew "
+            f"(this hold ends {UNKNOWN_OUTCOME_HOLD_S // 60} minutes after that submit)."
+        )
+
     notes: list[str] = []
+    async with RunComfyClient(credentials, base_url, on_retry=lambda m: report(m), **(client_options or {})) as client:
+        result = None
+        job_options = dict(deadline_s=deadline_s, on_event=report.job_event, should_stop=stop)
+
+        # 3a. Collect the request these inputs already paid for.
+        if entry is not None and entry.request_id:
+            report(f"Resumed request {entry.request_id} (submitted earlier with the same inputs)…", 0.15)
+            notes.append(f"resumed request {entry.request_id}")
+            try:
+                result = await _settle(state, wait_for_job(client, entry.request_id, **job_options))
+            except (RequestNotFoundError, AuthenticationError) as gone:
+                if isinstance(gone, AuthenticationError) and gone.error_code != "403001":
+                    raise
+                await state.forget()
+                notes[-1] = f"request {entry.request_id} had expired, so a new one was submitted"
+                report(f"Request {entry.request_id} is no longer known to RunComfy; submitting a new one.", 0.1)
+
+        # 3b. Or submit once.
+        if result is None:
+            request = await _build_request(references, urls, settings, compress_level, stop, report, notes)
+            result = await _settle(
+                state,
+                run_job(client, request.model_id, request.to_payload(), on_submitted=state.remember_submit, **job_options),
+            )
+            asked = request.to_payload()["sequential_image_generation_options"]
+            if len(result.urls) < asked:
+                notes.append(f"the model returned {len(result.urls)} of up to {asked} images")
+
+    # 4. Download, keep a copy, and close the journal entry.
+    count = len(result.urls)
+    report(f"Downloading 0/{count}", 0.8)
+    downloader = ResultDownloader(UrlPolicy.for_base_url(base_url))
+    stopped, downloaded = await run_stoppable(
+        downloader.fetch_all(result.urls, lambda done, total: report(f"Downloading {done}/{total}", 0.8 + 0.2 * done / total)),
+        stop,
+    )
+    if stopped:
+        raise StopRequested(
+            f"Stopped while downloading the results of request {result.request_id}; the job itself is finished "
+            "(and charged). Run the node again with the same inputs to collect them without paying again.",
+            request_id=result.request_id,
+        )
+    files = [d.data for d in downloaded]
+    if state.cache is not None:
+        await asyncio.to_thread(state.cache.store, state.fingerprint, result.request_id, result.urls, result.cost_usd, files)
+    await state.forget()
+    return GenerationResult(result.request_id, result.urls, [d.pixels for d in downloaded], result.cost_usd, tuple(notes))
+
+
+async def _build_request(
+    references: Sequence[Reference],
+    urls: Sequence[str],
+    settings: GenerationSettings,
+    compress_level: int,
+    stop: StopCheck,
+    report: "_ProgressReporter",
+    notes: list[str],
+) -> EditSequentialRequest:
+    """Encode the references and assemble the validated request."""
 
     def encoded_one(encoded: EncodedReference, done: int) -> None:
         for note in encoded.notes:
@@ -204,8 +355,7 @@ async def generate(
     )
     if stopped:
         raise StopRequested("Stopped while preparing the references: nothing was sent and nothing is charged.")
-
-    request = EditSequentialRequest(
+    return EditSequentialRequest(
         images=tuple(e.data_uri for e in encoded) + tuple(urls),
         text=settings.prompt,
         max_images=settings.max_images,
@@ -214,30 +364,3 @@ async def generate(
         optimize_prompt=settings.optimize_prompt,
         sequential_image_generation=settings.sequential_image_generation,
     ).validate()
-
-    # 3. Submit once, wait, 4. download.
-    async with RunComfyClient(credentials, base_url, on_retry=lambda m: report(m), **(client_options or {})) as client:
-        result = await client.run(
-            request.model_id,
-            request.to_payload(),
-            deadline_s=deadline_s,
-            on_event=report.job_event,
-            should_stop=stop,
-        )
-    count = len(result.urls)
-    asked = request.to_payload()["sequential_image_generation_options"]
-    if count < asked:
-        notes.append(f"the model returned {count} of up to {asked} images")
-    report(f"Downloading 0/{count}", 0.8)
-    downloader = ResultDownloader(UrlPolicy.for_base_url(base_url))
-    stopped, images = await run_stoppable(
-        downloader.fetch_all(result.urls, lambda done, total: report(f"Downloading {done}/{total}", 0.8 + 0.2 * done / total)),
-        stop,
-    )
-    if stopped:
-        raise StopRequested(
-            f"Stopped while downloading the results of request {result.request_id}; the job itself is finished "
-            "(and charged). Its result links stay valid for about a day.",
-            request_id=result.request_id,
-        )
-    return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(notes))

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from ..api.config import default_state_dir
 
 log = logging.getLogger("runcomfy.seedream")
 
@@ -80,3 +83,15 @@ def interruption(message: str) -> BaseException:
     if isinstance(exc_type, type) and issubclass(exc_type, BaseException):
         return exc_type(message)
     return RuntimeError(message)
+
+
+def state_directory() -> Path:
+    """Where the resume journal and result cache live: ComfyUI's user directory, else a per-user cache folder."""
+    folder_paths = _module("folder_paths")
+    user_dir = getattr(folder_paths, "get_user_directory", None)
+    if callable(user_dir):
+        try:
+            return Path(user_dir()) / "runcomfy_seedream"
+        except Exception:  # noqa: BLE001
+            log.debug("no ComfyUI user directory", exc_info=True)
+    return default_state_dir()

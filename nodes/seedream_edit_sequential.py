@@ -151,6 +151,7 @@ class RunComfySeedream4EditSequential:
                 reference_frames(sockets),
                 parse_url_lines(image_urls),
                 settings,
+                state_dir=comfy_bridge.state_directory(),
                 on_progress=show,
                 should_stop=lambda: bar.stop_seen or comfy_bridge.processing_interrupted(),
             )
