@@ -25,6 +25,7 @@ from .retry import RetryPolicy, parse_retry_after
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 MAX_OUTPUT_PIXELS = 40_000_000  # the largest Seedream output is ~4.2 MP; anything far beyond is hostile
 DEFAULT_CONCURRENCY = 4
+DOWNLOAD_TIMEOUT_S = 30.0  # per read: a stalled CDN connection is retried after this
 DOWNLOAD_RETRY = RetryPolicy(max_attempts=4, budget_s=30.0, base_delay_s=0.5, max_delay_s=5.0)
 
 ProgressCallback = Callable[[int, int], None]
@@ -106,13 +107,13 @@ class ResultDownloader:
         concurrency: int = DEFAULT_CONCURRENCY,
         max_bytes: int = MAX_DOWNLOAD_BYTES,
         retry: RetryPolicy = DOWNLOAD_RETRY,
-        timeout_s: float = 30.0,
+        timeout_s: float | None = None,
     ) -> None:
         self.policy = policy
         self.concurrency = concurrency
         self.max_bytes = max_bytes
         self.retry = retry
-        self.timeout_s = timeout_s
+        self.timeout_s = DOWNLOAD_TIMEOUT_S if timeout_s is None else timeout_s
 
     async def fetch_all(self, urls: Sequence[str], on_progress: ProgressCallback | None = None) -> list[DownloadedImage]:
         """Decoded images in the order of `urls`; `on_progress(done, total)` after each one."""
@@ -163,7 +164,8 @@ class ResultDownloader:
                     if status in (404, 410, 403):
                         raise DownloadError(
                             f"{label} is no longer available (HTTP {status}); result links expire after about a "
-                            "day. Run the node again to generate new images."
+                            "day. Run the node again to generate new images (a new, charged job).",
+                            expired=True,
                         )
                     problem = f"HTTP {status}"
                     if status == 429:

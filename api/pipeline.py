@@ -21,6 +21,7 @@ from .config import Credentials, resolve_base_url, resolve_credentials
 from .downloads import ResultDownloader, UrlPolicy, decode_image
 from .errors import (
     AuthenticationError,
+    DownloadError,
     JobCancelledError,
     JobFailedError,
     OutcomeUnknownError,
@@ -308,10 +309,18 @@ async def generate(
     count = len(result.urls)
     report(f"Downloading 0/{count}", 0.8)
     downloader = ResultDownloader(UrlPolicy.for_base_url(base_url))
-    stopped, downloaded = await run_stoppable(
-        downloader.fetch_all(result.urls, lambda done, total: report(f"Downloading {done}/{total}", 0.8 + 0.2 * done / total)),
-        stop,
-    )
+    try:
+        stopped, downloaded = await run_stoppable(
+            downloader.fetch_all(result.urls, lambda done, total: report(f"Downloading {done}/{total}", 0.8 + 0.2 * done / total)),
+            stop,
+        )
+    except DownloadError as failed:
+        failed.request_id = result.request_id
+        if failed.expired:
+            await state.forget()
+        else:
+            failed.args = (f"{failed.args[0]} Run the node again with the same inputs to retry without paying again.",)
+        raise
     if stopped:
         raise StopRequested(
             f"Stopped while downloading the results of request {result.request_id}; the job itself is finished "

@@ -1,0 +1,165 @@
+"""A paid request is never paid twice: re-running the same inputs collects it, and finished results come from disk."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from helpers import NODE_ID, node_inputs, run_node
+
+from runcomfy_seedream.api import pipeline
+from runcomfy_seedream.api.errors import DeadlineExceededError, OutcomeUnknownError, ServiceError
+from runcomfy_seedream.fake_service import Fault
+from runcomfy_seedream.nodes import NODE_CLASS_MAPPINGS
+
+
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / ".cache" / "runcomfy-seedream"  # HOME is tmp_path in these tests
+
+
+def run_with_deadline(seconds: float, monkeypatch, **inputs):
+    original = pipeline.generate
+
+    async def quick(*args, **kwargs):
+        return await original(*args, **{**kwargs, "deadline_s": seconds})
+
+    monkeypatch.setattr("runcomfy_seedream.nodes.seedream_edit_sequential.generate", quick)
+    try:
+        return run_node(**node_inputs(**inputs))
+    finally:
+        monkeypatch.setattr("runcomfy_seedream.nodes.seedream_edit_sequential.generate", original)
+
+
+def test_after_a_timeout_running_again_collects_the_same_request(fake, comfy, monkeypatch, tmp_path):
+    fake.behaviour.run_s = 2.5
+    with pytest.raises(DeadlineExceededError) as caught:
+        run_with_deadline(1.0, monkeypatch)
+    (request_id,) = fake.jobs
+    assert request_id in str(caught.value)
+    journal = json.loads((state_dir(tmp_path) / "journal.json").read_text())
+    assert [e["request_id"] for e in journal["entries"].values()] == [request_id]
+
+    images, _, _, second_id = run_node(**node_inputs())  # a fresh node object, as after a restart
+    assert second_id == request_id and images.shape[0] == 3
+    assert fake.submits == 1 and fake.submit_attempts == 1
+    assert any(t.startswith(f"Resumed request {request_id}") for t in comfy.progress_texts())
+    assert "resumed request" in comfy.progress_texts()[-1]
+    assert json.loads((state_dir(tmp_path) / "journal.json").read_text())["entries"] == {}
+
+
+def test_after_losing_the_network_while_polling_running_again_resumes(fake, comfy, monkeypatch):
+    from runcomfy_seedream.api import client as client_module
+    from runcomfy_seedream.api.retry import RetryPolicy
+
+    monkeypatch.setattr(client_module, "RetryPolicy", lambda: RetryPolicy(max_attempts=2, base_delay_s=0.01))
+    fake.behaviour.inject("status", Fault("drop"), Fault("drop"))
+    with pytest.raises(ServiceError) as caught:
+        run_node(**node_inputs())
+    assert "lost contact" in str(caught.value)
+    _, _, _, request_id = run_node(**node_inputs())
+    assert fake.submits == 1 and request_id in fake.jobs
+
+
+def test_a_request_the_service_forgot_is_submitted_anew_and_the_user_told(fake, comfy, monkeypatch):
+    fake.behaviour.run_s = 2.5
+    with pytest.raises(DeadlineExceededError):
+        run_with_deadline(1.0, monkeypatch)
+    fake.jobs.clear()  # expired at RunComfy
+    fake.behaviour.run_s = 0.3
+    _, _, _, request_id = run_node(**node_inputs())
+    assert request_id in fake.jobs
+    assert any("no longer known to RunComfy; submitting a new one" in t for t in comfy.progress_texts())
+    assert "had expired, so a new one was submitted" in comfy.progress_texts()[-1]
+
+
+def test_unchanged_inputs_after_a_restart_cost_nothing(fake, comfy):
+    first = run_node(**node_inputs())
+    requests_before = len(fake.requests)
+    second = run_node(**node_inputs())  # a new node object: ComfyUI's memory cache is gone
+    assert len(fake.requests) == requests_before, "nothing may be sent"
+    assert second[3] == first[3] and bool((second[0] == first[0]).all())
+    assert comfy.progress_texts()[-1].startswith(f"Done: 3 images, request {first[3]}")
+    assert any("nothing sent, nothing charged" in t for t in comfy.progress_texts())
+
+
+def test_a_new_seed_forces_a_new_generation(fake, comfy):
+    run_node(**node_inputs(seed=1))
+    run_node(**node_inputs(seed=2))
+    assert fake.submits == 2
+
+
+def test_changed_pixels_force_a_new_generation(fake, comfy):
+    from helpers import image_batch
+
+    run_node(**node_inputs(image_1=image_batch(1, 64, 96, seed=1)))
+    run_node(**node_inputs(image_1=image_batch(1, 64, 96, seed=2)))
+    assert fake.submits == 2
+
+
+def test_an_unknown_submit_outcome_blocks_an_identical_resubmit(fake, comfy):
+    fake.behaviour.inject("submit", Fault("drop"))
+    with pytest.raises(OutcomeUnknownError):
+        run_node(**node_inputs())
+    with pytest.raises(OutcomeUnknownError) as caught:
+        run_node(**node_inputs())
+    assert "to avoid paying twice it is not sent again" in str(caught.value) and "change the seed" in str(caught.value)
+    assert fake.submit_attempts == 1
+    run_node(**node_inputs(seed=43))
+    assert fake.submit_attempts == 2
+
+
+def test_stop_while_generating_then_run_again_collects_the_paid_job(fake, comfy):
+    fake.behaviour.run_s = 1.5
+    comfy.stop_when = lambda text: text.startswith("Generating")
+    with pytest.raises(comfy.InterruptProcessingException):
+        run_node(**node_inputs())
+    comfy.stop_when = None
+    _, _, _, request_id = run_node(**node_inputs())
+    assert fake.submits == 1 and request_id in fake.jobs
+
+
+def test_a_cancelled_queued_job_is_forgotten_so_the_next_run_submits(fake, comfy):
+    fake.behaviour.queue_s = 3.0
+    comfy.stop_when = lambda text: text.startswith("Queued")
+    with pytest.raises(comfy.InterruptProcessingException):
+        run_node(**node_inputs())
+    comfy.stop_when = None
+    fake.behaviour.queue_s = 0.2
+    run_node(**node_inputs())
+    assert fake.submits == 2 and fake.cancel_calls == 1
+
+
+def test_a_failed_job_is_not_resumed(fake, comfy):
+    from runcomfy_seedream.api.errors import JobFailedError
+
+    fake.behaviour.fail_with = "temporary model error"
+    with pytest.raises(JobFailedError):
+        run_node(**node_inputs())
+    fake.behaviour.fail_with = None
+    run_node(**node_inputs())
+    assert fake.submits == 2
+
+
+def test_the_journal_stays_small_and_holds_no_secret(fake, comfy, tmp_path):
+    from runcomfy_seedream.api.journal import MAX_ENTRIES, Journal
+
+    journal = Journal(state_dir(tmp_path))
+    for index in range(MAX_ENTRIES + 25):
+        journal.record_submitted(f"fp{index}", f"req{index}")
+    entries = json.loads(journal.path.read_text())["entries"]
+    assert len(entries) == MAX_ENTRIES and "fp0" not in entries and f"fp{MAX_ENTRIES + 24}" in entries
+    assert oct(journal.path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_two_nodes_with_the_same_inputs_in_one_graph_write_one_consistent_journal(fake, comfy, tmp_path):
+    async def both():
+        nodes = [NODE_CLASS_MAPPINGS[NODE_ID]() for _ in range(2)]
+        return await asyncio.gather(
+            nodes[0].generate(**node_inputs(seed=5, unique_id="1")), nodes[1].generate(**node_inputs(seed=6, unique_id="2"))
+        )
+
+    asyncio.run(both())
+    journal = json.loads((state_dir(tmp_path) / "journal.json").read_text())
+    assert journal["entries"] == {} and fake.submits == 2
