@@ -105,13 +105,13 @@ class ResultDownloader:
         policy: UrlPolicy,
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
-        max_bytes: int = MAX_DOWNLOAD_BYTES,
+        max_bytes: int | None = None,
         retry: RetryPolicy = DOWNLOAD_RETRY,
         timeout_s: float | None = None,
     ) -> None:
         self.policy = policy
         self.concurrency = concurrency
-        self.max_bytes = max_bytes
+        self.max_bytes = MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes
         self.retry = retry
         self.timeout_s = DOWNLOAD_TIMEOUT_S if timeout_s is None else timeout_s
 
@@ -164,8 +164,7 @@ class ResultDownloader:
                     if status in (404, 410, 403):
                         raise DownloadError(
                             f"{label} is no longer available (HTTP {status}); result links expire after about a "
-                            "day. Run the node again to generate new images (a new, charged job).",
-                            expired=True,
+                            "day. Run the node again to generate new images (a new, charged job)."
                         )
                     problem = f"HTTP {status}"
                     if status == 429:
@@ -175,7 +174,7 @@ class ResultDownloader:
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}"
             if attempt >= self.retry.max_attempts:
-                raise DownloadError(f"{label} could not be downloaded after {attempt} tries ({problem}).")
+                raise DownloadError(f"{label} could not be downloaded after {attempt} tries ({problem}).", transient=True)
             await asyncio.sleep(self.retry.backoff(attempt) if delay is None else min(delay, self.retry.max_delay_s))
 
     async def _read_capped(self, response: httpx.Response, label: str) -> bytes:

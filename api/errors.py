@@ -94,9 +94,9 @@ class StopRequested(RunComfyError):
 class DownloadError(RunComfyError):
     """A result file could not be fetched or is not a usable image."""
 
-    def __init__(self, message: str, *, request_id: str | None = None, expired: bool = False) -> None:
+    def __init__(self, message: str, *, request_id: str | None = None, transient: bool = False) -> None:
         super().__init__(message, request_id=request_id)
-        self.expired = expired  # the link is gone for good: collecting the same request again cannot help
+        self.transient = transient  # network trouble: collecting the same request again may work
 
 
 _CODE_MESSAGES: dict[str, tuple[type[ServiceError], str]] = {

@@ -316,10 +316,10 @@ async def generate(
         )
     except DownloadError as failed:
         failed.request_id = result.request_id
-        if failed.expired:
-            await state.forget()
-        else:
+        if failed.transient:
             failed.args = (f"{failed.args[0]} Run the node again with the same inputs to retry without paying again.",)
+        else:  # expired or unusable files: collecting this request again cannot help
+            await state.forget()
         raise
     if stopped:
         raise StopRequested(

@@ -15,6 +15,7 @@ class Fault:
       "garbage"  answer 200 with truncated JSON (a submit is created first)
       "stall"    wait `seconds` before handling the request (a submit is created first)
       "truncate" (files) promise the whole file but send half, then close
+      "body"     (files) serve `body` instead of the real file
     """
 
     kind: str
@@ -22,6 +23,7 @@ class Fault:
     retry_after: str | None = None
     seconds: float = 0.0
     error_code: str | None = None
+    body: bytes | None = None
 
 
 @dataclass
@@ -38,6 +40,7 @@ class FakeBehaviour:
     balance_usd: float = 100.0
     price_per_image_usd: float = 0.03
     upload_bytes_per_s: float | None = None  # simulated uplink for submit bodies
+    result_urls: list[str] | None = None  # serve these result URLs instead of the real files
     faults: dict[str, list[Fault]] = field(default_factory=dict)  # endpoint -> faults, used in order
 
     def inject(self, endpoint: str, *faults: Fault) -> None:

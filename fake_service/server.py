@@ -220,6 +220,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve_file(self, request_id: str, index: int) -> None:
         fake = self.server.fake
         fault = fake.behaviour.take_fault("file")
+        if fault is not None and fault.kind == "body":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(fault.body or b"")))
+            self.end_headers()
+            self.wfile.write(fault.body or b"")
+            return
         if fault is not None and fault.kind != "truncate" and self._apply_fault(fault):
             return
         job = fake.jobs.get(request_id)
@@ -363,7 +370,8 @@ class FakeRunComfy:
             body.update(status="failed", error=job.fail_with)
             return body
         body["status"] = "succeeded"
-        body["output"] = {"images": [f"{self.origin}/files/{job.request_id}/{i}.png" for i in range(job.image_count)]}
+        urls = [f"{self.origin}/files/{job.request_id}/{i}.png" for i in range(job.image_count)]
+        body["output"] = {"images": self.behaviour.result_urls or urls}
         if include_cost:
             body["cost"] = job.cost_usd
         return body

@@ -13,6 +13,16 @@ from runcomfy_seedream.api import downloads
 from runcomfy_seedream.api.errors import DownloadError, JobFailedError
 from runcomfy_seedream.fake_service import Fault
 
+def _bomb() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (12_000, 12_000)).save(buffer, format="PNG")  # 144 MP of zeros in a few hundred KB
+    return buffer.getvalue()
+
+
 STORM = [Fault("http", status=429, retry_after="0")] * 6
 STORM_NO_HINT = [Fault("http", status=429)] * 3
 
@@ -34,12 +44,18 @@ MATRIX = [
     ("fewer images than asked", {}, {"images_returned": 1}, 1, None),
     ("outputs of mixed sizes", {}, {"mixed_sizes": True}, 3, None),
     ("job finishes with no images", {}, {"images_returned": 0}, JobFailedError, ["no images"]),
+    ("result is not an image", {"file": [Fault("body", body=b"<html>Access denied</html>")]}, {}, DownloadError, ["not an image"]),
+    ("result is a decompression bomb", {"file": [Fault("body", body=_bomb())]}, {}, DownloadError, ["too large to decode safely"]),
+    ("result file is too large", {"file": [Fault("body", body=b"x" * 3_000_000)]}, {}, DownloadError, ["over the 2 MiB limit"]),
+    ("result URL on a private host", {}, {"result_urls": ["https://10.1.2.3/out.png"]}, DownloadError, ["not a public host"]),
+    ("result URL not https", {}, {"result_urls": ["http://cdn.example.com/out.png"]}, DownloadError, ["only https"]),
 ]
 
 
 @pytest.mark.parametrize("name,faults,behaviour_changes,expected,words", MATRIX, ids=[row[0] for row in MATRIX])
 def test_fault(fake, comfy, monkeypatch, name, faults, behaviour_changes, expected, words):
     monkeypatch.setattr(downloads, "DOWNLOAD_TIMEOUT_S", 0.75)
+    monkeypatch.setattr(downloads, "MAX_DOWNLOAD_BYTES", 2 * 1024 * 1024)
     for endpoint, injected in faults.items():
         fake.behaviour.inject(endpoint, *injected)
     for key, value in behaviour_changes.items():

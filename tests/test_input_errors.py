@@ -86,11 +86,11 @@ def test_plain_http_base_url_off_this_machine_is_refused(fake, comfy, monkeypatc
 
 
 def test_a_huge_reference_is_downscaled_to_fit_and_the_user_is_told(fake, comfy):
-    wide = torch.rand((1, 2100, 6100, 3), dtype=torch.float32)
+    wide = torch.rand((1, 2400, 7000, 3), dtype=torch.float32)
     run_node(**node_inputs(image_1=wide))
     from helpers import data_uri_size, submitted_payloads
 
     (payload,) = submitted_payloads(fake)
     width, height = data_uri_size(payload["images"][0])
-    assert width < 6000 and abs(width / height - 6100 / 2100) < 0.01
-    assert any("downscaled from 6100x2100" in t for t in comfy.progress_texts())
+    assert width < 6000 and abs(width / height - 7000 / 2400) < 0.01
+    assert any("downscaled from 7000x2400" in t for t in comfy.progress_texts())
