@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
 import httpx
 
@@ -166,15 +166,25 @@ class RunComfyClient:
 
     # --- calls -------------------------------------------------------------------------------
 
-    async def submit(self, model_id: str, payload: Mapping[str, Any]) -> Submission:
-        """POST the job once. Raises OutcomeUnknownError when it may have arrived but no answer came."""
-        body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
-        if len(body) > MAX_BODY_BYTES:
+    async def submit(self, model_id: str, body: Mapping[str, Any] | Sequence[bytes]) -> Submission:
+        """POST the job once. Raises OutcomeUnknownError when it may have arrived but no answer came.
+
+        `body` is the JSON payload as a dict, or as byte pieces (see `EditSequentialRequest.body_chunks`),
+        which are streamed with an exact Content-Length instead of being joined into one large copy.
+        """
+        chunks = [json.dumps(body, separators=(",", ":")).encode("utf-8")] if isinstance(body, Mapping) else list(body)
+        length = sum(len(chunk) for chunk in chunks)
+        if length > MAX_BODY_BYTES:
             raise InputError(
                 "images",
-                f"the request would be {len(body) / 2**20:.0f} MiB; the limit is {MAX_BODY_BYTES / 2**20:.0f} MiB. "
+                f"the request would be {length / 2**20:.0f} MiB; the limit is {MAX_BODY_BYTES / 2**20:.0f} MiB. "
                 "Use fewer or smaller reference images.",
             )
+
+        async def stream() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+
         action = "Submitting the job"
         t = self.timeouts
         timeout = httpx.Timeout(connect=t.connect_s, read=t.submit_read_s, write=t.write_s, pool=t.connect_s)
@@ -185,8 +195,8 @@ class RunComfyClient:
             try:
                 response = await self._http.post(
                     f"models/{model_id}",
-                    content=body,
-                    headers={"Content-Type": "application/json"},
+                    content=stream(),
+                    headers={"Content-Type": "application/json", "Content-Length": str(length)},
                     timeout=timeout,
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -320,8 +330,8 @@ class RunComfyClient:
             await asyncio.sleep(delay)
             waited += delay
 
-    async def run(self, model_id: str, payload: Mapping[str, Any], **options: Any) -> JobResult:
+    async def run(self, model_id: str, body: Mapping[str, Any] | Sequence[bytes], **options: Any) -> JobResult:
         """Submit once and poll to completion; see `job.run_job` for the options (deadline, events, Stop)."""
         from .job import run_job  # job builds on this module
 
-        return await run_job(self, model_id, payload, **options)
+        return await run_job(self, model_id, body, **options)

@@ -1,6 +1,6 @@
 """A stable name for "this exact request": what the resume journal and the result cache are keyed by.
 
-Built from the pixels of the references, the reference URLs, every widget value,
+Built from the digests of the references' clean pixels, the reference URLs, every widget value,
 the model and the service host. Never from the token: the same inputs under
 another token give the same key, and the key reveals nothing about the account.
 """
@@ -12,15 +12,6 @@ import json
 from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
-import numpy as np
-
-
-def pixel_digest(pixels: np.ndarray) -> str:
-    """SHA-256 of a frame's shape, dtype and raw values (hashlib releases the GIL, so frames hash in parallel)."""
-    contiguous = np.ascontiguousarray(pixels)
-    digest = hashlib.sha256(f"{contiguous.shape}|{contiguous.dtype}|".encode())
-    digest.update(memoryview(contiguous).cast("B"))
-    return digest.hexdigest()
 
 
 def request_fingerprint(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from .client import SUCCESS_STATES, JobResult, RunComfyClient
 from .errors import (
@@ -58,7 +58,7 @@ SubmittedHook = Callable[[str], Awaitable[None]]
 async def run_job(
     client: RunComfyClient,
     model_id: str,
-    payload: Mapping[str, Any],
+    body: Mapping[str, Any] | Sequence[bytes],
     *,
     deadline_s: float = DEFAULT_DEADLINE_S,
     on_event: EventSink | None = None,
@@ -74,7 +74,7 @@ async def run_job(
     if stop():
         raise StopRequested("Stopped before submitting: nothing was sent and nothing is charged.")
     emit(JobEvent("submitting", "Submitting the job to RunComfy…"))
-    submit_task = asyncio.ensure_future(client.submit(model_id, payload))
+    submit_task = asyncio.ensure_future(client.submit(model_id, body))
     try:
         stop_pressed = await wait_watching(submit_task, stop) == "stop"
         if stop_pressed:

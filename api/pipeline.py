@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,11 +26,20 @@ from .errors import (
     RequestNotFoundError,
     StopRequested,
 )
-from .fingerprint import pixel_digest, request_fingerprint
+from .fingerprint import request_fingerprint
 from .job import DEFAULT_DEADLINE_S, JobEvent, run_job, wait_for_job
 from .journal import UNKNOWN_OUTCOME_HOLD_S, Journal
 from .result_cache import ResultCache
-from .references import DEFAULT_PNG_COMPRESS_LEVEL, EncodedReference, check_frame_shape, encode_reference
+from .parallel import map_in_threads
+from .references import (
+    DEFAULT_PNG,
+    EncodedReference,
+    PngSettings,
+    PreparedReference,
+    check_frame_shape,
+    encode_reference,
+    prepare_reference,
+)
 from .schema import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MAX_IMAGES,
@@ -142,36 +149,6 @@ class _ProgressReporter:
             self(event.message, fractions.get(event.phase))
 
 
-async def encode_references(
-    references: Sequence[Reference],
-    *,
-    max_file_bytes: int,
-    compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL,
-    workers: int | None = None,
-    on_encoded: Callable[[EncodedReference, int], None] | None = None,
-) -> list[EncodedReference]:
-    """PNG-encode references in parallel threads (PIL's encoder releases the GIL), keeping their order."""
-    if not references:
-        return []
-    loop = asyncio.get_running_loop()
-    workers = workers or min(len(references), os.cpu_count() or 1)
-    done = 0
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="runcomfy-encode") as pool:
-
-        async def one(ref: Reference) -> EncodedReference:
-            nonlocal done
-            encoded = await loop.run_in_executor(
-                pool,
-                lambda: encode_reference(ref.label, ref.pixels, max_file_bytes=max_file_bytes, compress_level=compress_level),
-            )
-            done += 1
-            if on_encoded is not None:
-                on_encoded(encoded, done)
-            return encoded
-
-        return list(await asyncio.gather(*(one(ref) for ref in references)))
-
-
 @dataclass
 class _RunState:
     """Where this run's journal entry and cached result live (None: nothing is kept on disk)."""
@@ -193,18 +170,9 @@ class _RunState:
             await asyncio.to_thread(self.journal.forget, self.fingerprint)
 
 
-async def _hash_references(references: Sequence[Reference], workers: int) -> list[str]:
-    loop = asyncio.get_running_loop()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="runcomfy-hash") as pool:
-        return list(await asyncio.gather(*(loop.run_in_executor(pool, pixel_digest, r.pixels) for r in references)))
-
-
 async def _decode_files(files: Sequence[bytes]) -> list[np.ndarray]:
-    return list(
-        await asyncio.gather(
-            *(asyncio.to_thread(decode_image, data, f"Saved result {i}") for i, data in enumerate(files, start=1))
-        )
-    )
+    labelled = [(f"Saved result {i}", data) for i, data in enumerate(files, start=1)]
+    return await map_in_threads(lambda item: decode_image(item[1], item[0]), labelled, name="runcomfy-decode")
 
 
 async def _settle(state: _RunState, job):
@@ -234,13 +202,12 @@ async def generate(
     on_progress: ProgressSink | None = None,
     should_stop: StopCheck | None = None,
     deadline_s: float = DEFAULT_DEADLINE_S,
-    compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL,
+    png: PngSettings = DEFAULT_PNG,
     client_options: dict | None = None,
 ) -> GenerationResult:
     """One node run. With `state_dir`, a paid request is journaled and its result cached on disk."""
     stop = should_stop or never_stop
     report = _ProgressReporter(on_progress)
-    workers = min(max(1, len(references)), os.cpu_count() or 1)
 
     # 1. Everything the user can get wrong, before any work or spending.
     credentials = credentials or resolve_credentials()
@@ -250,13 +217,25 @@ async def generate(
         check_frame_shape(ref.label, ref.pixels)
     urls = [check_image_url(f"image_urls line {i}", url) for i, url in enumerate(image_urls, start=1)]
 
-    # 2. Have these exact inputs been paid for already?
-    stopped, digests = await run_stoppable(_hash_references(references, workers), stop)
+    # 2. Clean pixels, and have these exact inputs been paid for already?
+    def prepared_one(prepared: PreparedReference, done: int) -> None:
+        extra = f" ({prepared.label}: {'; '.join(prepared.notes)})" if prepared.notes else ""
+        report(f"Preparing references {done}/{len(references)}{extra}", 0.03 * done / len(references))
+
+    if references:
+        report(f"Preparing references 0/{len(references)}", 0.0)
+    stopped, prepared = await run_stoppable(
+        map_in_threads(lambda ref: prepare_reference(ref.label, ref.pixels), references, on_done=prepared_one), stop
+    )
     if stopped:
         raise StopRequested("Stopped while preparing the references: nothing was sent and nothing is charged.")
     state = _RunState(
         request_fingerprint(
-            model_id=MODEL_ID, base_url=base_url, settings=asdict(settings), reference_digests=digests, reference_urls=urls
+            model_id=MODEL_ID,
+            base_url=base_url,
+            settings=asdict(settings),
+            reference_digests=[p.digest for p in prepared],
+            reference_urls=urls,
         ),
         Journal(state_dir) if state_dir else None,
         ResultCache(state_dir) if state_dir else None,
@@ -296,12 +275,14 @@ async def generate(
 
         # 3b. Or submit once.
         if result is None:
-            request = await _build_request(references, urls, settings, compress_level, stop, report, notes)
+            request = await _build_request(prepared, urls, settings, png, stop, report, notes)
+            prepared = []  # the clean pixels are no longer needed: free them before the results arrive
+            body, asked = request.body_chunks(), request.max_images_sent
+            del request
             result = await _settle(
-                state,
-                run_job(client, request.model_id, request.to_payload(), on_submitted=state.remember_submit, **job_options),
+                state, run_job(client, MODEL_ID, body, on_submitted=state.remember_submit, **job_options)
             )
-            asked = request.to_payload()["sequential_image_generation_options"]
+            del body
             if len(result.urls) < asked:
                 notes.append(f"the model returned {len(result.urls)} of up to {asked} images")
 
@@ -335,37 +316,37 @@ async def generate(
 
 
 async def _build_request(
-    references: Sequence[Reference],
+    prepared: Sequence[PreparedReference],
     urls: Sequence[str],
     settings: GenerationSettings,
-    compress_level: int,
+    png: PngSettings,
     stop: StopCheck,
-    report: "_ProgressReporter",
+    report: _ProgressReporter,
     notes: list[str],
 ) -> EditSequentialRequest:
-    """Encode the references and assemble the validated request."""
+    """PNG-encode the references in parallel and assemble the validated request."""
+    for ref in prepared:
+        notes.extend(f"{ref.label}: {note}" for note in ref.notes)
+    limit = per_reference_byte_limit(len(prepared))
 
     def encoded_one(encoded: EncodedReference, done: int) -> None:
-        for note in encoded.notes:
-            notes.append(f"{encoded.label}: {note}")
-        extra = f" ({encoded.label}: {'; '.join(encoded.notes)})" if encoded.notes else ""
-        report(f"Encoding references {done}/{len(references)}{extra}", 0.1 * done / len(references))
+        fresh = [note for note in encoded.notes if note.startswith("downscaled")]
+        notes.extend(f"{encoded.label}: {note}" for note in fresh)
+        extra = f" ({encoded.label}: {'; '.join(fresh)})" if fresh else ""
+        report(f"Encoding references {done}/{len(prepared)}{extra}", 0.03 + 0.07 * done / len(prepared))
 
-    if references:
-        report(f"Encoding references 0/{len(references)}", 0.0)
+    if prepared:
+        report(f"Encoding references 0/{len(prepared)}", 0.03)
     stopped, encoded = await run_stoppable(
-        encode_references(
-            references,
-            max_file_bytes=per_reference_byte_limit(len(references)),
-            compress_level=compress_level,
-            on_encoded=encoded_one,
+        map_in_threads(
+            lambda ref: encode_reference(ref, max_file_bytes=limit, png=png), prepared, on_done=encoded_one, name="runcomfy-encode"
         ),
         stop,
     )
     if stopped:
         raise StopRequested("Stopped while preparing the references: nothing was sent and nothing is charged.")
     return EditSequentialRequest(
-        images=tuple(e.data_uri for e in encoded) + tuple(urls),
+        images=tuple(e.uri for e in encoded) + tuple(urls),
         text=settings.prompt,
         max_images=settings.max_images,
         image_size=settings.image_size,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 from urllib.parse import urlsplit
 
 from .errors import InputError
@@ -207,10 +208,32 @@ def decode_data_uri(uri: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class DataUri:
+    """A base64 `data:` URI kept as bytes, so large references are never copied into str and back."""
+
+    mime: str
+    base64: bytes = field(repr=False)
+
+    @property
+    def prefix(self) -> bytes:
+        return f"data:{self.mime};base64,".encode("ascii")
+
+    @property
+    def file_bytes(self) -> int:
+        return len(self.base64) * 3 // 4 - self.base64[-2:].count(b"=")
+
+    def __str__(self) -> str:
+        return self.prefix.decode("ascii") + self.base64.decode("ascii")
+
+
+ImageUri = Union[str, DataUri]
+
+
+@dataclass(frozen=True)
 class EditSequentialRequest:
     """One submit of the model, field for field. `validate()` enforces every schema rule."""
 
-    images: tuple[str, ...]
+    images: tuple[ImageUri, ...]
     text: str
     max_images: int = DEFAULT_MAX_IMAGES
     image_size: str = DEFAULT_IMAGE_SIZE
@@ -229,21 +252,47 @@ class EditSequentialRequest:
         check_reference_count(len(self.images), self.max_images, self.sequential_image_generation)
         for index, uri in enumerate(self.images, start=1):
             label = f"reference {index}"
-            if isinstance(uri, str) and uri.startswith("data:"):
+            if isinstance(uri, DataUri):
+                if uri.mime not in ("image/png", "image/jpeg"):
+                    raise InputError(label, f"is {uri.mime}; only PNG or JPEG are accepted.")
+                if uri.file_bytes >= MAX_REFERENCE_BYTES:
+                    raise InputError(label, f"is {uri.file_bytes / 1e6:.1f} MB; each reference must be under 10 MB.")
+            elif isinstance(uri, str) and uri.startswith("data:"):
                 check_data_uri(label, uri)
             else:
                 check_image_url(label, uri)
         return self
 
-    def to_payload(self) -> dict[str, Any]:
-        """The JSON body of the submit call.
+    @property
+    def max_images_sent(self) -> int:
+        """With sequential generation "disabled" the model makes exactly one image, so the
+        maximum sent is 1: the price scales with this field and nothing more can come back."""
+        return self.max_images if self.sequential_image_generation == "auto" else 1
 
-        With sequential generation "disabled" the model makes exactly one image, so the
-        maximum sent is 1: the price scales with this field and nothing more can come back.
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON body of the submit call as a dict (data URIs as text)."""
+        return {"images": [str(uri) for uri in self.images], **self._other_fields()}
+
+    def body_chunks(self) -> list[bytes]:
+        """The same JSON body as byte pieces whose concatenation is the request body.
+
+        Large base64 references are passed through as they are, never joined into one copy.
         """
-        max_images = self.max_images if self.sequential_image_generation == "auto" else 1
+        chunks: list[bytes] = [b'{"images":[']
+        for index, uri in enumerate(self.images):
+            if index:
+                chunks.append(b",")
+            if isinstance(uri, DataUri):
+                chunks += [b'"', uri.prefix, uri.base64, b'"']  # base64 needs no JSON escaping
+            else:
+                chunks.append(json.dumps(uri).encode("utf-8"))
+        rest = json.dumps(self._other_fields(), separators=(",", ":"))
+        chunks.append(b"]," + rest[1:].encode("utf-8"))
+        return chunks
+
+    def _other_fields(self) -> dict[str, Any]:
+        max_images = self.max_images_sent
         payload: dict[str, Any] = {
-            "images": list(self.images),
             "text": self.text,
             "sequential_image_generation_options": max_images,
             "image_size": self.image_size,

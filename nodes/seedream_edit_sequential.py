@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from ..api.errors import InputError, StopRequested
@@ -159,7 +160,7 @@ class RunComfySeedream4EditSequential:
             comfy_bridge.send_progress_text(str(stop), node_id)
             raise comfy_bridge.interruption(str(stop)) from None
 
-        batch, padded = to_image_batch(result.images)
+        batch, padded = await asyncio.to_thread(to_image_batch, result.images)
         summary = f"Done: {len(result.images)} image{'s' if len(result.images) != 1 else ''}, request {result.request_id}"
         if result.cost_usd is not None:
             summary += f", cost ${result.cost_usd:.2f}"
