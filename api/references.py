@@ -64,34 +64,38 @@ def check_frame_shape(label: str, frame: np.ndarray) -> tuple[int, int]:
     return width, height
 
 
+ROW_BLOCK = 128  # rows converted at a time: keeps the float scratch small and in cache
+
+
 def to_rgb8(frame: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Float (H, W, C) in 0..1 -> uint8 RGB; NaN/inf and out-of-range values are clipped, alpha dropped.
 
-    Few passes over the data: min and max (which also reveal NaN), one scale, one cast.
+    Few passes: min and max (which also reveal NaN), then a scale and a cast done block
+    by block, so the float scratch space is a few MB whatever the image size.
     """
     notes: list[str] = []
     channels = frame.shape[2]
     pixels = frame[:, :, : channels - 1] if channels in (2, 4) else frame  # alpha is not read by the model
-    if pixels.dtype == np.uint8:
-        scaled_source = None
-        low, high = 0.0, 1.0
-    else:
-        scaled_source = pixels
-        low, high = float(np.min(pixels)), float(np.max(pixels))
-    if not (math.isfinite(low) and math.isfinite(high)):
-        scaled_source = np.nan_to_num(np.asarray(pixels, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-        notes.append("NaN/inf pixels set to black/white")
-        low, high = float(np.min(scaled_source)), float(np.max(scaled_source))
     rgb8 = np.empty(pixels.shape[:2] + (3,), dtype=np.uint8)
-    if scaled_source is None:
+    if pixels.dtype == np.uint8:
         rgb8[:] = pixels
         return rgb8, notes
-    scaled = np.multiply(scaled_source, np.float32(255.0), dtype=np.float32)
-    scaled += np.float32(0.5)
-    if low < 0.0 or high > 1.0:
+    low, high = float(np.min(pixels)), float(np.max(pixels))
+    finite = math.isfinite(low) and math.isfinite(high)
+    if not finite:
+        notes.append("NaN/inf pixels set to black/white, other values clipped to 0..1")
+    clip = not finite or low < 0.0 or high > 1.0
+    if finite and clip:
         notes.append(f"pixel values {low:.2f}..{high:.2f} clipped to 0..1")
-        np.clip(scaled, 0.0, 255.0, out=scaled)
-    rgb8[:] = scaled  # one grey channel broadcasts to three
+    for top in range(0, pixels.shape[0], ROW_BLOCK):
+        block = pixels[top : top + ROW_BLOCK]
+        if not finite:
+            block = np.nan_to_num(block, nan=0.0, posinf=1.0, neginf=0.0)
+        scaled = np.multiply(block, np.float32(255.0), dtype=np.float32)
+        scaled += np.float32(0.5)
+        if clip:
+            np.clip(scaled, 0.0, 255.0, out=scaled)
+        rgb8[top : top + ROW_BLOCK] = scaled  # one grey channel broadcasts to three
     return rgb8, notes
 
 
@@ -118,8 +122,8 @@ def encode_reference(
     image = Image.fromarray(prepared.rgb8, mode="RGB")
     notes = list(prepared.notes)
     original = image.size
-    if max(image.size) > MAX_SIDE:
-        scale = MAX_SIDE / max(image.size)
+    scale = min(1.0, MAX_SIDE / max(image.size), _probe_scale(image, max_file_bytes, png))
+    if scale < 1.0:
         image = image.resize(_scaled(image.size, scale), Image.Resampling.LANCZOS)
     data = _png_bytes(image, png)
     while len(data) > max_file_bytes:
@@ -134,6 +138,22 @@ def encode_reference(
         )
     uri = DataUri("image/png", base64.b64encode(data))
     return EncodedReference(prepared.label, uri, image.size[0], image.size[1], tuple(notes))
+
+
+def _probe_scale(image: Image.Image, max_file_bytes: int, png: PngSettings) -> float:
+    """A scale that should bring the PNG under `max_file_bytes`, from encoding a quarter-size centre crop.
+
+    Avoids encoding a large reference twice (once too big, once downscaled). Returns 1.0
+    when the image cannot be too big (raw pixels fit) or the estimate says it fits.
+    """
+    width, height = image.size
+    if width * height * 3 <= max_file_bytes * 0.98:
+        return 1.0
+    crop = image.crop((width // 4, height // 4, width // 4 + width // 2, height // 4 + height // 2))
+    estimate = len(_png_bytes(crop, png)) * (width * height) / max(1, crop.size[0] * crop.size[1])
+    if estimate <= max_file_bytes * 0.9:
+        return 1.0
+    return math.sqrt(max_file_bytes * 0.9 / estimate)
 
 
 def _scaled(size: tuple[int, int], scale: float) -> tuple[int, int]:

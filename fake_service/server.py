@@ -124,13 +124,15 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         fake = self.server.fake
         if path.startswith("/v1/models/"):
+            started = time.monotonic()
             body = self._read_body()
+            upload_s = time.monotonic() - started
             if self._authorised() is None:
                 return
             if path != MODEL_PATH:
                 self._error(400, "400001", "Unknown model id")
                 return
-            self._submit(body)
+            self._submit(body, upload_s)
             return
         match = _REQUEST_PATH.match(path)
         if match and match.group(2) == "cancel":
@@ -143,8 +145,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._error(404, None, "Not found")
 
-    def _submit(self, body: bytes) -> None:
+    def _submit(self, body: bytes, upload_s: float) -> None:
         fake = self.server.fake
+        received = time.monotonic()
         fake.count_submit_attempt()
         fault = fake.behaviour.take_fault("submit")
         if fault is not None and fault.kind == "http":
@@ -152,7 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             payload = json.loads(body)
-            colours = check_payload(payload)
+            colours = check_payload(payload, inspect_pixels=fake.behaviour.inspect_pixels)
         except (ValueError, SchemaViolation) as exc:
             self._error(422, None, f"Invalid input: {exc}")
             return
@@ -162,6 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
         except _NoBalance:
             self._error(400, "400002", "Insufficient balance")
             return
+        job.body_bytes, job.upload_s, job.processing_s = len(body), upload_s, time.monotonic() - received
         if fault is not None:  # the job exists (it reached the service), but the answer goes wrong
             if fault.kind == "stall":
                 time.sleep(fault.seconds)

@@ -9,6 +9,7 @@ from helpers import data_uri_size, image_batch, node_inputs, run_node, submitted
 
 
 def test_references_in_socket_then_batch_order_give_a_batch_of_generated_images(fake, comfy):
+    fake.behaviour.queue_s, fake.behaviour.run_s = 0.6, 1.2  # long enough to see each state at least once
     first = image_batch(2, 64, 96, seed=1)  # two frames on image_1
     second = image_batch(1, 120, 80, seed=2)  # a different size on image_2
     images, image_list, urls, request_id = run_node(

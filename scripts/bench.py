@@ -1,0 +1,313 @@
+"""Benchmark: time to result of this pack against a naive client, and the codec floor, in one process and one run.
+
+    python scripts/bench.py [--uplink-mbit 50] [--service-seconds 3] [--quick]
+
+Runs the local fake service with a fixed service time and a throttled uplink, then
+for each job runs our node (exactly as ComfyUI calls it) and the naive baseline
+(scripts/naive_client.py), and prints wall time, time by phase, bytes sent,
+completion-detection delay, status requests per second, peak extra memory and the
+ratio ours/baseline. Also prints the codec floor and the PNG settings trade-off.
+Numbers are only comparable within one run: machines here are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import io
+import os
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pack_import import load_pack
+
+PHASE_MARKS = [  # (phase that ends when a progress text starts with this, marker)
+    ("prepare", "Encoding references 0/"),
+    ("encode", "Submitting"),
+    ("upload+submit", "Submitted:"),
+    ("wait", "Fetching the result"),
+    ("result", "Downloading 0/"),
+    ("download+decode", "Done:"),
+]
+
+
+def photo_like(height: int, width: int, seed: int) -> np.ndarray:
+    """Float RGB with structure at several scales plus sensor-like noise: compresses like a photo, not like flat colour."""
+    rng = np.random.default_rng(seed)
+    acc = np.zeros((height, width, 3), np.float32)
+    for cells, amplitude in ((4, 0.5), (16, 0.25), (64, 0.12), (256, 0.06)):
+        small = (rng.random((cells, cells, 3)) * 255).astype(np.uint8)
+        layer = Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+        acc += np.asarray(layer, np.float32) * (amplitude / 255.0)
+    acc /= 0.93
+    acc += rng.normal(0.0, 0.015, acc.shape).astype(np.float32)
+    return np.clip(acc, 0.0, 1.0)
+
+
+class RssSampler:
+    """Peak resident memory of this process above a starting point, sampled every 5 ms."""
+
+    def __init__(self) -> None:
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * self.page
+
+    def __enter__(self) -> "RssSampler":
+        gc.collect()
+        self.start = self.rss()
+        self.peak = self.start
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.rss())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+    @property
+    def extra(self) -> int:
+        return self.peak - self.start
+
+
+@dataclass
+class Job:
+    name: str
+    ref_size: int
+    ref_count: int
+    outputs: int
+    image_size: str = "2560:1440 (16:9)"
+
+
+@dataclass
+class Measurement:
+    wall_s: float
+    bytes_sent: int
+    upload_s: float
+    fake_processing_s: float
+    detect_delay_s: float
+    status_per_s: float
+    peak_extra_bytes: int
+    output_bytes: int
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+def measure_job(fake, request_id: str, wall: float, sampler: RssSampler, output_bytes: int, phases=None) -> Measurement:
+    job = fake.jobs[request_id]
+    submitted_at = job.created
+    status_calls = [r for r in fake.requests if r.path == f"/v1/requests/{request_id}/status"]
+    span = max(1e-6, (job.noticed_done_at or job.done_at) - submitted_at)
+    return Measurement(
+        wall_s=wall,
+        bytes_sent=job.body_bytes,
+        upload_s=job.upload_s,
+        fake_processing_s=job.processing_s,
+        detect_delay_s=(job.noticed_done_at or float("nan")) - job.done_at,
+        status_per_s=len(status_calls) / span,
+        peak_extra_bytes=sampler.extra,
+        output_bytes=output_bytes,
+        phases=phases or {},
+    )
+
+
+def run_ours(pack, comfy_bridge, references, fields, job: Job) -> tuple[Measurement, str]:
+    marks: list[tuple[str, float]] = []
+    comfy_bridge.send_progress_text = lambda text, node_id: marks.append((text, time.perf_counter()))
+    node = pack.NODE_CLASS_MAPPINGS["RunComfySeedream4EditSequential"]()
+    inputs = {f"image_{i}": tensor for i, tensor in enumerate(references, start=1)}
+    with RssSampler() as sampler:
+        started = time.perf_counter()
+        images, _, _, request_id = asyncio.run(
+            node.generate(
+                prompt=fields["text"],
+                max_images=fields["sequential_image_generation_options"],
+                image_size=fields["image_size"],
+                seed=fields["seed"],
+                optimize_prompt="fast",
+                sequential_image_generation="auto",
+                unique_id="bench",
+                **inputs,
+            )
+        )
+        wall = time.perf_counter() - started
+    phases, previous = {}, started
+    for phase, marker in PHASE_MARKS:
+        hit = next((t for text, t in marks if text.startswith(marker)), None)
+        if hit is not None:
+            phases[phase] = hit - previous
+            previous = hit
+    output_bytes = images.element_size() * images.nelement()
+    del images
+    return measure_job(_fake, request_id, wall, sampler, output_bytes, phases), request_id
+
+
+def run_baseline(naive, references, fields, job: Job, token: str) -> Measurement:
+    with RssSampler() as sampler:
+        started = time.perf_counter()
+        images, request_id = naive.run_naive(references, fields, base_url=_fake.base_url, token=token)
+        wall = time.perf_counter() - started
+    output_bytes = images.element_size() * images.nelement()
+    del images
+    return measure_job(_fake, request_id, wall, sampler, output_bytes)
+
+
+def codec_floor(references, output_files: list[bytes], png) -> float:
+    """Encode every reference once with our PNG settings and decode every output once, divided across the cores."""
+    started = time.perf_counter()
+    for tensor in references:
+        pixels = (tensor[0].numpy() * 255.0 + 0.5).astype(np.uint8)
+        Image.fromarray(pixels).save(io.BytesIO(), format="PNG", compress_level=png.compress_level, compress_type=png.strategy)
+    for data in output_files:
+        np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return (time.perf_counter() - started) / (os.cpu_count() or 1)
+
+
+def png_tradeoff(references, uplink_bps: float) -> list[tuple[str, float, float, float]]:
+    """(setting, encode s per reference, MB per reference, estimated s for all references) on this content."""
+    settings = [("store (level 0)", 0, 0), ("level 1", 1, 0), ("level 1 + RLE", 1, 3), ("level 1 + Huffman", 1, 2),
+                ("level 3 + RLE", 3, 3), ("level 6 (PIL default)", 6, 0), ("level 9", 9, 0)]
+    sample = [(t[0].numpy() * 255.0 + 0.5).astype(np.uint8) for t in references[:2]]
+    cores = os.cpu_count() or 1
+    rows = []
+    for name, level, strategy in settings:
+        times, sizes = [], []
+        for pixels in sample:
+            buffer = io.BytesIO()
+            t0 = time.perf_counter()
+            Image.fromarray(pixels).save(buffer, format="PNG", compress_level=level, compress_type=strategy)
+            times.append(time.perf_counter() - t0)
+            sizes.append(len(buffer.getvalue()))
+        per_ref_s, per_ref_bytes = statistics.mean(times), statistics.mean(sizes)
+        count = len(references)
+        total = per_ref_s * count / min(cores, count) + per_ref_bytes * 4 / 3 * count * 8 / uplink_bps
+        rows.append((name, per_ref_s, per_ref_bytes / 1e6, total))
+    return rows
+
+
+_fake = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    global _fake
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--uplink-mbit", type=float, default=50.0, help="simulated upload bandwidth")
+    parser.add_argument("--service-seconds", type=float, default=3.0, help="fixed queue + generation time of the fake")
+    parser.add_argument("--quick", action="store_true", help="only the small job (a smoke test of this script)")
+    args = parser.parse_args(argv)
+
+    os.environ["RUNCOMFY_SEEDREAM_STATE_DIR"] = tempfile.mkdtemp(prefix="bench-state-")
+    pack = load_pack()
+    from runcomfy_seedream.api.references import DEFAULT_PNG
+    from runcomfy_seedream.fake_service import FakeBehaviour, FakeRunComfy
+    from runcomfy_seedream.nodes import comfy_bridge
+
+    import naive_client
+
+    uplink_bps = args.uplink_mbit * 1e6
+    behaviour = FakeBehaviour(
+        queue_s=args.service_seconds * 0.2,
+        run_s=args.service_seconds * 0.8,
+        photographic=True,
+        inspect_pixels=False,
+        reuse_renders=True,
+        upload_bytes_per_s=uplink_bps / 8,
+        balance_usd=1e6,
+    )
+    jobs = [
+        # The schema caps references + images at 15, so 10 references allow at most 5 images.
+        Job("reference: 10 refs 2048x2048 -> 5 images", 2048, 10, 5),
+        Job("many images: 1 ref 2048x2048 -> 14 images", 2048, 1, 14),
+        Job("small: 1 ref 1024x1024 -> 3 images", 1024, 1, 3),
+    ]
+    if args.quick:
+        jobs = jobs[2:]
+    cores = os.cpu_count() or 1
+    print(f"machine: {cores} cores; uplink {args.uplink_mbit:g} Mbit/s; service time {args.service_seconds:g} s; "
+          f"PNG for references: level {DEFAULT_PNG.compress_level}, strategy {DEFAULT_PNG.strategy}")
+
+    with FakeRunComfy(behaviour) as fake:
+        _fake = fake
+        os.environ["RUNCOMFY_API_TOKEN"] = behaviour.token
+        os.environ["RUNCOMFY_MODEL_API_BASE"] = fake.base_url
+        seed = 1000
+        for job in jobs:
+            references = [torch.from_numpy(photo_like(job.ref_size, job.ref_size, i)).unsqueeze(0) for i in range(job.ref_count)]
+            fields = {
+                "text": f"Generate {job.outputs} images of the same scene at different times of day.",
+                "sequential_image_generation_options": job.outputs,
+                "image_size": job.image_size,
+                "optimize_prompt_options": "fast",
+                "sequential_image_generation": "auto",
+            }
+            # Warm-up: the fake renders each output size once, so later jobs measure clients, not the fake.
+            seed += 1
+            run_ours(pack, comfy_bridge, references, {**fields, "seed": seed}, job)
+            seed += 1
+            ours, request_id = run_ours(pack, comfy_bridge, references, {**fields, "seed": seed}, job)
+            seed += 1
+            naive = run_baseline(naive_client, references, {**fields, "seed": seed}, job, behaviour.token)
+            files = [f for f in fake.jobs[request_id].outputs if f]
+            floor = codec_floor(references, files, DEFAULT_PNG)
+            report(job, ours, naive, floor, uplink_bps, args.service_seconds)
+            if job is jobs[0]:
+                print_tradeoff(png_tradeoff(references, uplink_bps), args.uplink_mbit)
+            del references
+    return 0
+
+
+def report(job: Job, ours: Measurement, naive: Measurement, floor: float, uplink_bps: float, service_s: float) -> None:
+    def overhead(m: Measurement) -> float:
+        return m.wall_s - service_s - m.bytes_sent * 8 / uplink_bps - m.fake_processing_s
+
+    print(f"\n== {job.name}")
+    print(f"{'':34s}{'ours':>12s}{'naive':>12s}{'ours/naive':>12s}")
+    rows = [
+        ("wall time (s)", ours.wall_s, naive.wall_s),
+        ("bytes sent (MB)", ours.bytes_sent / 1e6, naive.bytes_sent / 1e6),
+        ("  per reference (MB)", ours.bytes_sent / 1e6 / job.ref_count, naive.bytes_sent / 1e6 / job.ref_count),
+        ("simulated upload (s)", ours.bytes_sent * 8 / uplink_bps, naive.bytes_sent * 8 / uplink_bps),
+        ("fake's own submit work (s)", ours.fake_processing_s, naive.fake_processing_s),
+        ("client overhead (s)", overhead(ours), overhead(naive)),
+        ("completion noticed after (s)", ours.detect_delay_s, naive.detect_delay_s),
+        ("status requests / s", ours.status_per_s, naive.status_per_s),
+        ("peak extra memory (MB)", ours.peak_extra_bytes / 1e6, naive.peak_extra_bytes / 1e6),
+        ("  / output tensor size", ours.peak_extra_bytes / ours.output_bytes, naive.peak_extra_bytes / naive.output_bytes),
+    ]
+    for label, a, b in rows:
+        print(f"{label:34s}{a:12.2f}{b:12.2f}{(a / b if b else float('nan')):12.2f}")
+    print("our phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in ours.phases.items()))
+    print(f"codec floor (s): {floor:.2f}   our overhead / floor: {overhead(ours) / floor:.2f}   "
+          f"speed-up vs naive: {naive.wall_s / ours.wall_s:.2f}x")
+
+
+def print_tradeoff(rows, uplink_mbit: float) -> None:
+    print(f"\nPNG settings for the references at {uplink_mbit:g} Mbit/s (encode in parallel, then upload base64):")
+    print(f"{'setting':24s}{'encode s/ref':>14s}{'MB/ref':>10s}{'est. total s':>14s}")
+    best = min(rows, key=lambda row: row[3])
+    for name, seconds, megabytes, total in rows:
+        mark = "  <- fastest" if row_is(best, name) else ""
+        print(f"{name:24s}{seconds:14.3f}{megabytes:10.2f}{total:14.2f}{mark}")
+
+
+def row_is(row, name: str) -> bool:
+    return row[0] == name
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
