@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, AsyncIterator, Callable, Mapping, Sequence, Union
 
 import httpx
 
@@ -31,6 +31,14 @@ QUEUED_STATES = frozenset({"in_queue", "queued", "pending"})
 RUNNING_STATES = frozenset({"in_progress", "running", "processing"})
 
 RetryNotice = Callable[[str], None]
+RequestBody = Union[Mapping[str, Any], Sequence[bytes], Callable[[], AsyncIterator[bytes]]]
+
+
+@dataclass
+class UploadTracker:
+    """Whether the whole submit body has been handed to the connection."""
+
+    complete: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,24 +174,40 @@ class RunComfyClient:
 
     # --- calls -------------------------------------------------------------------------------
 
-    async def submit(self, model_id: str, body: Mapping[str, Any] | Sequence[bytes]) -> Submission:
+    async def submit(self, model_id: str, body: RequestBody, upload: UploadTracker | None = None) -> Submission:
         """POST the job once. Raises OutcomeUnknownError when it may have arrived but no answer came.
 
-        `body` is the JSON payload as a dict, or as byte pieces (see `EditSequentialRequest.body_chunks`),
-        which are streamed with an exact Content-Length instead of being joined into one large copy.
+        `body` is the JSON payload as a dict, as byte pieces (sent with an exact Content-Length),
+        or a function returning an async iterator of pieces, streamed while they are produced
+        (chunked). `upload.complete` turns True once the last byte has been handed over: before
+        that, abandoning the request cannot create a job.
         """
-        chunks = [json.dumps(body, separators=(",", ":")).encode("utf-8")] if isinstance(body, Mapping) else list(body)
-        length = sum(len(chunk) for chunk in chunks)
-        if length > MAX_BODY_BYTES:
-            raise InputError(
-                "images",
-                f"the request would be {length / 2**20:.0f} MiB; the limit is {MAX_BODY_BYTES / 2**20:.0f} MiB. "
-                "Use fewer or smaller reference images.",
-            )
+        upload = upload or UploadTracker()
+        if isinstance(body, Mapping):
+            body = [json.dumps(body, separators=(",", ":")).encode("utf-8")]
+        if callable(body):
+            make_stream, headers = body, {"Content-Type": "application/json"}
+        else:
+            pieces = list(body)
+            length = sum(len(piece) for piece in pieces)
+            if length > MAX_BODY_BYTES:
+                raise InputError(
+                    "images",
+                    f"the request would be {length / 2**20:.0f} MiB; the limit is {MAX_BODY_BYTES / 2**20:.0f} MiB. "
+                    "Use fewer or smaller reference images.",
+                )
 
-        async def stream() -> AsyncIterator[bytes]:
-            for chunk in chunks:
-                yield chunk
+            async def make_stream() -> AsyncIterator[bytes]:
+                for piece in pieces:
+                    yield piece
+
+            headers = {"Content-Type": "application/json", "Content-Length": str(length)}
+
+        async def tracked() -> AsyncIterator[bytes]:
+            upload.complete = False
+            async for piece in make_stream():
+                yield piece
+            upload.complete = True
 
         action = "Submitting the job"
         t = self.timeouts
@@ -193,12 +217,7 @@ class RunComfyClient:
         while True:
             attempt += 1
             try:
-                response = await self._http.post(
-                    f"models/{model_id}",
-                    content=stream(),
-                    headers={"Content-Type": "application/json", "Content-Length": str(length)},
-                    timeout=timeout,
-                )
+                response = await self._http.post(f"models/{model_id}", content=tracked(), headers=headers, timeout=timeout)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # The connection never opened: nothing reached the service, so trying again is safe.
                 problem, delay = describe_transport_error(exc), None
@@ -209,6 +228,10 @@ class RunComfyClient:
                     "not sent again. Look for it in your RunComfy dashboard before running again."
                 ) from None
             else:
+                if response.status_code == 411 and "Content-Length" not in headers:
+                    # The service wants the length up front: it refused the request, so send it again measured.
+                    pieces = [piece async for piece in make_stream()]
+                    return await self.submit(model_id, pieces, upload)
                 if response.status_code == 429:
                     problem, delay = "HTTP 429 (rate limited)", parse_retry_after(response.headers.get("Retry-After"))
                 elif response.status_code >= 400:
@@ -330,7 +353,7 @@ class RunComfyClient:
             await asyncio.sleep(delay)
             waited += delay
 
-    async def run(self, model_id: str, body: Mapping[str, Any] | Sequence[bytes], **options: Any) -> JobResult:
+    async def run(self, model_id: str, body: RequestBody, **options: Any) -> JobResult:
         """Submit once and poll to completion; see `job.run_job` for the options (deadline, events, Stop)."""
         from .job import run_job  # job builds on this module
 

@@ -14,6 +14,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
+from .state_files import write_atomically
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net/v1"
 BASE_URL_ENV = "RUNCOMFY_MODEL_API_BASE"
@@ -28,6 +29,7 @@ class Credentials:
 
     token: str = field(repr=False)
     source: str
+    kind: str = "given"  # env | settings | cli | given
 
     def __repr__(self) -> str:
         return f"Credentials(source={self.source!r}, token=<hidden>)"
@@ -64,21 +66,34 @@ def _token_from_file(path: Path) -> str | None:
     return None
 
 
-def resolve_credentials(env: Mapping[str, str] | None = None) -> Credentials:
-    """The token from RUNCOMFY_API_TOKEN, else RUNCOMFY_TOKEN, else the CLI token file."""
+def find_credentials(env: Mapping[str, str] | None = None, settings_file: Path | None = None) -> Credentials | None:
+    """The token from RUNCOMFY_API_TOKEN, else RUNCOMFY_TOKEN, else the one saved from ComfyUI's settings
+    (`settings_file`), else RunComfy's CLI token file; None when there is none."""
     env = os.environ if env is None else env
     for name in TOKEN_ENV_VARS:
         value = (env.get(name) or "").strip()
         if value:
-            return Credentials(value, f"environment variable {name}")
+            return Credentials(value, f"environment variable {name}", "env")
+    if settings_file is not None:
+        token = _token_from_file(settings_file)
+        if token:
+            return Credentials(token, "ComfyUI settings (RunComfy > API token)", "settings")
     for path in cli_token_files(env):
         token = _token_from_file(path)
         if token:
-            return Credentials(token, f"token file {path}")
+            return Credentials(token, f"token file {path}", "cli")
+    return None
+
+
+def resolve_credentials(env: Mapping[str, str] | None = None, settings_file: Path | None = None) -> Credentials:
+    """Like `find_credentials`, but a missing token is an error that says where to put one."""
+    found = find_credentials(env, settings_file)
+    if found is not None:
+        return found
     raise ConfigurationError(
-        "No RunComfy API token found. Create one in your RunComfy account (Profile > API tokens), then either "
-        "set the environment variable RUNCOMFY_API_TOKEN before starting ComfyUI, or save it as "
-        '{"token": "..."} in ~/.config/runcomfy/token.json. Nothing was sent.'
+        "No RunComfy API token found. Create one in your RunComfy account, then either enter it in ComfyUI's "
+        "Settings > RunComfy > API token, or set the environment variable RUNCOMFY_API_TOKEN before starting "
+        'ComfyUI, or save it as {"token": "..."} in ~/.config/runcomfy/token.json. Nothing was sent.'
     )
 
 
@@ -109,3 +124,17 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
         return Path(env[STATE_DIR_ENV])
     cache_home = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
     return Path(cache_home) / "runcomfy-seedream"
+
+
+def save_token(path: Path, token: str) -> None:
+    """Store a token readable only by its owner (0600 in a 0700 folder), replacing any earlier one atomically."""
+    write_atomically(path, json.dumps({"token": token}).encode("utf-8"))
+    os.chmod(path.parent, 0o700)
+
+
+def delete_token(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False

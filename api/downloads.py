@@ -31,10 +31,7 @@ DOWNLOAD_RETRY = RetryPolicy(max_attempts=4, budget_s=30.0, base_delay_s=0.5, ma
 ProgressCallback = Callable[[int, int], None]
 
 
-@dataclass(frozen=True)
-class DownloadedImage:
-    data: bytes  # the file as served, kept for the on-disk result cache
-    pixels: np.ndarray  # uint8 RGB (H, W, 3)
+PlaceImage = Callable[[int, np.ndarray], None]  # (index, uint8 RGB) -> None, called from a worker thread
 
 
 @dataclass(frozen=True)
@@ -77,7 +74,7 @@ def _shown(url: str) -> str:
 
 
 def decode_image(data: bytes, label: str, *, max_pixels: int = MAX_OUTPUT_PIXELS) -> np.ndarray:
-    """PNG/JPEG/WebP bytes -> uint8 RGB (H, W, 3), refusing non-images and decompression bombs."""
+    """PNG/JPEG/WebP bytes -> uint8 RGB (H, W, 3) (read-only), refusing non-images and decompression bombs."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -87,7 +84,7 @@ def decode_image(data: bytes, label: str, *, max_pixels: int = MAX_OUTPUT_PIXELS
                     raise DownloadError(
                         f"{label} claims to be {width}x{height} px, beyond the {max_pixels:,} px safety limit; not decoded."
                     )
-                return np.array(image.convert("RGB"))  # writable, so torch can share it
+                return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     except DownloadError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -115,8 +112,13 @@ class ResultDownloader:
         self.retry = retry
         self.timeout_s = DOWNLOAD_TIMEOUT_S if timeout_s is None else timeout_s
 
-    async def fetch_all(self, urls: Sequence[str], on_progress: ProgressCallback | None = None) -> list[DownloadedImage]:
-        """Decoded images in the order of `urls`; `on_progress(done, total)` after each one."""
+    async def fetch_all(
+        self, urls: Sequence[str], place: PlaceImage, on_progress: ProgressCallback | None = None
+    ) -> list[bytes]:
+        """Download every URL, decode each file in a worker thread and hand its pixels to `place(index, pixels)`.
+
+        Returns the files as served, in the order of `urls`; `on_progress(done, total)` after each one.
+        """
         for index, url in enumerate(urls, start=1):
             self.policy.check(url, f"Result image {index}")
         gate = asyncio.Semaphore(self.concurrency)
@@ -132,16 +134,19 @@ class ResultDownloader:
             event_hooks={"request": [check_hop]},
         ) as http:
 
-            async def one(index: int, url: str) -> DownloadedImage:
+            def decode_and_place(index: int, data: bytes, label: str) -> None:
+                place(index - 1, decode_image(data, label))
+
+            async def one(index: int, url: str) -> bytes:
                 nonlocal done
                 label = f"Result image {index}"
                 async with gate:
                     data = await self._fetch_bytes(http, url, label)
-                pixels = await asyncio.to_thread(decode_image, data, label)
+                await asyncio.to_thread(decode_and_place, index, data, label)
                 done += 1
                 if on_progress is not None:
                     on_progress(done, len(urls))
-                return DownloadedImage(data, pixels)
+                return data
 
             tasks = [asyncio.ensure_future(one(i, url)) for i, url in enumerate(urls, start=1)]
             try:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Awaitable, Callable
 
-from .client import SUCCESS_STATES, JobResult, RunComfyClient
+from .client import SUCCESS_STATES, JobResult, RequestBody, RunComfyClient, UploadTracker
 from .errors import (
     DeadlineExceededError,
     JobCancelledError,
@@ -58,7 +58,7 @@ SubmittedHook = Callable[[str], Awaitable[None]]
 async def run_job(
     client: RunComfyClient,
     model_id: str,
-    body: Mapping[str, Any] | Sequence[bytes],
+    body: RequestBody,
     *,
     deadline_s: float = DEFAULT_DEADLINE_S,
     on_event: EventSink | None = None,
@@ -74,9 +74,17 @@ async def run_job(
     if stop():
         raise StopRequested("Stopped before submitting: nothing was sent and nothing is charged.")
     emit(JobEvent("submitting", "Submitting the job to RunComfy…"))
-    submit_task = asyncio.ensure_future(client.submit(model_id, body))
+    upload = UploadTracker()
+    submit_task = asyncio.ensure_future(client.submit(model_id, body, upload))
     try:
         stop_pressed = await wait_watching(submit_task, stop) == "stop"
+        if stop_pressed and not upload.complete and not submit_task.done():
+            # The body is not complete, so the service cannot have a job from it: abandon the upload.
+            await cancel_and_wait(submit_task)
+            raise StopRequested(
+                "Stopped while uploading: the upload was abandoned before it completed, so no job was created "
+                "and nothing is charged."
+            )
         if stop_pressed:
             emit(JobEvent("stopping", "Stop pressed: waiting for RunComfy to confirm the submit so the job can be cancelled…"))
             await asyncio.wait({submit_task})

@@ -7,10 +7,12 @@ ComfyUI node drives. Every check runs before anything is encoded or sent.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 import numpy as np
 
@@ -27,10 +29,11 @@ from .errors import (
     StopRequested,
 )
 from .fingerprint import request_fingerprint
+from .image_batch import ImageBatch
 from .job import DEFAULT_DEADLINE_S, JobEvent, run_job, wait_for_job
 from .journal import UNKNOWN_OUTCOME_HOLD_S, Journal
 from .result_cache import ResultCache
-from .parallel import map_in_threads
+from .parallel import map_in_threads, worker_count
 from .references import (
     DEFAULT_PNG,
     EncodedReference,
@@ -101,7 +104,7 @@ class Progress:
 class GenerationResult:
     request_id: str
     urls: tuple[str, ...]
-    images: list[np.ndarray]  # uint8 RGB (H, W, 3), in result order
+    images: ImageBatch  # float32 [B, H, W, 3] in 0..1, in result order; `native(i)` for each at its own size
     cost_usd: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
     reused: bool = False  # served from the on-disk cache: nothing was sent
@@ -170,9 +173,13 @@ class _RunState:
             await asyncio.to_thread(self.journal.forget, self.fingerprint)
 
 
-async def _decode_files(files: Sequence[bytes]) -> list[np.ndarray]:
-    labelled = [(f"Saved result {i}", data) for i, data in enumerate(files, start=1)]
-    return await map_in_threads(lambda item: decode_image(item[1], item[0]), labelled, name="runcomfy-decode")
+async def _decode_files(files: Sequence[bytes]) -> ImageBatch:
+    batch = ImageBatch(len(files))
+    labelled = list(enumerate(files))
+    await map_in_threads(
+        lambda item: batch.place(item[0], decode_image(item[1], f"Saved result {item[0] + 1}")), labelled, name="runcomfy-decode"
+    )
+    return batch
 
 
 async def _settle(state: _RunState, job):
@@ -273,15 +280,30 @@ async def generate(
                 notes[-1] = f"request {entry.request_id} had expired, so a new one was submitted"
                 report(f"Request {entry.request_id} is no longer known to RunComfy; submitting a new one.", 0.1)
 
-        # 3b. Or submit once.
+        # 3b. Or submit once, uploading each reference as soon as it is encoded.
         if result is None:
-            request = await _build_request(prepared, urls, settings, png, stop, report, notes)
-            prepared = []  # the clean pixels are no longer needed: free them before the results arrive
-            body, asked = request.body_chunks(), request.max_images_sent
-            del request
-            result = await _settle(
-                state, run_job(client, MODEL_ID, body, on_submitted=state.remember_submit, **job_options)
-            )
+            request = EditSequentialRequest(
+                images=(),
+                text=settings.prompt,
+                max_images=settings.max_images,
+                image_size=settings.image_size,
+                seed=settings.seed,
+                optimize_prompt=settings.optimize_prompt,
+                sequential_image_generation=settings.sequential_image_generation,
+            ).validate_settings(len(prepared) + len(urls))
+            asked = request.max_images_sent
+            body = _StreamedReferences(prepared, urls, request, png, report, notes)
+            prepared = []  # the encoder holds what it needs; nothing else keeps the clean pixels
+
+
+            async def submitted(request_id: str) -> None:
+                body.close()  # the service has the references: free their encoded copies while we wait
+                await state.remember_submit(request_id)
+
+            try:
+                result = await _settle(state, run_job(client, MODEL_ID, body.pieces, on_submitted=submitted, **job_options))
+            finally:
+                body.close()
             del body
             if len(result.urls) < asked:
                 notes.append(f"the model returned {len(result.urls)} of up to {asked} images")
@@ -290,9 +312,12 @@ async def generate(
     count = len(result.urls)
     report(f"Downloading 0/{count}", 0.8)
     downloader = ResultDownloader(UrlPolicy.for_base_url(base_url))
+    images = ImageBatch(count)
     try:
-        stopped, downloaded = await run_stoppable(
-            downloader.fetch_all(result.urls, lambda done, total: report(f"Downloading {done}/{total}", 0.8 + 0.2 * done / total)),
+        stopped, files = await run_stoppable(
+            downloader.fetch_all(
+                result.urls, images.place, lambda done, total: report(f"Downloading {done}/{total}", 0.8 + 0.2 * done / total)
+            ),
             stop,
         )
     except DownloadError as failed:
@@ -308,49 +333,73 @@ async def generate(
             "(and charged). Run the node again with the same inputs to collect them without paying again.",
             request_id=result.request_id,
         )
-    files = [d.data for d in downloaded]
     if state.cache is not None:
         await asyncio.to_thread(state.cache.store, state.fingerprint, result.request_id, result.urls, result.cost_usd, files)
     await state.forget()
-    return GenerationResult(result.request_id, result.urls, [d.pixels for d in downloaded], result.cost_usd, tuple(notes))
+    return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(notes))
 
 
-async def _build_request(
-    prepared: Sequence[PreparedReference],
-    urls: Sequence[str],
-    settings: GenerationSettings,
-    png: PngSettings,
-    stop: StopCheck,
-    report: _ProgressReporter,
-    notes: list[str],
-) -> EditSequentialRequest:
-    """PNG-encode the references in parallel and assemble the validated request."""
-    for ref in prepared:
-        notes.extend(f"{ref.label}: {note}" for note in ref.notes)
-    limit = per_reference_byte_limit(len(prepared))
+class _StreamedReferences:
+    """The submit body, produced while the references are PNG-encoded in worker threads.
 
-    def encoded_one(encoded: EncodedReference, done: int) -> None:
-        fresh = [note for note in encoded.notes if note.startswith("downscaled")]
-        notes.extend(f"{encoded.label}: {note}" for note in fresh)
-        extra = f" ({encoded.label}: {'; '.join(fresh)})" if fresh else ""
-        report(f"Encoding references {done}/{len(prepared)}{extra}", 0.03 + 0.07 * done / len(prepared))
+    All references start encoding at once; the body yields each one as soon as it and
+    the ones before it are ready, so uploading overlaps encoding.
+    """
 
-    if prepared:
-        report(f"Encoding references 0/{len(prepared)}", 0.03)
-    stopped, encoded = await run_stoppable(
-        map_in_threads(
-            lambda ref: encode_reference(ref, max_file_bytes=limit, png=png), prepared, on_done=encoded_one, name="runcomfy-encode"
-        ),
-        stop,
-    )
-    if stopped:
-        raise StopRequested("Stopped while preparing the references: nothing was sent and nothing is charged.")
-    return EditSequentialRequest(
-        images=tuple(e.uri for e in encoded) + tuple(urls),
-        text=settings.prompt,
-        max_images=settings.max_images,
-        image_size=settings.image_size,
-        seed=settings.seed,
-        optimize_prompt=settings.optimize_prompt,
-        sequential_image_generation=settings.sequential_image_generation,
-    ).validate()
+    def __init__(
+        self,
+        prepared: Sequence[PreparedReference],
+        urls: Sequence[str],
+        request: EditSequentialRequest,
+        png: PngSettings,
+        report: _ProgressReporter,
+        notes: list[str],
+    ) -> None:
+        self.urls = list(urls)
+        self.fields_json = request.fields_json()
+        self._pool = ThreadPoolExecutor(max_workers=worker_count(len(prepared)), thread_name_prefix="runcomfy-encode")
+        loop = asyncio.get_running_loop()
+        limit = per_reference_byte_limit(len(prepared))
+        total = len(prepared)
+        self._done = 0
+        for ref in prepared:
+            notes.extend(f"{ref.label}: {note}" for note in ref.notes)
+
+        def encoded_one(future: asyncio.Future) -> None:
+            if future.cancelled() or future.exception() is not None:
+                return
+            encoded: EncodedReference = future.result()
+            self._done += 1
+            fresh = [note for note in encoded.notes if note.startswith("downscaled")]
+            notes.extend(f"{encoded.label}: {note}" for note in fresh)
+            extra = f" ({encoded.label}: {'; '.join(fresh)})" if fresh else ""
+            report(f"Encoding references {self._done}/{total}{extra}", 0.03 + 0.07 * self._done / total)
+
+        if total:
+            report(f"Encoding references 0/{total}", 0.03)
+        self._futures = [
+            loop.run_in_executor(self._pool, lambda ref=ref: encode_reference(ref, max_file_bytes=limit, png=png))
+            for ref in prepared
+        ]
+        for future in self._futures:
+            future.add_done_callback(encoded_one)
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        yield b'{"images":['
+        first = True
+        for future in self._futures:
+            encoded: EncodedReference = await future
+            yield (b"" if first else b",") + b'"' + encoded.uri.prefix
+            yield encoded.uri.base64  # base64 needs no JSON escaping
+            yield b'"'
+            first = False
+        for url in self.urls:
+            yield (b"" if first else b",") + json.dumps(url).encode("utf-8")
+            first = False
+        yield b"]," + self.fields_json[1:]
+
+    def close(self) -> None:
+        for future in self._futures:
+            future.cancel()
+        self._futures = []
+        self._pool.shutdown(wait=False, cancel_futures=True)

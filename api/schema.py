@@ -229,6 +229,18 @@ class DataUri:
 ImageUri = Union[str, DataUri]
 
 
+def check_image_uri(label: str, uri: Any) -> None:
+    if isinstance(uri, DataUri):
+        if uri.mime not in ("image/png", "image/jpeg"):
+            raise InputError(label, f"is {uri.mime}; only PNG or JPEG are accepted.")
+        if uri.file_bytes >= MAX_REFERENCE_BYTES:
+            raise InputError(label, f"is {uri.file_bytes / 1e6:.1f} MB; each reference must be under 10 MB.")
+    elif isinstance(uri, str) and uri.startswith("data:"):
+        check_data_uri(label, uri)
+    else:
+        check_image_url(label, uri)
+
+
 @dataclass(frozen=True)
 class EditSequentialRequest:
     """One submit of the model, field for field. `validate()` enforces every schema rule."""
@@ -242,25 +254,21 @@ class EditSequentialRequest:
     sequential_image_generation: str = "auto"
     model_id: str = field(default=MODEL_ID, repr=False)
 
-    def validate(self) -> "EditSequentialRequest":
+    def validate_settings(self, image_count: int) -> "EditSequentialRequest":
+        """Every rule except the per-image ones, for `image_count` images (checked before encoding them)."""
         check_prompt(self.text)
         check_max_images(self.max_images)
         check_choice("image_size", self.image_size, IMAGE_SIZES)
         check_seed(self.seed)
         check_choice("optimize_prompt", self.optimize_prompt, OPTIMIZE_PROMPT_OPTIONS)
         check_choice("sequential_image_generation", self.sequential_image_generation, SEQUENTIAL_MODES)
-        check_reference_count(len(self.images), self.max_images, self.sequential_image_generation)
+        check_reference_count(image_count, self.max_images, self.sequential_image_generation)
+        return self
+
+    def validate(self) -> "EditSequentialRequest":
+        self.validate_settings(len(self.images))
         for index, uri in enumerate(self.images, start=1):
-            label = f"reference {index}"
-            if isinstance(uri, DataUri):
-                if uri.mime not in ("image/png", "image/jpeg"):
-                    raise InputError(label, f"is {uri.mime}; only PNG or JPEG are accepted.")
-                if uri.file_bytes >= MAX_REFERENCE_BYTES:
-                    raise InputError(label, f"is {uri.file_bytes / 1e6:.1f} MB; each reference must be under 10 MB.")
-            elif isinstance(uri, str) and uri.startswith("data:"):
-                check_data_uri(label, uri)
-            else:
-                check_image_url(label, uri)
+            check_image_uri(f"reference {index}", uri)
         return self
 
     @property
@@ -273,22 +281,9 @@ class EditSequentialRequest:
         """The JSON body of the submit call as a dict (data URIs as text)."""
         return {"images": [str(uri) for uri in self.images], **self._other_fields()}
 
-    def body_chunks(self) -> list[bytes]:
-        """The same JSON body as byte pieces whose concatenation is the request body.
-
-        Large base64 references are passed through as they are, never joined into one copy.
-        """
-        chunks: list[bytes] = [b'{"images":[']
-        for index, uri in enumerate(self.images):
-            if index:
-                chunks.append(b",")
-            if isinstance(uri, DataUri):
-                chunks += [b'"', uri.prefix, uri.base64, b'"']  # base64 needs no JSON escaping
-            else:
-                chunks.append(json.dumps(uri).encode("utf-8"))
-        rest = json.dumps(self._other_fields(), separators=(",", ":"))
-        chunks.append(b"]," + rest[1:].encode("utf-8"))
-        return chunks
+    def fields_json(self) -> bytes:
+        """Every field but `images`, as a JSON object: the tail of a body streamed piece by piece."""
+        return json.dumps(self._other_fields(), separators=(",", ":")).encode("utf-8")
 
     def _other_fields(self) -> dict[str, Any]:
         max_images = self.max_images_sent

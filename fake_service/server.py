@@ -65,21 +65,42 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _read_body(self) -> bytes:
+        """The request body, Content-Length or chunked, received at the simulated uplink speed."""
+        pacer = _UplinkPacer(self.server.fake.behaviour.upload_bytes_per_s)
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked(pacer)
         length = int(self.headers.get("Content-Length") or 0)
-        rate = self.server.fake.behaviour.upload_bytes_per_s
         chunks = []
         remaining = length
-        started = time.monotonic()
         while remaining > 0:
             chunk = self.rfile.read(min(_UPLOAD_CHUNK, remaining))
             if not chunk:
                 break
             chunks.append(chunk)
             remaining -= len(chunk)
-            if rate:
-                lag = (length - remaining) / rate - (time.monotonic() - started)
-                if lag > 0:
-                    time.sleep(lag)
+            pacer.received(len(chunk))
+        return b"".join(chunks)
+
+    def _read_chunked(self, pacer: "_UplinkPacer") -> bytes:
+        chunks = []
+        while True:
+            size_line = self.rfile.readline(65537)
+            if not size_line:
+                break  # the client went away mid-body
+            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                break
+            remaining = size
+            while remaining > 0:
+                chunk = self.rfile.read(min(_UPLOAD_CHUNK, remaining))
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+                remaining -= len(chunk)
+                pacer.received(len(chunk))
+            self.rfile.readline(3)  # the CRLF after each chunk
         return b"".join(chunks)
 
     def _authorised(self) -> str | None:
@@ -125,7 +146,12 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         if path.startswith("/v1/models/"):
             started = time.monotonic()
+            chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
             body = self._read_body()
+            if chunked and fake.behaviour.refuse_chunked:
+                fake.count_submit_attempt()
+                self._error(411, None, "Length Required")
+                return
             upload_s = time.monotonic() - started
             if self._authorised() is None:
                 return
@@ -252,6 +278,22 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _NoBalance(Exception):
     pass
+
+
+class _UplinkPacer:
+    """Sleeps as bytes arrive so that, on average, they arrive no faster than the simulated uplink."""
+
+    def __init__(self, bytes_per_s: float | None) -> None:
+        self.rate = bytes_per_s
+        self.total = 0
+        self.started = time.monotonic()
+
+    def received(self, count: int) -> None:
+        self.total += count
+        if self.rate:
+            lag = self.total / self.rate - (time.monotonic() - self.started)
+            if lag > 0:
+                time.sleep(lag)
 
 
 class _Server(ThreadingHTTPServer):

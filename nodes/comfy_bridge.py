@@ -95,3 +95,8 @@ def state_directory() -> Path:
         except Exception:  # noqa: BLE001
             log.debug("no ComfyUI user directory", exc_info=True)
     return default_state_dir()
+
+
+def token_file() -> Path:
+    """Where a token entered in ComfyUI's settings dialog is kept (owner-only)."""
+    return state_directory() / "secrets" / "api_token.json"

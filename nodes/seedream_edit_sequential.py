@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
+from ..api.config import resolve_credentials
 from ..api.errors import InputError, StopRequested
 from ..api.pipeline import GenerationSettings, Progress, generate, parse_url_lines
 from ..api.schema import (
@@ -19,7 +19,7 @@ from ..api.schema import (
     SEQUENTIAL_MODES,
 )
 from . import comfy_bridge
-from .tensors import reference_frames, to_image_batch, to_image_list
+from .tensors import output_tensors, reference_frames
 
 OPTIONAL_IMAGE_SOCKETS = tuple(f"image_{i}" for i in range(2, MAX_REFERENCES + 1))
 PROGRESS_STEPS = 100
@@ -129,6 +129,7 @@ class RunComfySeedream4EditSequential:
         **more_images: Any,
     ) -> tuple[Any, ...]:
         node_id = str(unique_id) if unique_id is not None else None
+        credentials = resolve_credentials(settings_file=comfy_bridge.token_file())  # first: a clear error, no work
         bar = comfy_bridge.ProgressBar(PROGRESS_STEPS, node_id)
 
         def show(progress: Progress) -> None:
@@ -152,6 +153,7 @@ class RunComfySeedream4EditSequential:
                 reference_frames(sockets),
                 parse_url_lines(image_urls),
                 settings,
+                credentials=credentials,
                 state_dir=comfy_bridge.state_directory(),
                 on_progress=show,
                 should_stop=lambda: bar.stop_seen or comfy_bridge.processing_interrupted(),
@@ -160,15 +162,16 @@ class RunComfySeedream4EditSequential:
             comfy_bridge.send_progress_text(str(stop), node_id)
             raise comfy_bridge.interruption(str(stop)) from None
 
-        batch, padded = await asyncio.to_thread(to_image_batch, result.images)
-        summary = f"Done: {len(result.images)} image{'s' if len(result.images) != 1 else ''}, request {result.request_id}"
+        batch, image_list = output_tensors(result.images)
+        count = len(image_list)
+        summary = f"Done: {count} image{'s' if count != 1 else ''}, request {result.request_id}"
         if result.cost_usd is not None:
             summary += f", cost ${result.cost_usd:.2f}"
         details = list(result.notes)
-        if padded:
+        if result.images.padded:
             details.append(f"sizes differ: padded onto {batch.shape[2]}x{batch.shape[1]} in the batch; image_list keeps native sizes")
         if details:
             summary += " (" + "; ".join(details) + ")"
         comfy_bridge.send_progress_text(summary, node_id)
         bar.set(PROGRESS_STEPS)
-        return batch, to_image_list(result.images, batch, padded), "\n".join(result.urls), result.request_id
+        return batch, image_list, "\n".join(result.urls), result.request_id

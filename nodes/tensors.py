@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..api.errors import InputError
+from ..api.image_batch import ImageBatch
 from ..api.pipeline import Reference
 
 
@@ -43,32 +42,11 @@ def reference_frames(inputs: Sequence[tuple[str, object]]) -> list[Reference]:
     return frames
 
 
-def to_image_batch(images: Sequence[np.ndarray]) -> tuple[torch.Tensor, bool]:
-    """uint8 RGB images -> one [B, H, W, 3] float32 tensor in 0..1.
-
-    Images of different sizes are centred on the largest canvas with black borders,
-    never stretched; the flag says whether that happened. Each image is converted in
-    one pass straight into its slot of the batch (torch releases the GIL, so the
-    images are converted in parallel threads).
-    """
-    height = max(image.shape[0] for image in images)
-    width = max(image.shape[1] for image in images)
-    padded = any(image.shape[:2] != (height, width) for image in images)
-    batch = (torch.zeros if padded else torch.empty)((len(images), height, width, 3), dtype=torch.float32)
-
-    def convert(index: int) -> None:
-        image = images[index]
-        h, w = image.shape[:2]
-        top, left = (height - h) // 2, (width - w) // 2
-        torch.mul(torch.from_numpy(image), 1.0 / 255.0, out=batch[index, top : top + h, left : left + w])
-
-    with ThreadPoolExecutor(max_workers=min(len(images), os.cpu_count() or 1)) as pool:
-        list(pool.map(convert, range(len(images))))
-    return batch, padded
-
-
-def to_image_list(images: Sequence[np.ndarray], batch: torch.Tensor, padded: bool) -> list[torch.Tensor]:
-    """Each image as its own [1, H, W, 3] tensor at native size; shares memory with the batch when it can."""
-    if not padded:
-        return [batch[i : i + 1] for i in range(len(images))]
-    return [torch.from_numpy(image).unsqueeze(0).float().mul_(1.0 / 255.0) for image in images]
+def output_tensors(images: ImageBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The assembled results as ComfyUI IMAGEs, without copying: the batch [B, H, W, 3] shares the
+    assembler's memory, and each list item is [1, h, w, 3] at its native size (a view of the batch
+    unless sizes differ, then its own contiguous copy)."""
+    batch = torch.from_numpy(images.array())
+    if not images.padded:
+        return batch, [batch[i : i + 1] for i in range(images.count)]
+    return batch, [torch.from_numpy(np.ascontiguousarray(images.native(i))).unsqueeze(0) for i in range(images.count)]

@@ -31,8 +31,7 @@ from pack_import import load_pack
 
 PHASE_MARKS = [  # (phase that ends when a progress text starts with this, marker)
     ("prepare", "Encoding references 0/"),
-    ("encode", "Submitting"),
-    ("upload+submit", "Submitted:"),
+    ("encode+upload", "Submitted:"),  # references are uploaded while they are encoded
     ("wait", "Fetching the result"),
     ("result", "Downloading 0/"),
     ("download+decode", "Done:"),
@@ -73,8 +72,15 @@ class RssSampler:
         return self
 
     def _run(self) -> None:
+        self.samples: list[tuple[float, int]] = []
         while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.rss())
+            rss = self.rss()
+            self.samples.append((time.perf_counter(), rss))
+            self.peak = max(self.peak, rss)
+
+    def peak_between(self, start: float, end: float) -> int:
+        inside = [rss for t, rss in self.samples if start <= t <= end]
+        return (max(inside) - self.start) if inside else 0
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -106,6 +112,7 @@ class Measurement:
     peak_extra_bytes: int
     output_bytes: int
     phases: dict[str, float] = field(default_factory=dict)
+    phase_memory: dict[str, int] = field(default_factory=dict)
 
 
 def measure_job(fake, request_id: str, wall: float, sampler: RssSampler, output_bytes: int, phases=None) -> Measurement:
@@ -146,15 +153,24 @@ def run_ours(pack, comfy_bridge, references, fields, job: Job) -> tuple[Measurem
             )
         )
         wall = time.perf_counter() - started
-    phases, previous = {}, started
+    phases, phase_memory, previous = {}, {}, started
     for phase, marker in PHASE_MARKS:
         hit = next((t for text, t in marks if text.startswith(marker)), None)
         if hit is not None:
             phases[phase] = hit - previous
+            phase_memory[phase] = sampler.peak_between(previous, hit)
             previous = hit
+    encoded_at = [t for text, t in marks if text.startswith("Encoding references")]
+    submitting_at = next((t for text, t in marks if text.startswith("Submitting")), None)
+    if encoded_at and submitting_at:
+        phases["(encoding done, s after upload start)"] = encoded_at[-1] - submitting_at
     output_bytes = images.element_size() * images.nelement()
     del images
-    return measure_job(_fake, request_id, wall, sampler, output_bytes, phases), request_id
+    measurement = measure_job(_fake, request_id, wall, sampler, output_bytes, phases)
+    measurement.phase_memory = phase_memory
+    _detection_delays.append(measurement.detect_delay_s)
+    _status_rates.append(measurement.status_per_s)
+    return measurement, request_id
 
 
 def run_baseline(naive, references, fields, job: Job, token: str) -> Measurement:
@@ -201,6 +217,8 @@ def png_tradeoff(references, uplink_bps: float) -> list[tuple[str, float, float,
 
 
 _fake = None
+_detection_delays: list[float] = []
+_status_rates: list[float] = []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uplink-mbit", type=float, default=50.0, help="simulated upload bandwidth")
     parser.add_argument("--service-seconds", type=float, default=3.0, help="fixed queue + generation time of the fake")
     parser.add_argument("--quick", action="store_true", help="only the small job (a smoke test of this script)")
+    parser.add_argument("--detect-runs", type=int, default=8, help="extra tiny jobs to measure completion detection")
     args = parser.parse_args(argv)
 
     os.environ["RUNCOMFY_SEEDREAM_STATE_DIR"] = tempfile.mkdtemp(prefix="bench-state-")
@@ -268,6 +287,17 @@ def main(argv: list[str] | None = None) -> int:
             if job is jobs[0]:
                 print_tradeoff(png_tradeoff(references, uplink_bps), args.uplink_mbit)
             del references
+    with FakeRunComfy(behaviour) as fake:
+        _fake = fake
+        os.environ["RUNCOMFY_MODEL_API_BASE"] = fake.base_url
+        tiny = [torch.from_numpy(photo_like(256, 256, 99)).unsqueeze(0)]
+        fields = {"text": "Generate 1 image of the scene.", "sequential_image_generation_options": 1,
+                  "image_size": "2048:2048 (1:1)", "optimize_prompt_options": "fast", "sequential_image_generation": "auto"}
+        for run in range(args.detect_runs):
+            run_ours(pack, comfy_bridge, tiny, {**fields, "seed": 5000 + run}, Job("tiny", 256, 1, 1))
+    print(f"\ncompletion noticed after, over all {len(_detection_delays)} runs of ours (s): "
+          f"median {statistics.median(_detection_delays):.2f}, max {max(_detection_delays):.2f}; "
+          f"status requests/s: mean {statistics.mean(_status_rates):.2f}")
     return 0
 
 
@@ -292,6 +322,7 @@ def report(job: Job, ours: Measurement, naive: Measurement, floor: float, uplink
     for label, a, b in rows:
         print(f"{label:34s}{a:12.2f}{b:12.2f}{(a / b if b else float('nan')):12.2f}")
     print("our phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in ours.phases.items()))
+    print("our peak extra memory by phase (MB): " + ", ".join(f"{k} {v / 1e6:.0f}" for k, v in ours.phase_memory.items()))
     print(f"codec floor (s): {floor:.2f}   our overhead / floor: {overhead(ours) / floor:.2f}   "
           f"speed-up vs naive: {naive.wall_s / ours.wall_s:.2f}x")
 

@@ -56,14 +56,14 @@ def test_an_oversized_file_is_cut_off(fake, comfy):
     urls = fake.result_body(url, include_cost=False)["output"]["images"]
     downloader = ResultDownloader(UrlPolicy.for_base_url(fake.base_url), max_bytes=100)
     with pytest.raises(DownloadError) as caught:
-        asyncio.run(downloader.fetch_all(urls))
+        asyncio.run(downloader.fetch_all(urls, lambda index, pixels: None))
     assert "over the" in str(caught.value) and "limit" in str(caught.value)
 
 
 def test_an_expired_result_link_says_so(fake, comfy):
     downloader = ResultDownloader(UrlPolicy.for_base_url(fake.base_url))
     with pytest.raises(DownloadError) as caught:
-        asyncio.run(downloader.fetch_all([f"{fake.origin}/files/unknown/0.png"]))
+        asyncio.run(downloader.fetch_all([f"{fake.origin}/files/unknown/0.png"], lambda index, pixels: None))
     assert "no longer available" in str(caught.value)
 
 

@@ -113,3 +113,12 @@ def test_service_unreachable_is_retried_then_reported_without_charge(comfy, monk
     with pytest.raises(ServiceError) as caught:
         run_node(**node_inputs())
     assert "could not be reached after 3 tries" in str(caught.value) and "Nothing was charged" in str(caught.value)
+
+
+def test_a_service_that_wants_the_length_up_front_gets_it_without_a_second_job(fake, comfy):
+    fake.behaviour.refuse_chunked = True
+    images, *_ = run_node(**node_inputs())
+    assert images.shape[0] == 3
+    assert fake.submit_attempts == 2 and fake.submits == 1
+    (job,) = fake.jobs.values()
+    assert len(job.payload["images"]) == 1 and job.payload["images"][0].startswith("data:image/png;base64,")

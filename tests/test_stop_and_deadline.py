@@ -46,19 +46,47 @@ def test_stop_while_generating_says_it_may_still_be_charged(fake, comfy):
     assert reaction < 1.5
 
 
-def test_stop_while_encoding_sends_nothing(fake, comfy):
-    error, _ = _stop_and_time(comfy, lambda t: t.startswith("Encoding references 0/"))
+def test_stop_while_preparing_sends_nothing(fake, comfy):
+    error, _ = _stop_and_time(comfy, lambda t: t.startswith("Preparing references 0/"))
     assert "nothing was sent" in str(error)
     assert fake.requests == []
 
 
-def test_stop_during_submit_waits_for_the_id_then_cancels(fake, comfy):
-    fake.behaviour.upload_bytes_per_s = 20_000  # a slow uplink keeps the submit busy for a while
+def test_stop_while_encoding_creates_no_job(fake, comfy):
+    error, _ = _stop_and_time(comfy, lambda t: t.startswith("Encoding references 0/"))
+    assert "nothing is charged" in str(error)
+    assert fake.submits == 0
+
+
+def test_stop_during_a_slow_upload_abandons_it_and_nothing_is_created(fake, comfy):
+    fake.behaviour.upload_bytes_per_s = 20_000  # a slow uplink keeps the upload going for seconds
+    error, reaction = _stop_and_time(comfy, lambda t: t.startswith("Submitting"))
+    assert "upload was abandoned before it completed" in str(error) and "nothing is charged" in str(error)
+    assert reaction < 1.5
+    assert fake.submits == 0
+
+
+def test_stop_after_the_upload_waits_for_the_id_then_cancels(fake, comfy):
+    from runcomfy_seedream.fake_service import Fault
+
     fake.behaviour.queue_s = 10.0
-    error, _ = _stop_and_time(comfy, lambda t: t.startswith("Submitting"))
+    fake.behaviour.inject("submit", Fault("stall", seconds=1.5))  # the body arrived; the answer is slow
+    comfy.stop_when = lambda t: t.startswith("Submitting")
+    original = comfy.stop_when
+
+    import threading
+
+    def press_later(text):
+        if original(text):
+            threading.Timer(0.6, comfy.press_stop).start()  # after the small body is surely sent
+        return False
+
+    comfy.stop_when = press_later
+    with pytest.raises(comfy.InterruptProcessingException) as caught:
+        run_node(**node_inputs())
     assert any(t.startswith("Stop pressed: waiting for RunComfy to confirm") for t in comfy.progress_texts())
     (job,) = fake.jobs.values()
-    assert job.cancelled and "nothing is charged" in str(error)
+    assert job.cancelled and "nothing is charged" in str(caught.value)
 
 
 def test_stop_while_downloading_keeps_the_request_id(fake, comfy):

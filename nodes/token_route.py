@@ -1,0 +1,137 @@
+"""The server route behind ComfyUI's "RunComfy > API token" setting.
+
+GET    /runcomfy/seedream/token  -> whether a token is configured, and from where (never the token)
+POST   /runcomfy/seedream/token  {"token": "..."} -> checked against RunComfy, then stored owner-only
+DELETE /runcomfy/seedream/token  -> forget the stored token (environment variables keep working)
+
+Only same-origin JSON requests are accepted, and bodies are capped, so another web
+page open in the browser cannot set or probe the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from ..api.client import RunComfyClient
+from ..api.config import Credentials, delete_token, find_credentials, resolve_base_url, save_token
+from ..api.errors import AuthenticationError, RunComfyError
+from ..api.schema import MODEL_ID
+
+ROUTE = "/runcomfy/seedream/token"
+MAX_BODY_BYTES = 4096
+CHECK_TIMEOUT_S = 20.0
+log = logging.getLogger("runcomfy.seedream")
+
+
+def token_status(token_path: Path) -> dict[str, Any]:
+    found = find_credentials(settings_file=token_path)
+    status: dict[str, Any] = {"configured": found is not None, "source": found.kind if found else None}
+    if found is not None:
+        status["detail"] = found.source
+    return status
+
+
+def same_origin(headers: Any, host: str | None, scheme: str) -> bool:
+    """True unless the browser says the request comes from another site."""
+    fetch_site = headers.get("Sec-Fetch-Site")
+    if fetch_site and fetch_site not in ("same-origin", "none"):
+        return False
+    origin = headers.get("Origin")
+    if origin:
+        parts = urlsplit(origin)
+        return parts.netloc == host and parts.scheme in (scheme, "http", "https")
+    return True
+
+
+def plausible_token(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    token = value.strip()
+    if not 8 <= len(token) <= 512 or any(ch.isspace() or ord(ch) < 33 or ord(ch) > 126 for ch in token):
+        return None
+    return token
+
+
+async def check_with_service(token: str, base_url: str) -> tuple[bool, str]:
+    """A cheap read-only call (the model's catalog entry) tells whether RunComfy accepts the token."""
+    client = RunComfyClient(Credentials(token, "candidate"), base_url)
+    try:
+        await asyncio.wait_for(client.model_info(MODEL_ID), CHECK_TIMEOUT_S)
+        return True, "RunComfy accepted the token."
+    except AuthenticationError:
+        return False, "RunComfy refused this token (invalid, expired or revoked). Copy it again from your RunComfy account."
+    except (RunComfyError, asyncio.TimeoutError) as exc:
+        return False, f"Could not check the token with RunComfy ({type(exc).__name__}); it was not saved. Try again."
+    finally:
+        await client.aclose()
+
+
+def register(routes: Any, token_path: Callable[[], Path]) -> None:
+    """Add the route to ComfyUI's aiohttp route table (PromptServer.instance.routes)."""
+    from aiohttp import web
+
+    def refuse(status: int, message: str) -> web.Response:
+        return web.json_response({"ok": False, "error": message}, status=status)
+
+    def origin_ok(request: web.Request) -> bool:
+        return same_origin(request.headers, request.host, request.scheme)
+
+    @routes.get(ROUTE)
+    async def get_token_status(request: web.Request) -> web.Response:
+        if not origin_ok(request):
+            return refuse(403, "Cross-site requests are not accepted.")
+        return web.json_response({"ok": True, **token_status(token_path())})
+
+    @routes.post(ROUTE)
+    async def set_token(request: web.Request) -> web.Response:
+        if not origin_ok(request):
+            return refuse(403, "Cross-site requests are not accepted.")
+        if request.content_type != "application/json":
+            return refuse(415, "Send the token as JSON.")
+        if request.content_length is None or request.content_length > MAX_BODY_BYTES:
+            return refuse(413, "Request too large.")
+        raw = await request.content.read(MAX_BODY_BYTES + 1)
+        if len(raw) > MAX_BODY_BYTES:
+            return refuse(413, "Request too large.")
+        try:
+            token = plausible_token(json.loads(raw).get("token"))
+        except (ValueError, AttributeError):
+            token = None
+        if token is None:
+            return refuse(400, "That does not look like a RunComfy API token (8-512 visible characters, no spaces).")
+        ok, message = await check_with_service(token, resolve_base_url())
+        if not ok:
+            return refuse(400, message)
+        await asyncio.to_thread(save_token, token_path(), token)
+        log.info("RunComfy API token saved from ComfyUI settings")
+        status = token_status(token_path())
+        if status["source"] == "env":
+            message += " Note: an environment variable (RUNCOMFY_API_TOKEN) is set and takes precedence."
+        return web.json_response({"ok": True, "message": message, **status})
+
+    @routes.delete(ROUTE)
+    async def forget_token(request: web.Request) -> web.Response:
+        if not origin_ok(request):
+            return refuse(403, "Cross-site requests are not accepted.")
+        removed = await asyncio.to_thread(delete_token, token_path())
+        return web.json_response({"ok": True, "removed": removed, **token_status(token_path())})
+
+
+def register_with_comfyui(token_path: Callable[[], Path]) -> bool:
+    """Register on PromptServer.instance.routes when running inside ComfyUI; quietly skip otherwise."""
+    try:
+        import server  # ComfyUI's server module
+
+        routes = server.PromptServer.instance.routes
+    except Exception:  # noqa: BLE001 - outside ComfyUI there is no server to register with
+        return False
+    register(routes, token_path)
+    return True
+
+
+__all__ = ["ROUTE", "register", "register_with_comfyui", "token_status"]
