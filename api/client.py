@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Mapping, Sequence, Union
+from typing import Any
 
 import httpx
 
@@ -31,7 +32,7 @@ QUEUED_STATES = frozenset({"in_queue", "queued", "pending"})
 RUNNING_STATES = frozenset({"in_progress", "running", "processing"})
 
 RetryNotice = Callable[[str], None]
-RequestBody = Union[Mapping[str, Any], Sequence[bytes], Callable[[], AsyncIterator[bytes]]]
+RequestBody = Mapping[str, Any] | Sequence[bytes] | Callable[[], AsyncIterator[bytes]]
 
 
 @dataclass
@@ -163,7 +164,7 @@ class RunComfyClient:
             follow_redirects=False,
         )
 
-    async def __aenter__(self) -> "RunComfyClient":
+    async def __aenter__(self) -> RunComfyClient:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
@@ -102,9 +102,7 @@ def resolve_base_url(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     base = (env.get(BASE_URL_ENV) or "").strip() or DEFAULT_BASE_URL
     if not base.startswith(("https://", "http://")):
-        raise ConfigurationError(
-            f"{BASE_URL_ENV} is {base!r}; it must be an http(s) URL such as {DEFAULT_BASE_URL}."
-        )
+        raise ConfigurationError(f"{BASE_URL_ENV} is {base!r}; it must be an http(s) URL such as {DEFAULT_BASE_URL}.")
     host = (urlsplit(base).hostname or "").lower()
     if base.startswith("http://") and host not in _LOOPBACK_HOSTS:
         raise ConfigurationError(

@@ -11,8 +11,8 @@ import asyncio
 import io
 import ipaddress
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
 import httpx
@@ -41,7 +41,7 @@ class UrlPolicy:
     trusted_origin: tuple[str, str, int | None] | None = None  # (scheme, host, port) of the API base
 
     @classmethod
-    def for_base_url(cls, base_url: str) -> "UrlPolicy":
+    def for_base_url(cls, base_url: str) -> UrlPolicy:
         parts = urlsplit(base_url)
         return cls((parts.scheme.lower(), (parts.hostname or "").lower(), parts.port))
 
@@ -112,9 +112,7 @@ class ResultDownloader:
         self.retry = retry
         self.timeout_s = DOWNLOAD_TIMEOUT_S if timeout_s is None else timeout_s
 
-    async def fetch_all(
-        self, urls: Sequence[str], place: PlaceImage, on_progress: ProgressCallback | None = None
-    ) -> list[bytes]:
+    async def fetch_all(self, urls: Sequence[str], place: PlaceImage, on_progress: ProgressCallback | None = None) -> list[bytes]:
         """Download every URL, decode each file in a worker thread and hand its pixels to `place(index, pixels)`.
 
         Returns the files as served, in the order of `urls`; `on_progress(done, total)` after each one.

@@ -7,7 +7,8 @@ the API token.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 class RunComfyError(Exception):
@@ -113,13 +114,11 @@ _CODE_MESSAGES: dict[str, tuple[type[ServiceError], str]] = {
     ),
     "403001": (
         AuthenticationError,
-        "This request belongs to another RunComfy account. Check that RUNCOMFY_API_TOKEN is the token "
-        "of the account that submitted it.",
+        "This request belongs to another RunComfy account. Check that RUNCOMFY_API_TOKEN is the token of the account that submitted it.",
     ),
     "404001": (
         RequestNotFoundError,
-        "The service no longer knows this request (it expired or never existed). Run the node again "
-        "to submit a new job.",
+        "The service no longer knows this request (it expired or never existed). Run the node again to submit a new job.",
     ),
     "500001": (ServiceError, "RunComfy reported a server error. Wait a moment and run again."),
 }
@@ -137,9 +136,7 @@ def _first_text(body: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def error_from_response(
-    http_status: int, body: Any, *, action: str, request_id: str | None = None
-) -> ServiceError:
+def error_from_response(http_status: int, body: Any, *, action: str, request_id: str | None = None) -> ServiceError:
     """Turn an error answer of the service into a plain-language exception.
 
     `body` is the decoded JSON (or None when the answer was not JSON); the

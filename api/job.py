@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from .client import SUCCESS_STATES, JobResult, RequestBody, RunComfyClient, UploadTracker
 from .errors import (
@@ -82,8 +82,7 @@ async def run_job(
             # The body is not complete, so the service cannot have a job from it: abandon the upload.
             await cancel_and_wait(submit_task)
             raise StopRequested(
-                "Stopped while uploading: the upload was abandoned before it completed, so no job was created "
-                "and nothing is charged."
+                "Stopped while uploading: the upload was abandoned before it completed, so no job was created and nothing is charged."
             )
         if stop_pressed:
             emit(JobEvent("stopping", "Stop pressed: waiting for RunComfy to confirm the submit so the job can be cancelled…"))
@@ -98,8 +97,13 @@ async def run_job(
     if stop_pressed:
         raise await _stopped(client, request_id, _Tracker(), emit)
     return await wait_for_job(
-        client, request_id, deadline_s=deadline - asyncio.get_running_loop().time(), on_event=emit,
-        should_stop=stop, poll_schedule=poll_schedule,
+        client,
+        request_id,
+        deadline_s=deadline - asyncio.get_running_loop().time(),
+        on_event=emit,
+        should_stop=stop,
+        poll_schedule=poll_schedule,
+        just_submitted=True,
     )
 
 
@@ -111,6 +115,7 @@ async def wait_for_job(
     on_event: EventSink | None = None,
     should_stop: StopCheck | None = None,
     poll_schedule: PollSchedule | None = None,
+    just_submitted: bool = False,
 ) -> JobResult:
     """Poll a submitted job until it succeeds, fails, is stopped or the deadline passes."""
     emit = on_event or _ignore
@@ -118,7 +123,7 @@ async def wait_for_job(
     deadline = asyncio.get_running_loop().time() + deadline_s
     tracker = _Tracker()
     poll_task = asyncio.ensure_future(
-        _poll_until_finished(client, request_id, tracker, emit, poll_schedule or PollSchedule())
+        _poll_until_finished(client, request_id, tracker, emit, poll_schedule or PollSchedule(), just_submitted)
     )
     try:
         outcome = await wait_watching(poll_task, stop, deadline=deadline)
@@ -139,9 +144,12 @@ async def _poll_until_finished(
     tracker: _Tracker,
     emit: EventSink,
     schedule: PollSchedule,
+    just_submitted: bool,
 ) -> JobResult:
     submitted_at = time.monotonic()
     last_seen: tuple[str, int | None] | None = None
+    if just_submitted:  # it cannot be done yet: the first check waits a moment
+        await asyncio.sleep(schedule.next_delay(progressed=True))
     while True:
         status = await client.status(request_id)
         tracker.state = status.state
@@ -215,8 +223,7 @@ async def _stopped(client: RunComfyClient, request_id: str, tracker: _Tracker, e
         message = f"Stopped. Queued request {request_id} was cancelled at RunComfy; nothing is charged."
     elif outcome == "not_cancellable":
         message = (
-            f"Stopped. Request {request_id} had already started, so RunComfy could not cancel it; "
-            "it will finish and may still be charged."
+            f"Stopped. Request {request_id} had already started, so RunComfy could not cancel it; it will finish and may still be charged."
         )
     else:
         message = f"Stopped, but cancelling request {request_id} is unconfirmed ({detail}); it may still run and be charged."
@@ -224,9 +231,7 @@ async def _stopped(client: RunComfyClient, request_id: str, tracker: _Tracker, e
     return StopRequested(message, request_id=request_id, cancel_outcome=outcome)
 
 
-async def _deadline_passed(
-    client: RunComfyClient, request_id: str, tracker: _Tracker, deadline_s: float
-) -> DeadlineExceededError:
+async def _deadline_passed(client: RunComfyClient, request_id: str, tracker: _Tracker, deadline_s: float) -> DeadlineExceededError:
     """The deadline passed: a still-queued job is cancelled so it costs nothing."""
     minutes = f"{deadline_s / 60:.0f} min" if deadline_s >= 60 else f"{deadline_s:.0f} s"
     if tracker.state in (None, "in_queue"):
@@ -238,7 +243,6 @@ async def _deadline_passed(
                 request_id=request_id,
             )
     return DeadlineExceededError(
-        f"Request {request_id} did not finish within {minutes}; the node stopped waiting. It may still finish "
-        "and be charged.",
+        f"Request {request_id} did not finish within {minutes}; the node stopped waiting. It may still finish and be charged.",
         request_id=request_id,
     )

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable, Sequence
 
 import numpy as np
 
@@ -32,8 +32,9 @@ from .fingerprint import request_fingerprint
 from .image_batch import ImageBatch
 from .job import DEFAULT_DEADLINE_S, JobEvent, run_job, wait_for_job
 from .journal import UNKNOWN_OUTCOME_HOLD_S, Journal
-from .result_cache import ResultCache
+from .memory import release_free_memory
 from .parallel import map_in_threads, worker_count
+from .pricing import catalog_price
 from .references import (
     DEFAULT_PNG,
     EncodedReference,
@@ -43,6 +44,7 @@ from .references import (
     encode_reference,
     prepare_reference,
 )
+from .result_cache import ResultCache
 from .schema import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MAX_IMAGES,
@@ -63,6 +65,7 @@ from .schema import (
 from .waiting import StopCheck, never_stop, run_stoppable
 
 BODY_SLACK_BYTES = 64 * 1024  # room for the prompt and the other fields
+PRICE_WAIT_S = 0.5  # how long the submit may wait for the catalog price; then it goes without an estimate
 
 
 @dataclass(frozen=True)
@@ -225,17 +228,7 @@ async def generate(
     urls = [check_image_url(f"image_urls line {i}", url) for i, url in enumerate(image_urls, start=1)]
 
     # 2. Clean pixels, and have these exact inputs been paid for already?
-    def prepared_one(prepared: PreparedReference, done: int) -> None:
-        extra = f" ({prepared.label}: {'; '.join(prepared.notes)})" if prepared.notes else ""
-        report(f"Preparing references {done}/{len(references)}{extra}", 0.03 * done / len(references))
-
-    if references:
-        report(f"Preparing references 0/{len(references)}", 0.0)
-    stopped, prepared = await run_stoppable(
-        map_in_threads(lambda ref: prepare_reference(ref.label, ref.pixels), references, on_done=prepared_one), stop
-    )
-    if stopped:
-        raise StopRequested("Stopped while preparing the references: nothing was sent and nothing is charged.")
+    prepared = await _prepare(references, stop, report)
     state = _RunState(
         request_fingerprint(
             model_id=MODEL_ID,
@@ -247,13 +240,12 @@ async def generate(
         Journal(state_dir) if state_dir else None,
         ResultCache(state_dir) if state_dir else None,
     )
-    if state.cache is not None:
-        cached = await asyncio.to_thread(state.cache.load, state.fingerprint)
-        if cached is not None:
-            images = await _decode_files(cached.files)
-            report(f"Reused the saved images of request {cached.request_id}: nothing sent, nothing charged.", 1.0)
-            notes = (f"saved result of request {cached.request_id} reused; change the seed for new images",)
-            return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, reused=True)
+    cached = await asyncio.to_thread(state.cache.load, state.fingerprint) if state.cache else None
+    if cached is not None:
+        images = await _decode_files(cached.files)
+        report(f"Reused the saved images of request {cached.request_id}: nothing sent, nothing charged.", 1.0)
+        notes = (f"saved result of request {cached.request_id} reused; change the seed for new images",)
+        return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, reused=True)
     entry = await asyncio.to_thread(state.journal.get, state.fingerprint) if state.journal else None
     if entry is not None and entry.state == "unknown_outcome":
         raise OutcomeUnknownError(
@@ -262,53 +254,98 @@ async def generate(
             f"(this hold ends {UNKNOWN_OUTCOME_HOLD_S // 60} minutes after that submit)."
         )
 
+    # 3. Collect the request these inputs already paid for, or submit once.
     notes: list[str] = []
-    async with RunComfyClient(credentials, base_url, on_retry=lambda m: report(m), **(client_options or {})) as client:
-        result = None
-        job_options = dict(deadline_s=deadline_s, on_event=report.job_event, should_stop=stop)
-
-        # 3a. Collect the request these inputs already paid for.
-        if entry is not None and entry.request_id:
-            report(f"Resumed request {entry.request_id} (submitted earlier with the same inputs)…", 0.15)
-            notes.append(f"resumed request {entry.request_id}")
-            try:
-                result = await _settle(state, wait_for_job(client, entry.request_id, **job_options))
-            except (RequestNotFoundError, AuthenticationError) as gone:
-                if isinstance(gone, AuthenticationError) and gone.error_code != "403001":
-                    raise
-                await state.forget()
-                notes[-1] = f"request {entry.request_id} had expired, so a new one was submitted"
-                report(f"Request {entry.request_id} is no longer known to RunComfy; submitting a new one.", 0.1)
-
-        # 3b. Or submit once, uploading each reference as soon as it is encoded.
-        if result is None:
-            request = EditSequentialRequest(
-                images=(),
-                text=settings.prompt,
-                max_images=settings.max_images,
-                image_size=settings.image_size,
-                seed=settings.seed,
-                optimize_prompt=settings.optimize_prompt,
-                sequential_image_generation=settings.sequential_image_generation,
-            ).validate_settings(len(prepared) + len(urls))
-            asked = request.max_images_sent
-            body = _StreamedReferences(prepared, urls, request, png, report, notes)
-            prepared = []  # the encoder holds what it needs; nothing else keeps the clean pixels
-
-
-            async def submitted(request_id: str) -> None:
-                body.close()  # the service has the references: free their encoded copies while we wait
-                await state.remember_submit(request_id)
-
-            try:
-                result = await _settle(state, run_job(client, MODEL_ID, body.pieces, on_submitted=submitted, **job_options))
-            finally:
-                body.close()
-            del body
-            if len(result.urls) < asked:
-                notes.append(f"the model returned {len(result.urls)} of up to {asked} images")
+    job_options = dict(deadline_s=deadline_s, on_event=report.job_event, should_stop=stop)
+    price_lookup = asyncio.ensure_future(catalog_price(credentials, base_url, MODEL_ID))
+    try:
+        async with RunComfyClient(credentials, base_url, on_retry=lambda m: report(m), **(client_options or {})) as client:
+            result = await _resume(client, state, entry, report, notes, job_options) if entry else None
+            if result is None:
+                request = EditSequentialRequest(
+                    images=(),
+                    text=settings.prompt,
+                    max_images=settings.max_images,
+                    image_size=settings.image_size,
+                    seed=settings.seed,
+                    optimize_prompt=settings.optimize_prompt,
+                    sequential_image_generation=settings.sequential_image_generation,
+                ).validate_settings(len(prepared) + len(urls))
+                price = await _within(price_lookup, PRICE_WAIT_S)
+                if price is not None:
+                    report(price.estimate(request.max_images_sent), 0.03)
+                body = _StreamedReferences(prepared, urls, request, png, report, notes)
+                del prepared  # the encoder holds what it needs; nothing else keeps the clean pixels
+                result = await _submit(client, state, body, job_options)
+                if len(result.urls) < request.max_images_sent:
+                    notes.append(f"the model returned {len(result.urls)} of up to {request.max_images_sent} images")
+    finally:
+        price_lookup.cancel()
 
     # 4. Download, keep a copy, and close the journal entry.
+    images, files = await _download(result, base_url, state, stop, report)
+    if state.cache is not None:
+        await asyncio.to_thread(state.cache.store, state.fingerprint, result.request_id, result.urls, result.cost_usd, files)
+    await state.forget()
+    return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(notes))
+
+
+async def _within(task: asyncio.Future, seconds: float):
+    """The task's result if it is ready within `seconds`, else None (it keeps running)."""
+    await asyncio.wait({task}, timeout=seconds)
+    return task.result() if task.done() and not task.cancelled() else None
+
+
+async def _prepare(references: Sequence[Reference], stop: StopCheck, report: _ProgressReporter) -> list[PreparedReference]:
+    """Clean and fingerprint every reference in worker threads."""
+
+    def prepared_one(prepared: PreparedReference, done: int) -> None:
+        extra = f" ({prepared.label}: {'; '.join(prepared.notes)})" if prepared.notes else ""
+        report(f"Preparing references {done}/{len(references)}{extra}", 0.03 * done / len(references))
+
+    if references:
+        report(f"Preparing references 0/{len(references)}", 0.0)
+    stopped, prepared = await run_stoppable(
+        map_in_threads(lambda ref: prepare_reference(ref.label, ref.pixels), references, on_done=prepared_one), stop
+    )
+    if stopped:
+        raise StopRequested("Stopped while preparing the references: nothing was sent and nothing is charged.")
+    return prepared
+
+
+async def _resume(client, state: _RunState, entry, report: _ProgressReporter, notes: list[str], job_options: dict):
+    """Wait for the request these inputs already paid for; None when the service no longer has it."""
+    if not entry.request_id:
+        return None
+    report(f"Resumed request {entry.request_id} (submitted earlier with the same inputs)…", 0.15)
+    notes.append(f"resumed request {entry.request_id}")
+    try:
+        return await _settle(state, wait_for_job(client, entry.request_id, **job_options))
+    except (RequestNotFoundError, AuthenticationError) as gone:
+        if isinstance(gone, AuthenticationError) and gone.error_code != "403001":
+            raise
+    await state.forget()
+    notes[-1] = f"request {entry.request_id} had expired, so a new one was submitted"
+    report(f"Request {entry.request_id} is no longer known to RunComfy; submitting a new one.", 0.1)
+    return None
+
+
+async def _submit(client, state: _RunState, body: _StreamedReferences, job_options: dict):
+    """Submit once, uploading each reference as soon as it is encoded, and wait for the result."""
+
+    async def submitted(request_id: str) -> None:
+        body.close()  # the service has the references: free their encoded copies while we wait
+        release_free_memory()
+        await state.remember_submit(request_id)
+
+    try:
+        return await _settle(state, run_job(client, MODEL_ID, body.pieces, on_submitted=submitted, **job_options))
+    finally:
+        body.close()
+
+
+async def _download(result, base_url: str, state: _RunState, stop: StopCheck, report: _ProgressReporter):
+    """Fetch and decode every result into one batch; the files are returned for the on-disk cache."""
     count = len(result.urls)
     report(f"Downloading 0/{count}", 0.8)
     downloader = ResultDownloader(UrlPolicy.for_base_url(base_url))
@@ -333,10 +370,7 @@ async def generate(
             "(and charged). Run the node again with the same inputs to collect them without paying again.",
             request_id=result.request_id,
         )
-    if state.cache is not None:
-        await asyncio.to_thread(state.cache.store, state.fingerprint, result.request_id, result.urls, result.cost_usd, files)
-    await state.forget()
-    return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(notes))
+    return images, files
 
 
 class _StreamedReferences:
@@ -378,8 +412,7 @@ class _StreamedReferences:
         if total:
             report(f"Encoding references 0/{total}", 0.03)
         self._futures = [
-            loop.run_in_executor(self._pool, lambda ref=ref: encode_reference(ref, max_file_bytes=limit, png=png))
-            for ref in prepared
+            loop.run_in_executor(self._pool, lambda ref=ref: encode_reference(ref, max_file_bytes=limit, png=png)) for ref in prepared
         ]
         for future in self._futures:
             future.add_done_callback(encoded_one)

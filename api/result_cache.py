@@ -10,9 +10,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from .state_files import read_json
 
@@ -44,13 +44,11 @@ class ResultCache:
         except (OSError, KeyError, TypeError):
             return None
 
-    def store(
-        self, fingerprint: str, request_id: str, urls: Sequence[str], cost_usd: float | None, files: Sequence[bytes]
-    ) -> None:
+    def store(self, fingerprint: str, request_id: str, urls: Sequence[str], cost_usd: float | None, files: Sequence[bytes]) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))
         names = [f"{index:02d}.img" for index in range(len(files))]
-        for name, data in zip(names, files):
+        for name, data in zip(names, files, strict=True):
             (staging / name).write_bytes(data)
         meta = {"request_id": request_id, "urls": list(urls), "cost_usd": cost_usd, "files": names}
         (staging / "meta.json").write_text(json.dumps(meta), encoding="utf-8")

@@ -12,8 +12,9 @@ import binascii
 import ipaddress
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence, Union
+from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import InputError
@@ -60,8 +61,7 @@ def check_prompt(text: Any) -> str:
     if not isinstance(text, str) or not text.strip():
         raise InputError(
             "prompt",
-            "is empty. Describe the images you want and say how many, e.g. "
-            "'Generate 3 images of this character in different poses'.",
+            "is empty. Describe the images you want and say how many, e.g. 'Generate 3 images of this character in different poses'.",
         )
     if len(text) > MAX_PROMPT_CHARS:
         raise InputError(
@@ -121,8 +121,7 @@ def check_reference_dimensions(label: str, width: int, height: int) -> None:
     if width <= MIN_SIDE_EXCLUSIVE or height <= MIN_SIDE_EXCLUSIVE:
         raise InputError(
             label,
-            f"is {width}x{height} px; each side must be more than {MIN_SIDE_EXCLUSIVE} px. "
-            "Use a larger image or upscale it first.",
+            f"is {width}x{height} px; each side must be more than {MIN_SIDE_EXCLUSIVE} px. Use a larger image or upscale it first.",
         )
     ratio = width / height
     if not MIN_ASPECT_EXCLUSIVE < ratio < MAX_ASPECT_EXCLUSIVE:
@@ -160,8 +159,7 @@ def check_image_url(label: str, url: Any) -> str:
     if _is_private_host(host):
         raise InputError(
             label,
-            f"points at {host}, which RunComfy's servers cannot reach. Use a public https URL, "
-            "or connect the image as an IMAGE input.",
+            f"points at {host}, which RunComfy's servers cannot reach. Use a public https URL, or connect the image as an IMAGE input.",
         )
     return url
 
@@ -202,7 +200,7 @@ def decode_data_uri(uri: str) -> bytes:
     if not match:
         raise ValueError("not a base64 PNG/JPEG data URI")
     try:
-        return base64.b64decode(uri[match.end():], validate=True)
+        return base64.b64decode(uri[match.end() :], validate=True)
     except binascii.Error as exc:
         raise ValueError(f"bad base64: {exc}") from None
 
@@ -226,7 +224,7 @@ class DataUri:
         return self.prefix.decode("ascii") + self.base64.decode("ascii")
 
 
-ImageUri = Union[str, DataUri]
+ImageUri = str | DataUri
 
 
 def check_image_uri(label: str, uri: Any) -> None:
@@ -254,7 +252,7 @@ class EditSequentialRequest:
     sequential_image_generation: str = "auto"
     model_id: str = field(default=MODEL_ID, repr=False)
 
-    def validate_settings(self, image_count: int) -> "EditSequentialRequest":
+    def validate_settings(self, image_count: int) -> EditSequentialRequest:
         """Every rule except the per-image ones, for `image_count` images (checked before encoding them)."""
         check_prompt(self.text)
         check_max_images(self.max_images)
@@ -265,7 +263,7 @@ class EditSequentialRequest:
         check_reference_count(image_count, self.max_images, self.sequential_image_generation)
         return self
 
-    def validate(self) -> "EditSequentialRequest":
+    def validate(self) -> EditSequentialRequest:
         self.validate_settings(len(self.images))
         for index, uri in enumerate(self.images, start=1):
             check_image_uri(f"reference {index}", uri)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 StopCheck = Callable[[], bool]
 STOP_CHECK_INTERVAL_S = 0.2

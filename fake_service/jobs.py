@@ -53,7 +53,7 @@ def _reference_colour(index: int, item: object, inspect_pixels: bool = True) -> 
     if not inspect_pixels:
         return tuple(int(b) for b in item.encode()[-3:])  # cheap stand-in colour
     try:
-        data = base64.b64decode(item[match.end():], validate=True)
+        data = base64.b64decode(item[match.end() :], validate=True)
     except binascii.Error:
         raise SchemaViolation(f"{where} is not valid base64") from None
     if len(data) >= 10_000_000:
@@ -192,9 +192,7 @@ def _render_all(job: Job, colours: list[tuple[int, int, int]], behaviour: FakeBe
         if behaviour.reuse_renders and key in _shared_renders:
             job.outputs[index] = _shared_renders[key]
             continue
-        job.outputs[index] = render_output(
-            digest, index, width, height, colours[index % len(colours)], photographic=behaviour.photographic
-        )
+        job.outputs[index] = render_output(digest, index, width, height, colours[index % len(colours)], photographic=behaviour.photographic)
         if behaviour.reuse_renders:
             _shared_renders[key] = job.outputs[index]
     job.outputs_ready.set()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .behaviour import Fault, FakeBehaviour
+from .behaviour import FakeBehaviour, Fault
 from .jobs import Job, SchemaViolation, check_payload, new_job, planned_image_count
 
 MODEL_PATH = "/v1/models/bytedance/seedream-4-0/edit-sequential"
@@ -34,7 +34,7 @@ class RecordedRequest:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by default
         return None
@@ -81,7 +81,7 @@ class _Handler(BaseHTTPRequestHandler):
             pacer.received(len(chunk))
         return b"".join(chunks)
 
-    def _read_chunked(self, pacer: "_UplinkPacer") -> bytes:
+    def _read_chunked(self, pacer: _UplinkPacer) -> bytes:
         chunks = []
         while True:
             size_line = self.rfile.readline(65537)
@@ -300,7 +300,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, fake: "FakeRunComfy") -> None:
+    def __init__(self, fake: FakeRunComfy) -> None:
         super().__init__(("127.0.0.1", fake.port), _Handler)
         self.fake = fake
 
@@ -329,7 +329,7 @@ class FakeRunComfy:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> "FakeRunComfy":
+    def start(self) -> FakeRunComfy:
         self._server = _Server(self)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -342,7 +342,7 @@ class FakeRunComfy:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "FakeRunComfy":
+    def __enter__(self) -> FakeRunComfy:
         return self.start()
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -49,9 +49,7 @@ class RunComfySeedream4EditSequential:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:  # noqa: N802 - ComfyUI's name
         image_tip = "A reference image. Every frame of a batch counts as one reference ({max} in all, across all inputs)."
-        optional: dict[str, Any] = {
-            name: ("IMAGE", {"tooltip": image_tip.format(max=MAX_REFERENCES)}) for name in OPTIONAL_IMAGE_SOCKETS
-        }
+        optional: dict[str, Any] = {name: ("IMAGE", {"tooltip": image_tip.format(max=MAX_REFERENCES)}) for name in OPTIONAL_IMAGE_SOCKETS}
         optional["image_urls"] = (
             "STRING",
             {
@@ -102,13 +100,17 @@ class RunComfySeedream4EditSequential:
                 ),
                 "optimize_prompt": (
                     list(OPTIMIZE_PROMPT_OPTIONS),
-                    {"default": "fast", "tooltip": "How the service rewrites the prompt: fast (quicker) or standard "
-                     "(higher quality, slower)."},
+                    {
+                        "default": "fast",
+                        "tooltip": "How the service rewrites the prompt: fast (quicker) or standard (higher quality, slower).",
+                    },
                 ),
                 "sequential_image_generation": (
                     list(SEQUENTIAL_MODES),
-                    {"default": "auto", "tooltip": "auto: the model may return a set of images (up to max_images). "
-                     "disabled: exactly one image."},
+                    {
+                        "default": "auto",
+                        "tooltip": "auto: the model may return a set of images (up to max_images). disabled: exactly one image.",
+                    },
                 ),
             },
             "optional": optional,

@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image
-
 from pack_import import load_pack
+from PIL import Image
 
 PHASE_MARKS = [  # (phase that ends when a progress text starts with this, marker)
     ("prepare", "Encoding references 0/"),
@@ -63,7 +62,7 @@ class RssSampler:
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[1]) * self.page
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         gc.collect()
         self.start = self.rss()
         self.peak = self.start
@@ -196,8 +195,15 @@ def codec_floor(references, output_files: list[bytes], png) -> float:
 
 def png_tradeoff(references, uplink_bps: float) -> list[tuple[str, float, float, float]]:
     """(setting, encode s per reference, MB per reference, estimated s for all references) on this content."""
-    settings = [("store (level 0)", 0, 0), ("level 1", 1, 0), ("level 1 + RLE", 1, 3), ("level 1 + Huffman", 1, 2),
-                ("level 3 + RLE", 3, 3), ("level 6 (PIL default)", 6, 0), ("level 9", 9, 0)]
+    settings = [
+        ("store (level 0)", 0, 0),
+        ("level 1", 1, 0),
+        ("level 1 + RLE", 1, 3),
+        ("level 1 + Huffman", 1, 2),
+        ("level 3 + RLE", 3, 3),
+        ("level 6 (PIL default)", 6, 0),
+        ("level 9", 9, 0),
+    ]
     sample = [(t[0].numpy() * 255.0 + 0.5).astype(np.uint8) for t in references[:2]]
     cores = os.cpu_count() or 1
     rows = []
@@ -232,11 +238,10 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ["RUNCOMFY_SEEDREAM_STATE_DIR"] = tempfile.mkdtemp(prefix="bench-state-")
     pack = load_pack()
+    import naive_client
     from runcomfy_seedream.api.references import DEFAULT_PNG
     from runcomfy_seedream.fake_service import FakeBehaviour, FakeRunComfy
     from runcomfy_seedream.nodes import comfy_bridge
-
-    import naive_client
 
     uplink_bps = args.uplink_mbit * 1e6
     behaviour = FakeBehaviour(
@@ -257,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         jobs = jobs[2:]
     cores = os.cpu_count() or 1
-    print(f"machine: {cores} cores; uplink {args.uplink_mbit:g} Mbit/s; service time {args.service_seconds:g} s; "
-          f"PNG for references: level {DEFAULT_PNG.compress_level}, strategy {DEFAULT_PNG.strategy}")
+    print(
+        f"machine: {cores} cores; uplink {args.uplink_mbit:g} Mbit/s; service time {args.service_seconds:g} s; "
+        f"PNG for references: level {DEFAULT_PNG.compress_level}, strategy {DEFAULT_PNG.strategy}"
+    )
 
     with FakeRunComfy(behaviour) as fake:
         _fake = fake
@@ -291,13 +298,20 @@ def main(argv: list[str] | None = None) -> int:
         _fake = fake
         os.environ["RUNCOMFY_MODEL_API_BASE"] = fake.base_url
         tiny = [torch.from_numpy(photo_like(256, 256, 99)).unsqueeze(0)]
-        fields = {"text": "Generate 1 image of the scene.", "sequential_image_generation_options": 1,
-                  "image_size": "2048:2048 (1:1)", "optimize_prompt_options": "fast", "sequential_image_generation": "auto"}
+        fields = {
+            "text": "Generate 1 image of the scene.",
+            "sequential_image_generation_options": 1,
+            "image_size": "2048:2048 (1:1)",
+            "optimize_prompt_options": "fast",
+            "sequential_image_generation": "auto",
+        }
         for run in range(args.detect_runs):
             run_ours(pack, comfy_bridge, tiny, {**fields, "seed": 5000 + run}, Job("tiny", 256, 1, 1))
-    print(f"\ncompletion noticed after, over all {len(_detection_delays)} runs of ours (s): "
-          f"median {statistics.median(_detection_delays):.2f}, max {max(_detection_delays):.2f}; "
-          f"status requests/s: mean {statistics.mean(_status_rates):.2f}")
+    print(
+        f"\ncompletion noticed after, over all {len(_detection_delays)} runs of ours (s): "
+        f"median {statistics.median(_detection_delays):.2f}, max {max(_detection_delays):.2f}; "
+        f"status requests/s: mean {statistics.mean(_status_rates):.2f}"
+    )
     return 0
 
 
@@ -323,8 +337,10 @@ def report(job: Job, ours: Measurement, naive: Measurement, floor: float, uplink
         print(f"{label:34s}{a:12.2f}{b:12.2f}{(a / b if b else float('nan')):12.2f}")
     print("our phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in ours.phases.items()))
     print("our peak extra memory by phase (MB): " + ", ".join(f"{k} {v / 1e6:.0f}" for k, v in ours.phase_memory.items()))
-    print(f"codec floor (s): {floor:.2f}   our overhead / floor: {overhead(ours) / floor:.2f}   "
-          f"speed-up vs naive: {naive.wall_s / ours.wall_s:.2f}x")
+    print(
+        f"codec floor (s): {floor:.2f}   our overhead / floor: {overhead(ours) / floor:.2f}   "
+        f"speed-up vs naive: {naive.wall_s / ours.wall_s:.2f}x"
+    )
 
 
 def print_tradeoff(rows, uplink_mbit: float) -> None:

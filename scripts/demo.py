@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-
 from pack_import import load_pack
+from PIL import Image
 
 
 def load_image(path: str) -> torch.Tensor:

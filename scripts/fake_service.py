@@ -1,7 +1,7 @@
 """Run the local fake RunComfy service until Ctrl+C, e.g. to point a real ComfyUI at it.
 
-    python scripts/fake_service.py --port 8765
-    RUNCOMFY_MODEL_API_BASE=http://127.0.0.1:8765/v1 RUNCOMFY_API_TOKEN=fake-runcomfy-token python main.py --cpu
+python scripts/fake_service.py --port 8765
+RUNCOMFY_MODEL_API_BASE=http://127.0.0.1:8765/v1 RUNCOMFY_API_TOKEN=fake-runcomfy-token python main.py --cpu
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from runcomfy_seedream.nodes import NODE_CLASS_MAPPINGS
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "example_workflows").glob("*.json"))
@@ -59,9 +58,9 @@ def test_widget_values_fit_the_node_inputs(path):
     for node in ours:
         values = node["widgets_values"]
         assert len(values) == len(specs), f"{len(values)} widget values for {len(specs)} widgets"
-        for (name, definition), value in zip(specs, values):
+        for (name, definition), value in zip(specs, values, strict=True):
             check_value(name, definition, value)
-        prompt = dict(zip([n for n, _ in specs], values))["prompt"]
+        prompt = dict(zip([n for n, _ in specs], values, strict=True))["prompt"]
         assert 0 < len(prompt) <= 600
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 from helpers import node_inputs, run_node
-
 from runcomfy_seedream.api import downloads
 from runcomfy_seedream.api.errors import DownloadError, JobFailedError
 from runcomfy_seedream.fake_service import Fault
+
 
 def _bomb() -> bytes:
     import io

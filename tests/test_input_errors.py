@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from helpers import image_batch, node_inputs, run_node
-
 from runcomfy_seedream.api.errors import ConfigurationError, InputError
 
 TEN_FRAMES = image_batch(10, 32, 32)
@@ -72,7 +73,7 @@ def test_token_from_the_cli_token_file(fake, comfy, monkeypatch, tmp_path):
     monkeypatch.delenv("RUNCOMFY_API_TOKEN")
     token_file = tmp_path / ".config" / "runcomfy" / "token.json"
     token_file.parent.mkdir(parents=True)
-    token_file.write_text('{"token": "%s"}' % fake.behaviour.token)
+    token_file.write_text(json.dumps({"token": fake.behaviour.token}))
     images, *_ = run_node(**node_inputs())
     assert images.shape[0] == 3
 

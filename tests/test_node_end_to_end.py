@@ -43,9 +43,10 @@ def test_references_in_socket_then_batch_order_give_a_batch_of_generated_images(
 
 def test_outputs_are_the_pixels_the_service_returned(fake, comfy):
     images, image_list, urls, _ = run_node(**node_inputs())
+    import io
+
     import httpx
     from PIL import Image
-    import io
 
     first_png = httpx.get(urls.splitlines()[0]).content
     expected = np.asarray(Image.open(io.BytesIO(first_png)).convert("RGB"), dtype=np.float32) / 255.0
@@ -113,9 +114,10 @@ def test_rgba_grey_and_out_of_range_references_are_sent_as_clean_rgb(fake, comfy
     wild[0, 0, 1, 0] = float("inf")
     run_node(**node_inputs(image_1=rgba, image_2=grey, image_3=wild))
     (payload,) = submitted_payloads(fake)
-    from PIL import Image
     import base64
     import io
+
+    from PIL import Image
 
     modes = [Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1]))).mode for u in payload["images"]]
     assert modes == ["RGB", "RGB", "RGB"]

@@ -6,7 +6,6 @@ import time
 
 import pytest
 from helpers import node_inputs, run_node
-
 from runcomfy_seedream.api.errors import (
     AuthenticationError,
     InsufficientBalanceError,
@@ -76,8 +75,8 @@ def test_a_submit_whose_answer_is_lost_is_never_sent_again(fake, comfy, fault):
 
 
 def test_a_submit_that_times_out_is_reported_as_unknown_not_failed(fake, comfy):
-    from runcomfy_seedream.api.client import Timeouts
     from runcomfy_seedream.api import pipeline
+    from runcomfy_seedream.api.client import Timeouts
 
     fake.behaviour.inject("submit", Fault("stall", seconds=2.0))
     original = pipeline.RunComfyClient

@@ -7,7 +7,6 @@ import time
 
 import pytest
 from helpers import node_inputs, run_node
-
 from runcomfy_seedream.api import pipeline
 from runcomfy_seedream.api.errors import DeadlineExceededError
 
@@ -104,9 +103,7 @@ def _run_with_deadline(seconds, monkeypatch):
     async def quick_deadline(*args, **kwargs):
         return await original(*args, deadline_s=seconds, **kwargs)
 
-    monkeypatch.setattr(
-        "runcomfy_seedream.nodes.seedream_edit_sequential.generate", quick_deadline
-    )
+    monkeypatch.setattr("runcomfy_seedream.nodes.seedream_edit_sequential.generate", quick_deadline)
     return run_node(**node_inputs())
 
 
@@ -129,15 +126,12 @@ def test_a_job_still_running_at_the_deadline_is_reported_with_its_id(fake, comfy
 
 def test_two_nodes_run_concurrently_each_with_one_submit(fake, comfy):
     from helpers import NODE_ID
-
     from runcomfy_seedream.nodes import NODE_CLASS_MAPPINGS
 
     async def both():
         a = NODE_CLASS_MAPPINGS[NODE_ID]()
         b = NODE_CLASS_MAPPINGS[NODE_ID]()
-        return await asyncio.gather(
-            a.generate(**node_inputs(seed=1, unique_id="1")), b.generate(**node_inputs(seed=2, unique_id="2"))
-        )
+        return await asyncio.gather(a.generate(**node_inputs(seed=1, unique_id="1")), b.generate(**node_inputs(seed=2, unique_id="2")))
 
     first, second = asyncio.run(both())
     assert fake.submits == 2

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from helpers import NODE_ID, node_inputs, run_node
-
 from runcomfy_seedream.api.errors import RunComfyError
 from runcomfy_seedream.fake_service import Fault
 from runcomfy_seedream.nodes import NODE_CLASS_MAPPINGS

@@ -11,7 +11,6 @@ import pytest
 aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
-
 from runcomfy_seedream.api.config import find_credentials  # noqa: E402
 from runcomfy_seedream.nodes.token_route import ROUTE, register  # noqa: E402
 
@@ -52,7 +51,11 @@ def test_a_good_token_is_checked_stored_owner_only_and_never_returned(fake, no_e
     assert status == 200, text
     assert GOOD not in text
     assert json.loads(text) | {"message": ""} == {
-        "ok": True, "message": "", "configured": True, "source": "settings", "detail": "ComfyUI settings (RunComfy > API token)"
+        "ok": True,
+        "message": "",
+        "configured": True,
+        "source": "settings",
+        "detail": "ComfyUI settings (RunComfy > API token)",
     }
     assert stat.S_IMODE(token_path.stat().st_mode) == 0o600 and stat.S_IMODE(token_path.parent.stat().st_mode) == 0o700
     assert find_credentials(settings_file=token_path).token == GOOD
@@ -101,7 +104,6 @@ def test_delete_forgets_the_saved_token_and_env_still_wins(fake, no_env_token, t
 
 def test_the_node_uses_the_token_saved_in_settings(fake, comfy, no_env_token, token_path, monkeypatch):
     from helpers import node_inputs, run_node
-
     from runcomfy_seedream.nodes import comfy_bridge
 
     call(token_path, "POST", body={"token": GOOD})
