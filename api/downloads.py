@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DownloadError
+from .parallel import worker_count
 from .retry import RetryPolicy, parse_retry_after
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
@@ -120,6 +121,7 @@ class ResultDownloader:
         for index, url in enumerate(urls, start=1):
             self.policy.check(url, f"Result image {index}")
         gate = asyncio.Semaphore(self.concurrency)
+        decoders = asyncio.Semaphore(worker_count(len(urls)))  # one decode per core: more only adds memory
         done = 0
 
         async def check_hop(request: httpx.Request) -> None:
@@ -140,7 +142,8 @@ class ResultDownloader:
                 label = f"Result image {index}"
                 async with gate:
                     data = await self._fetch_bytes(http, url, label)
-                await asyncio.to_thread(decode_and_place, index, data, label)
+                async with decoders:
+                    await asyncio.to_thread(decode_and_place, index, data, label)
                 done += 1
                 if on_progress is not None:
                     on_progress(done, len(urls))

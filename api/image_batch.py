@@ -30,7 +30,12 @@ class ImageBatch:
             elif height > self._canvas.shape[1] or width > self._canvas.shape[2]:
                 self._grow(max(height, self._canvas.shape[1]), max(width, self._canvas.shape[2]))
             self.sizes[index] = (height, width)
-            np.multiply(pixels, _SCALE, out=self._slot(self._canvas, index), dtype=np.float32)
+            canvas = self._canvas
+        # Convert outside the lock so images convert in parallel; if the canvas grew meanwhile, copy over.
+        np.multiply(pixels, _SCALE, out=self._slot(canvas, index), dtype=np.float32)
+        with self._lock:
+            if self._canvas is not canvas:
+                self._slot(self._canvas, index)[...] = self._slot(canvas, index)
 
     def _slot(self, canvas: np.ndarray, index: int) -> np.ndarray:
         height, width = self.sizes[index]
