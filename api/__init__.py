@@ -18,7 +18,8 @@ from .errors import (
     StopRequested,
 )
 from .job import JobEvent, run_job
-from .pipeline import GenerationResult, GenerationSettings, Progress, Reference, generate, parse_url_lines
+from .pipeline import GenerationResult, GenerationSettings, Reference, generate, parse_url_lines
+from .progress import Progress
 from .retry import RetryPolicy
 from .schema import IMAGE_SIZES, MODEL_ID, EditSequentialRequest
 

@@ -7,10 +7,7 @@ ComfyUI node drives. Every check runs before anything is encoded or sent.
 from __future__ import annotations
 
 import asyncio
-import json
-import math
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,18 +27,17 @@ from .errors import (
 )
 from .fingerprint import request_fingerprint
 from .image_batch import ImageBatch
-from .job import DEFAULT_DEADLINE_S, JobEvent, run_job, wait_for_job
+from .job import DEFAULT_DEADLINE_S, run_job, wait_for_job
 from .journal import UNKNOWN_OUTCOME_HOLD_S, Journal
 from .memory import release_free_memory
-from .parallel import map_in_threads, worker_count
+from .parallel import map_in_threads
 from .pricing import catalog_price
+from .progress import ProgressReporter, ProgressSink
 from .references import (
     DEFAULT_PNG,
-    EncodedReference,
     PngSettings,
     PreparedReference,
     check_frame_shape,
-    encode_reference,
     prepare_reference,
 )
 from .result_cache import ResultCache
@@ -49,8 +45,6 @@ from .schema import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MAX_IMAGES,
     IMAGE_SIZES,
-    MAX_BODY_BYTES,
-    MAX_REFERENCE_BYTES,
     MODEL_ID,
     OPTIMIZE_PROMPT_OPTIONS,
     SEQUENTIAL_MODES,
@@ -62,9 +56,9 @@ from .schema import (
     check_reference_count,
     check_seed,
 )
+from .upload_body import StreamedReferences
 from .waiting import StopCheck, never_stop, run_stoppable
 
-BODY_SLACK_BYTES = 64 * 1024  # room for the prompt and the other fields
 PRICE_WAIT_S = 0.5  # how long the submit may wait for the catalog price; then it goes without an estimate
 
 
@@ -98,12 +92,6 @@ class Reference:
 
 
 @dataclass(frozen=True)
-class Progress:
-    text: str
-    fraction: float  # 0..1 of the whole run
-
-
-@dataclass(frozen=True)
 class GenerationResult:
     request_id: str
     urls: tuple[str, ...]
@@ -113,46 +101,11 @@ class GenerationResult:
     reused: bool = False  # served from the on-disk cache: nothing was sent
 
 
-ProgressSink = Callable[[Progress], None]
-
-
 def parse_url_lines(text: str | None) -> list[str]:
     """One URL per line; blank lines and lines starting with # are ignored."""
     if not text:
         return []
     return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-
-
-def per_reference_byte_limit(data_reference_count: int) -> int:
-    """Each PNG must be under 10 MB, and all of them base64-encoded must fit in one request body."""
-    if data_reference_count == 0:
-        return MAX_REFERENCE_BYTES - 1
-    share = (MAX_BODY_BYTES - BODY_SLACK_BYTES) * 3 // 4 // data_reference_count
-    return min(MAX_REFERENCE_BYTES - 1, share)
-
-
-def _running_fraction(elapsed_s: float) -> float:
-    """Generation time is unknown; approach 0.8 smoothly so the bar keeps moving."""
-    return 0.2 + 0.6 * (1.0 - math.exp(-elapsed_s / 90.0))
-
-
-class _ProgressReporter:
-    def __init__(self, sink: ProgressSink | None) -> None:
-        self.sink = sink
-        self.fraction = 0.0
-
-    def __call__(self, text: str, fraction: float | None = None) -> None:
-        if fraction is not None:
-            self.fraction = max(self.fraction, min(1.0, fraction))
-        if self.sink is not None:
-            self.sink(Progress(text, self.fraction))
-
-    def job_event(self, event: JobEvent) -> None:
-        fractions = {"submitting": 0.1, "submitted": 0.15, "queued": 0.17, "finishing": 0.8}
-        if event.phase == "running":
-            self(event.message, _running_fraction(event.elapsed_s or 0.0))
-        else:
-            self(event.message, fractions.get(event.phase))
 
 
 @dataclass
@@ -217,7 +170,7 @@ async def generate(
 ) -> GenerationResult:
     """One node run. With `state_dir`, a paid request is journaled and its result cached on disk."""
     stop = should_stop or never_stop
-    report = _ProgressReporter(on_progress)
+    report = ProgressReporter(on_progress)
 
     # 1. Everything the user can get wrong, before any work or spending.
     credentials = credentials or resolve_credentials()
@@ -274,7 +227,7 @@ async def generate(
                 price = await _within(price_lookup, PRICE_WAIT_S)
                 if price is not None:
                     report(price.estimate(request.max_images_sent), 0.03)
-                body = _StreamedReferences(prepared, urls, request, png, report, notes)
+                body = StreamedReferences(prepared, urls, request, png, report, notes)
                 del prepared  # the encoder holds what it needs; nothing else keeps the clean pixels
                 result = await _submit(client, state, body, job_options)
                 if len(result.urls) < request.max_images_sent:
@@ -296,7 +249,7 @@ async def _within(task: asyncio.Future, seconds: float):
     return task.result() if task.done() and not task.cancelled() else None
 
 
-async def _prepare(references: Sequence[Reference], stop: StopCheck, report: _ProgressReporter) -> list[PreparedReference]:
+async def _prepare(references: Sequence[Reference], stop: StopCheck, report: ProgressReporter) -> list[PreparedReference]:
     """Clean and fingerprint every reference in worker threads."""
 
     def prepared_one(prepared: PreparedReference, done: int) -> None:
@@ -313,7 +266,7 @@ async def _prepare(references: Sequence[Reference], stop: StopCheck, report: _Pr
     return prepared
 
 
-async def _resume(client, state: _RunState, entry, report: _ProgressReporter, notes: list[str], job_options: dict):
+async def _resume(client, state: _RunState, entry, report: ProgressReporter, notes: list[str], job_options: dict):
     """Wait for the request these inputs already paid for; None when the service no longer has it."""
     if not entry.request_id:
         return None
@@ -330,7 +283,7 @@ async def _resume(client, state: _RunState, entry, report: _ProgressReporter, no
     return None
 
 
-async def _submit(client, state: _RunState, body: _StreamedReferences, job_options: dict):
+async def _submit(client, state: _RunState, body: StreamedReferences, job_options: dict):
     """Submit once, uploading each reference as soon as it is encoded, and wait for the result."""
 
     async def submitted(request_id: str) -> None:
@@ -344,7 +297,7 @@ async def _submit(client, state: _RunState, body: _StreamedReferences, job_optio
         body.close()
 
 
-async def _download(result, base_url: str, state: _RunState, stop: StopCheck, report: _ProgressReporter):
+async def _download(result, base_url: str, state: _RunState, stop: StopCheck, report: ProgressReporter):
     """Fetch and decode every result into one batch; the files are returned for the on-disk cache."""
     count = len(result.urls)
     report(f"Downloading 0/{count}", 0.8)
@@ -371,68 +324,3 @@ async def _download(result, base_url: str, state: _RunState, stop: StopCheck, re
             request_id=result.request_id,
         )
     return images, files
-
-
-class _StreamedReferences:
-    """The submit body, produced while the references are PNG-encoded in worker threads.
-
-    All references start encoding at once; the body yields each one as soon as it and
-    the ones before it are ready, so uploading overlaps encoding.
-    """
-
-    def __init__(
-        self,
-        prepared: Sequence[PreparedReference],
-        urls: Sequence[str],
-        request: EditSequentialRequest,
-        png: PngSettings,
-        report: _ProgressReporter,
-        notes: list[str],
-    ) -> None:
-        self.urls = list(urls)
-        self.fields_json = request.fields_json()
-        self._pool = ThreadPoolExecutor(max_workers=worker_count(len(prepared)), thread_name_prefix="runcomfy-encode")
-        loop = asyncio.get_running_loop()
-        limit = per_reference_byte_limit(len(prepared))
-        total = len(prepared)
-        self._done = 0
-        for ref in prepared:
-            notes.extend(f"{ref.label}: {note}" for note in ref.notes)
-
-        def encoded_one(future: asyncio.Future) -> None:
-            if future.cancelled() or future.exception() is not None:
-                return
-            encoded: EncodedReference = future.result()
-            self._done += 1
-            fresh = [note for note in encoded.notes if note.startswith("downscaled")]
-            notes.extend(f"{encoded.label}: {note}" for note in fresh)
-            extra = f" ({encoded.label}: {'; '.join(fresh)})" if fresh else ""
-            report(f"Encoding references {self._done}/{total}{extra}", 0.03 + 0.07 * self._done / total)
-
-        if total:
-            report(f"Encoding references 0/{total}", 0.03)
-        self._futures = [
-            loop.run_in_executor(self._pool, lambda ref=ref: encode_reference(ref, max_file_bytes=limit, png=png)) for ref in prepared
-        ]
-        for future in self._futures:
-            future.add_done_callback(encoded_one)
-
-    async def pieces(self) -> AsyncIterator[bytes]:
-        yield b'{"images":['
-        first = True
-        for future in self._futures:
-            encoded: EncodedReference = await future
-            yield (b"" if first else b",") + b'"' + encoded.uri.prefix
-            yield encoded.uri.base64  # base64 needs no JSON escaping
-            yield b'"'
-            first = False
-        for url in self.urls:
-            yield (b"" if first else b",") + json.dumps(url).encode("utf-8")
-            first = False
-        yield b"]," + self.fields_json[1:]
-
-    def close(self) -> None:
-        for future in self._futures:
-            future.cancel()
-        self._futures = []
-        self._pool.shutdown(wait=False, cancel_futures=True)

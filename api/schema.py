@@ -7,8 +7,6 @@ the limit and the fix; nothing is sent when one fails.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import json
 import re
@@ -49,12 +47,6 @@ MAX_REFERENCE_BYTES = 10_000_000  # each file under 10 MB
 MAX_BODY_BYTES = 64 * 1024 * 1024  # keep the submit body under what RunComfy's own nodes send
 
 _DATA_URI = re.compile(r"^data:(image/(?:png|jpeg|jpg));base64,", re.IGNORECASE)
-
-
-def image_size_pixels(image_size: str) -> tuple[int, int]:
-    """`"2560:1440 (16:9)"` -> (2560, 1440)."""
-    width, height = image_size.split(" ", 1)[0].split(":")
-    return int(width), int(height)
 
 
 def check_prompt(text: Any) -> str:
@@ -192,17 +184,6 @@ def check_data_uri(label: str, uri: str) -> int:
             f"is {size / 1e6:.1f} MB; each reference must be under {MAX_REFERENCE_BYTES / 1e6:.0f} MB. Use a smaller image.",
         )
     return size
-
-
-def decode_data_uri(uri: str) -> bytes:
-    """The file bytes of a base64 data URI (used by the local fake service)."""
-    match = _DATA_URI.match(uri)
-    if not match:
-        raise ValueError("not a base64 PNG/JPEG data URI")
-    try:
-        return base64.b64decode(uri[match.end() :], validate=True)
-    except binascii.Error as exc:
-        raise ValueError(f"bad base64: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ from typing import Any
 
 from ..api.config import resolve_credentials
 from ..api.errors import InputError, StopRequested
-from ..api.pipeline import GenerationSettings, Progress, generate, parse_url_lines
+from ..api.pipeline import GenerationSettings, generate, parse_url_lines
+from ..api.progress import Progress
 from ..api.schema import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MAX_IMAGES,

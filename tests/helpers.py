@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 
 import numpy as np
 import torch
@@ -51,7 +50,3 @@ def data_uri_size(uri: str) -> tuple[int, int]:
     with Image.open(io.BytesIO(data)) as image:
         assert image.format == "PNG"
         return image.size
-
-
-def as_json(obj) -> str:
-    return json.dumps(obj, sort_keys=True)

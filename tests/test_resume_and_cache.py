@@ -152,7 +152,7 @@ def test_the_journal_stays_small_and_holds_no_secret(fake, comfy, tmp_path):
     assert oct(journal.path.stat().st_mode & 0o777) == "0o600"
 
 
-def test_two_nodes_with_the_same_inputs_in_one_graph_write_one_consistent_journal(fake, comfy, tmp_path):
+def test_two_nodes_running_at_once_keep_one_consistent_journal(fake, comfy, tmp_path):
     async def both():
         nodes = [NODE_CLASS_MAPPINGS[NODE_ID]() for _ in range(2)]
         return await asyncio.gather(
