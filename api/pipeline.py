@@ -226,7 +226,7 @@ async def generate(
                 ).validate_settings(len(prepared) + len(urls))
                 price = await _within(price_lookup, PRICE_WAIT_S)
                 if price is not None:
-                    report(price.estimate(request.max_images_sent), 0.03)
+                    report.pin(price.estimate(request.max_images_sent))
                 body = StreamedReferences(prepared, urls, request, png, report, notes)
                 del prepared  # the encoder holds what it needs; nothing else keeps the clean pixels
                 result = await _submit(client, state, body, job_options)

@@ -29,10 +29,18 @@ class ProgressReporter:
     def __init__(self, sink: ProgressSink | None) -> None:
         self.sink = sink
         self.fraction = 0.0
+        self.pinned: str | None = None
+
+    def pin(self, line: str) -> None:
+        """Keep `line` (e.g. the cost estimate) under every later message, so it stays readable."""
+        self.pinned = line
+        self(line)
 
     def __call__(self, text: str, fraction: float | None = None) -> None:
         if fraction is not None:
             self.fraction = max(self.fraction, min(1.0, fraction))
+        if self.pinned and text != self.pinned:
+            text = f"{text}\n{self.pinned}"
         if self.sink is not None:
             self.sink(Progress(text, self.fraction))
 

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from pack_import import load_pack
 from PIL import Image
+
+from pack_import import load_pack
 
 PHASE_MARKS = [  # (phase that ends when a progress text starts with this, marker)
     ("prepare", "Encoding references 0/"),

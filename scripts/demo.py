@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pack_import import load_pack
 from PIL import Image
+
+from pack_import import load_pack
 
 
 def load_image(path: str) -> torch.Tensor:

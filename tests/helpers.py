@@ -9,6 +9,7 @@ import io
 import numpy as np
 import torch
 from PIL import Image
+
 from runcomfy_seedream.nodes import NODE_CLASS_MAPPINGS
 
 NODE_ID = "RunComfySeedream4EditSequential"

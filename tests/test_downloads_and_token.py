@@ -7,8 +7,9 @@ import io
 
 import numpy as np
 import pytest
-from helpers import node_inputs, run_node
 from PIL import Image
+
+from helpers import node_inputs, run_node
 from runcomfy_seedream.api.downloads import ResultDownloader, UrlPolicy, decode_image
 from runcomfy_seedream.api.errors import DownloadError
 

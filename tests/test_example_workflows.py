@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from runcomfy_seedream.nodes import NODE_CLASS_MAPPINGS
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "example_workflows").glob("*.json"))

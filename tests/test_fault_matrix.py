@@ -7,6 +7,7 @@ the node returns (or the error it raises); a paid run always has exactly one sub
 from __future__ import annotations
 
 import pytest
+
 from helpers import node_inputs, run_node
 from runcomfy_seedream.api import downloads
 from runcomfy_seedream.api.errors import DownloadError, JobFailedError

@@ -3,6 +3,7 @@
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
 from runcomfy_seedream.api.image_batch import ImageBatch
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from helpers import image_batch, node_inputs, run_node
 from runcomfy_seedream.api.errors import ConfigurationError, InputError
 

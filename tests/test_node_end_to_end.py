@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from helpers import data_uri_size, image_batch, node_inputs, run_node, submitted_payloads
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from helpers import node_inputs, run_node
 from runcomfy_seedream.api.errors import (
     AuthenticationError,

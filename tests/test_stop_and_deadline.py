@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+
 from helpers import node_inputs, run_node
 from runcomfy_seedream.api import pipeline
 from runcomfy_seedream.api.errors import DeadlineExceededError

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+
 from helpers import NODE_ID, node_inputs, run_node
 from runcomfy_seedream.api.errors import RunComfyError
 from runcomfy_seedream.fake_service import Fault

@@ -11,6 +11,7 @@ import pytest
 aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
+
 from runcomfy_seedream.api.config import find_credentials  # noqa: E402
 from runcomfy_seedream.nodes.token_route import ROUTE, register  # noqa: E402
 

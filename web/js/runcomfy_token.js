@@ -1,14 +1,14 @@
 // "RunComfy > API token" in ComfyUI's settings: a password dialog that hands the token to this
 // pack's server route, which checks it with RunComfy and stores it owner-only on the server.
 // The token is never kept in ComfyUI's settings, in a workflow, or in this page after saving.
-import { app } from "../../scripts/app.js";
-import { api } from "../../scripts/api.js";
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
 
 const ROUTE = "/runcomfy/seedream/token";
 const SOURCES = {
-  env: "from an environment variable (it takes precedence)",
-  settings: "saved from this dialog",
-  cli: "from the RunComfy CLI token file",
+  env: "(from an environment variable, which takes precedence)",
+  settings: "(saved from this dialog)",
+  cli: "(from the RunComfy CLI token file)",
 };
 
 async function fetchStatus() {
@@ -80,7 +80,7 @@ function openTokenDialog(onChange) {
         body: JSON.stringify({ token }),
       });
       const result = await response.json();
-      input.value = "";
+      if (result.ok) input.value = ""; // keep a refused token in the box so it can be corrected
       message.textContent = result.ok ? `${result.message} ${describe(result)}` : result.error;
       onChange?.();
     } catch (error) {
