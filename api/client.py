@@ -24,6 +24,7 @@ from .errors import (
     ServiceError,
     error_from_response,
 )
+from .quiet_polls import quiet_status_polls
 from .retry import RetryPolicy, parse_retry_after
 from .schema import MAX_BODY_BYTES
 
@@ -156,6 +157,7 @@ class RunComfyClient:
         self.retry = retry or RetryPolicy()
         self.timeouts = timeouts or Timeouts()
         self.on_retry = on_retry
+        quiet_status_polls(self.base_url)
         t = self.timeouts
         self._http = httpx.AsyncClient(
             base_url=self.base_url + "/",

@@ -86,3 +86,13 @@ def test_credentials_repr_hides_the_token():
     from runcomfy_seedream.api.config import Credentials
 
     assert SECRET not in repr(Credentials(SECRET, "environment variable RUNCOMFY_API_TOKEN"))
+
+
+def test_status_polls_do_not_flood_the_console_but_other_requests_are_logged(fake, comfy, caplog):
+    caplog.set_level(logging.INFO, logger="httpx")
+    fake.behaviour.run_s = 2.0
+    run_node(**node_inputs())
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert any("/edit-sequential" in line for line in lines) and any("/result" in line for line in lines)
+    assert not any(line.split('"')[0].rstrip().endswith("/status") for line in lines)
+    assert len([r for r in fake.requests if r.path.endswith("/status")]) >= 3  # it did poll
