@@ -57,10 +57,10 @@ class StreamedReferences:
             fresh = [note for note in encoded.notes if note.startswith("downscaled")]
             notes.extend(f"{encoded.label}: {note}" for note in fresh)
             extra = f" ({encoded.label}: {'; '.join(fresh)})" if fresh else ""
-            report(f"Encoding references {self._done}/{total}{extra}", 0.03 + 0.07 * self._done / total)
+            report(f"Encoding and uploading references {self._done}/{total}{extra}", 0.03 + 0.07 * self._done / total)
 
         if total:
-            report(f"Encoding references 0/{total}", 0.03)
+            report(f"Encoding and uploading references 0/{total}", 0.03)
         self._futures = [
             loop.run_in_executor(self._pool, lambda ref=ref: encode_reference(ref, max_file_bytes=limit, png=png)) for ref in prepared
         ]
