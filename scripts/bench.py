@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uplink-mbit", type=float, default=50.0, help="simulated upload bandwidth")
     parser.add_argument("--service-seconds", type=float, default=3.0, help="fixed queue + generation time of the fake")
     parser.add_argument("--quick", action="store_true", help="only the small job (a smoke test of this script)")
+    parser.add_argument("--job", choices=["reference", "many", "small"], help="run only this job")
     parser.add_argument("--detect-runs", type=int, default=8, help="extra tiny jobs to measure completion detection")
     args = parser.parse_args(argv)
 
@@ -262,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.quick:
         jobs = jobs[2:]
+    if args.job:
+        jobs = [job for job in jobs if job.name.startswith(args.job)]
     cores = os.cpu_count() or 1
     print(
         f"machine: {cores} cores; uplink {args.uplink_mbit:g} Mbit/s; service time {args.service_seconds:g} s; "
