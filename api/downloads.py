@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import ipaddress
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import DownloadError
 from .parallel import worker_count
 from .retry import RetryPolicy, parse_retry_after
+from .schema import is_private_host
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 MAX_OUTPUT_PIXELS = 40_000_000  # the largest Seedream output is ~4.2 MP; anything far beyond is hostile
@@ -56,17 +56,8 @@ class UrlPolicy:
             return
         if origin[0] != "https":
             raise DownloadError(f"{label}: refusing to download {_shown(url)}: only https result URLs are fetched.")
-        if not origin[1] or _is_private(origin[1]):
+        if not origin[1] or is_private_host(origin[1]):
             raise DownloadError(f"{label}: refusing to download from {origin[1] or 'an empty host'}: not a public host.")
-
-
-def _is_private(host: str) -> bool:
-    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
-        return True
-    try:
-        return not ipaddress.ip_address(host).is_global
-    except ValueError:
-        return False
 
 
 def _shown(url: str) -> str:

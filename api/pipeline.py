@@ -44,17 +44,9 @@ from .result_cache import ResultCache
 from .schema import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MAX_IMAGES,
-    IMAGE_SIZES,
     MODEL_ID,
-    OPTIMIZE_PROMPT_OPTIONS,
-    SEQUENTIAL_MODES,
     EditSequentialRequest,
-    check_choice,
     check_image_url,
-    check_max_images,
-    check_prompt,
-    check_reference_count,
-    check_seed,
 )
 from .upload_body import StreamedReferences
 from .waiting import StopCheck, never_stop, run_stoppable
@@ -73,14 +65,18 @@ class GenerationSettings:
     optimize_prompt: str = "fast"
     sequential_image_generation: str = "auto"
 
-    def validate(self, reference_count: int) -> None:
-        check_prompt(self.prompt)
-        check_max_images(self.max_images)
-        check_choice("image_size", self.image_size, IMAGE_SIZES)
-        check_seed(self.seed)
-        check_choice("optimize_prompt", self.optimize_prompt, OPTIMIZE_PROMPT_OPTIONS)
-        check_choice("sequential_image_generation", self.sequential_image_generation, SEQUENTIAL_MODES)
-        check_reference_count(reference_count, self.max_images, self.sequential_image_generation)
+    def request(self, reference_count: int) -> EditSequentialRequest:
+        """The submit these widgets make for `reference_count` references, checked against every schema rule
+        that does not need the images themselves (those are checked as they are encoded)."""
+        return EditSequentialRequest(
+            images=(),
+            text=self.prompt,
+            max_images=self.max_images,
+            image_size=self.image_size,
+            seed=self.seed,
+            optimize_prompt=self.optimize_prompt,
+            sequential_image_generation=self.sequential_image_generation,
+        ).validate_settings(reference_count)
 
 
 @dataclass(frozen=True)
@@ -175,7 +171,7 @@ async def generate(
     # 1. Everything the user can get wrong, before any work or spending.
     credentials = credentials or resolve_credentials()
     base_url = base_url or resolve_base_url()
-    settings.validate(len(references) + len(image_urls))
+    request = settings.request(len(references) + len(image_urls))
     for ref in references:
         check_frame_shape(ref.label, ref.pixels)
     urls = [check_image_url(f"image_urls line {i}", url) for i, url in enumerate(image_urls, start=1)]
@@ -215,15 +211,6 @@ async def generate(
         async with RunComfyClient(credentials, base_url, on_retry=lambda m: report(m), **(client_options or {})) as client:
             result = await _resume(client, state, entry, report, notes, job_options) if entry else None
             if result is None:
-                request = EditSequentialRequest(
-                    images=(),
-                    text=settings.prompt,
-                    max_images=settings.max_images,
-                    image_size=settings.image_size,
-                    seed=settings.seed,
-                    optimize_prompt=settings.optimize_prompt,
-                    sequential_image_generation=settings.sequential_image_generation,
-                ).validate_settings(len(prepared) + len(urls))
                 price = await _within(price_lookup, PRICE_WAIT_S)
                 if price is not None:
                     report.pin(price.estimate(request.max_images_sent))

@@ -148,7 +148,7 @@ def check_image_url(label: str, url: Any) -> str:
         raise InputError(label, f"{_shorten(url)!r} has no host name.")
     if parts.username or parts.password:
         raise InputError(label, "contains a user name or password; use a pre-signed or public URL instead.")
-    if _is_private_host(host):
+    if is_private_host(host):
         raise InputError(
             label,
             f"points at {host}, which RunComfy's servers cannot reach. Use a public https URL, or connect the image as an IMAGE input.",
@@ -156,7 +156,8 @@ def check_image_url(label: str, url: Any) -> str:
     return url
 
 
-def _is_private_host(host: str) -> bool:
+def is_private_host(host: str) -> bool:
+    """localhost, .local/.internal names and non-global IP literals: hosts the public internet cannot reach."""
     lowered = host.lower().rstrip(".")
     if lowered == "localhost" or lowered.endswith((".localhost", ".local", ".internal")):
         return True
