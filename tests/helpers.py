@@ -51,3 +51,20 @@ def data_uri_size(uri: str) -> tuple[int, int]:
     with Image.open(io.BytesIO(data)) as image:
         assert image.format == "PNG"
         return image.size
+
+
+def run_node_with_deadline(seconds: float, monkeypatch, **overrides):
+    """Run the node with the job deadline shortened to `seconds` (30 minutes in real use)."""
+    from runcomfy_seedream.api import pipeline
+
+    original = pipeline.generate
+
+    async def quick(*args, **kwargs):
+        return await original(*args, **{**kwargs, "deadline_s": seconds})
+
+    target = "runcomfy_seedream.nodes.seedream_edit_sequential.generate"
+    monkeypatch.setattr(target, quick)
+    try:
+        return run_node(**node_inputs(**overrides))
+    finally:
+        monkeypatch.setattr(target, original)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import NODE_ID, node_inputs, run_node
-from runcomfy_seedream.api import pipeline
+from helpers import NODE_ID, node_inputs, run_node, run_node_with_deadline
 from runcomfy_seedream.api.errors import DeadlineExceededError, OutcomeUnknownError, ServiceError
 from runcomfy_seedream.fake_service import Fault
 from runcomfy_seedream.nodes import NODE_CLASS_MAPPINGS
@@ -19,23 +18,10 @@ def state_dir(tmp_path: Path) -> Path:
     return tmp_path / ".cache" / "runcomfy-seedream"  # HOME is tmp_path in these tests
 
 
-def run_with_deadline(seconds: float, monkeypatch, **inputs):
-    original = pipeline.generate
-
-    async def quick(*args, **kwargs):
-        return await original(*args, **{**kwargs, "deadline_s": seconds})
-
-    monkeypatch.setattr("runcomfy_seedream.nodes.seedream_edit_sequential.generate", quick)
-    try:
-        return run_node(**node_inputs(**inputs))
-    finally:
-        monkeypatch.setattr("runcomfy_seedream.nodes.seedream_edit_sequential.generate", original)
-
-
 def test_after_a_timeout_running_again_collects_the_same_request(fake, comfy, monkeypatch, tmp_path):
     fake.behaviour.run_s = 2.5
     with pytest.raises(DeadlineExceededError) as caught:
-        run_with_deadline(1.0, monkeypatch)
+        run_node_with_deadline(1.0, monkeypatch)
     (request_id,) = fake.jobs
     assert request_id in str(caught.value)
     journal = json.loads((state_dir(tmp_path) / "journal.json").read_text())
@@ -65,7 +51,7 @@ def test_after_losing_the_network_while_polling_running_again_resumes(fake, comf
 def test_a_request_the_service_forgot_is_submitted_anew_and_the_user_told(fake, comfy, monkeypatch):
     fake.behaviour.run_s = 2.5
     with pytest.raises(DeadlineExceededError):
-        run_with_deadline(1.0, monkeypatch)
+        run_node_with_deadline(1.0, monkeypatch)
     fake.jobs.clear()  # expired at RunComfy
     fake.behaviour.run_s = 0.3
     _, _, _, request_id = run_node(**node_inputs())

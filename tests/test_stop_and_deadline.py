@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from helpers import node_inputs, run_node
-from runcomfy_seedream.api import pipeline
+from helpers import node_inputs, run_node, run_node_with_deadline
 from runcomfy_seedream.api.errors import DeadlineExceededError
 
 
@@ -98,20 +97,10 @@ def test_stop_while_downloading_keeps_the_request_id(fake, comfy):
     assert reaction < 1.5
 
 
-def _run_with_deadline(seconds, monkeypatch):
-    original = pipeline.generate
-
-    async def quick_deadline(*args, **kwargs):
-        return await original(*args, deadline_s=seconds, **kwargs)
-
-    monkeypatch.setattr("runcomfy_seedream.nodes.seedream_edit_sequential.generate", quick_deadline)
-    return run_node(**node_inputs())
-
-
 def test_a_job_still_queued_at_the_deadline_is_cancelled(fake, comfy, monkeypatch):
     fake.behaviour.queue_s = 30.0
     with pytest.raises(DeadlineExceededError) as caught:
-        _run_with_deadline(1.0, monkeypatch)
+        run_node_with_deadline(1.0, monkeypatch)
     assert "still queued" in str(caught.value) and "nothing is charged" in str(caught.value)
     assert next(iter(fake.jobs.values())).cancelled
 
@@ -120,7 +109,7 @@ def test_a_job_still_running_at_the_deadline_is_reported_with_its_id(fake, comfy
     fake.behaviour.queue_s = 0.0
     fake.behaviour.run_s = 30.0
     with pytest.raises(DeadlineExceededError) as caught:
-        _run_with_deadline(1.0, monkeypatch)
+        run_node_with_deadline(1.0, monkeypatch)
     assert "did not finish within 1 s" in str(caught.value) and next(iter(fake.jobs)) in str(caught.value)
     assert fake.cancel_calls == 0
 
