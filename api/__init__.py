@@ -1,7 +1,7 @@
 """RunComfy Model API client and the Seedream 4.0 edit-sequential schema. No ComfyUI or torch needed."""
 
 from .client import CancelResult, JobResult, JobStatus, RunComfyClient, Submission, Timeouts
-from .config import DEFAULT_BASE_URL, Credentials, resolve_base_url, resolve_credentials
+from .config import DEFAULT_BASE_URL, Credentials, Limits, resolve_base_url, resolve_credentials
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -17,8 +17,8 @@ from .errors import (
     ServiceError,
     StopRequested,
 )
-from .job import JobEvent, run_job
-from .pipeline import GenerationResult, GenerationSettings, Reference, generate, parse_url_lines
+from .job import JobEvent, run_job, wait_for_job
+from .pipeline import GenerationResult, GenerationSettings, Reference, Timing, generate, parse_url_lines
 from .progress import Progress
 from .retry import RetryPolicy
 from .schema import IMAGE_SIZES, MODEL_ID, EditSequentialRequest
@@ -42,6 +42,7 @@ __all__ = [
     "JobFailedError",
     "JobResult",
     "JobStatus",
+    "Limits",
     "MODEL_ID",
     "OutcomeUnknownError",
     "Progress",
@@ -54,9 +55,11 @@ __all__ = [
     "StopRequested",
     "Submission",
     "Timeouts",
+    "Timing",
     "generate",
     "parse_url_lines",
     "resolve_base_url",
     "resolve_credentials",
     "run_job",
+    "wait_for_job",
 ]

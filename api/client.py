@@ -1,9 +1,23 @@
 """Async HTTP client for the RunComfy Model API: submit, status, result, cancel.
 
-Read-only calls retry on 429 (honouring Retry-After), 5xx, unreadable answers
-and connection trouble, within a budget. The submit POST costs money and has no
-idempotency key, so it is retried only when it provably never reached the
-service (connection refused, DNS failure) or was refused with 429.
+Invariants this module owns:
+
+- The submit body is JSON sent with a Content-Length, the framing RunComfy's own
+  clients use; it is never chunked, and never larger than `MAX_BODY_BYTES`.
+- The submit POST costs money and has no idempotency key. It is retried only when it
+  provably never arrived (the connection never opened) or was refused (429).
+- "May have been charged" (`OutcomeUnknownError`) is said only when the whole body was
+  handed to the connection and no answer came back: a dropped connection or a timeout
+  after the upload, or a gateway's 502/503/504. An upload that broke off part way, a
+  request that could not leave this machine, and every other HTTP answer (401, 411,
+  413, 500 …, even when sent before the body was read) mean no job exists: the error
+  says so and nothing is held.
+- Reads of a paid job (status, result) retry through 429 (with or without
+  Retry-After), 5xx, unreadable answers and refused connections with `job_retry`,
+  which by default never gives up by itself: the job's deadline ends the wait. Each
+  retry is announced ("RunComfy busy (HTTP 429); retrying in 20 s; the job is still running").
+- No exception raised here has an httpx exception as its cause or context: those hold
+  the request, and the request holds the token.
 """
 
 from __future__ import annotations
@@ -32,8 +46,10 @@ SUCCESS_STATES = frozenset({"succeeded", "completed", "success"})
 QUEUED_STATES = frozenset({"in_queue", "queued", "pending"})
 RUNNING_STATES = frozenset({"in_progress", "running", "processing"})
 
+GATEWAY_STATUSES = frozenset({502, 503, 504})  # a proxy's word that the service itself did not answer
+
 RetryNotice = Callable[[str], None]
-RequestBody = Mapping[str, Any] | Sequence[bytes] | Callable[[], AsyncIterator[bytes]]
+RequestBody = Mapping[str, Any] | Sequence[bytes]
 
 
 @dataclass
@@ -133,6 +149,20 @@ def describe_transport_error(exc: httpx.TransportError) -> str:
     return f"connection problem ({kind})"
 
 
+def _lost_submit(action: str, problem: str, body_complete: bool) -> RunComfyError:
+    """The error for a submit whose connection failed after it opened."""
+    if not body_complete:
+        return ServiceError(
+            f"{action} failed: the upload broke off before the whole request was sent ({problem}). RunComfy cannot "
+            "have created a job from part of a request, so nothing was charged. Check your connection and run again."
+        )
+    return OutcomeUnknownError(
+        f"{action}: the request was sent but the connection failed before RunComfy answered ({problem}). "
+        "The job may have been created and charged, so it was not sent again. Look for it in your RunComfy "
+        "dashboard before running again, or change the seed to submit anew."
+    )
+
+
 @dataclass(frozen=True)
 class Timeouts:
     connect_s: float = 10.0
@@ -150,11 +180,13 @@ class RunComfyClient:
         base_url: str = DEFAULT_BASE_URL,
         *,
         retry: RetryPolicy | None = None,
+        job_retry: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
         on_retry: RetryNotice | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
+        self.job_retry = job_retry or RetryPolicy.until_deadline()
         self.timeouts = timeouts or Timeouts()
         self.on_retry = on_retry
         quiet_status_polls(self.base_url)
@@ -178,39 +210,29 @@ class RunComfyClient:
     # --- calls -------------------------------------------------------------------------------
 
     async def submit(self, model_id: str, body: RequestBody, upload: UploadTracker | None = None) -> Submission:
-        """POST the job once. Raises OutcomeUnknownError when it may have arrived but no answer came.
+        """POST the job once, with a Content-Length. See the module docstring for what each failure means.
 
-        `body` is the JSON payload as a dict, as byte pieces (sent with an exact Content-Length),
-        or a function returning an async iterator of pieces, streamed while they are produced
-        (chunked). `upload.complete` turns True once the last byte has been handed over: before
-        that, abandoning the request cannot create a job.
+        `body` is the JSON payload as a dict or as byte pieces. `upload.complete` turns True once
+        the last byte has been handed to the connection: before that, no job can exist.
         """
         upload = upload or UploadTracker()
         if isinstance(body, Mapping):
             body = [json.dumps(body, separators=(",", ":")).encode("utf-8")]
-        if callable(body):
-            make_stream, headers = body, {"Content-Type": "application/json"}
-        else:
-            pieces = list(body)
-            length = sum(len(piece) for piece in pieces)
-            if length > MAX_BODY_BYTES:
-                raise InputError(
-                    "images",
-                    f"the request would be {length / 2**20:.0f} MiB; the limit is {MAX_BODY_BYTES / 2**20:.0f} MiB. "
-                    "Use fewer or smaller reference images.",
-                )
-
-            async def make_stream() -> AsyncIterator[bytes]:
-                for piece in pieces:
-                    yield piece
-
-            headers = {"Content-Type": "application/json", "Content-Length": str(length)}
+        pieces = list(body)
+        length = sum(len(piece) for piece in pieces)
+        if length > MAX_BODY_BYTES:
+            raise InputError(
+                "images",
+                f"the request would be {length / 2**20:.0f} MiB; the limit is {MAX_BODY_BYTES / 2**20:.0f} MiB. "
+                "Use fewer or smaller reference images.",
+            )
+        headers = {"Content-Type": "application/json", "Content-Length": str(length)}
 
         async def tracked() -> AsyncIterator[bytes]:
             upload.complete = False
-            async for piece in make_stream():
+            for piece in pieces:
                 yield piece
-            upload.complete = True
+            upload.complete = True  # reached only once httpx asked for more after writing the last piece
 
         action = "Submitting the job"
         t = self.timeouts
@@ -219,35 +241,38 @@ class RunComfyClient:
         waited = 0.0
         while True:
             attempt += 1
+            retry_after: float | None = None
+            failure: tuple[str, bool] | None = None  # (what happened, whether the body was complete)
+            response: httpx.Response | None = None
             try:
                 response = await self._http.post(f"models/{model_id}", content=tracked(), headers=headers, timeout=timeout)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                # The connection never opened: nothing reached the service, so trying again is safe.
-                problem, delay = describe_transport_error(exc), None
+                problem = describe_transport_error(exc)  # the connection never opened: nothing arrived
             except httpx.TransportError as exc:
-                raise OutcomeUnknownError(
-                    f"{action}: the request was sent but the connection failed before RunComfy answered "
-                    f"({describe_transport_error(exc)}). The job may have been created and charged, so it was "
-                    "not sent again. Look for it in your RunComfy dashboard before running again."
-                ) from None
-            else:
-                if response.status_code == 411 and "Content-Length" not in headers:
-                    # The service wants the length up front: it refused the request, so send it again measured.
-                    pieces = [piece async for piece in make_stream()]
-                    return await self.submit(model_id, pieces, upload)
-                if response.status_code == 429:
-                    problem, delay = "HTTP 429 (rate limited)", parse_retry_after(response.headers.get("Retry-After"))
-                elif response.status_code >= 400:
-                    raise error_from_response(response.status_code, _json_or_none(response), action=action)
-                else:
+                failure = (describe_transport_error(exc), upload.complete)
+            if failure is not None:  # raised here, outside the except block, so no httpx exception is attached
+                raise _lost_submit(action, *failure)
+            if response is not None:
+                status = response.status_code
+                if status < 400:
                     return self._submission_from(response)
-            delay = self.retry.backoff(attempt) if delay is None else delay
-            if attempt >= self.retry.max_attempts or waited + delay > self.retry.budget_s:
+                if status in GATEWAY_STATUSES:
+                    raise OutcomeUnknownError(
+                        f"{action}: a gateway in front of RunComfy answered HTTP {status} after the whole request was sent, "
+                        "so RunComfy may have created the job and charged it. It was not sent again. Look for it in your "
+                        "RunComfy dashboard before running again, or change the seed to submit anew."
+                    )
+                if status != 429:
+                    raise error_from_response(status, _json_or_none(response), action=action)
+                problem = "HTTP 429 (rate limited)"
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            delay = self.retry.delay(attempt, retry_after)
+            if self.retry.gives_up(attempt, waited, delay):
                 raise ServiceError(
-                    f"{action} failed: RunComfy could not be reached after {attempt} tries ({problem}). "
-                    "Nothing was charged. Check your connection and run again."
+                    f"{action} failed: RunComfy could not be reached or refused it {attempt} times ({problem}). "
+                    "No job was created and nothing was charged. Check your connection and run again."
                 )
-            self._notify(f"{action}: {problem}; trying again in {delay:.0f} s (nothing was sent yet).")
+            self._notify(f"{action}: {problem}; trying again in {delay:.0f} s (no job was created, nothing is charged).")
             await asyncio.sleep(delay)
             waited += delay
 
@@ -267,7 +292,9 @@ class RunComfyClient:
         )
 
     async def status(self, request_id: str) -> JobStatus:
-        data = await self._read("GET", f"requests/{request_id}/status", action="Checking the job status", request_id=request_id)
+        data = await self._read(
+            "GET", f"requests/{request_id}/status", action="Checking the job status", request_id=request_id, retry=self.job_retry
+        )
         return JobStatus(
             request_id=request_id,
             state=normalise_state(data.get("status")),
@@ -277,7 +304,12 @@ class RunComfyClient:
     async def result(self, request_id: str, *, include_cost: bool = True) -> JobResult:
         params = {"include_cost": "true"} if include_cost else None
         data = await self._read(
-            "GET", f"requests/{request_id}/result", action="Fetching the job result", request_id=request_id, params=params
+            "GET",
+            f"requests/{request_id}/result",
+            action="Fetching the job result",
+            request_id=request_id,
+            params=params,
+            retry=self.job_retry,
         )
         error = data.get("error") or data.get("error_message")
         if isinstance(error, Mapping):
@@ -317,47 +349,46 @@ class RunComfyClient:
         action: str,
         request_id: str | None = None,
         params: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Mapping[str, Any]:
         """A call that is safe to repeat: retried on 429, 5xx, unreadable JSON and network trouble."""
+        policy = retry or self.retry
         attempt = 0
         waited = 0.0
         while True:
             attempt += 1
             last_error: RunComfyError | None = None
-            delay: float | None = None
+            retry_after: float | None = None
+            response: httpx.Response | None = None
             try:
                 response = await self._http.request(method, path, params=params)
             except httpx.TransportError as exc:
-                problem = describe_transport_error(exc)
-            else:
+                problem, busy = describe_transport_error(exc), "unreachable"
+            if response is not None:
                 status = response.status_code
                 if status < 400:
                     data = _json_or_none(response)
                     if isinstance(data, Mapping):
                         return data
-                    problem = "an unreadable answer (not a JSON object)"
+                    problem, busy = "an unreadable answer", "not answering properly"
                 elif status == 429 or status >= 500:
-                    problem = f"HTTP {status}"
+                    problem, busy = f"HTTP {status}", "busy" if status == 429 else "unavailable"
                     last_error = error_from_response(status, _json_or_none(response), action=action, request_id=request_id)
                     if status == 429:
-                        delay = parse_retry_after(response.headers.get("Retry-After"))
+                        retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 else:
                     raise error_from_response(status, _json_or_none(response), action=action, request_id=request_id)
-            delay = self.retry.backoff(attempt) if delay is None else delay
-            if attempt >= self.retry.max_attempts or waited + delay > self.retry.budget_s:
+            delay = policy.delay(attempt, retry_after)
+            if policy.gives_up(attempt, waited, delay):
                 if last_error is not None:
-                    last_error.args = (f"{last_error.args[0]} (gave up after {attempt} tries)",)
-                    raise last_error
-                raise ServiceError(
-                    f"{action} failed: lost contact with RunComfy after {attempt} tries ({problem}).",
-                    request_id=request_id,
-                )
-            self._notify(f"{action}: {problem}; trying again in {delay:.1f} s.")
+                    raise type(last_error)(
+                        f"{last_error} (gave up after {attempt} tries)",
+                        http_status=last_error.http_status,
+                        error_code=last_error.error_code,
+                        request_id=request_id,
+                    )
+                raise ServiceError(f"{action} failed: lost contact with RunComfy after {attempt} tries ({problem}).", request_id=request_id)
+            still_running = "; the job is still running" if request_id else ""
+            self._notify(f"RunComfy {busy} ({problem}); retrying in {delay:.0f} s{still_running}")
             await asyncio.sleep(delay)
             waited += delay
-
-    async def run(self, model_id: str, body: RequestBody, **options: Any) -> JobResult:
-        """Submit once and poll to completion; see `job.run_job` for the options (deadline, events, Stop)."""
-        from .job import run_job  # job builds on this module
-
-        return await run_job(self, model_id, body, **options)

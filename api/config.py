@@ -1,7 +1,13 @@
 """Where the API token and the service address come from.
 
-The token is read from the environment or RunComfy's CLI token file, never
-from a node input, so it cannot end up in a saved workflow or PNG metadata.
+The token is read from the environment, the file saved from ComfyUI's settings or
+RunComfy's CLI token file, never from a node input, so it cannot end up in a saved
+workflow or PNG metadata.
+
+Invariant: a token is checked where it is read. It is printable ASCII, 8 to 512
+characters, with no whitespace or control characters; anything else is a
+`ConfigurationError` naming the source (never the value) before any work, so a
+malformed token can never reach an HTTP library, its logs or its exceptions.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .downloads import MAX_DOWNLOAD_BYTES
 from .errors import ConfigurationError
-from .state_files import write_atomically
+from .image_batch import DEFAULT_BATCH_BYTES
+from .resume import DEFAULT_CACHE_BYTES, MAX_CACHED_RESULTS, write_atomically
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net/v1"
 BASE_URL_ENV = "RUNCOMFY_MODEL_API_BASE"
@@ -23,13 +31,40 @@ _TOKEN_FILE_KEYS: tuple[str, ...] = ("token", "api_token", "access_token", "api_
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
+TOKEN_MIN_CHARS = 8
+TOKEN_MAX_CHARS = 512
+
+
+def token_problem(token: object) -> str | None:
+    """Why `token` cannot be a RunComfy API token, in words that never repeat it; None when it can."""
+    if not isinstance(token, str):
+        return "is not text"
+    if not TOKEN_MIN_CHARS <= len(token) <= TOKEN_MAX_CHARS:
+        return f"has {len(token)} characters; a token has {TOKEN_MIN_CHARS} to {TOKEN_MAX_CHARS}"
+    if any(ch in "\r\n" for ch in token):
+        return "contains a line break"
+    if any(ch.isspace() for ch in token):
+        return "contains a space or tab"
+    if any(not 33 <= ord(ch) <= 126 for ch in token):
+        return "contains a control or non-ASCII character"
+    return None
+
+
 @dataclass(frozen=True)
 class Credentials:
-    """A token and a human-readable note of where it came from (never the token itself)."""
+    """A checked token and a human-readable note of where it came from (never the token itself)."""
 
     token: str = field(repr=False)
     source: str
     kind: str = "given"  # env | settings | cli | given
+
+    def __post_init__(self) -> None:
+        problem = token_problem(self.token)
+        if problem is not None:
+            raise ConfigurationError(
+                f"The RunComfy API token from {self.source} {problem}. Copy the token again from your RunComfy "
+                "account (only the token, no quotes, spaces or line breaks) and replace it there. Nothing was sent."
+            )
 
     def __repr__(self) -> str:
         return f"Credentials(source={self.source!r}, token=<hidden>)"
@@ -48,14 +83,14 @@ def cli_token_files(env: Mapping[str, str]) -> list[Path]:
 def _token_from_file(path: Path) -> str | None:
     try:
         raw = path.read_text(encoding="utf-8").strip()
-    except OSError:
+    except (OSError, ValueError):  # unreadable, or not text: no token here
         return None
     if not raw:
         return None
     try:
         data = json.loads(raw)
     except json.JSONDecodeError:
-        return raw if "\n" not in raw and " " not in raw else None
+        return raw  # a bare token; checked by Credentials like any other
     if isinstance(data, str):
         return data.strip() or None
     if isinstance(data, dict):
@@ -113,6 +148,32 @@ def resolve_base_url(env: Mapping[str, str] | None = None) -> str:
 
 
 STATE_DIR_ENV = "RUNCOMFY_SEEDREAM_STATE_DIR"
+CACHE_MB_ENV = "RUNCOMFY_SEEDREAM_CACHE_MB"
+BATCH_MB_ENV = "RUNCOMFY_SEEDREAM_BATCH_MB"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Memory and disk bounds of a run."""
+
+    cache_max_bytes: int = DEFAULT_CACHE_BYTES  # saved results, least recently used evicted first
+    cache_max_entries: int = MAX_CACHED_RESULTS
+    batch_max_bytes: int = DEFAULT_BATCH_BYTES  # the padded float32 output batch
+    max_download_bytes: int = MAX_DOWNLOAD_BYTES  # one result file
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Limits:
+        """RUNCOMFY_SEEDREAM_CACHE_MB and RUNCOMFY_SEEDREAM_BATCH_MB, in MiB, when set."""
+        env = os.environ if env is None else env
+        values = {}
+        for name, attribute in ((CACHE_MB_ENV, "cache_max_bytes"), (BATCH_MB_ENV, "batch_max_bytes")):
+            raw = (env.get(name) or "").strip()
+            if not raw:
+                continue
+            if not raw.isdigit() or int(raw) < 1:
+                raise ConfigurationError(f"{name} is {raw[:20]!r}; it must be a whole number of MiB, at least 1 (or unset).")
+            values[attribute] = int(raw) * 2**20
+        return cls(**values)
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:

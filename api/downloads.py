@@ -1,17 +1,28 @@
 """Fetching result images safely and in parallel.
 
-Only https URLs are fetched (plus the configured API host, so a local test
-service works), redirects are checked hop by hop, files are size-capped, no
-Authorization header is ever sent, and decoding refuses decompression bombs.
+Invariants this module owns:
+
+- Result URLs are judged by the address they resolve to. Loopback, private, link-local,
+  multicast, reserved and unspecified addresses are refused, whatever the spelling
+  (`https://2130706433/`, `https://127.1/`, a name that resolves to 127.0.0.1), unless the
+  URL is on the configured API base's own origin (a local test service). The check is
+  repeated for every redirect hop; more than 5 hops (a loop) is a `DownloadError`.
+- Only https is fetched (plus the API base's origin), never with an Authorization header.
+- Files are size-capped, and decoding refuses decompression bombs.
+- Transient trouble (5xx, 429, resets, truncated files, DNS hiccups) is retried until the
+  overall download deadline; links that are gone (403/404/410) are not. Every error
+  carries the request id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import ipaddress
+import socket
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import httpx
@@ -19,45 +30,79 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DownloadError
-from .parallel import worker_count
 from .retry import RetryPolicy, parse_retry_after
-from .schema import is_private_host
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 MAX_OUTPUT_PIXELS = 40_000_000  # the largest Seedream output is ~4.2 MP; anything far beyond is hostile
 DEFAULT_CONCURRENCY = 4
-DOWNLOAD_TIMEOUT_S = 30.0  # per read: a stalled CDN connection is retried after this
-DOWNLOAD_RETRY = RetryPolicy(max_attempts=4, budget_s=30.0, base_delay_s=0.5, max_delay_s=5.0)
+DOWNLOAD_READ_TIMEOUT_S = 30.0  # per read: a stalled CDN connection is retried after this
+DOWNLOAD_DEADLINE_S = 600.0  # all files of one job
+DOWNLOAD_RETRY = RetryPolicy.until_deadline(base_delay_s=0.5, max_delay_s=10.0)
+MAX_REDIRECTS = 5
 
 ProgressCallback = Callable[[int, int], None]
+Resolver = Callable[[str, int], Awaitable[list[str]]]  # (host, port) -> IP addresses
 
 
-PlaceImage = Callable[[int, np.ndarray], None]  # (index, uint8 RGB) -> None, called from a worker thread
+async def resolve_host(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to, as the connection would see them (numeric forms included)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [info[4][0] for info in infos]
+
+
+def is_public_address(text: str) -> bool:
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_link_local)
 
 
 @dataclass(frozen=True)
 class UrlPolicy:
-    """Which hosts result files may come from."""
+    """Which places result files may come from."""
 
     trusted_origin: tuple[str, str, int | None] | None = None  # (scheme, host, port) of the API base
+    resolve: Resolver = field(default=resolve_host, repr=False, compare=False)
 
     @classmethod
-    def for_base_url(cls, base_url: str) -> UrlPolicy:
+    def for_base_url(cls, base_url: str, *, resolve: Resolver = resolve_host) -> UrlPolicy:
         parts = urlsplit(base_url)
-        return cls((parts.scheme.lower(), (parts.hostname or "").lower(), parts.port))
+        return cls((parts.scheme.lower(), (parts.hostname or "").lower(), parts.port), resolve)
 
-    def check(self, url: str, label: str) -> None:
+    def _origin(self, url: str, label: str) -> tuple[str, str, int | None]:
         try:
             parts = urlsplit(url)
-            origin = (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
+            return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
         except ValueError:
             raise DownloadError(f"{label}: the service returned a malformed URL.") from None
+
+    def check_form(self, url: str, label: str) -> None:
+        """Scheme and host, without any network look-up."""
+        scheme, host, _ = origin = self._origin(url, label)
         if self.trusted_origin is not None and origin == self.trusted_origin:
             return
-        if origin[0] != "https":
+        if scheme != "https":
             raise DownloadError(f"{label}: refusing to download {_shown(url)}: only https result URLs are fetched.")
-        if not origin[1] or is_private_host(origin[1]):
-            raise DownloadError(f"{label}: refusing to download from {origin[1] or 'an empty host'}: not a public host.")
+        if not host:
+            raise DownloadError(f"{label}: refusing to download from an empty host.")
+
+    async def check(self, url: str, label: str) -> None:
+        """`check_form`, then every address the host resolves to must be a public one."""
+        self.check_form(url, label)
+        scheme, host, port = origin = self._origin(url, label)
+        if self.trusted_origin is not None and origin == self.trusted_origin:
+            return
+        try:
+            addresses = await self.resolve(host, port or 443)
+        except (OSError, UnicodeError) as exc:
+            raise DownloadError(f"{label}: could not look up {host} ({type(exc).__name__}).", transient=True) from None
+        refused = [address for address in addresses if not is_public_address(address)]
+        if refused or not addresses:
+            shown = refused[0] if refused else "no address"
+            raise DownloadError(f"{label}: refusing to download from {host} ({shown}): not a public host.")
 
 
 def _shown(url: str) -> str:
@@ -65,76 +110,95 @@ def _shown(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}"[:120]  # no query: it may hold a signature
 
 
+def _probe(data: bytes, label: str, max_pixels: int) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    if width * height > max_pixels:
+        raise DownloadError(f"{label} claims to be {width}x{height} px, beyond the {max_pixels:,} px safety limit; not decoded.")
+    return image
+
+
+def _decode_errors(label: str, exc: Exception) -> DownloadError:
+    if isinstance(exc, (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        kind = "too large to decode safely" if "ecompression" in type(exc).__name__ else "not an image"
+        return DownloadError(f"{label} is {kind}.")
+    return DownloadError(f"{label} is a damaged image file ({type(exc).__name__}).")
+
+
+def image_size(data: bytes, label: str, *, max_pixels: int = MAX_OUTPUT_PIXELS) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding the pixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _probe(data, label, max_pixels) as image:
+                return image.size[1], image.size[0]
+    except DownloadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever PIL raises on a hostile file is "not usable"
+        failure = _decode_errors(label, exc)
+    raise failure
+
+
 def decode_image(data: bytes, label: str, *, max_pixels: int = MAX_OUTPUT_PIXELS) -> np.ndarray:
     """PNG/JPEG/WebP bytes -> uint8 RGB (H, W, 3) (read-only), refusing non-images and decompression bombs."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise DownloadError(
-                        f"{label} claims to be {width}x{height} px, beyond the {max_pixels:,} px safety limit; not decoded."
-                    )
+            with _probe(data, label, max_pixels) as image:
                 return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     except DownloadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        kind = "too large to decode safely" if "ecompression" in type(exc).__name__ else "not an image"
-        raise DownloadError(f"{label} is {kind}.") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DownloadError(f"{label} is a damaged image file ({type(exc).__name__}).") from None
+    except Exception as exc:  # noqa: BLE001 - whatever PIL raises on a hostile file is "not usable"
+        failure = _decode_errors(label, exc)
+    raise failure
 
 
 class ResultDownloader:
-    """Downloads and decodes result images with bounded parallelism."""
+    """Downloads result files with bounded parallelism, within one overall deadline."""
 
     def __init__(
         self,
         policy: UrlPolicy,
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
-        max_bytes: int | None = None,
+        max_bytes: int = MAX_DOWNLOAD_BYTES,
         retry: RetryPolicy = DOWNLOAD_RETRY,
-        timeout_s: float | None = None,
+        read_timeout_s: float = DOWNLOAD_READ_TIMEOUT_S,
+        deadline_s: float = DOWNLOAD_DEADLINE_S,
     ) -> None:
         self.policy = policy
         self.concurrency = concurrency
-        self.max_bytes = MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes
+        self.max_bytes = max_bytes
         self.retry = retry
-        self.timeout_s = DOWNLOAD_TIMEOUT_S if timeout_s is None else timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.deadline_s = deadline_s
 
-    async def fetch_all(self, urls: Sequence[str], place: PlaceImage, on_progress: ProgressCallback | None = None) -> list[bytes]:
-        """Download every URL, decode each file in a worker thread and hand its pixels to `place(index, pixels)`.
-
-        Returns the files as served, in the order of `urls`; `on_progress(done, total)` after each one.
-        """
+    async def fetch_all(
+        self, urls: Sequence[str], *, request_id: str | None = None, on_progress: ProgressCallback | None = None
+    ) -> list[bytes]:
+        """Every file as served, in the order of `urls`; `on_progress(done, total)` after each one."""
         for index, url in enumerate(urls, start=1):
-            self.policy.check(url, f"Result image {index}")
+            try:
+                self.policy.check_form(url, f"Result image {index}")
+            except DownloadError as refused:
+                raise DownloadError(str(refused), request_id=request_id) from None
         gate = asyncio.Semaphore(self.concurrency)
-        decoders = asyncio.Semaphore(worker_count(len(urls)))  # one decode per core: more only adds memory
         done = 0
 
         async def check_hop(request: httpx.Request) -> None:
-            self.policy.check(str(request.url), "A redirect of a result image")
+            await self.policy.check(str(request.url), "A result image or one of its redirects")
 
         async with httpx.AsyncClient(
-            timeout=httpx.Timeout(self.timeout_s),
+            timeout=httpx.Timeout(self.read_timeout_s),
             follow_redirects=True,
-            max_redirects=5,
+            max_redirects=MAX_REDIRECTS,
             event_hooks={"request": [check_hop]},
         ) as http:
 
-            def decode_and_place(index: int, data: bytes, label: str) -> None:
-                place(index - 1, decode_image(data, label))
-
             async def one(index: int, url: str) -> bytes:
                 nonlocal done
-                label = f"Result image {index}"
                 async with gate:
-                    data = await self._fetch_bytes(http, url, label)
-                async with decoders:
-                    await asyncio.to_thread(decode_and_place, index, data, label)
+                    data = await self._fetch_bytes(http, url, f"Result image {index}", request_id)
                 done += 1
                 if on_progress is not None:
                     on_progress(done, len(urls))
@@ -142,49 +206,85 @@ class ResultDownloader:
 
             tasks = [asyncio.ensure_future(one(i, url)) for i, url in enumerate(urls, start=1)]
             try:
-                return list(await asyncio.gather(*tasks))
+                finished, _ = await asyncio.wait(tasks, timeout=self.deadline_s, return_when=asyncio.FIRST_EXCEPTION)
+                for task in finished:
+                    if task.exception() is not None:
+                        raise task.exception()
+                if len(finished) < len(tasks):
+                    raise DownloadError(
+                        f"The result images did not all download within {self.deadline_s:.0f} s.", request_id=request_id, transient=True
+                    )
+                return [task.result() for task in tasks]
             finally:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _fetch_bytes(self, http: httpx.AsyncClient, url: str, label: str) -> bytes:
+    async def _fetch_bytes(self, http: httpx.AsyncClient, url: str, label: str, request_id: str | None) -> bytes:
         attempt = 0
+        waited = 0.0
         while True:
             attempt += 1
-            delay: float | None = None
-            try:
-                async with http.stream("GET", url) as response:
-                    status = response.status_code
-                    if status == 200:
-                        return await self._read_capped(response, label)
-                    if status in (404, 410, 403):
-                        raise DownloadError(
-                            f"{label} is no longer available (HTTP {status}); result links expire after about a "
-                            "day. Run the node again to generate new images (a new, charged job)."
-                        )
-                    problem = f"HTTP {status}"
-                    if status == 429:
-                        delay = parse_retry_after(response.headers.get("Retry-After"))
-                    elif status < 500:
-                        raise DownloadError(f"{label} could not be downloaded (HTTP {status}).")
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}"
-            if attempt >= self.retry.max_attempts:
-                raise DownloadError(f"{label} could not be downloaded after {attempt} tries ({problem}).", transient=True)
-            await asyncio.sleep(self.retry.backoff(attempt) if delay is None else min(delay, self.retry.max_delay_s))
+            retry_after: float | None = None
+            outcome: bytes | DownloadError | str = await self._try_once(http, url, label, request_id)
+            if isinstance(outcome, bytes):
+                return outcome
+            if isinstance(outcome, DownloadError):
+                if not outcome.transient:
+                    raise outcome
+                problem = str(outcome)
+            else:
+                problem, _, hint = outcome.partition("|")
+                retry_after = parse_retry_after(hint) if hint else None
+            delay = self.retry.delay(attempt, retry_after)
+            if self.retry.gives_up(attempt, waited, delay):
+                raise DownloadError(
+                    f"{label} could not be downloaded after {attempt} tries ({problem}).", request_id=request_id, transient=True
+                )
+            await asyncio.sleep(delay)
+            waited += delay
 
-    async def _read_capped(self, response: httpx.Response, label: str) -> bytes:
+    async def _try_once(self, http: httpx.AsyncClient, url: str, label: str, request_id: str | None) -> bytes | DownloadError | str:
+        """The file, a DownloadError (transient or not), or "problem|Retry-After" for trouble worth retrying."""
+        try:
+            async with http.stream("GET", url) as response:
+                status = response.status_code
+                if status == 200:
+                    return await self._read_capped(response, label, request_id)
+                if status in (404, 410, 403):
+                    return DownloadError(
+                        f"{label} is no longer available (HTTP {status}): result links expire. The node keeps its own "
+                        "copy of results it has collected; these were never collected. Run the node again to generate "
+                        "new images (a new, charged job).",
+                        request_id=request_id,
+                    )
+                if status == 429 or status >= 500:
+                    return f"HTTP {status}|{response.headers.get('Retry-After') or ''}"
+                return DownloadError(f"{label} could not be downloaded (HTTP {status}).", request_id=request_id)
+        except DownloadError as refused:  # from a redirect hop's check or the size cap
+            failure = DownloadError(str(refused), request_id=request_id, transient=refused.transient)
+        except httpx.TooManyRedirects:
+            failure: bytes | DownloadError | str = DownloadError(
+                f"{label}: more than {MAX_REDIRECTS} redirects (a redirect loop); not downloaded.", request_id=request_id
+            )
+        except httpx.TransportError as exc:
+            failure = type(exc).__name__
+        except httpx.HTTPError as exc:  # an invalid redirect target and the like
+            failure = DownloadError(f"{label} could not be downloaded ({type(exc).__name__}).", request_id=request_id)
+        return failure
+
+    async def _read_capped(self, response: httpx.Response, label: str, request_id: str | None) -> bytes:
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
             raise DownloadError(
-                f"{label} is {int(declared) / 2**20:.0f} MiB, over the {self.max_bytes / 2**20:.0f} MiB limit; not downloaded."
+                f"{label} is {int(declared) / 2**20:.0f} MiB, over the {self.max_bytes / 2**20:.0f} MiB limit; not downloaded.",
+                request_id=request_id,
             )
         chunks: list[bytes] = []
         total = 0
         async for chunk in response.aiter_bytes():
             total += len(chunk)
             if total > self.max_bytes:
-                raise DownloadError(f"{label} is over the {self.max_bytes / 2**20:.0f} MiB limit; download stopped.")
+                raise DownloadError(f"{label} is over the {self.max_bytes / 2**20:.0f} MiB limit; download stopped.", request_id=request_id)
             chunks.append(chunk)
         return b"".join(chunks)

@@ -2,7 +2,22 @@
 
 Every message is written for the person at the ComfyUI canvas: it names the
 field or the situation, the limit, and what to change. Messages never contain
-the API token.
+the API token, and no exception raised here carries a library exception (which
+could hold the request and its headers) as its cause or context.
+
+    RunComfyError
+    ├── InputError ............ a value breaks the schema; nothing was sent
+    ├── ConfigurationError .... token or base URL missing or unusable; nothing was sent
+    ├── ServiceError .......... the service answered with an error (http_status, error_code)
+    │   ├── AuthenticationError
+    │   ├── InsufficientBalanceError
+    │   ├── RequestNotFoundError
+    │   └── JobFailedError
+    ├── OutcomeUnknownError ... the submit may have arrived and no answer came back: may be charged
+    ├── JobCancelledError
+    ├── DeadlineExceededError . the node stopped waiting (`cancelled`: it cancelled the queued job)
+    ├── StopRequested ......... the user pressed Stop (`cancel_outcome` says what happened remotely)
+    └── DownloadError ......... a result file could not be fetched or used (`transient`: try again)
 """
 
 from __future__ import annotations
@@ -82,6 +97,10 @@ class OutcomeUnknownError(RunComfyError):
 
 class DeadlineExceededError(RunComfyError):
     """The job did not finish within the time the node waits for it."""
+
+    def __init__(self, message: str, *, request_id: str | None = None, cancelled: bool = False) -> None:
+        super().__init__(message, request_id=request_id)
+        self.cancelled = cancelled  # the node cancelled it while still queued: nothing to collect later
 
 
 class StopRequested(RunComfyError):

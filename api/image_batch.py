@@ -1,64 +1,89 @@
-"""Assembling decoded results into one float32 batch [B, H, W, 3] in 0..1, as they arrive.
+"""Assembling decoded results into one float32 batch [B, H, W, 3] in 0..1, within a memory budget.
 
-Each image is converted straight into its slot by the thread that decoded it, so no
-separate uint8 copy of the whole set is ever held. Images smaller than the canvas are
-centred on black (never stretched); a larger late arrival grows the canvas.
+The canvas is planned from the files' headers before any pixel is decoded: the largest
+height and width of the set. Smaller images are centred on black (never stretched). When
+the padded canvas would pass `max_bytes` (two large results of opposite aspect can ask for
+tens of GiB), the canvas is shrunk to fit the budget and every image that does not fit is
+scaled down inside it, keeping its aspect. Each image is converted straight into its slot
+by the thread that decoded it. When sizes differ, each image is also kept at its native
+size for `image_list`.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 
 _SCALE = np.float32(1.0 / 255.0)
+_BYTES_PER_PIXEL = 3 * 4  # float32 RGB
+DEFAULT_BATCH_BYTES = 2 * 1024**3  # the largest legitimate set (15 images, mixed sizes) needs about 1.4 GiB
 
 
 class ImageBatch:
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.sizes: list[tuple[int, int] | None] = [None] * count
-        self._canvas: np.ndarray | None = None
+    def __init__(self, sizes: Sequence[tuple[int, int]], *, max_bytes: int = DEFAULT_BATCH_BYTES) -> None:
+        """`sizes`: (height, width) of each image, from its header."""
+        self.count = len(sizes)
+        self.native_sizes = list(sizes)
+        height = max(h for h, _ in sizes)
+        width = max(w for _, w in sizes)
+        per_image = max(1, max_bytes // max(1, self.count * _BYTES_PER_PIXEL))
+        if height * width > per_image:
+            shrink = math.sqrt(per_image / (height * width))
+            height, width = max(1, math.floor(height * shrink)), max(1, math.floor(width * shrink))
+        self.fitted = height * width < max(h for h, _ in sizes) * max(w for _, w in sizes)
+        self.sizes = [_fit(size, height, width) for size in sizes]
+        self.padded = any(size != (height, width) for size in self.sizes)
+        self._canvas = np.zeros((self.count, height, width, 3), dtype=np.float32)
+        self._natives: list[np.ndarray | None] = [None] * self.count
+        self._placed = [False] * self.count
         self._lock = threading.Lock()
 
-    def place(self, index: int, pixels: np.ndarray) -> None:
-        """Convert uint8 RGB (h, w, 3) into slot `index` (thread-safe)."""
-        height, width = pixels.shape[:2]
-        with self._lock:
-            if self._canvas is None:
-                self._canvas = np.zeros((self.count, height, width, 3), dtype=np.float32)
-            elif height > self._canvas.shape[1] or width > self._canvas.shape[2]:
-                self._grow(max(height, self._canvas.shape[1]), max(width, self._canvas.shape[2]))
-            self.sizes[index] = (height, width)
-            canvas = self._canvas
-        # Convert outside the lock so images convert in parallel; if the canvas grew meanwhile, copy over.
-        np.multiply(pixels, _SCALE, out=self._slot(canvas, index), dtype=np.float32)
-        with self._lock:
-            if self._canvas is not canvas:
-                self._slot(self._canvas, index)[...] = self._slot(canvas, index)
-
-    def _slot(self, canvas: np.ndarray, index: int) -> np.ndarray:
-        height, width = self.sizes[index]
-        top, left = (canvas.shape[1] - height) // 2, (canvas.shape[2] - width) // 2
-        return canvas[index, top : top + height, left : left + width]
-
-    def _grow(self, height: int, width: int) -> None:
-        old = self._canvas
-        self._canvas = np.zeros((self.count, height, width, 3), dtype=np.float32)
-        for index, size in enumerate(self.sizes):
-            if size is not None:
-                self._slot(self._canvas, index)[...] = self._slot(old, index)
-
     @property
-    def padded(self) -> bool:
-        canvas = self._canvas
-        return canvas is not None and any(size != canvas.shape[1:3] for size in self.sizes)
+    def shrunk(self) -> list[int]:
+        """Indexes of the images that were scaled down to fit the batch."""
+        return [i for i, (native, fitted) in enumerate(zip(self.native_sizes, self.sizes, strict=True)) if native != fitted]
+
+    def place(self, index: int, pixels: np.ndarray) -> None:
+        """Convert uint8 RGB (h, w, 3) into slot `index`, scaled down first if the batch needs it (thread-safe:
+        each slot is written by one thread)."""
+        if pixels.shape[:2] != self.native_sizes[index]:
+            raise ValueError(f"image {index + 1} is {pixels.shape[1]}x{pixels.shape[0]}, its header said otherwise")
+        if self.padded or self.fitted:  # image_list needs the native size apart from the batch
+            native = np.empty(pixels.shape, dtype=np.float32)
+            np.multiply(pixels, _SCALE, out=native, dtype=np.float32)
+            self._natives[index] = native
+        fitted = self.sizes[index]
+        if fitted != pixels.shape[:2]:
+            pixels = np.asarray(Image.fromarray(pixels).resize((fitted[1], fitted[0]), Image.Resampling.LANCZOS))
+        np.multiply(pixels, _SCALE, out=self._slot(index), dtype=np.float32)
+        with self._lock:
+            self._placed[index] = True
+
+    def _slot(self, index: int) -> np.ndarray:
+        height, width = self.sizes[index]
+        top, left = (self._canvas.shape[1] - height) // 2, (self._canvas.shape[2] - width) // 2
+        return self._canvas[index, top : top + height, left : left + width]
 
     def array(self) -> np.ndarray:
-        if self._canvas is None or None in self.sizes:
+        if not all(self._placed):
             raise ValueError("not every image has been placed")
         return self._canvas
 
     def native(self, index: int) -> np.ndarray:
-        """Image `index` at its own size: a view into the batch."""
-        return self._slot(self.array(), index)
+        """Image `index` at its own size (a view of the batch when every image has the batch's size)."""
+        self.array()
+        native = self._natives[index]
+        return native if native is not None else self._slot(index)
+
+
+def _fit(size: tuple[int, int], height: int, width: int) -> tuple[int, int]:
+    """`size` scaled down (aspect kept) to fit inside height x width; unchanged if it fits."""
+    h, w = size
+    scale = min(1.0, height / h, width / w)
+    if scale >= 1.0:
+        return h, w
+    return max(1, min(height, math.floor(h * scale))), max(1, min(width, math.floor(w * scale)))

@@ -2,6 +2,9 @@
 
 Stop is checked every 0.2 s in every phase. A queued job is cancelled
 remotely; a running one cannot be, and the user is told it may be charged.
+Once the job exists, only the job itself (done, failed, cancelled), Stop or the
+job's deadline ends the wait: status and result reads retry through outages
+(see `client`), and the request id is announced the moment it is known.
 """
 
 from __future__ import annotations
@@ -91,9 +94,9 @@ async def run_job(
         await cancel_and_wait(submit_task)
         raise
     request_id = submit_task.result().request_id
-    if on_submitted is not None:
-        await on_submitted(request_id)
     emit(JobEvent("submitted", f"Submitted: request {request_id}", request_id=request_id))
+    if on_submitted is not None:
+        await on_submitted(request_id)  # must not raise: local trouble cannot end a paid job
     if stop_pressed:
         raise await _stopped(client, request_id, _Tracker(), emit)
     return await wait_for_job(
@@ -241,6 +244,7 @@ async def _deadline_passed(client: RunComfyClient, request_id: str, tracker: _Tr
                 f"Request {request_id} was still queued after {minutes}, so it was cancelled; nothing is charged. "
                 "RunComfy is busy: run again later.",
                 request_id=request_id,
+                cancelled=True,
             )
     return DeadlineExceededError(
         f"Request {request_id} did not finish within {minutes}; the node stopped waiting. It may still finish and be charged.",

@@ -1,46 +1,63 @@
-"""The whole job for one node run: validate, encode references, submit, wait, download.
+"""The whole job for one node run: validate, encode references, submit once, wait, download, assemble.
 
 Plain Python on numpy arrays, so scripts and tests can drive exactly what the
-ComfyUI node drives. Every check runs before anything is encoded or sent.
+ComfyUI node drives. Every check runs before anything is encoded or sent. Runs of
+identical inputs are serialised (`resume.ResumeStore.exclusive`), so the second one
+collects what the first paid for. Once a submit may have reached RunComfy, local
+trouble (disk, cache, assembly) only ever adds a warning line: the run goes on.
+Every wait is set by `Timing`, every memory and disk bound by `Limits`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .client import RunComfyClient
-from .config import Credentials, resolve_base_url, resolve_credentials
-from .downloads import ResultDownloader, UrlPolicy, decode_image
+from .client import JobResult, RunComfyClient, Timeouts
+from .config import Credentials, Limits, resolve_base_url, resolve_credentials
+from .downloads import (
+    DOWNLOAD_DEADLINE_S,
+    DOWNLOAD_READ_TIMEOUT_S,
+    DOWNLOAD_RETRY,
+    ResultDownloader,
+    UrlPolicy,
+    decode_image,
+    image_size,
+)
 from .errors import (
     AuthenticationError,
+    DeadlineExceededError,
     DownloadError,
     JobCancelledError,
     JobFailedError,
     OutcomeUnknownError,
     RequestNotFoundError,
+    RunComfyError,
     StopRequested,
 )
-from .fingerprint import request_fingerprint
 from .image_batch import ImageBatch
 from .job import DEFAULT_DEADLINE_S, run_job, wait_for_job
-from .journal import UNKNOWN_OUTCOME_HOLD_S, Journal
 from .memory import release_free_memory
 from .parallel import map_in_threads
+from .polling import PollSchedule
 from .pricing import catalog_price
 from .progress import ProgressReporter, ProgressSink
 from .references import (
     DEFAULT_PNG,
+    EncodedReference,
     PngSettings,
     PreparedReference,
     check_frame_shape,
+    encode_references,
+    per_reference_byte_limit,
     prepare_reference,
 )
-from .result_cache import ResultCache
+from .resume import UNKNOWN_OUTCOME_HOLD_S, CachedResult, ResumeStore, request_fingerprint
+from .retry import RetryPolicy
 from .schema import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MAX_IMAGES,
@@ -48,10 +65,24 @@ from .schema import (
     EditSequentialRequest,
     check_image_url,
 )
-from .upload_body import StreamedReferences
 from .waiting import StopCheck, never_stop, run_stoppable
 
-PRICE_WAIT_S = 0.5  # how long the submit may wait for the catalog price; then it goes without an estimate
+SMALL_BATCH_BYTES = 256 * 1024**2  # the second try when the batch could not be allocated
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Every wait of a run. The defaults are for real use; tests pass short ones."""
+
+    deadline_s: float = DEFAULT_DEADLINE_S  # from submit to result
+    submit_retry: RetryPolicy = field(default_factory=RetryPolicy)  # 429s and connections that never opened
+    job_retry: RetryPolicy = field(default_factory=RetryPolicy.until_deadline)  # status/result reads of a paid job
+    poll_schedule: Callable[[], PollSchedule] = PollSchedule
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    download_retry: RetryPolicy = DOWNLOAD_RETRY
+    download_read_timeout_s: float = DOWNLOAD_READ_TIMEOUT_S
+    download_deadline_s: float = DOWNLOAD_DEADLINE_S
+    price_wait_s: float = 0.5  # how long the submit may wait for the catalog price; then it goes without an estimate
 
 
 @dataclass(frozen=True)
@@ -93,7 +124,7 @@ class GenerationResult:
     urls: tuple[str, ...]
     images: ImageBatch  # float32 [B, H, W, 3] in 0..1, in result order; `native(i)` for each at its own size
     cost_usd: float | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = field(default_factory=tuple)  # what the user should know, warnings included
     reused: bool = False  # served from the on-disk cache: nothing was sent
 
 
@@ -105,49 +136,17 @@ def parse_url_lines(text: str | None) -> list[str]:
 
 
 @dataclass
-class _RunState:
-    """Where this run's journal entry and cached result live (None: nothing is kept on disk)."""
+class _Run:
+    """What one run knows once its inputs are checked."""
 
     fingerprint: str
-    journal: Journal | None
-    cache: ResultCache | None
-
-    async def remember_submit(self, request_id: str) -> None:
-        if self.journal is not None:
-            await asyncio.to_thread(self.journal.record_submitted, self.fingerprint, request_id)
-
-    async def remember_unknown_outcome(self) -> None:
-        if self.journal is not None:
-            await asyncio.to_thread(self.journal.record_unknown_outcome, self.fingerprint)
-
-    async def forget(self) -> None:
-        if self.journal is not None:
-            await asyncio.to_thread(self.journal.forget, self.fingerprint)
-
-
-async def _decode_files(files: Sequence[bytes]) -> ImageBatch:
-    batch = ImageBatch(len(files))
-    labelled = list(enumerate(files))
-    await map_in_threads(
-        lambda item: batch.place(item[0], decode_image(item[1], f"Saved result {item[0] + 1}")), labelled, name="runcomfy-decode"
-    )
-    return batch
-
-
-async def _settle(state: _RunState, job):
-    """Await a job, keeping the journal right: a job that ended without results is forgotten."""
-    try:
-        return await job
-    except (JobFailedError, JobCancelledError):
-        await state.forget()
-        raise
-    except StopRequested as stop:
-        if stop.cancel_outcome == "cancelled":
-            await state.forget()
-        raise
-    except OutcomeUnknownError:
-        await state.remember_unknown_outcome()
-        raise
+    store: ResumeStore
+    report: ProgressReporter
+    stop: StopCheck
+    timing: Timing
+    limits: Limits
+    base_url: str
+    notes: list[str] = field(default_factory=list)
 
 
 async def generate(
@@ -160,9 +159,9 @@ async def generate(
     state_dir: Path | None = None,
     on_progress: ProgressSink | None = None,
     should_stop: StopCheck | None = None,
-    deadline_s: float = DEFAULT_DEADLINE_S,
+    timing: Timing | None = None,
+    limits: Limits | None = None,
     png: PngSettings = DEFAULT_PNG,
-    client_options: dict | None = None,
 ) -> GenerationResult:
     """One node run. With `state_dir`, a paid request is journaled and its result cached on disk."""
     stop = should_stop or never_stop
@@ -175,65 +174,98 @@ async def generate(
     for ref in references:
         check_frame_shape(ref.label, ref.pixels)
     urls = [check_image_url(f"image_urls line {i}", url) for i, url in enumerate(image_urls, start=1)]
+    limits = limits or Limits()
 
-    # 2. Clean pixels, and have these exact inputs been paid for already?
+    # 2. Clean pixels; then, one run at a time per distinct inputs, collect or submit.
     prepared = await _prepare(references, stop, report)
-    state = _RunState(
-        request_fingerprint(
-            model_id=MODEL_ID,
-            base_url=base_url,
-            settings=asdict(settings),
-            reference_digests=[p.digest for p in prepared],
-            reference_urls=urls,
-        ),
-        Journal(state_dir) if state_dir else None,
-        ResultCache(state_dir) if state_dir else None,
+    fingerprint = request_fingerprint(
+        model_id=MODEL_ID,
+        base_url=base_url,
+        settings=asdict(settings),
+        reference_digests=[p.digest for p in prepared],
+        reference_urls=urls,
     )
-    cached = await asyncio.to_thread(state.cache.load, state.fingerprint) if state.cache else None
+    store = ResumeStore(state_dir, warn=report.warn, max_entries=limits.cache_max_entries, max_bytes=limits.cache_max_bytes)
+    run = _Run(fingerprint, store, report, stop, timing or Timing(), limits, base_url)
+    waiting = "Waiting for an identical run of these inputs to finish, to share its result instead of paying twice…"
+    async with store.exclusive(fingerprint, stop, lambda: report(waiting, 0.03)):
+        return await _collect_or_submit(run, credentials, request, prepared, urls, png)
+
+
+async def _collect_or_submit(
+    run: _Run,
+    credentials: Credentials,
+    request: EditSequentialRequest,
+    prepared: list[PreparedReference],
+    urls: list[str],
+    png: PngSettings,
+) -> GenerationResult:
+    report = run.report
+    resume_id: str | None = None
+    cached = await run.store.cached(run.fingerprint)
     if cached is not None:
-        images = await _decode_files(cached.files)
-        report(f"Reused the saved images of request {cached.request_id}: nothing sent, nothing charged.", 1.0)
-        notes = (f"saved result of request {cached.request_id} reused; change the seed for new images",)
-        return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, reused=True)
-    entry = await asyncio.to_thread(state.journal.get, state.fingerprint) if state.journal else None
+        try:
+            images = await _assemble(run, cached.files, "Saved result")
+        except DownloadError as damaged:
+            report.warn(f"Warning: the saved images of request {cached.request_id} are damaged ({damaged}); collecting them again.")
+            await run.store.drop_result(run.fingerprint)
+            resume_id = cached.request_id
+        else:
+            report(f"Reused the saved images of request {cached.request_id}: nothing sent, nothing charged.", 1.0)
+            notes = (f"saved result of request {cached.request_id} reused; change the seed for new images", *report.warnings)
+            return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, reused=True)
+    entry = await run.store.journal_entry(run.fingerprint)
     if entry is not None and entry.state == "unknown_outcome":
         raise OutcomeUnknownError(
             "An earlier submit of exactly these inputs got no answer, so it may be running and charged; to avoid "
             "paying twice it is not sent again. Check your RunComfy dashboard, or change the seed to submit anew "
             f"(this hold ends {UNKNOWN_OUTCOME_HOLD_S // 60} minutes after that submit)."
         )
+    if entry is not None:
+        resume_id = entry.request_id
 
-    # 3. Collect the request these inputs already paid for, or submit once.
-    notes: list[str] = []
-    job_options = dict(deadline_s=deadline_s, on_event=report.job_event, should_stop=stop)
-    price_lookup = asyncio.ensure_future(catalog_price(credentials, base_url, MODEL_ID))
+    timing = run.timing
+    price_lookup = asyncio.ensure_future(catalog_price(credentials, run.base_url, MODEL_ID))
     try:
-        async with RunComfyClient(credentials, base_url, on_retry=lambda m: report(m), **(client_options or {})) as client:
-            result = await _resume(client, state, entry, report, notes, job_options) if entry else None
+        async with RunComfyClient(
+            credentials,
+            run.base_url,
+            retry=timing.submit_retry,
+            job_retry=timing.job_retry,
+            timeouts=timing.timeouts,
+            on_retry=report,
+        ) as client:
+            result = await _resume(client, run, resume_id) if resume_id else None
             if result is None:
-                price = await _within(price_lookup, PRICE_WAIT_S)
+                price = await _within(price_lookup, timing.price_wait_s)
                 if price is not None:
                     report.pin(price.estimate(request.max_images_sent))
-                body = StreamedReferences(prepared, urls, request, png, report, notes)
-                del prepared  # the encoder holds what it needs; nothing else keeps the clean pixels
-                result = await _submit(client, state, body, job_options)
+                encoded = await _encode(run, prepared, len(urls))
+                del prepared  # the encoded copies are all that is needed now
+                result = await _submit(client, run, request.body_pieces([e.uri for e in encoded], urls))
                 if len(result.urls) < request.max_images_sent:
-                    notes.append(f"the model returned {len(result.urls)} of up to {request.max_images_sent} images")
+                    run.notes.append(f"the model returned {len(result.urls)} of up to {request.max_images_sent} images")
     finally:
         price_lookup.cancel()
 
-    # 4. Download, keep a copy, and close the journal entry.
-    images, files = await _download(result, base_url, state, stop, report)
-    if state.cache is not None:
-        await asyncio.to_thread(state.cache.store, state.fingerprint, result.request_id, result.urls, result.cost_usd, files)
-    await state.forget()
-    return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(notes))
+    # 3. Download, keep a copy, assemble; the journal entry goes once the copy is safe.
+    files = await _download(run, result)
+    saved = await run.store.store_result(run.fingerprint, CachedResult(result.request_id, result.urls, result.cost_usd, files))
+    try:
+        images = await _assemble(run, files, "Result image")
+    except DownloadError as unusable:  # a hostile or broken file: collecting this request again cannot help
+        await run.store.drop_result(run.fingerprint)
+        await run.store.forget(run.fingerprint)
+        raise DownloadError(str(unusable), request_id=result.request_id) from None
+    if saved:
+        await run.store.forget(run.fingerprint)
+    return GenerationResult(result.request_id, result.urls, images, result.cost_usd, (*run.notes, *report.warnings))
 
 
 async def _within(task: asyncio.Future, seconds: float):
     """The task's result if it is ready within `seconds`, else None (it keeps running)."""
     await asyncio.wait({task}, timeout=seconds)
-    return task.result() if task.done() and not task.cancelled() else None
+    return task.result() if task.done() and not task.cancelled() and task.exception() is None else None
 
 
 async def _prepare(references: Sequence[Reference], stop: StopCheck, report: ProgressReporter) -> list[PreparedReference]:
@@ -253,56 +285,112 @@ async def _prepare(references: Sequence[Reference], stop: StopCheck, report: Pro
     return prepared
 
 
-async def _resume(client, state: _RunState, entry, report: ProgressReporter, notes: list[str], job_options: dict):
-    """Wait for the request these inputs already paid for; None when the service no longer has it."""
-    if not entry.request_id:
-        return None
-    report(f"Resumed request {entry.request_id} (submitted earlier with the same inputs)…", 0.15)
-    notes.append(f"resumed request {entry.request_id}")
+async def _encode(run: _Run, prepared: list[PreparedReference], url_count: int) -> list[EncodedReference]:
+    """PNG-encode every reference in parallel, each within its share of the request body."""
+    total = len(prepared)
+    report = run.report
+
+    def encoded_one(encoded: EncodedReference, done: int) -> None:
+        fresh = [note for note in encoded.notes if note.startswith("downscaled")]
+        extra = f" ({encoded.label}: {'; '.join(fresh)})" if fresh else ""
+        report(f"Encoding references {done}/{total}{extra}", 0.03 + 0.05 * done / total)
+
+    if total:
+        report(f"Encoding references 0/{total}", 0.03)
+    stopped, encoded = await run_stoppable(
+        encode_references(prepared, max_file_bytes=per_reference_byte_limit(total), on_done=encoded_one), run.stop
+    )
+    if stopped:
+        raise StopRequested("Stopped while encoding the references: nothing was sent and nothing is charged.")
+    run.notes.extend(f"{e.label}: {note}" for e in encoded for note in e.notes)
+    return encoded
+
+
+async def _settle(run: _Run, job) -> JobResult:
+    """Await a job, keeping the journal right: a job that ended without results is forgotten."""
     try:
-        return await _settle(state, wait_for_job(client, entry.request_id, **job_options))
+        return await job
+    except (JobFailedError, JobCancelledError):
+        await run.store.forget(run.fingerprint)
+        raise
+    except DeadlineExceededError as late:
+        if late.cancelled:
+            await run.store.forget(run.fingerprint)
+        raise
+    except StopRequested as stop:
+        if stop.cancel_outcome == "cancelled":
+            await run.store.forget(run.fingerprint)
+        raise
+    except OutcomeUnknownError:
+        await run.store.record_unknown_outcome(run.fingerprint)
+        raise
+
+
+def _job_options(run: _Run) -> dict:
+    return dict(
+        deadline_s=run.timing.deadline_s,
+        on_event=run.report.job_event,
+        should_stop=run.stop,
+        poll_schedule=run.timing.poll_schedule(),
+    )
+
+
+async def _resume(client: RunComfyClient, run: _Run, request_id: str) -> JobResult | None:
+    """Wait for the request these inputs already paid for; None when the service no longer has it."""
+    run.report(f"Resumed request {request_id} (submitted earlier with the same inputs)…", 0.15)
+    run.notes.append(f"resumed request {request_id}")
+    try:
+        return await _settle(run, wait_for_job(client, request_id, **_job_options(run)))
     except (RequestNotFoundError, AuthenticationError) as gone:
         if isinstance(gone, AuthenticationError) and gone.error_code != "403001":
             raise
-    await state.forget()
-    notes[-1] = f"request {entry.request_id} had expired, so a new one was submitted"
-    report(f"Request {entry.request_id} is no longer known to RunComfy; submitting a new one.", 0.1)
+    await run.store.forget(run.fingerprint)
+    run.notes[-1] = f"request {request_id} is no longer known to RunComfy, so a new one was submitted"
+    run.report(f"Request {request_id} is no longer known to RunComfy; submitting a new one.", 0.1)
     return None
 
 
-async def _submit(client, state: _RunState, body: StreamedReferences, job_options: dict):
-    """Submit once, uploading each reference as soon as it is encoded, and wait for the result."""
+async def _submit(client: RunComfyClient, run: _Run, body: list[bytes]) -> JobResult:
+    """Submit once and wait for the result; the request id is journaled the moment it is known."""
 
     async def submitted(request_id: str) -> None:
-        body.close()  # the service has the references: free their encoded copies while we wait
+        body.clear()  # the service has the references: free the encoded copies while we wait
         release_free_memory()
-        await state.remember_submit(request_id)
+        await run.store.record_submitted(run.fingerprint, request_id)
 
-    try:
-        return await _settle(state, run_job(client, MODEL_ID, body.pieces, on_submitted=submitted, **job_options))
-    finally:
-        body.close()
+    return await _settle(run, run_job(client, MODEL_ID, body, on_submitted=submitted, **_job_options(run)))
 
 
-async def _download(result, base_url: str, state: _RunState, stop: StopCheck, report: ProgressReporter):
-    """Fetch and decode every result into one batch; the files are returned for the on-disk cache."""
+async def _download(run: _Run, result: JobResult) -> list[bytes]:
+    """Every result file as served, in parallel."""
     count = len(result.urls)
+    report = run.report
     report(f"Downloading 0/{count}", 0.8)
-    downloader = ResultDownloader(UrlPolicy.for_base_url(base_url))
-    images = ImageBatch(count)
+    timing = run.timing
+    downloader = ResultDownloader(
+        UrlPolicy.for_base_url(run.base_url),
+        max_bytes=run.limits.max_download_bytes,
+        retry=timing.download_retry,
+        read_timeout_s=timing.download_read_timeout_s,
+        deadline_s=timing.download_deadline_s,
+    )
     try:
         stopped, files = await run_stoppable(
             downloader.fetch_all(
-                result.urls, images.place, lambda done, total: report(f"Downloading {done}/{total}", 0.8 + 0.2 * done / total)
+                result.urls,
+                request_id=result.request_id,
+                on_progress=lambda done, total: report(f"Downloading {done}/{total}", 0.8 + 0.15 * done / total),
             ),
-            stop,
+            run.stop,
         )
     except DownloadError as failed:
-        failed.request_id = result.request_id
         if failed.transient:
-            failed.args = (f"{failed.args[0]} Run the node again with the same inputs to retry without paying again.",)
-        else:  # expired or unusable files: collecting this request again cannot help
-            await state.forget()
+            raise DownloadError(
+                f"{failed} Run the node again with the same inputs to collect them without paying again.",
+                request_id=result.request_id,
+                transient=True,
+            ) from None
+        await run.store.forget(run.fingerprint)  # expired or unusable files: collecting this request again cannot help
         raise
     if stopped:
         raise StopRequested(
@@ -310,4 +398,39 @@ async def _download(result, base_url: str, state: _RunState, stop: StopCheck, re
             "(and charged). Run the node again with the same inputs to collect them without paying again.",
             request_id=result.request_id,
         )
-    return images, files
+    return files
+
+
+async def _assemble(run: _Run, files: Sequence[bytes], label: str) -> ImageBatch:
+    """Decode every file into one batch within the memory budget, one decode per core.
+
+    A batch that cannot be allocated is tried again with a small budget (a warning line);
+    a file that is not a usable image is a `DownloadError`.
+    """
+    labels = [f"{label} {index}" for index in range(1, len(files) + 1)]
+    sizes = await asyncio.to_thread(lambda: [image_size(data, name) for data, name in zip(files, labels, strict=True)])
+    budget = run.limits.batch_max_bytes
+
+    async def decode_into(batch: ImageBatch) -> ImageBatch:
+        await map_in_threads(lambda i: batch.place(i, decode_image(files[i], labels[i])), range(len(files)), name="runcomfy-decode")
+        return batch
+
+    while True:
+        try:
+            batch = await decode_into(ImageBatch(sizes, max_bytes=budget))
+            break
+        except MemoryError:
+            if budget <= SMALL_BATCH_BYTES:
+                raise RunComfyError(
+                    "There is not enough memory to assemble the result images. They are saved: free some memory "
+                    "and run the node again with the same inputs to collect them without paying again."
+                ) from None
+            budget = SMALL_BATCH_BYTES
+            run.report.warn("Warning: not enough memory for the full-size batch; it was assembled smaller (image_list keeps native sizes).")
+    if batch.shrunk:
+        batch_h, batch_w = batch.array().shape[1:3]
+        run.notes.append(
+            f"{len(batch.shrunk)} image(s) scaled down to fit the batch's {run.limits.batch_max_bytes // 2**20} MiB memory "
+            f"budget ({batch_w}x{batch_h} canvas, aspect kept); image_list keeps native sizes"
+        )
+    return batch

@@ -30,17 +30,25 @@ class ProgressReporter:
         self.sink = sink
         self.fraction = 0.0
         self.pinned: str | None = None
+        self.warnings: list[str] = []
 
     def pin(self, line: str) -> None:
         """Keep `line` (e.g. the cost estimate) under every later message, so it stays readable."""
         self.pinned = line
         self(line)
 
+    def warn(self, line: str) -> None:
+        """A warning that the run goes on despite: kept under every later message and in the result's notes."""
+        if line not in self.warnings:
+            self.warnings.append(line)
+        self(line)
+
     def __call__(self, text: str, fraction: float | None = None) -> None:
         if fraction is not None:
             self.fraction = max(self.fraction, min(1.0, fraction))
-        if self.pinned and text != self.pinned:
-            text = f"{text}\n{self.pinned}"
+        under = [line for line in (*self.warnings, self.pinned) if line and line != text]
+        if under:
+            text = "\n".join((text, *under))
         if self.sink is not None:
             self.sink(Progress(text, self.fraction))
 

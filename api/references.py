@@ -1,8 +1,9 @@
 """Turning reference pixels into what the service accepts: clean RGB within size limits, as base64 PNG.
 
 Two steps, both run in worker threads: `prepare_reference` (floats -> clean
-uint8 RGB, fingerprinted) and `encode_reference` (uint8 -> PNG -> base64,
-downscaled until it fits). Works on numpy arrays, so any caller can use it.
+uint8 RGB, fingerprinted) and `encode_references` (uint8 -> PNG -> base64, in
+parallel, downscaled until each fits its share of the 64 MiB body). Works on numpy
+arrays, so any caller can use it. What was done to an image comes back as notes.
 """
 
 from __future__ import annotations
@@ -11,15 +12,27 @@ import base64
 import hashlib
 import io
 import math
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
 from .errors import InputError
-from .schema import MAX_REFERENCE_BYTES, MAX_SIDE_EXCLUSIVE, DataUri, check_reference_dimensions
+from .parallel import map_in_threads
+from .schema import (
+    MAX_ASPECT_EXCLUSIVE,
+    MAX_BODY_BYTES,
+    MAX_REFERENCE_BYTES,
+    MAX_SIDE_EXCLUSIVE,
+    MIN_ASPECT_EXCLUSIVE,
+    MIN_SIDE_EXCLUSIVE,
+    DataUri,
+    check_reference_dimensions,
+)
 
 MAX_SIDE = MAX_SIDE_EXCLUSIVE - 1
+BODY_SLACK_BYTES = 64 * 1024  # room in the request body for the prompt, URLs and the other fields
 
 
 @dataclass(frozen=True)
@@ -50,9 +63,7 @@ class PreparedReference:
 class EncodedReference:
     label: str
     uri: DataUri
-    width: int
-    height: int
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = field(default_factory=tuple)  # everything done to it, for the text under the node
 
 
 def check_frame_shape(label: str, frame: np.ndarray) -> tuple[int, int]:
@@ -118,26 +129,45 @@ def encode_reference(
     max_file_bytes: int = MAX_REFERENCE_BYTES - 1,
     png: PngSettings = DEFAULT_PNG,
 ) -> EncodedReference:
-    """PNG-encode one reference. Too-large images are downscaled (aspect kept) until they fit."""
-    image = Image.fromarray(prepared.rgb8, mode="RGB")
+    """PNG-encode one reference. Too-large images are downscaled (aspect kept) until they fit; a downscaled
+    size always passes the schema's side and aspect rules, since it is rounded toward the original's aspect."""
+    original = Image.fromarray(prepared.rgb8, mode="RGB")
     notes = list(prepared.notes)
-    original = image.size
-    scale = min(1.0, MAX_SIDE / max(image.size), _probe_scale(image, max_file_bytes, png))
-    if scale < 1.0:
-        image = image.resize(_scaled(image.size, scale), Image.Resampling.LANCZOS)
+    scale = min(1.0, MAX_SIDE / max(original.size), _probe_scale(original, max_file_bytes, png))
+    image = original if scale >= 1.0 else original.resize(_scaled(original.size, scale), Image.Resampling.LANCZOS)
     data = _png_bytes(image, png)
     while len(data) > max_file_bytes:
-        scale = math.sqrt(max_file_bytes / len(data)) * 0.95
-        image = image.resize(_scaled(image.size, scale), Image.Resampling.LANCZOS)
+        scale *= math.sqrt(max_file_bytes / len(data)) * 0.95
+        image = original.resize(_scaled(original.size, scale), Image.Resampling.LANCZOS)
         data = _png_bytes(image, png)
-    if image.size != original:
-        check_reference_dimensions(prepared.label, *image.size)
+    if image.size != original.size:
+        check_reference_dimensions(prepared.label, *image.size)  # cannot fail: `_scaled` keeps the rules
         notes.append(
-            f"downscaled from {original[0]}x{original[1]} to {image.size[0]}x{image.size[1]} "
+            f"downscaled from {original.size[0]}x{original.size[1]} to {image.size[0]}x{image.size[1]} "
             f"to fit the {MAX_SIDE_EXCLUSIVE} px / {max_file_bytes / 1e6:.1f} MB limits"
         )
-    uri = DataUri("image/png", base64.b64encode(data))
-    return EncodedReference(prepared.label, uri, image.size[0], image.size[1], tuple(notes))
+    return EncodedReference(prepared.label, DataUri("image/png", base64.b64encode(data)), tuple(notes))
+
+
+def encode_references(
+    prepared: Sequence[PreparedReference],
+    *,
+    max_file_bytes: int,
+    png: PngSettings = DEFAULT_PNG,
+    on_done: Callable[[EncodedReference, int], None] | None = None,
+) -> Awaitable[list[EncodedReference]]:
+    """Encode every reference in parallel worker threads; `on_done(encoded, count_done)` runs on the loop."""
+    return map_in_threads(
+        lambda ref: encode_reference(ref, max_file_bytes=max_file_bytes, png=png), prepared, on_done=on_done, name="runcomfy-encode"
+    )
+
+
+def per_reference_byte_limit(data_reference_count: int) -> int:
+    """Each PNG must be under 10 MB, and all of them base64-encoded must fit in one request body."""
+    if data_reference_count == 0:
+        return MAX_REFERENCE_BYTES - 1
+    share = (MAX_BODY_BYTES - BODY_SLACK_BYTES) * 3 // 4 // data_reference_count
+    return min(MAX_REFERENCE_BYTES - 1, share)
 
 
 def _probe_scale(image: Image.Image, max_file_bytes: int, png: PngSettings) -> float:
@@ -157,4 +187,13 @@ def _probe_scale(image: Image.Image, max_file_bytes: int, png: PngSettings) -> f
 
 
 def _scaled(size: tuple[int, int], scale: float) -> tuple[int, int]:
-    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+    """`size` times `scale`, rounded so that the result keeps the schema's rules when `size` does: each side
+    more than 14 px, and an aspect strictly inside (0.33, 3) (rounding alone can push 5999x2000 to 3.001)."""
+    width, height = size
+    new_w = min(MAX_SIDE, max(MIN_SIDE_EXCLUSIVE + 1, round(width * scale)))
+    new_h = min(MAX_SIDE, max(MIN_SIDE_EXCLUSIVE + 1, round(height * scale)))
+    while new_w / new_h >= MAX_ASPECT_EXCLUSIVE and new_h < MAX_SIDE:
+        new_h += 1
+    while new_w / new_h <= MIN_ASPECT_EXCLUSIVE and new_w < MAX_SIDE:
+        new_w += 1
+    return new_w, new_h

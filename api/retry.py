@@ -1,4 +1,9 @@
-"""How long to wait before trying a call again, and for how long to keep trying."""
+"""How long to wait before trying a call again, and for how long to keep trying.
+
+`Retry-After` is honoured as a lower bound on the next wait, never as permission to
+hammer: `Retry-After: 0` still backs off exponentially, and no wait exceeds
+`max_delay_s` (about 30 s by default), so a service that comes back is noticed soon.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +12,41 @@ import random
 import time
 from dataclasses import dataclass
 
-MAX_RETRY_AFTER_S = 120.0
-
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with jitter, bounded by attempts and by total time spent waiting."""
+    """Exponential backoff with jitter, bounded by attempts and by total time spent waiting.
 
-    max_attempts: int = 8
-    budget_s: float = 180.0
+    `max_attempts=None` and `budget_s=None` retry without limit: for reads of a paid job,
+    whose own deadline is what ends the wait.
+    """
+
+    max_attempts: int | None = 8
+    budget_s: float | None = 180.0
     base_delay_s: float = 0.5
-    max_delay_s: float = 15.0
+    max_delay_s: float = 30.0
 
-    def backoff(self, attempt: int) -> float:
-        """Delay before retry number `attempt` (1-based), with +-25% jitter."""
-        delay = min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
-        return delay * random.uniform(0.75, 1.25)
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Wait before retry number `attempt` (1-based): backoff with +-25% jitter, at least `retry_after`, at most `max_delay_s`."""
+        backoff = min(self.max_delay_s, self.base_delay_s * (2 ** min(attempt - 1, 30))) * random.uniform(0.75, 1.25)
+        if retry_after is not None:
+            backoff = max(backoff, retry_after)
+        return min(backoff, self.max_delay_s)
+
+    def gives_up(self, attempt: int, waited_s: float, next_delay_s: float) -> bool:
+        """True when `attempt` tries were the last, or the next wait would pass the time budget."""
+        if self.max_attempts is not None and attempt >= self.max_attempts:
+            return True
+        return self.budget_s is not None and waited_s + next_delay_s > self.budget_s
+
+    @classmethod
+    def until_deadline(cls, *, base_delay_s: float = 0.5, max_delay_s: float = 30.0) -> RetryPolicy:
+        """Never give up by itself: the caller's deadline (a paid job's) ends the retries."""
+        return cls(max_attempts=None, budget_s=None, base_delay_s=base_delay_s, max_delay_s=max_delay_s)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date), capped; None if absent or unreadable."""
+    """Seconds from a Retry-After header (delta-seconds or HTTP date), >= 0; None if absent or unreadable."""
     if not value:
         return None
     value = value.strip()
@@ -40,6 +60,6 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         if when is None:
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds:  # NaN
+    if seconds != seconds or seconds == float("inf"):  # NaN, inf
         return None
-    return max(0.0, min(seconds, MAX_RETRY_AFTER_S))
+    return max(0.0, seconds)

@@ -1,7 +1,8 @@
 """The input schema of bytedance/seedream-4-0/edit-sequential, as checks and a typed request.
 
-Every rule of the published schema lives here once, so the node, scripts and
-the local fake service agree on it. Checks raise `InputError` naming the field,
+Every rule of the published schema lives here once, so the node and scripts
+agree on it (the local fake service checks submits with its own reading of the spec).
+Exactly the schema: no stricter and no looser. Checks raise `InputError` naming the field,
 the limit and the fix; nothing is sent when one fails.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,12 +41,10 @@ MAX_PROMPT_CHARS = 600
 SEED_MAX = 2_147_483_647
 MIN_SIDE_EXCLUSIVE = 14  # each side must be > 14 px
 MAX_SIDE_EXCLUSIVE = 6000  # each side must be < 6000 px
-MIN_ASPECT_EXCLUSIVE = 1 / 3  # width / height must be > 1/3 ...
-MAX_ASPECT_EXCLUSIVE = 3.0  # ... and < 3
+MIN_ASPECT_EXCLUSIVE = 0.33  # width / height must be > 0.33 (so exactly 1:3 is accepted) ...
+MAX_ASPECT_EXCLUSIVE = 3.0  # ... and < 3 (so exactly 3:1 is refused), as the schema says
 MAX_REFERENCE_BYTES = 10_000_000  # each file under 10 MB
 MAX_BODY_BYTES = 64 * 1024 * 1024  # keep the submit body under what RunComfy's own nodes send
-
-_DATA_URI = re.compile(r"^data:(image/(?:png|jpeg|jpg));base64,", re.IGNORECASE)
 
 
 def check_prompt(text: Any) -> str:
@@ -55,6 +53,14 @@ def check_prompt(text: Any) -> str:
             "prompt",
             "is empty. Describe the images you want and say how many, e.g. 'Generate 3 images of this character in different poses'.",
         )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as bad:
+        raise InputError(
+            "prompt",
+            f"contains a character that cannot be sent (an unpaired surrogate at position {bad.start}), "
+            "usually from a broken copy and paste. Retype or delete the text around it.",
+        ) from None
     if len(text) > MAX_PROMPT_CHARS:
         raise InputError(
             "prompt",
@@ -119,8 +125,8 @@ def check_reference_dimensions(label: str, width: int, height: int) -> None:
     if not MIN_ASPECT_EXCLUSIVE < ratio < MAX_ASPECT_EXCLUSIVE:
         raise InputError(
             label,
-            f"is {width}x{height} px (aspect {ratio:.3g}); width/height must be between 1:3 and 3:1 "
-            "(exclusive). Crop or pad it to a less extreme aspect ratio.",
+            f"is {width}x{height} px (aspect {ratio:.3g}); width/height must be more than {MIN_ASPECT_EXCLUSIVE} and "
+            "less than 3 (between 1:3 and 3:1, 3:1 itself excluded). Crop or pad it to a less extreme aspect ratio.",
         )
 
 
@@ -172,21 +178,6 @@ def _shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def check_data_uri(label: str, uri: str) -> int:
-    """A `data:image/png|jpeg;base64,` URI whose file is under the size limit. Returns the file size."""
-    match = _DATA_URI.match(uri)
-    if not match:
-        raise InputError(label, "is a data: URI that is not a base64 PNG or JPEG.")
-    encoded_length = len(uri) - match.end()
-    size = encoded_length * 3 // 4 - uri[-2:].count("=")
-    if size >= MAX_REFERENCE_BYTES:
-        raise InputError(
-            label,
-            f"is {size / 1e6:.1f} MB; each reference must be under {MAX_REFERENCE_BYTES / 1e6:.0f} MB. Use a smaller image.",
-        )
-    return size
-
-
 @dataclass(frozen=True)
 class DataUri:
     """A base64 `data:` URI kept as bytes, so large references are never copied into str and back."""
@@ -198,34 +189,16 @@ class DataUri:
     def prefix(self) -> bytes:
         return f"data:{self.mime};base64,".encode("ascii")
 
-    @property
-    def file_bytes(self) -> int:
-        return len(self.base64) * 3 // 4 - self.base64[-2:].count(b"=")
-
     def __str__(self) -> str:
         return self.prefix.decode("ascii") + self.base64.decode("ascii")
 
 
-ImageUri = str | DataUri
-
-
-def check_image_uri(label: str, uri: Any) -> None:
-    if isinstance(uri, DataUri):
-        if uri.mime not in ("image/png", "image/jpeg"):
-            raise InputError(label, f"is {uri.mime}; only PNG or JPEG are accepted.")
-        if uri.file_bytes >= MAX_REFERENCE_BYTES:
-            raise InputError(label, f"is {uri.file_bytes / 1e6:.1f} MB; each reference must be under 10 MB.")
-    elif isinstance(uri, str) and uri.startswith("data:"):
-        check_data_uri(label, uri)
-    else:
-        check_image_url(label, uri)
-
-
 @dataclass(frozen=True)
 class EditSequentialRequest:
-    """One submit of the model, field for field. `validate()` enforces every schema rule."""
+    """One submit of the model, field for field. `validate_settings()` enforces every rule but the
+    per-image ones, which `references` checks as it encodes each image."""
 
-    images: tuple[ImageUri, ...]
+    images: tuple[str | DataUri, ...]
     text: str
     max_images: int = DEFAULT_MAX_IMAGES
     image_size: str = DEFAULT_IMAGE_SIZE
@@ -245,25 +218,22 @@ class EditSequentialRequest:
         check_reference_count(image_count, self.max_images, self.sequential_image_generation)
         return self
 
-    def validate(self) -> EditSequentialRequest:
-        self.validate_settings(len(self.images))
-        for index, uri in enumerate(self.images, start=1):
-            check_image_uri(f"reference {index}", uri)
-        return self
-
     @property
     def max_images_sent(self) -> int:
         """With sequential generation "disabled" the model makes exactly one image, so the
         maximum sent is 1: the price scales with this field and nothing more can come back."""
         return self.max_images if self.sequential_image_generation == "auto" else 1
 
-    def to_payload(self) -> dict[str, Any]:
-        """The JSON body of the submit call as a dict (data URIs as text)."""
-        return {"images": [str(uri) for uri in self.images], **self._other_fields()}
-
-    def fields_json(self) -> bytes:
-        """Every field but `images`, as a JSON object: the tail of a body streamed piece by piece."""
-        return json.dumps(self._other_fields(), separators=(",", ":")).encode("utf-8")
+    def body_pieces(self, references: Sequence[DataUri], urls: Sequence[str]) -> list[bytes]:
+        """The submit body as byte pieces (their total is the Content-Length): data URIs first, then URLs,
+        then every other field. Large base64 references are passed through, never copied into one string."""
+        pieces = [b'{"images":[']
+        for index, uri in enumerate(references):
+            pieces += [b',"' if index else b'"', uri.prefix, uri.base64, b'"']  # base64 needs no JSON escaping
+        for index, url in enumerate(urls, start=len(references)):
+            pieces.append((b"," if index else b"") + json.dumps(url).encode("utf-8"))
+        pieces.append(b"]," + json.dumps(self._other_fields(), separators=(",", ":")).encode("utf-8")[1:])
+        return pieces
 
     def _other_fields(self) -> dict[str, Any]:
         max_images = self.max_images_sent

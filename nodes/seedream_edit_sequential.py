@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api.config import resolve_credentials
+from ..api.config import Limits, resolve_credentials
 from ..api.errors import InputError, StopRequested
-from ..api.pipeline import GenerationSettings, generate, parse_url_lines
+from ..api.pipeline import GenerationSettings, Timing, generate, parse_url_lines
 from ..api.progress import Progress
 from ..api.schema import (
     DEFAULT_IMAGE_SIZE,
@@ -29,6 +29,9 @@ PROGRESS_STEPS = 100
 class RunComfySeedream4EditSequential:
     """Seedream 4.0 edit-sequential on RunComfy: a consistent set of images from references and a prompt."""
 
+    timing: Timing = Timing()  # every wait of a run; tests give a node instance shorter ones
+    limits: Limits | None = None  # memory and disk bounds; None: the defaults, or the environment's
+
     CATEGORY = "RunComfy/Seedream"
     FUNCTION = "generate"
     RETURN_TYPES = ("IMAGE", "IMAGE", "STRING", "STRING")
@@ -38,7 +41,7 @@ class RunComfySeedream4EditSequential:
         "All generated images as one batch. If they differ in size they are centred on the largest canvas "
         "with black borders (never stretched).",
         "The same images one by one at their native sizes.",
-        "The result URLs, one per line. They expire after about a day.",
+        "The result URLs, one per line. They expire; the node keeps its own copy of the images.",
         "The RunComfy request id of this job (useful for support or your dashboard).",
     )
     DESCRIPTION = (
@@ -160,6 +163,8 @@ class RunComfySeedream4EditSequential:
                 state_dir=comfy_bridge.state_directory(),
                 on_progress=show,
                 should_stop=lambda: bar.stop_seen or comfy_bridge.processing_interrupted(),
+                timing=self.timing,
+                limits=self.limits or Limits.from_env(),
             )
         except StopRequested as stop:
             comfy_bridge.send_progress_text(str(stop), node_id)
@@ -170,11 +175,12 @@ class RunComfySeedream4EditSequential:
         summary = f"Done: {count} image{'s' if count != 1 else ''}, request {result.request_id}"
         if result.cost_usd is not None:
             summary += f", cost ${result.cost_usd:.2f}"
-        details = list(result.notes)
-        if result.images.padded:
+        warnings = [note for note in result.notes if note.startswith("Warning")]
+        details = [note for note in result.notes if not note.startswith("Warning")]
+        if result.images.padded and not result.images.shrunk:
             details.append(f"sizes differ: padded onto {batch.shape[2]}x{batch.shape[1]} in the batch; image_list keeps native sizes")
         if details:
             summary += " (" + "; ".join(details) + ")"
-        comfy_bridge.send_progress_text(summary, node_id)
+        comfy_bridge.send_progress_text("\n".join([summary, *warnings]), node_id)
         bar.set(PROGRESS_STEPS)
         return batch, image_list, "\n".join(result.urls), result.request_id

@@ -45,8 +45,8 @@ def reference_frames(inputs: Sequence[tuple[str, object]]) -> list[Reference]:
 def output_tensors(images: ImageBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The assembled results as ComfyUI IMAGEs, without copying: the batch [B, H, W, 3] shares the
     assembler's memory, and each list item is [1, h, w, 3] at its native size (a view of the batch
-    unless sizes differ, then its own contiguous copy)."""
+    unless sizes differ or the batch was scaled down, then the native copy the assembler kept)."""
     batch = torch.from_numpy(images.array())
-    if not images.padded:
+    if not (images.padded or images.fitted):
         return batch, [batch[i : i + 1] for i in range(images.count)]
     return batch, [torch.from_numpy(np.ascontiguousarray(images.native(i))).unsqueeze(0) for i in range(images.count)]

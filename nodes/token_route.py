@@ -19,8 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..api.client import RunComfyClient
-from ..api.config import Credentials, delete_token, find_credentials, resolve_base_url, save_token
-from ..api.errors import AuthenticationError, RunComfyError
+from ..api.config import Credentials, delete_token, find_credentials, resolve_base_url, save_token, token_problem
+from ..api.errors import AuthenticationError, ConfigurationError, RunComfyError
 from ..api.schema import MODEL_ID
 
 ROUTE = "/runcomfy/seedream/token"
@@ -30,7 +30,10 @@ log = logging.getLogger("runcomfy.seedream")
 
 
 def token_status(token_path: Path) -> dict[str, Any]:
-    found = find_credentials(settings_file=token_path)
+    try:
+        found = find_credentials(settings_file=token_path)
+    except ConfigurationError as unusable:  # a malformed token somewhere: say where, never what
+        return {"configured": False, "source": None, "detail": str(unusable)}
     status: dict[str, Any] = {"configured": found is not None, "source": found.kind if found else None}
     if found is not None:
         status["detail"] = found.source
@@ -53,9 +56,7 @@ def plausible_token(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     token = value.strip()
-    if not 8 <= len(token) <= 512 or any(ch.isspace() or ord(ch) < 33 or ord(ch) > 126 for ch in token):
-        return None
-    return token
+    return token if token_problem(token) is None else None
 
 
 async def check_with_service(token: str, base_url: str) -> tuple[bool, str]:

@@ -30,7 +30,7 @@ from PIL import Image
 from pack_import import load_pack
 
 PHASE_MARKS = [  # (phase that ends when a progress text starts with this, marker)
-    ("prepare", "Encoding and uploading references 0/"),
+    ("prepare", "Encoding references 0/"),
     ("encode+upload", "Submitted:"),  # references are uploaded while they are encoded
     ("wait", "Fetching the result"),
     ("result", "Downloading 0/"),
@@ -160,7 +160,7 @@ def run_ours(pack, comfy_bridge, references, fields, job: Job) -> tuple[Measurem
             phases[phase] = hit - previous
             phase_memory[phase] = sampler.peak_between(previous, hit)
             previous = hit
-    encoded_at = [t for text, t in marks if text.startswith("Encoding and uploading references")]
+    encoded_at = [t for text, t in marks if text.startswith("Encoding references")]
     submitting_at = next((t for text, t in marks if text.startswith("Submitting")), None)
     if encoded_at and submitting_at:
         phases["(encoding done, s after upload start)"] = encoded_at[-1] - submitting_at

@@ -34,7 +34,7 @@ def test_references_in_socket_then_batch_order_give_a_batch_of_generated_images(
         "sequential_image_generation": "auto",
     }
     texts = comfy.progress_texts()
-    assert texts[0].startswith("Preparing references") and any(t.startswith("Encoding and uploading references") for t in texts)
+    assert texts[0].startswith("Preparing references") and any(t.startswith("Encoding references") for t in texts)
     assert any(t.startswith("Queued at RunComfy (position") for t in texts)
     assert any(t.startswith("Generating") for t in texts)
     assert any(t.startswith("Downloading 3/3") for t in texts)

@@ -52,7 +52,7 @@ def test_stop_while_preparing_sends_nothing(fake, comfy):
 
 
 def test_stop_while_encoding_creates_no_job(fake, comfy):
-    error, _ = _stop_and_time(comfy, lambda t: t.startswith("Encoding and uploading references 0/"))
+    error, _ = _stop_and_time(comfy, lambda t: t.startswith("Encoding references 0/"))
     assert "nothing is charged" in str(error)
     assert fake.submits == 0
 

@@ -1,0 +1,453 @@
+"""Never lose a paid result, never pay twice: the fingerprint, the resume journal, the result cache and the run lock.
+
+Invariants this module owns:
+
+1. Local trouble never ends a paid run. Every read and write here is tolerant: a state
+   folder that is read-only, full or missing, a `journal.json` that is a folder, damaged
+   or of the wrong shape or types, a `results` path that is a file, a cached entry whose
+   files are gone: each reads as "nothing saved", and a failed write becomes one warning
+   line ("could not save the resume record: …; this run goes on"). Entries that could not
+   be written to disk are kept in this process's memory, so a re-run here still resumes.
+2. At most one paid job per distinct inputs, also when identical runs overlap. `exclusive`
+   holds a lock per fingerprint across the tasks of one process and across processes that
+   share the folder (an OS file lock, which the OS releases if the process dies). The second
+   run waits, then finds the first one's result in the cache (or its journal entry) and pays nothing.
+3. Bounded: the journal keeps at most 200 entries for at most 48 hours; the cache keeps at
+   most `max_entries` results and `max_bytes` bytes, evicting the least recently used. A cache
+   entry never points outside its own folder.
+4. Only fingerprints, request ids, result URLs, costs and result files are written: never the
+   token, never the references' pixels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import StopRequested
+
+try:  # POSIX: cross-process locks; elsewhere runs are serialised within one process only
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+JOURNAL_NAME = "journal.json"
+RESULTS_DIR = "results"
+LOCKS_DIR = "locks"
+MAX_JOURNAL_ENTRIES = 200
+JOURNAL_TTL_S = 48 * 3600  # RunComfy documents no lifetime for requests; two days is plenty for a resume
+UNKNOWN_OUTCOME_HOLD_S = 3600
+MAX_CACHED_RESULTS = 64
+DEFAULT_CACHE_BYTES = 2 * 1024**3
+LOCK_POLL_S = 0.1
+_FILE_NAME = re.compile(r"^\d{2,3}\.img$")
+
+Warn = Callable[[str], None]
+StopCheck = Callable[[], bool]
+
+
+def request_fingerprint(
+    *,
+    model_id: str,
+    base_url: str,
+    settings: Mapping[str, Any],
+    reference_digests: Sequence[str],
+    reference_urls: Sequence[str],
+) -> str:
+    """A stable name for "this exact request": every widget value, the references' clean pixels and URLs,
+    the model and the service host. Never the token: the key reveals nothing about the account."""
+    parts = urlsplit(base_url)
+    material = {
+        "model": model_id,
+        "service": f"{parts.scheme}://{parts.netloc}",
+        "settings": dict(settings),
+        "pixels": list(reference_digests),
+        "urls": list(reference_urls),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename over it: readers see old or new, never half.
+    The file is readable only by its owner."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def read_json(path: Path) -> Any:
+    """The decoded file, or None when it is missing, unreadable or damaged."""
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    fingerprint: str
+    state: str  # "submitted" (request_id known) or "unknown_outcome" (the submit got no answer)
+    request_id: str | None
+    at: float  # seconds since the epoch
+
+
+@dataclass(frozen=True)
+class CachedResult:
+    request_id: str
+    urls: tuple[str, ...]
+    cost_usd: float | None
+    files: list[bytes]
+
+
+def _entry_from(fingerprint: str, raw: Any, now: float) -> JournalEntry | None:
+    """A journal entry if `raw` has the right shape and types and is still live; anything else is ignored."""
+    if not isinstance(raw, dict):
+        return None
+    state, request_id, at = raw.get("state"), raw.get("request_id"), raw.get("at")
+    if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
+        return None
+    if state == "submitted" and isinstance(request_id, str) and request_id:
+        hold = JOURNAL_TTL_S
+    elif state == "unknown_outcome" and request_id is None:
+        hold = UNKNOWN_OUTCOME_HOLD_S
+    else:
+        return None
+    if not 0 <= now - at < hold:
+        return None
+    return JournalEntry(fingerprint, state, request_id, float(at))
+
+
+_memory_journal: dict[tuple[str, str], JournalEntry] = {}  # entries the disk refused, per (folder, fingerprint)
+_memory_results: dict[tuple[str, str], CachedResult] = {}  # results the disk refused (at most a few, for waiters)
+_MEMORY_RESULTS_KEPT = 2
+_process_locks: dict[tuple[str, str], threading.Lock] = {}
+_process_locks_guard = threading.Lock()
+
+
+def _process_lock(key: tuple[str, str]) -> threading.Lock:
+    with _process_locks_guard:
+        return _process_locks.setdefault(key, threading.Lock())
+
+
+class ResumeStore:
+    """The resume journal and result cache in one folder (None: nothing is kept on disk, only in memory)."""
+
+    def __init__(
+        self,
+        directory: Path | None,
+        *,
+        warn: Warn | None = None,
+        max_entries: int = MAX_CACHED_RESULTS,
+        max_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._warn = warn or (lambda message: None)
+        self._warned: set[str] = set()
+        self._key = str(self.directory.resolve()) if self.directory is not None else "(memory)"
+
+    # --- warnings ----------------------------------------------------------------------------
+
+    def _trouble(self, what: str, error: BaseException) -> None:
+        """One warning line per kind of trouble; the run goes on."""
+        if what in self._warned:
+            return
+        self._warned.add(what)
+        detail = f"{type(error).__name__}: {error.strerror}" if isinstance(error, OSError) and error.strerror else type(error).__name__
+        where = f" in {self.directory}" if self.directory is not None else ""
+        self._warn(f"Warning: could not {what}{where} ({detail}); this run goes on.")
+
+    # --- the run lock ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, fingerprint: str, should_stop: StopCheck, on_wait: Callable[[], None]) -> AsyncIterator[None]:
+        """Hold the lock of `fingerprint` for the whole run; `on_wait()` once if another run holds it."""
+        process_lock = _process_lock((self._key, fingerprint))
+        file_lock: _FileLock | None = None
+        waited = False
+        try:
+            while True:
+                if process_lock.acquire(blocking=False):
+                    file_lock = await asyncio.to_thread(self._try_file_lock, fingerprint)
+                    if file_lock is not None:
+                        break
+                    process_lock.release()
+                if should_stop():
+                    raise StopRequested("Stopped while waiting for an identical run to finish: nothing was sent and nothing is charged.")
+                if not waited:
+                    waited = True
+                    on_wait()
+                await asyncio.sleep(LOCK_POLL_S)
+            yield
+        finally:
+            if file_lock is not None:
+                await asyncio.to_thread(file_lock.release)
+                process_lock.release()
+
+    def _try_file_lock(self, fingerprint: str) -> _FileLock | None:
+        """The lock (a no-op one when the folder cannot hold locks), or None while another process holds it."""
+        if self.directory is None or fcntl is None:
+            return _FileLock(None, None)
+        try:
+            return _FileLock.try_acquire(self.directory / LOCKS_DIR / f"{fingerprint}.lock")
+        except OSError as error:
+            self._trouble("take the lock that keeps other ComfyUI processes from submitting the same inputs", error)
+            return _FileLock(None, None)
+
+    # --- the journal -------------------------------------------------------------------------
+
+    def _journal_path(self) -> Path | None:
+        return self.directory / JOURNAL_NAME if self.directory is not None else None
+
+    def _read_journal(self) -> dict[str, Any]:
+        path = self._journal_path()
+        data = read_json(path) if path is not None else None
+        entries = data.get("entries") if isinstance(data, dict) else None
+        return entries if isinstance(entries, dict) else {}
+
+    def _journal_entry(self, fingerprint: str) -> JournalEntry | None:
+        now = time.time()
+        on_disk = _entry_from(fingerprint, self._read_journal().get(fingerprint), now)
+        if on_disk is not None:
+            return on_disk
+        remembered = _memory_journal.get((self._key, fingerprint))
+        return remembered if remembered is not None and _entry_from(fingerprint, remembered.__dict__, now) else None
+
+    def _change_journal(self, fingerprint: str, entry: JournalEntry | None) -> None:
+        key = (self._key, fingerprint)
+        if entry is None:
+            _memory_journal.pop(key, None)
+        path = self._journal_path()
+        if path is None:
+            if entry is not None:
+                _memory_journal[key] = entry
+            return
+        try:
+            with _FileLock.hold(self.directory / LOCKS_DIR / "journal.lock"):
+                now = time.time()
+                live = {fp: raw for fp, raw in self._read_journal().items() if _entry_from(fp, raw, now) is not None}
+                live.pop(fingerprint, None)
+                if entry is not None:
+                    live[fingerprint] = {"state": entry.state, "request_id": entry.request_id, "at": entry.at}
+                newest = dict(sorted(live.items(), key=lambda item: item[1]["at"])[-MAX_JOURNAL_ENTRIES:])
+                write_atomically(path, json.dumps({"version": 1, "entries": newest}, indent=1).encode())
+            if entry is not None:
+                _memory_journal.pop(key, None)
+        except (OSError, ValueError, TypeError) as error:
+            if entry is not None:
+                _memory_journal[key] = entry
+            self._trouble("save the resume record" if entry is not None else "update the resume record", error)
+
+    async def journal_entry(self, fingerprint: str) -> JournalEntry | None:
+        return await asyncio.to_thread(self._journal_entry, fingerprint)
+
+    async def record_submitted(self, fingerprint: str, request_id: str) -> None:
+        await asyncio.to_thread(self._change_journal, fingerprint, JournalEntry(fingerprint, "submitted", request_id, time.time()))
+
+    async def record_unknown_outcome(self, fingerprint: str) -> None:
+        await asyncio.to_thread(self._change_journal, fingerprint, JournalEntry(fingerprint, "unknown_outcome", None, time.time()))
+
+    async def forget(self, fingerprint: str) -> None:
+        await asyncio.to_thread(self._change_journal, fingerprint, None)
+
+    # --- the result cache --------------------------------------------------------------------
+
+    def _results(self) -> Path | None:
+        return self.directory / RESULTS_DIR if self.directory is not None else None
+
+    def _cached(self, fingerprint: str) -> CachedResult | None:
+        remembered = _memory_results.get((self._key, fingerprint))
+        if remembered is not None:
+            return remembered
+        root = self._results()
+        if root is None:
+            return None
+        folder = root / fingerprint
+        try:
+            if not folder.is_dir() or folder.is_symlink():
+                return None
+            meta = read_json(folder / "meta.json")
+            names, urls, cost = meta["files"], meta["urls"], meta.get("cost_usd")
+            request_id = meta["request_id"]
+            if not (
+                isinstance(request_id, str)
+                and isinstance(names, list)
+                and names
+                and all(isinstance(name, str) and _FILE_NAME.match(name) for name in names)
+                and isinstance(urls, list)
+                and all(isinstance(url, str) for url in urls)
+                and (cost is None or (isinstance(cost, (int, float)) and not isinstance(cost, bool)))
+            ):
+                raise ValueError("unexpected shape")
+            files = []
+            for name in names:
+                path = folder / name
+                if path.is_symlink():
+                    raise ValueError("a file outside the entry")
+                files.append(path.read_bytes())
+            os.utime(folder / "meta.json")  # least recently used goes first
+            return CachedResult(request_id, tuple(urls), None if cost is None else float(cost), files)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            self._trouble("read a saved result (it was ignored)", error)
+            self._drop_result(fingerprint)
+            return None
+
+    def _store_result(self, fingerprint: str, result: CachedResult) -> bool:
+        root = self._results()
+        try:
+            if root is None:
+                raise OSError("no folder for saved results")
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=root))
+            try:
+                names = [f"{index:02d}.img" for index in range(len(result.files))]
+                for name, data in zip(names, result.files, strict=True):
+                    (staging / name).write_bytes(data)
+                meta = {"request_id": result.request_id, "urls": list(result.urls), "cost_usd": result.cost_usd, "files": names}
+                (staging / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+                target = root / fingerprint
+                if target.exists() or target.is_symlink():
+                    self._discard(target)
+                os.replace(staging, target)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            _memory_results.pop((self._key, fingerprint), None)
+            self._evict(keep=fingerprint)
+            return True
+        except (OSError, ValueError) as error:
+            self._trouble("save the images for a free re-run", error)
+            _memory_results[(self._key, fingerprint)] = result
+            while len(_memory_results) > _MEMORY_RESULTS_KEPT:
+                _memory_results.pop(next(iter(_memory_results)))
+            return False
+
+    @staticmethod
+    def _discard(path: Path) -> None:
+        """Move `path` out of the way under a unique name, then delete it (safe against a concurrent reader)."""
+        aside = path.with_name(f".old-{path.name}-{os.getpid()}-{time.monotonic_ns()}")
+        os.replace(path, aside)
+        if aside.is_dir() and not aside.is_symlink():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            aside.unlink(missing_ok=True)
+
+    def _drop_result(self, fingerprint: str) -> None:
+        _memory_results.pop((self._key, fingerprint), None)
+        root = self._results()
+        if root is None:
+            return
+        with contextlib.suppress(OSError):
+            self._discard(root / fingerprint)
+
+    def _evict(self, *, keep: str) -> None:
+        """Least recently used first, until at most `max_entries` entries and `max_bytes` bytes remain."""
+        root = self._results()
+        entries: list[tuple[float, int, Path]] = []
+        for folder in root.iterdir():
+            if folder.name.startswith("."):
+                if time.time() - folder.lstat().st_mtime > 3600:  # left behind by a process that died
+                    shutil.rmtree(folder, ignore_errors=True)
+                continue
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            size = sum(item.stat().st_size for item in folder.iterdir() if item.is_file())
+            used = (folder / "meta.json").stat().st_mtime if (folder / "meta.json").exists() else 0.0
+            entries.append((used, size, folder))
+        entries.sort()
+        total = sum(size for _, size, _ in entries)
+        count = len(entries)
+        for _, size, folder in entries:
+            if count <= self.max_entries and total <= self.max_bytes:
+                break
+            if folder.name == keep:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            count -= 1
+            total -= size
+
+    async def cached(self, fingerprint: str) -> CachedResult | None:
+        return await asyncio.to_thread(self._cached, fingerprint)
+
+    async def store_result(self, fingerprint: str, result: CachedResult) -> bool:
+        """Keep the files for a free re-run; False (and a warning) when only memory could keep them."""
+        return await asyncio.to_thread(self._store_result, fingerprint, result)
+
+    async def drop_result(self, fingerprint: str) -> None:
+        await asyncio.to_thread(self._drop_result, fingerprint)
+
+
+class _FileLock:
+    """An exclusive `flock` on a lock file that is removed on release.
+
+    After locking, the path must still name the locked file: otherwise a releasing holder
+    removed it in between, and the lock is taken again on the new file.
+    """
+
+    def __init__(self, path: Path | None, fd: int | None) -> None:
+        self.path = path
+        self.fd = fd
+
+    @classmethod
+    def try_acquire(cls, path: Path, *, blocking: bool = False) -> _FileLock | None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return cls(path, fd)
+            os.close(fd)
+
+    @classmethod
+    @contextlib.contextmanager
+    def hold(cls, path: Path):
+        """Block (in a worker thread) until the lock is ours; a no-op where file locks do not exist."""
+        lock = cls.try_acquire(path, blocking=True) if fcntl is not None else cls(None, None)
+        try:
+            yield lock
+        finally:
+            lock.release()
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)  # still ours: nobody can hold it, and later lockers re-check the path
+        os.close(self.fd)  # closing releases the flock
+        self.fd = None
