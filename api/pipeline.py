@@ -203,7 +203,9 @@ async def _collect_or_submit(
     report = run.report
     resume_id: str | None = None
     cached = await run.store.cached(run.fingerprint)
-    if cached is not None:
+    if cached is not None and not cached.files:
+        resume_id = cached.request_id
+    elif cached is not None:
         try:
             images = await _assemble(run, cached.files, "Saved result")
         except DownloadError as damaged:
@@ -221,7 +223,7 @@ async def _collect_or_submit(
             "paying twice it is not sent again. Check your RunComfy dashboard, or change the seed to submit anew "
             f"(this hold ends {UNKNOWN_OUTCOME_HOLD_S // 60} minutes after that submit)."
         )
-    if entry is not None:
+    if entry is not None and resume_id is None:
         resume_id = entry.request_id
 
     timing = run.timing

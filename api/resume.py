@@ -120,7 +120,7 @@ class CachedResult:
     request_id: str
     urls: tuple[str, ...]
     cost_usd: float | None
-    files: list[bytes]
+    files: list[bytes]  # empty when the saved files were unusable: only the request id is left to collect again
 
 
 def _entry_from(fingerprint: str, raw: Any, now: float) -> JournalEntry | None:
@@ -288,6 +288,7 @@ class ResumeStore:
         if root is None:
             return None
         folder = root / fingerprint
+        meta: Any = None
         try:
             if not folder.is_dir() or folder.is_symlink():
                 return None
@@ -313,9 +314,11 @@ class ResumeStore:
             os.utime(folder / "meta.json")  # least recently used goes first
             return CachedResult(request_id, tuple(urls), None if cost is None else float(cost), files)
         except (OSError, ValueError, TypeError, KeyError) as error:
-            self._trouble("read a saved result (it was ignored)", error)
+            self._trouble("read a saved result (it was set aside)", error)
             self._drop_result(fingerprint)
-            return None
+            request_id = meta.get("request_id") if isinstance(meta, dict) else None
+            # Without usable files the request id still lets the run collect the paid job again.
+            return CachedResult(request_id, (), None, []) if isinstance(request_id, str) and request_id else None
 
     def _store_result(self, fingerprint: str, result: CachedResult) -> bool:
         root = self._results()

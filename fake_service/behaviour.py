@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 
@@ -11,6 +12,8 @@ class Fault:
 
     kind:
       "http"     answer `status` (with optional Retry-After) without doing the work
+      "early"    (submit) answer `status` before reading the body, then close: a proxy that refuses early
+      "gateway"  (submit) create the job, then answer `status`: a gateway that gave up waiting for the service
       "drop"     close the connection without answering (a submit is created first: bytes arrived)
       "garbage"  answer 200 with truncated JSON (a submit is created first)
       "stall"    wait `seconds` before handling the request (a submit is created first)
@@ -45,11 +48,22 @@ class FakeBehaviour:
     inspect_pixels: bool = True  # decode every reference to check it (benchmarks turn this off to save CPU)
     reuse_renders: bool = False  # render each output size once and serve it for every job (benchmarks)
     faults: dict[str, list[Fault]] = field(default_factory=dict)  # endpoint -> faults, used in order
+    outage: tuple[float, Fault, frozenset[str]] | None = None  # (until, fault, endpoints): every matching request fails
+    unanswered: int = 0  # requests answered by an outage (not by an injected fault)
 
     def inject(self, endpoint: str, *faults: Fault) -> None:
         """endpoint: submit, status, result, cancel, file, catalog."""
         self.faults.setdefault(endpoint, []).extend(faults)
 
+    def start_outage(self, seconds: float, fault: Fault, endpoints: tuple[str, ...] = ("status", "result", "file")) -> None:
+        """For the next `seconds`, answer every request to `endpoints` with `fault` (not used up)."""
+        self.outage = (time.monotonic() + seconds, fault, frozenset(endpoints))
+
     def take_fault(self, endpoint: str) -> Fault | None:
         queue = self.faults.get(endpoint)
-        return queue.pop(0) if queue else None
+        if queue:
+            return queue.pop(0)
+        if self.outage is not None and time.monotonic() < self.outage[0] and endpoint in self.outage[2]:
+            self.unanswered += 1
+            return self.outage[1]
+        return None

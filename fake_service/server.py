@@ -147,6 +147,14 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/v1/models/"):
             started = time.monotonic()
             chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+            queued = fake.behaviour.faults.get("submit")
+            if queued and queued[0].kind == "early":  # a proxy that answers before reading the body
+                fault = queued.pop(0)
+                fake.count_submit_attempt()
+                self.close_connection = True
+                self._error(fault.status, None, f"refused early with HTTP {fault.status}", {"Connection": "close"})
+                self._drop()
+                return
             body = self._read_body()
             if chunked and fake.behaviour.refuse_chunked:
                 fake.count_submit_attempt()
@@ -195,6 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None:  # the job exists (it reached the service), but the answer goes wrong
             if fault.kind == "stall":
                 time.sleep(fault.seconds)
+            elif fault.kind == "gateway":
+                self._error(fault.status, None, f"gateway answered HTTP {fault.status}")
+                return
             else:
                 self._apply_fault(fault)
                 return
@@ -214,6 +225,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._record()
         path, _, query = self.path.partition("?")
         fake = self.server.fake
+        if path.startswith("/loop/"):  # a redirect that never ends
+            self.send_response(302)
+            self.send_header("Location", path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         file_match = _FILE_PATH.match(path)
         if file_match:
             self._serve_file(file_match.group(1), int(file_match.group(2)))
@@ -341,6 +358,14 @@ class FakeRunComfy:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def refuse_connections(self, seconds: float) -> None:
+        """Close the listening socket (connections are refused), then listen again on the same port with the
+        same jobs after `seconds`: an outage as the client's network stack sees it."""
+        self.stop()
+        timer = threading.Timer(seconds, self.start)
+        timer.daemon = True
+        timer.start()
 
     def __enter__(self) -> FakeRunComfy:
         return self.start()

@@ -42,6 +42,7 @@ class ComfyRuntime:
         self.bar_values: list[tuple[int, int]] = []
         self.interrupted = False
         self.stop_when = None  # callable(text) -> bool: press Stop when a progress text matches
+        self.on_text = None  # callable(text): something to do when a progress text appears (an outage, say)
 
     def press_stop(self) -> None:
         self.interrupted = True
@@ -62,6 +63,8 @@ def comfy(monkeypatch) -> ComfyRuntime:
 
         def send_progress_text(self, text, node_id, sid=None):
             runtime.texts.append((text, node_id))
+            if runtime.on_text is not None:
+                runtime.on_text(text)
             if runtime.stop_when is not None and runtime.stop_when(text):
                 runtime.press_stop()
 

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from runcomfy_seedream.api import Limits, RetryPolicy, Timing
+from runcomfy_seedream.api.polling import PollSchedule
 from runcomfy_seedream.nodes import NODE_CLASS_MAPPINGS
 
 NODE_ID = "RunComfySeedream4EditSequential"
@@ -37,8 +39,31 @@ def node_inputs(**overrides) -> dict:
     return inputs
 
 
-def run_node(**inputs):
+def quick_timing(**changes) -> Timing:
+    """Real use waits minutes; tests inject short waits through the same parameters."""
+    values = dict(
+        deadline_s=30.0,
+        submit_retry=RetryPolicy(max_attempts=4, base_delay_s=0.01, max_delay_s=0.05),
+        job_retry=RetryPolicy.until_deadline(base_delay_s=0.01, max_delay_s=0.05),
+        poll_schedule=lambda: PollSchedule(first_s=0.05, steady_s=0.1, ceiling_s=0.2),
+        download_retry=RetryPolicy.until_deadline(base_delay_s=0.01, max_delay_s=0.05),
+        download_read_timeout_s=2.0,
+        download_deadline_s=20.0,
+    )
+    values.update(changes)
+    return Timing(**values)
+
+
+def node_object(timing: Timing | None = None, limits: Limits | None = None):
     node = NODE_CLASS_MAPPINGS[NODE_ID]()
+    node.timing = timing or quick_timing()
+    node.limits = limits
+    return node
+
+
+def run_node(*, timing: Timing | None = None, limits: Limits | None = None, **inputs):
+    """The node called as ComfyUI calls it, with `timing` (short waits by default) and `limits`."""
+    node = node_object(timing, limits)
     return asyncio.run(getattr(node, node.FUNCTION)(**inputs))
 
 
@@ -51,20 +76,3 @@ def data_uri_size(uri: str) -> tuple[int, int]:
     with Image.open(io.BytesIO(data)) as image:
         assert image.format == "PNG"
         return image.size
-
-
-def run_node_with_deadline(seconds: float, monkeypatch, **overrides):
-    """Run the node with the job deadline shortened to `seconds` (30 minutes in real use)."""
-    from runcomfy_seedream.api import pipeline
-
-    original = pipeline.generate
-
-    async def quick(*args, **kwargs):
-        return await original(*args, **{**kwargs, "deadline_s": seconds})
-
-    target = "runcomfy_seedream.nodes.seedream_edit_sequential.generate"
-    monkeypatch.setattr(target, quick)
-    try:
-        return run_node(**node_inputs(**overrides))
-    finally:
-        monkeypatch.setattr(target, original)

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from helpers import node_inputs, run_node
-from runcomfy_seedream.api.downloads import ResultDownloader, UrlPolicy, decode_image
+from runcomfy_seedream.api.downloads import ResultDownloader, UrlPolicy, decode_image, resolve_host
 from runcomfy_seedream.api.errors import DownloadError
+from runcomfy_seedream.api.retry import RetryPolicy
 
 
 def test_the_token_is_sent_to_the_api_and_never_with_result_downloads(fake, comfy):
@@ -24,15 +25,39 @@ def test_the_token_is_sent_to_the_api_and_never_with_result_downloads(fake, comf
     assert not any(token in text for text in comfy.progress_texts())
 
 
+async def _resolver(host: str, port: int) -> list[str]:
+    """A stand-in DNS: the names a hostile result could use, and one public CDN name."""
+    table = {"cdn.runcomfy.net": ["104.18.2.3"], "rebind.example.com": ["104.18.2.3", "127.0.0.1"], "meta.example.com": ["169.254.169.254"]}
+    if host in table:
+        return table[host]
+    return await resolve_host(host, port)  # numeric forms, localhost: the machine's own resolver
+
+
 @pytest.mark.parametrize(
     "url",
-    ["http://cdn.example.com/a.png", "https://10.0.0.5/a.png", "https://localhost/a.png", "file:///etc/passwd", "ftp://x/a.png"],
+    [
+        "http://cdn.example.com/a.png",
+        "file:///etc/passwd",
+        "ftp://x/a.png",
+        "https://10.0.0.5/a.png",
+        "https://localhost/a.png",
+        "https://2130706433/a.png",
+        "https://127.1/a.png",
+        "https://0x7f000001/a.png",
+        "https://[::1]/a.png",
+        "https://[::ffff:127.0.0.1]/a.png",
+        "https://169.254.169.254/latest/meta-data",
+        "https://224.0.0.1/a.png",
+        "https://0.0.0.0/a.png",
+        "https://rebind.example.com/a.png",
+        "https://meta.example.com/a.png",
+    ],
 )
-def test_result_urls_off_https_or_on_private_hosts_are_refused(url):
-    policy = UrlPolicy.for_base_url("https://model-api.runcomfy.net/v1")
+def test_result_urls_are_judged_by_the_address_they_resolve_to(url):
+    policy = UrlPolicy.for_base_url("https://model-api.runcomfy.net/v1", resolve=_resolver)
     with pytest.raises(DownloadError):
-        policy.check(url, "Result image 1")
-    policy.check("https://cdn.runcomfy.net/out/1.png", "Result image 1")  # the normal case passes
+        asyncio.run(policy.check(url, "Result image 1"))
+    asyncio.run(policy.check("https://cdn.runcomfy.net/out/1.png", "Result image 1"))  # the normal case passes
 
 
 def test_a_result_that_is_not_an_image_is_refused():
@@ -56,15 +81,35 @@ def test_an_oversized_file_is_cut_off(fake, comfy):
     urls = fake.result_body(url, include_cost=False)["output"]["images"]
     downloader = ResultDownloader(UrlPolicy.for_base_url(fake.base_url), max_bytes=100)
     with pytest.raises(DownloadError) as caught:
-        asyncio.run(downloader.fetch_all(urls, lambda index, pixels: None))
-    assert "over the" in str(caught.value) and "limit" in str(caught.value)
+        asyncio.run(downloader.fetch_all(urls, request_id="r-1"))
+    assert "over the" in str(caught.value) and "limit" in str(caught.value) and caught.value.request_id == "r-1"
 
 
 def test_an_expired_result_link_says_so(fake, comfy):
     downloader = ResultDownloader(UrlPolicy.for_base_url(fake.base_url))
     with pytest.raises(DownloadError) as caught:
-        asyncio.run(downloader.fetch_all([f"{fake.origin}/files/unknown/0.png"], lambda index, pixels: None))
-    assert "no longer available" in str(caught.value)
+        asyncio.run(downloader.fetch_all([f"{fake.origin}/files/unknown/0.png"]))
+    assert "no longer available" in str(caught.value) and not caught.value.transient
+
+
+def test_a_redirect_loop_is_a_download_error_with_the_request_id(fake):
+    downloader = ResultDownloader(UrlPolicy.for_base_url(fake.base_url))
+    with pytest.raises(DownloadError) as caught:
+        asyncio.run(downloader.fetch_all([f"{fake.origin}/loop/a.png"], request_id="r-2"))
+    assert "redirect loop" in str(caught.value) and caught.value.request_id == "r-2"
+    assert len(fake.requests_to("/loop/")) == 6  # the first request and 5 redirects, then it stops
+
+
+def test_downloads_stop_at_their_overall_deadline(fake):
+    from runcomfy_seedream.fake_service import Fault
+
+    fake.behaviour.inject("file", *[Fault("http", status=503)] * 1000)
+    downloader = ResultDownloader(
+        UrlPolicy.for_base_url(fake.base_url), retry=RetryPolicy.until_deadline(base_delay_s=0.01, max_delay_s=0.05), deadline_s=0.6
+    )
+    with pytest.raises(DownloadError) as caught:
+        asyncio.run(downloader.fetch_all([f"{fake.origin}/files/x/0.png"], request_id="r-3"))
+    assert "within 1 s" in str(caught.value) and caught.value.transient and caught.value.request_id == "r-3"
 
 
 def test_a_truncated_download_is_retried(fake, comfy):

@@ -1,77 +1,305 @@
-"""Each way the service or the network can misbehave, with the outcome a user sees and the number of paid submits.
+"""Each way the service, the network or the local disk can misbehave, with what a user sees and how many jobs were paid.
 
-Every row runs the node end to end against the local fake service. "images" is what
-the node returns (or the error it raises); a paid run always has exactly one submit.
+Every row runs the node end to end against the local fake service. "expected" is the number
+of images the node returns, or the error it raises; "paid" is the number of jobs the service
+created (each one is charged). A row's `arrange(fake, comfy, state)` sets the trouble up; it
+may run the node once itself first (a run that left something behind).
 """
 
 from __future__ import annotations
 
-import pytest
+import io
+import json
+from pathlib import Path
 
-from helpers import node_inputs, run_node
-from runcomfy_seedream.api import downloads
-from runcomfy_seedream.api.errors import DownloadError, JobFailedError
+import pytest
+import torch
+from PIL import Image
+
+from helpers import node_inputs, quick_timing, run_node
+from runcomfy_seedream.api import Limits
+from runcomfy_seedream.api.errors import (
+    DownloadError,
+    JobCancelledError,
+    JobFailedError,
+    OutcomeUnknownError,
+    ServiceError,
+)
 from runcomfy_seedream.fake_service import Fault
+
+TIMING = quick_timing(download_read_timeout_s=0.75)
+LIMITS = Limits(max_download_bytes=2 * 1024 * 1024)
 
 
 def _bomb() -> bytes:
-    import io
-
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.new("L", (12_000, 12_000)).save(buffer, format="PNG")  # 144 MP of zeros in a few hundred KB
     return buffer.getvalue()
 
 
+def faults(**by_endpoint):
+    def arrange(fake, comfy, state):
+        for endpoint, injected in by_endpoint.items():
+            fake.behaviour.inject(endpoint, *injected)
+
+    return arrange
+
+
+def behaviour(**changes):
+    def arrange(fake, comfy, state):
+        for key, value in changes.items():
+            setattr(fake.behaviour, key, value)
+
+    return arrange
+
+
+def result_urls(*urls):
+    return behaviour(result_urls=list(urls))
+
+
+def once_submitted(action):
+    """Do `action(fake)` the moment the node shows the request id: trouble while the paid job runs."""
+
+    def arrange(fake, comfy, state):
+        fake.behaviour.run_s = 1.2
+        done = []
+
+        def on_text(text):
+            if text.startswith("Submitted") and not done:
+                done.append(True)
+                action(fake)
+
+        comfy.on_text = on_text
+
+    return arrange
+
+
+def once_queued(action):
+    def arrange(fake, comfy, state):
+        fake.behaviour.queue_s = 1.0
+        done = []
+
+        def on_text(text):
+            if text.startswith("Queued") and not done:
+                done.append(True)
+                action(fake)
+
+        comfy.on_text = on_text
+
+    return arrange
+
+
+def state_trouble(make):
+    def arrange(fake, comfy, state: Path):
+        make(state)
+
+    return arrange
+
+
+def after_a_first_run(damage):
+    """Run once (paid, saved), then damage what was saved."""
+
+    def arrange(fake, comfy, state: Path):
+        run_node(timing=TIMING, limits=LIMITS, **node_inputs())
+        (entry,) = (state / "results").iterdir()
+        damage(entry)
+
+    return arrange
+
+
+def _journal_folder(state: Path) -> None:
+    (state / "journal.json").mkdir(parents=True)
+
+
+def _state_is_a_file(state: Path) -> None:
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text("not a folder")
+
+
+def _journal_with_string_time(state: Path) -> None:
+    state.mkdir(parents=True)
+    entry = {"state": "submitted", "request_id": "old", "at": "yesterday"}
+    (state / "journal.json").write_text(json.dumps({"version": 1, "entries": {"f" * 64: entry}}))
+
+
+def _journal_garbage(state: Path) -> None:
+    state.mkdir(parents=True)
+    (state / "journal.json").write_bytes(b"\x00\xff{not json")
+
+
+def _results_is_a_file(state: Path) -> None:
+    state.mkdir(parents=True)
+    (state / "results").write_text("a file where a folder should be")
+
+
+def _undecodable(entry: Path) -> None:
+    for image in entry.glob("*.img"):
+        image.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+
+
+def _pointing_outside(entry: Path) -> None:
+    meta = json.loads((entry / "meta.json").read_text())
+    meta["files"] = ["../../journal.json"]
+    (entry / "meta.json").write_text(json.dumps(meta))
+
+
+def _wrong_types(entry: Path) -> None:
+    meta = json.loads((entry / "meta.json").read_text())
+    meta["urls"] = 5
+    (entry / "meta.json").write_text(json.dumps(meta))
+
+
+def _cancel_every_job(fake):
+    for job in fake.jobs.values():
+        fake.cancel(job)
+
+
+LARGE_REFERENCE = {"image_1": torch.rand((1, 1400, 1400, 3))}  # a PNG of several MB: larger than socket buffers
 STORM = [Fault("http", status=429, retry_after="0")] * 6
 STORM_NO_HINT = [Fault("http", status=429)] * 3
+SAVE_WARNING = "could not save"
 
-# (name, {endpoint: faults}, other behaviour, expected: number of images or an error type, words in the error)
+# (name, arrange, expected: number of images or an error type, words the last text or the error must contain, jobs paid, inputs)
 MATRIX = [
-    ("429 storm with Retry-After on status", {"status": STORM}, {}, 3, None),
-    ("429 storm without Retry-After on status", {"status": STORM_NO_HINT}, {}, 3, None),
-    ("429 on result", {"result": [Fault("http", status=429, retry_after="0")] * 2}, {}, 3, None),
-    ("5xx on status and result", {"status": [Fault("http", status=502)], "result": [Fault("http", status=503)]}, {}, 3, None),
-    ("connection reset on status", {"status": [Fault("drop")] * 2}, {}, 3, None),
-    ("truncated JSON on status", {"status": [Fault("garbage")]}, {}, 3, None),
-    ("truncated JSON on result", {"result": [Fault("garbage")]}, {}, 3, None),
-    ("5xx on downloads", {"file": [Fault("http", status=500), Fault("http", status=503)]}, {}, 3, None),
-    ("connection reset on a download", {"file": [Fault("drop")]}, {}, 3, None),
-    ("truncated download", {"file": [Fault("truncate")]}, {}, 3, None),
-    ("a download stalls once", {"file": [Fault("stall", seconds=1.5)]}, {}, 3, None),
-    ("result URL gone (404)", {"file": [Fault("http", status=404)]}, {}, DownloadError, ["no longer available", "expire"]),
-    ("job fails with a reason", {}, {"fail_with": "NSFW content detected"}, JobFailedError, ["NSFW content detected"]),
-    ("fewer images than asked", {}, {"images_returned": 1}, 1, None),
-    ("outputs of mixed sizes", {}, {"mixed_sizes": True}, 3, None),
-    ("job finishes with no images", {}, {"images_returned": 0}, JobFailedError, ["no images"]),
-    ("result is not an image", {"file": [Fault("body", body=b"<html>Access denied</html>")]}, {}, DownloadError, ["not an image"]),
-    ("result is a decompression bomb", {"file": [Fault("body", body=_bomb())]}, {}, DownloadError, ["too large to decode safely"]),
-    ("result file is too large", {"file": [Fault("body", body=b"x" * 3_000_000)]}, {}, DownloadError, ["over the 2 MiB limit"]),
-    ("result URL on a private host", {}, {"result_urls": ["https://10.1.2.3/out.png"]}, DownloadError, ["not a public host"]),
-    ("result URL not https", {}, {"result_urls": ["http://cdn.example.com/out.png"]}, DownloadError, ["only https"]),
+    ("429 storm with Retry-After on status", faults(status=STORM), 3, None, 1, {}),
+    ("429 storm without Retry-After on status", faults(status=STORM_NO_HINT), 3, None, 1, {}),
+    ("429 on result", faults(result=[Fault("http", status=429, retry_after="0")] * 2), 3, None, 1, {}),
+    ("5xx on status and result", faults(status=[Fault("http", status=502)], result=[Fault("http", status=503)]), 3, None, 1, {}),
+    ("connection reset on status", faults(status=[Fault("drop")] * 2), 3, None, 1, {}),
+    ("truncated JSON on status", faults(status=[Fault("garbage")]), 3, None, 1, {}),
+    ("truncated JSON on result", faults(result=[Fault("garbage")]), 3, None, 1, {}),
+    ("5xx on downloads", faults(file=[Fault("http", status=500), Fault("http", status=503)]), 3, None, 1, {}),
+    ("connection reset on a download", faults(file=[Fault("drop")]), 3, None, 1, {}),
+    ("truncated download", faults(file=[Fault("truncate")]), 3, None, 1, {}),
+    ("a download stalls once", faults(file=[Fault("stall", seconds=1.5)]), 3, None, 1, {}),
+    ("result URL gone (404)", faults(file=[Fault("http", status=404)]), DownloadError, ["no longer available", "expire"], 1, {}),
+    ("job fails with a reason", behaviour(fail_with="NSFW content detected"), JobFailedError, ["NSFW content detected"], 1, {}),
+    ("fewer images than asked", behaviour(images_returned=1), 1, None, 1, {}),
+    ("outputs of mixed sizes", behaviour(mixed_sizes=True), 3, None, 1, {}),
+    ("job finishes with no images", behaviour(images_returned=0), JobFailedError, ["no images"], 1, {}),
+    ("result is not an image", faults(file=[Fault("body", body=b"<html>Access denied</html>")]), DownloadError, ["not an image"], 1, {}),
+    ("result is a decompression bomb", faults(file=[Fault("body", body=_bomb())]), DownloadError, ["too large to decode safely"], 1, {}),
+    ("result file is too large", faults(file=[Fault("body", body=b"x" * 3_000_000)]), DownloadError, ["over the 2 MiB limit"], 1, {}),
+    ("result URL on a private host", result_urls("https://10.1.2.3/out.png"), DownloadError, ["not a public host"], 1, {}),
+    ("result URL not https", result_urls("http://cdn.example.com/out.png"), DownloadError, ["only https"], 1, {}),
+    # Reads of a paid job outlast outages: more tries than any fixed count, until the job's deadline.
+    (
+        "six 429s then four 503s on status",
+        faults(status=[Fault("http", status=429)] * 6 + [Fault("http", status=503)] * 4),
+        3,
+        None,
+        1,
+        {},
+    ),
+    ("twelve 429s with Retry-After: 0 on status", faults(status=[Fault("http", status=429, retry_after="0")] * 12), 3, None, 1, {}),
+    ("ten 429s without Retry-After on result", faults(result=[Fault("http", status=429)] * 10), 3, None, 1, {}),
+    ("connections refused while the job runs", once_submitted(lambda fake: fake.refuse_connections(1.0)), 3, None, 1, {}),
+    (
+        "every read answered 503 while the job runs",
+        once_submitted(lambda fake: fake.behaviour.start_outage(1.0, Fault("http", status=503))),
+        3,
+        None,
+        1,
+        {},
+    ),
+    (
+        "every read answered 429 without Retry-After",
+        once_submitted(lambda fake: fake.behaviour.start_outage(1.0, Fault("http", status=429))),
+        3,
+        None,
+        1,
+        {},
+    ),
+    # "May have been charged" only when it may be true.
+    (
+        "gateway 504 after the submit arrived",
+        faults(submit=[Fault("gateway", status=504)]),
+        OutcomeUnknownError,
+        ["504", "not sent again"],
+        1,
+        {},
+    ),
+    (
+        "gateway 502 after the submit arrived",
+        faults(submit=[Fault("gateway", status=502)]),
+        OutcomeUnknownError,
+        ["502", "may have"],
+        1,
+        {},
+    ),
+    ("submit answered 500 by the service", faults(submit=[Fault("http", status=500)]), ServiceError, ["server error"], 0, {}),
+    ("submit connection dropped after the body", faults(submit=[Fault("drop")]), OutcomeUnknownError, ["may have been created"], 1, {}),
+    ("submit answered with unreadable JSON", faults(submit=[Fault("garbage")]), OutcomeUnknownError, ["may be running"], 1, {}),
+    ("a proxy answers 413 before reading the upload", faults(submit=[Fault("early", status=413)]), ServiceError, [], 0, LARGE_REFERENCE),
+    ("a proxy answers 411 before reading the upload", faults(submit=[Fault("early", status=411)]), ServiceError, [], 0, LARGE_REFERENCE),
+    ("a proxy answers 401 before reading the upload", faults(submit=[Fault("early", status=401)]), ServiceError, [], 0, LARGE_REFERENCE),
+    # Result URLs judged by the address they resolve to.
+    ("result URL in decimal form (2130706433)", result_urls("https://2130706433/out.png"), DownloadError, ["not a public host"], 1, {}),
+    ("result URL in short form (127.1)", result_urls("https://127.1/out.png"), DownloadError, ["not a public host"], 1, {}),
+    (
+        "result URL on a name that resolves to 127.0.0.1",
+        result_urls("https://localhost/out.png"),
+        DownloadError,
+        ["not a public host"],
+        1,
+        {},
+    ),
+    ("result URL on the cloud metadata address", result_urls("https://169.254.169.254/x"), DownloadError, ["not a public host"], 1, {}),
+    ("result URL in IPv4-mapped IPv6", result_urls("https://[::ffff:127.0.0.1]/x.png"), DownloadError, ["not a public host"], 1, {}),
+    ("job cancelled at RunComfy by someone else", once_queued(_cancel_every_job), JobCancelledError, ["cancelled at RunComfy"], 1, {}),
+    # Local trouble never ends a paid run.
+    ("journal.json is a folder", state_trouble(_journal_folder), 3, [SAVE_WARNING, "this run goes on"], 1, {}),
+    ("the state folder is a file", state_trouble(_state_is_a_file), 3, [SAVE_WARNING, "this run goes on"], 1, {}),
+    ("a journal entry's time is a string", state_trouble(_journal_with_string_time), 3, None, 1, {}),
+    ("journal.json is garbage", state_trouble(_journal_garbage), 3, None, 1, {}),
+    ("the results path is a file", state_trouble(_results_is_a_file), 3, ["could not save the images", "this run goes on"], 1, {}),
+    ("a saved image no longer decodes", after_a_first_run(_undecodable), 3, ["damaged", "resumed request"], 1, {}),
+    ("a saved entry points outside its folder", after_a_first_run(_pointing_outside), 3, ["set aside", "resumed request"], 1, {}),
+    ("a saved entry has the wrong types", after_a_first_run(_wrong_types), 3, ["set aside", "resumed request"], 1, {}),
 ]
 
 
-@pytest.mark.parametrize("name,faults,behaviour_changes,expected,words", MATRIX, ids=[row[0] for row in MATRIX])
-def test_fault(fake, comfy, monkeypatch, name, faults, behaviour_changes, expected, words):
-    monkeypatch.setattr(downloads, "DOWNLOAD_TIMEOUT_S", 0.75)
-    monkeypatch.setattr(downloads, "MAX_DOWNLOAD_BYTES", 2 * 1024 * 1024)
-    for endpoint, injected in faults.items():
-        fake.behaviour.inject(endpoint, *injected)
-    for key, value in behaviour_changes.items():
-        setattr(fake.behaviour, key, value)
+def library_exceptions_in(error: BaseException) -> list[BaseException]:
+    """httpx/httpcore exceptions reachable from `error` through its cause and context."""
+    found, seen, todo = [], set(), [error]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if type(current).__module__.split(".")[0] in ("httpx", "httpcore", "h11"):
+            found.append(current)
+        todo += [current.__cause__, current.__context__]
+    return found
 
+
+def _state(tmp_path: Path) -> Path:
+    return tmp_path / ".cache" / "runcomfy-seedream"  # HOME is tmp_path in these tests
+
+
+@pytest.mark.parametrize("name,arrange,expected,words,paid,inputs", MATRIX, ids=[row[0] for row in MATRIX])
+def test_fault(fake, comfy, tmp_path, name, arrange, expected, words, paid, inputs):
+    arrange(fake, comfy, _state(tmp_path))
     if isinstance(expected, int):
-        images, image_list, urls, request_id = run_node(**node_inputs())
+        images, image_list, urls, request_id = run_node(timing=TIMING, limits=LIMITS, **node_inputs(**inputs))
         assert images.shape[0] == expected == len(image_list) == len(urls.splitlines())
         assert float(images.std()) > 0.01
         assert request_id in fake.jobs
+        shown = comfy.progress_texts()[-1]
     else:
         with pytest.raises(expected) as caught:
-            run_node(**node_inputs())
-        for word in words:
-            assert word in str(caught.value)
-        assert next(iter(fake.jobs)) in str(caught.value), "the request id is reported"
-    assert fake.submits == 1 and fake.submit_attempts == 1, "exactly one paid submit"
+            run_node(timing=TIMING, limits=LIMITS, **node_inputs(**inputs))
+        shown = str(caught.value)
+        assert not library_exceptions_in(caught.value), "no library exception (which holds the request) is attached"
+        if fake.jobs and expected is not OutcomeUnknownError:
+            assert next(iter(fake.jobs)) in shown, "the request id is reported"
+        if paid == 0:
+            assert not isinstance(caught.value, OutcomeUnknownError) and "may have been" not in shown
+    for word in words or ():
+        assert word in shown, f"{word!r} missing from: {shown}"
+    assert fake.submits == paid, "jobs paid for"
     assert all(not queue for queue in fake.behaviour.faults.values()), "every injected fault was hit"
+
+
+def test_the_matrix_covers_enough_faults():
+    assert len(MATRIX) >= 35

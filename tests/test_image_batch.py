@@ -1,4 +1,4 @@
-"""Results assembled into one batch: centred on the largest canvas whatever order they arrive in."""
+"""Results assembled into one batch: centred on the largest canvas, never stretched, within a memory budget."""
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,21 +11,33 @@ def solid(height: int, width: int, value: int) -> np.ndarray:
     return np.full((height, width, 3), value, dtype=np.uint8)
 
 
-def test_a_larger_late_arrival_grows_the_canvas_and_keeps_earlier_images_centred():
-    batch = ImageBatch(3)
+def test_smaller_images_are_centred_on_the_largest_canvas():
+    batch = ImageBatch([(10, 20), (30, 40), (10, 20)])
     batch.place(0, solid(10, 20, 255))
     batch.place(2, solid(10, 20, 51))
-    batch.place(1, solid(30, 40, 102))  # larger: the canvas grows to 30x40
+    batch.place(1, solid(30, 40, 102))
     array = batch.array()
-    assert array.shape == (3, 30, 40, 3) and array.dtype == np.float32 and batch.padded
+    assert array.shape == (3, 30, 40, 3) and array.dtype == np.float32 and batch.padded and not batch.shrunk
     assert np.all(array[0, 10:20, 10:30] == 1.0) and np.all(array[0, :10] == 0.0)
     assert np.allclose(array[2, 10:20, 10:30], 0.2) and np.allclose(batch.native(1), 0.4)
     assert batch.native(0).shape == (10, 20, 3)
 
 
+def test_opposite_aspects_over_the_budget_are_fitted_keeping_their_aspect():
+    sizes = [(400, 1000), (1000, 400)]  # padded, they would need a 1000x1000 canvas each
+    budget = 2 * 500 * 500 * 12  # room for two 500x500 float32 RGB images
+    batch = ImageBatch(sizes, max_bytes=budget)
+    batch.place(0, solid(400, 1000, 255))
+    batch.place(1, solid(1000, 400, 255))
+    array = batch.array()
+    assert array.nbytes <= budget and array.shape == (2, 500, 500, 3)
+    assert batch.sizes == [(200, 500), (500, 200)] and batch.shrunk == [0, 1]  # aspect 2.5 kept, never stretched
+    assert [batch.native(i).shape for i in range(2)] == [(400, 1000, 3), (1000, 400, 3)]  # image_list stays native
+
+
 def test_parallel_placement_loses_nothing():
     sizes = [(8 + (i % 5) * 4, 12 + (i % 3) * 6) for i in range(40)]
-    batch = ImageBatch(len(sizes))
+    batch = ImageBatch(sizes)
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda item: batch.place(item[0], solid(*item[1], item[0] + 1)), enumerate(sizes)))
     for index, size in enumerate(sizes):

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import NODE_ID, node_inputs, run_node, run_node_with_deadline
-from runcomfy_seedream.api.errors import DeadlineExceededError, OutcomeUnknownError, ServiceError
+from helpers import node_inputs, node_object, quick_timing, run_node
+from runcomfy_seedream.api.errors import DeadlineExceededError, OutcomeUnknownError
 from runcomfy_seedream.fake_service import Fault
-from runcomfy_seedream.nodes import NODE_CLASS_MAPPINGS
 
 
 def state_dir(tmp_path: Path) -> Path:
@@ -21,7 +20,7 @@ def state_dir(tmp_path: Path) -> Path:
 def test_after_a_timeout_running_again_collects_the_same_request(fake, comfy, monkeypatch, tmp_path):
     fake.behaviour.run_s = 2.5
     with pytest.raises(DeadlineExceededError) as caught:
-        run_node_with_deadline(1.0, monkeypatch)
+        run_node(timing=quick_timing(deadline_s=1.0), **node_inputs())
     (request_id,) = fake.jobs
     assert request_id in str(caught.value)
     journal = json.loads((state_dir(tmp_path) / "journal.json").read_text())
@@ -35,15 +34,14 @@ def test_after_a_timeout_running_again_collects_the_same_request(fake, comfy, mo
     assert json.loads((state_dir(tmp_path) / "journal.json").read_text())["entries"] == {}
 
 
-def test_after_losing_the_network_while_polling_running_again_resumes(fake, comfy, monkeypatch):
-    from runcomfy_seedream.api import client as client_module
-    from runcomfy_seedream.api.retry import RetryPolicy
-
-    monkeypatch.setattr(client_module, "RetryPolicy", lambda: RetryPolicy(max_attempts=2, base_delay_s=0.01))
-    fake.behaviour.inject("status", Fault("drop"), Fault("drop"))
-    with pytest.raises(ServiceError) as caught:
-        run_node(**node_inputs())
-    assert "lost contact" in str(caught.value)
+def test_after_an_outage_outlasts_the_deadline_running_again_resumes(fake, comfy):
+    fake.behaviour.run_s = 0.5
+    comfy.on_text = lambda text: text.startswith("Submitted") and fake.behaviour.start_outage(30.0, Fault("http", status=503))
+    with pytest.raises(DeadlineExceededError):
+        run_node(timing=quick_timing(deadline_s=1.5), **node_inputs())
+    assert fake.behaviour.unanswered > 8  # it kept trying until the job's deadline
+    fake.behaviour.outage = None
+    comfy.on_text = None
     _, _, _, request_id = run_node(**node_inputs())
     assert fake.submits == 1 and request_id in fake.jobs
 
@@ -51,13 +49,13 @@ def test_after_losing_the_network_while_polling_running_again_resumes(fake, comf
 def test_a_request_the_service_forgot_is_submitted_anew_and_the_user_told(fake, comfy, monkeypatch):
     fake.behaviour.run_s = 2.5
     with pytest.raises(DeadlineExceededError):
-        run_node_with_deadline(1.0, monkeypatch)
+        run_node(timing=quick_timing(deadline_s=1.0), **node_inputs())
     fake.jobs.clear()  # expired at RunComfy
     fake.behaviour.run_s = 0.3
     _, _, _, request_id = run_node(**node_inputs())
     assert request_id in fake.jobs
     assert any("no longer known to RunComfy; submitting a new one" in t for t in comfy.progress_texts())
-    assert "had expired, so a new one was submitted" in comfy.progress_texts()[-1]
+    assert "is no longer known to RunComfy, so a new one was submitted" in comfy.progress_texts()[-1]
 
 
 def test_unchanged_inputs_after_a_restart_cost_nothing(fake, comfy):
@@ -129,23 +127,40 @@ def test_a_failed_job_is_not_resumed(fake, comfy):
 
 
 def test_the_journal_stays_small_and_holds_no_secret(fake, comfy, tmp_path):
-    from runcomfy_seedream.api.journal import MAX_ENTRIES, Journal
+    from runcomfy_seedream.api.resume import MAX_JOURNAL_ENTRIES, ResumeStore
 
-    journal = Journal(state_dir(tmp_path))
-    for index in range(MAX_ENTRIES + 25):
-        journal.record_submitted(f"fp{index}", f"req{index}")
-    entries = json.loads(journal.path.read_text())["entries"]
-    assert len(entries) == MAX_ENTRIES and "fp0" not in entries and f"fp{MAX_ENTRIES + 24}" in entries
-    assert oct(journal.path.stat().st_mode & 0o777) == "0o600"
+    secret = "rc_live_SECRET_in_env_9d8c"
+    fake.valid_tokens.add(secret)
+    import os
+
+    os.environ["RUNCOMFY_API_TOKEN"] = secret  # restored by the fixture's monkeypatch at teardown
+    fake.behaviour.run_s = 2.5
+    with pytest.raises(DeadlineExceededError):
+        run_node(timing=quick_timing(deadline_s=0.8), **node_inputs())  # leaves a journal entry behind
+    store = ResumeStore(state_dir(tmp_path))
+
+    async def many():
+        for index in range(MAX_JOURNAL_ENTRIES + 25):
+            await store.record_submitted(f"fp{index}", f"req{index}")
+
+    asyncio.run(many())
+    path = state_dir(tmp_path) / "journal.json"
+    entries = json.loads(path.read_text())["entries"]
+    assert len(entries) == MAX_JOURNAL_ENTRIES and "fp0" not in entries and f"fp{MAX_JOURNAL_ENTRIES + 24}" in entries
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    written = "".join(p.read_text(errors="replace") for p in state_dir(tmp_path).rglob("*") if p.is_file())
+    assert next(iter(fake.jobs)) in written or MAX_JOURNAL_ENTRIES < 226  # the paid request was journaled
+    assert secret not in written and "SECRET" not in written
 
 
 def test_two_nodes_running_at_once_keep_one_consistent_journal(fake, comfy, tmp_path):
     async def both():
-        nodes = [NODE_CLASS_MAPPINGS[NODE_ID]() for _ in range(2)]
+        nodes = [node_object() for _ in range(2)]
         return await asyncio.gather(
             nodes[0].generate(**node_inputs(seed=5, unique_id="1")), nodes[1].generate(**node_inputs(seed=6, unique_id="2"))
         )
 
     asyncio.run(both())
-    journal = json.loads((state_dir(tmp_path) / "journal.json").read_text())
+    journal = json.loads((state_dir(tmp_path) / "journal.json").read_text())  # written while they ran
     assert journal["entries"] == {} and fake.submits == 2
+    assert len(list((state_dir(tmp_path) / "results").iterdir())) == 2  # each result kept, so the entries could go

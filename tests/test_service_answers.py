@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from helpers import node_inputs, run_node
+from helpers import node_inputs, quick_timing, run_node
 from runcomfy_seedream.api.errors import (
     AuthenticationError,
     InsufficientBalanceError,
@@ -52,11 +52,13 @@ def test_polls_survive_429_5xx_resets_and_garbage_with_one_submit(fake, comfy):
     fake.behaviour.inject("result", Fault("http", status=500))
     fake.behaviour.inject("file", Fault("http", status=502), Fault("drop"))
     started = time.monotonic()
-    images, *_ = run_node(**node_inputs())
+    from runcomfy_seedream.api.retry import RetryPolicy
+
+    images, *_ = run_node(timing=quick_timing(job_retry=RetryPolicy.until_deadline(base_delay_s=0.01, max_delay_s=5.0)), **node_inputs())
     assert images.shape[0] == 3
     assert fake.submits == 1 and fake.submit_attempts == 1
     assert time.monotonic() - started >= 1.0  # Retry-After was honoured
-    assert any("HTTP 429" in t and "trying again" in t for t in comfy.progress_texts())
+    assert any(t.startswith("RunComfy busy (HTTP 429); retrying in 1 s; the job is still running") for t in comfy.progress_texts())
 
 
 def test_a_rate_limited_submit_is_retried_because_it_was_refused(fake, comfy):
@@ -76,22 +78,11 @@ def test_a_submit_whose_answer_is_lost_is_never_sent_again(fake, comfy, fault):
 
 
 def test_a_submit_that_times_out_is_reported_as_unknown_not_failed(fake, comfy):
-    from runcomfy_seedream.api import pipeline
     from runcomfy_seedream.api.client import Timeouts
 
     fake.behaviour.inject("submit", Fault("stall", seconds=2.0))
-    original = pipeline.RunComfyClient
-
-    class QuickTimeouts(original):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, timeouts=Timeouts(submit_read_s=0.5), **kwargs)
-
-    pipeline.RunComfyClient = QuickTimeouts
-    try:
-        with pytest.raises(OutcomeUnknownError) as caught:
-            run_node(**node_inputs())
-    finally:
-        pipeline.RunComfyClient = original
+    with pytest.raises(OutcomeUnknownError) as caught:
+        run_node(timing=quick_timing(timeouts=Timeouts(submit_read_s=0.5)), **node_inputs())
     assert "not sent again" in str(caught.value)
     assert fake.submit_attempts == 1
 
@@ -103,22 +94,22 @@ def test_service_unreachable_is_retried_then_reported_without_charge(comfy, monk
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("RUNCOMFY_API_TOKEN", "t")
+    monkeypatch.setenv("RUNCOMFY_API_TOKEN", "token-for-nobody")
     monkeypatch.setenv("RUNCOMFY_MODEL_API_BASE", f"http://127.0.0.1:{port}/v1")
-    from runcomfy_seedream.api import client as client_module
     from runcomfy_seedream.api.errors import ServiceError
     from runcomfy_seedream.api.retry import RetryPolicy
 
-    monkeypatch.setattr(client_module, "RetryPolicy", lambda: RetryPolicy(max_attempts=3, base_delay_s=0.01))
     with pytest.raises(ServiceError) as caught:
-        run_node(**node_inputs())
-    assert "could not be reached after 3 tries" in str(caught.value) and "Nothing was charged" in str(caught.value)
+        run_node(timing=quick_timing(submit_retry=RetryPolicy(max_attempts=3, base_delay_s=0.01)), **node_inputs())
+    assert "3 times" in str(caught.value) and "nothing was charged" in str(caught.value)
+    assert not isinstance(caught.value, OutcomeUnknownError)
 
 
-def test_a_service_that_wants_the_length_up_front_gets_it_without_a_second_job(fake, comfy):
-    fake.behaviour.refuse_chunked = True
+def test_the_submit_has_a_content_length_and_is_never_chunked(fake, comfy):
+    fake.behaviour.refuse_chunked = True  # a proxy that wants the length up front
     images, *_ = run_node(**node_inputs())
     assert images.shape[0] == 3
-    assert fake.submit_attempts == 2 and fake.submits == 1
-    (job,) = fake.jobs.values()
-    assert len(job.payload["images"]) == 1 and job.payload["images"][0].startswith("data:image/png;base64,")
+    assert fake.submit_attempts == 1 and fake.submits == 1
+    (submit,) = [r for r in fake.requests_to("/v1/models/") if r.method == "POST"]
+    assert int(submit.headers["Content-Length"]) == next(iter(fake.jobs.values())).body_bytes
+    assert "Transfer-Encoding" not in submit.headers

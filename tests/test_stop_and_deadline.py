@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from helpers import node_inputs, run_node, run_node_with_deadline
+from helpers import node_inputs, quick_timing, run_node
 from runcomfy_seedream.api.errors import DeadlineExceededError
 
 
@@ -100,7 +100,7 @@ def test_stop_while_downloading_keeps_the_request_id(fake, comfy):
 def test_a_job_still_queued_at_the_deadline_is_cancelled(fake, comfy, monkeypatch):
     fake.behaviour.queue_s = 30.0
     with pytest.raises(DeadlineExceededError) as caught:
-        run_node_with_deadline(1.0, monkeypatch)
+        run_node(timing=quick_timing(deadline_s=1.0), **node_inputs())
     assert "still queued" in str(caught.value) and "nothing is charged" in str(caught.value)
     assert next(iter(fake.jobs.values())).cancelled
 
@@ -109,7 +109,7 @@ def test_a_job_still_running_at_the_deadline_is_reported_with_its_id(fake, comfy
     fake.behaviour.queue_s = 0.0
     fake.behaviour.run_s = 30.0
     with pytest.raises(DeadlineExceededError) as caught:
-        run_node_with_deadline(1.0, monkeypatch)
+        run_node(timing=quick_timing(deadline_s=1.0), **node_inputs())
     assert "did not finish within 1 s" in str(caught.value) and next(iter(fake.jobs)) in str(caught.value)
     assert fake.cancel_calls == 0
 
