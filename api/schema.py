@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,10 +170,22 @@ def is_private_host(host: str) -> bool:
     if lowered == "localhost" or lowered.endswith((".localhost", ".local", ".internal")):
         return True
     try:
-        address = ipaddress.ip_address(lowered)
+        address = ipaddress.ip_address(lowered.strip("[]"))
     except ValueError:
-        return False
+        address = _numeric_ipv4(lowered)
+        if address is None:
+            return False
     return not address.is_global
+
+
+def _numeric_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """The address of a numeric host in a form browsers and resolvers accept (2130706433, 127.1, 0x7f.1)."""
+    if not re.fullmatch(r"[0-9a-fx.]+", host) or not any(ch.isdigit() for ch in host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 def _shorten(text: str, limit: int = 80) -> str:

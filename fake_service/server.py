@@ -320,6 +320,25 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, fake: FakeRunComfy) -> None:
         super().__init__(("127.0.0.1", fake.port), _Handler)
         self.fake = fake
+        self.open_connections: set[Any] = set()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.open_connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.open_connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_everything(self) -> None:
+        """Stop listening and cut every open connection, as a crashed or restarted service would."""
+        self.shutdown()
+        self.server_close()
+        for connection in list(self.open_connections):
+            try:
+                connection.shutdown(2)
+            except OSError:
+                pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         import sys
@@ -355,8 +374,7 @@ class FakeRunComfy:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close_everything()
             self._server = None
 
     def refuse_connections(self, seconds: float) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 
+import numpy as np
 import pytest
 import torch
 
-from helpers import image_batch, node_inputs, run_node
+from helpers import data_uri_size, image_batch, node_inputs, run_node
 from runcomfy_seedream.api.errors import ConfigurationError, InputError
 
 TEN_FRAMES = image_batch(10, 32, 32)
+CONFIG = ConfigurationError
 
 # (case, inputs to change, error type, words the message must contain)
 CASES = [
@@ -42,18 +45,100 @@ CASES = [
     ("negative seed", {"seed": -1}, InputError, ["seed", "0 to 2147483647"]),
     ("unknown optimize", {"optimize_prompt": "best"}, InputError, ["optimize_prompt", "'fast'"]),
     ("unknown mode", {"sequential_image_generation": "on"}, InputError, ["sequential_image_generation", "'auto'"]),
+    ("aspect 0.329", {"image_1": image_batch(1, 1000, 329)}, InputError, ["image_1", "329x1000", "more than 0.33"]),
+    ("zero-height image", {"image_1": torch.rand(1, 0, 32, 3)}, InputError, ["image_1", "32x0", "more than 14 px"]),
+    ("five channels", {"image_1": image_batch(1, 32, 32, channels=5)}, InputError, ["image_1", "channels"]),
+    ("lone surrogate in the prompt", {"prompt": "Generate 3 images \ud800 of a cat"}, InputError, ["prompt", "surrogate"]),
+    ("seed above the maximum", {"seed": 2147483648}, InputError, ["seed", "0 to 2147483647"]),
+    ("max_images not whole", {"max_images": 3.5}, InputError, ["max_images", "whole number"]),
+    ("data URI as a URL", {"image_urls": "data:image/png;base64,AAAA"}, InputError, ["image_urls line 1", "https"]),
+    ("decimal IP url", {"image_urls": "https://2130706433/a.png"}, InputError, ["image_urls line 1", "cannot reach"]),
+    ("short-form IP url", {"image_urls": "https://127.1/a.png"}, InputError, ["image_urls line 1", "cannot reach"]),
+    ("hex IP url", {"image_urls": "https://0x7f000001/a.png"}, InputError, ["image_urls line 1", "cannot reach"]),
+    ("IPv6 loopback url", {"image_urls": "https://[::1]/a.png"}, InputError, ["image_urls line 1", "cannot reach"]),
+    ("link-local url", {"image_urls": "https://169.254.169.254/a.png"}, InputError, ["cannot reach"]),
+    # Tokens are checked where they are read, and the message names the source, never the value.
+    (
+        "token with a line break",
+        {"_env": {"RUNCOMFY_API_TOKEN": "tok\r\nX-Injected: 1"}},
+        ConfigurationError,
+        ["RUNCOMFY_API_TOKEN", "line break"],
+    ),
+    ("token with a space", {"_env": {"RUNCOMFY_API_TOKEN": "tok en-12345"}}, ConfigurationError, ["RUNCOMFY_API_TOKEN", "space"]),
+    ("token too short", {"_env": {"RUNCOMFY_API_TOKEN": "abc"}}, ConfigurationError, ["RUNCOMFY_API_TOKEN", "3 characters"]),
+    ("token with a control character", {"_env": {"RUNCOMFY_API_TOKEN": "token\x07bell"}}, ConfigurationError, ["control"]),
+    ("token with non-ASCII", {"_env": {"RUNCOMFY_API_TOKEN": "tökenvalue1"}}, ConfigurationError, ["non-ASCII"]),
+    (
+        "second variable's token",
+        {"_env": {"RUNCOMFY_API_TOKEN": "", "RUNCOMFY_TOKEN": "a\tb-12345"}},
+        ConfigurationError,
+        ["RUNCOMFY_TOKEN"],
+    ),
+    ("CLI token file with a line break", {"_cli_token": "first-half\nsecond-half"}, ConfigurationError, ["token file", "line break"]),
+    ("settings token with a space", {"_settings_token": "from settings 123"}, ConfigurationError, ["ComfyUI settings", "space"]),
+    ("cache size not a number", {"_env": {"RUNCOMFY_SEEDREAM_CACHE_MB": "lots"}}, ConfigurationError, ["RUNCOMFY_SEEDREAM_CACHE_MB"]),
+    (
+        "batch budget of zero",
+        {"_env": {"RUNCOMFY_SEEDREAM_BATCH_MB": "0"}},
+        ConfigurationError,
+        ["RUNCOMFY_SEEDREAM_BATCH_MB", "at least 1"],
+    ),
 ]
 
 
+def _arrange(changes: dict, monkeypatch, tmp_path) -> tuple[dict, list[str]]:
+    """Node inputs, after putting the environment and token files in place; also the secrets to look for."""
+    changes = dict(changes)
+    secrets = []
+    for name, value in changes.pop("_env", {}).items():
+        monkeypatch.setenv(name, value)
+        secrets.append(value)
+    for key, path in (("_cli_token", tmp_path / ".config" / "runcomfy" / "token.json"), ("_settings_token", None)):
+        if key in changes:
+            token = changes.pop(key)
+            path = path or tmp_path / ".cache" / "runcomfy-seedream" / "secrets" / "api_token.json"
+            monkeypatch.setenv("RUNCOMFY_API_TOKEN", "")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"token": token}))
+            secrets.append(token)
+    return changes, [s for s in secrets if len(s) > 4]
+
+
 @pytest.mark.parametrize("case,changes,error,words", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_refused_before_anything_is_sent(fake, comfy, case, changes, error, words):
+def test_bad_input_is_refused_before_anything_is_sent(fake, comfy, monkeypatch, tmp_path, caplog, case, changes, error, words):
+    caplog.set_level(logging.DEBUG)
+    changes, secrets = _arrange(changes, monkeypatch, tmp_path)
     with pytest.raises(error) as caught:
         run_node(**node_inputs(**changes))
     message = str(caught.value)
     for word in words:
         assert word in message, f"{word!r} missing from: {message}"
     assert fake.requests == [], "nothing may reach the service"
+    assert fake.submits == 0, "nothing is paid"
     assert not any(t.startswith("Encoding") for t in comfy.progress_texts()), "nothing may be encoded"
+    for secret in secrets:
+        assert secret not in message + repr(caught.value) + caplog.text, "the value is never shown"
+
+
+def test_the_table_covers_enough_hostile_inputs():
+    assert len(CASES) >= 40
+
+
+def test_exactly_one_to_three_is_accepted_as_the_schema_says(fake, comfy):
+    images, *_ = run_node(**node_inputs(image_1=image_batch(1, 90, 30)))  # width/height = 0.333 > 0.33
+    assert images.shape[0] == 3 and fake.submits == 1
+
+
+def test_downscaling_never_makes_a_size_the_schema_refuses():
+    from runcomfy_seedream.api.references import encode_reference, prepare_reference
+    from runcomfy_seedream.api.schema import check_reference_dimensions
+
+    for width, height in ((299, 100), (100, 299), (5999, 2000)):
+        noise = np.random.default_rng(width).random((height, width, 3), dtype=np.float32)
+        encoded = encode_reference(prepare_reference("image_1", noise), max_file_bytes=20_000)
+        size = data_uri_size(str(encoded.uri))
+        check_reference_dimensions("image_1", *size)  # raises if the schema would refuse it
+        assert size[0] < width and abs(size[0] - size[1] * width / height) <= 1.5  # aspect kept to the pixel
 
 
 def test_ten_references_and_five_images_is_exactly_the_limit(fake, comfy):

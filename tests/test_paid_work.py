@@ -1,0 +1,225 @@
+"""Paid work is never lost and never paid twice: overlapping runs, other processes, kill -9, outages, honest holds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import node_inputs, node_object, quick_timing, run_node
+from runcomfy_seedream.api.errors import DeadlineExceededError, OutcomeUnknownError, ServiceError
+from runcomfy_seedream.api.resume import CachedResult, ResumeStore
+from runcomfy_seedream.api.retry import RetryPolicy
+from runcomfy_seedream.fake_service import Fault
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = """
+import asyncio, sys
+sys.path.insert(0, {scripts!r}); sys.path.insert(0, {tests!r})
+from pack_import import load_pack
+load_pack()
+from helpers import node_inputs, run_node
+images, _, _, request_id = run_node(**node_inputs())
+print("RESULT", request_id, images.shape[0], float(images.sum()), flush=True)
+"""
+
+
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / ".cache" / "runcomfy-seedream"  # HOME is tmp_path in these tests
+
+
+def start_child(tmp_path: Path) -> subprocess.Popen:
+    """Another ComfyUI process on the same user folder, running the same inputs."""
+    code = CHILD.format(scripts=str(ROOT / "scripts"), tests=str(ROOT / "tests"))
+    return subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_identical_runs_at_once_in_one_process_share_one_paid_job(fake, comfy):
+    fake.behaviour.run_s = 1.0
+
+    async def twice():
+        first, second = node_object(), node_object()
+        return await asyncio.gather(first.generate(**node_inputs(unique_id="1")), second.generate(**node_inputs(unique_id="2")))
+
+    one, two = asyncio.run(twice())
+    assert fake.submits == 1 and fake.submit_attempts == 1
+    assert one[3] == two[3] and bool((one[0] == two[0]).all())
+    assert any(t.startswith("Waiting for an identical run") for t in comfy.progress_texts())
+
+
+def test_identical_runs_in_two_processes_on_one_user_folder_share_one_paid_job(fake, comfy):
+    fake.behaviour.run_s = 1.5
+    child = start_child(Path(os.environ["HOME"]))
+    try:
+        deadline = time.monotonic() + 30
+        while not fake.jobs and time.monotonic() < deadline:  # the other process submits first
+            time.sleep(0.05)
+        images, _, _, request_id = run_node(**node_inputs())
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err[-2000:]
+    (line,) = [row for row in out.splitlines() if row.startswith("RESULT")]
+    _, child_request, count, total = line.split()
+    assert child_request == request_id and int(count) == images.shape[0] == 3
+    assert abs(float(total) - float(images.sum())) < 1e-3 * float(total)
+    assert fake.submits == 1 and fake.submit_attempts == 1
+    assert any(t.startswith("Waiting for an identical run") for t in comfy.progress_texts())
+
+
+def test_kill_9_while_generating_then_running_again_collects_without_paying(fake, comfy, tmp_path):
+    fake.behaviour.run_s = 4.0
+    child = start_child(tmp_path)
+    journal = state_dir(tmp_path) / "journal.json"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (journal.exists() and json.loads(journal.read_text())["entries"]):
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        child.kill()
+    (request_id,) = fake.jobs
+    images, _, _, collected = run_node(**node_inputs())
+    assert collected == request_id and images.shape[0] == 3
+    assert fake.submits == 1 and fake.submit_attempts == 1
+    assert any(t.startswith(f"Resumed request {request_id}") for t in comfy.progress_texts())
+
+
+def test_a_job_the_node_cancelled_at_its_deadline_is_forgotten(fake, comfy):
+    fake.behaviour.queue_s = 30.0
+    with pytest.raises(DeadlineExceededError) as caught:
+        run_node(timing=quick_timing(deadline_s=1.0), **node_inputs())
+    assert caught.value.cancelled and "nothing is charged" in str(caught.value)
+    fake.behaviour.queue_s = 0.2
+    images, *_ = run_node(**node_inputs())  # a new submit, not "cancelled at RunComfy (not by this node)"
+    assert images.shape[0] == 3 and fake.submits == 2
+    assert not any("not by this node" in t for t in comfy.progress_texts())
+
+
+def test_a_gateway_timeout_after_the_upload_holds_the_inputs(fake, comfy):
+    fake.behaviour.inject("submit", Fault("gateway", status=504))
+    with pytest.raises(OutcomeUnknownError) as first:
+        run_node(**node_inputs())
+    assert "may have created the job" in str(first.value)
+    with pytest.raises(OutcomeUnknownError) as second:
+        run_node(**node_inputs())
+    assert "not sent again" in str(second.value) and fake.submit_attempts == 1
+    run_node(**node_inputs(seed=43))  # a new seed is a new request
+    assert fake.submit_attempts == 2
+
+
+@pytest.mark.parametrize("status", [401, 411, 413])
+def test_a_proxy_that_refuses_early_holds_nothing(fake, comfy, status):
+    import torch
+
+    big = {"image_1": torch.rand((1, 1400, 1400, 3))}  # several MB: the refusal comes while it is being sent
+    fake.behaviour.inject("submit", Fault("early", status=status))
+    with pytest.raises(ServiceError) as caught:
+        run_node(**node_inputs(**big))
+    assert "may have been" not in str(caught.value) and fake.submits == 0
+    images, *_ = run_node(**node_inputs(**big))  # nothing held: the same inputs go through at once
+    assert images.shape[0] == 3 and fake.submits == 1
+
+
+def test_a_long_outage_mid_job_ends_in_the_images_with_one_submit(fake, comfy):
+    """A ten-minute outage, scaled down: retries are set by the policy, so only their count matters."""
+    fake.behaviour.run_s = 1.0
+
+    def outage() -> None:  # the service's side: down, then throttling, then failing, then back
+        fake.refuse_connections(0.6)
+        time.sleep(0.7)
+        for fault in (Fault("http", status=429), Fault("http", status=429, retry_after="0"), Fault("http", status=503)):
+            fake.behaviour.start_outage(0.6, fault)
+            time.sleep(0.6)
+
+    started = []
+
+    def on_text(text):
+        if text.startswith("Submitted") and not started:
+            started.append(threading.Thread(target=outage, daemon=True))
+            started[0].start()
+
+    comfy.on_text = on_text
+    images, *_ = run_node(timing=quick_timing(job_retry=RetryPolicy.until_deadline(base_delay_s=0.02, max_delay_s=0.1)), **node_inputs())
+    assert images.shape[0] == 3 and fake.submits == 1 and fake.submit_attempts == 1
+    texts = comfy.progress_texts()
+    assert any(t.startswith("RunComfy unreachable") and "the job is still running" in t for t in texts)
+    assert any(t.startswith("RunComfy busy (HTTP 429); retrying in") and "the job is still running" in t for t in texts)
+    assert fake.behaviour.unanswered > 8, "more tries than any fixed count"
+
+
+def test_over_ten_minutes_of_outage_the_waits_stay_under_half_a_minute_and_never_give_up():
+    policy = RetryPolicy.until_deadline()
+    waited, attempt, delays = 0.0, 0, []
+    while waited < 600:
+        attempt += 1
+        delay = policy.delay(attempt, retry_after=0.0 if attempt % 2 else None)
+        assert not policy.gives_up(attempt, waited, delay)
+        delays.append(delay)
+        waited += delay
+    assert max(delays) <= 30.0 and min(delays[8:]) >= 20.0  # backs off, then polls about twice a minute
+    assert 20 <= len(delays) <= 40
+
+
+def test_retry_after_zero_still_backs_off(fake, comfy):
+    fake.behaviour.inject("status", *[Fault("http", status=429, retry_after="0")] * 6)
+    run_node(timing=quick_timing(job_retry=RetryPolicy.until_deadline(base_delay_s=0.04, max_delay_s=2.0)), **node_inputs())
+    polls = [r.at for r in fake.requests if r.path.endswith("/status")]
+    assert polls[6] - polls[0] >= 0.04 * 0.75 * (1 + 2 + 4 + 8 + 16 + 32)  # exponential, not a burst
+
+
+def test_an_unwritable_state_folder_keeps_the_record_in_memory_and_warns_once(tmp_path):
+    blocked = tmp_path / "state"
+    blocked.write_text("a file, not a folder")
+    warnings: list[str] = []
+    store = ResumeStore(blocked, warn=warnings.append)
+
+    async def scenario():
+        await store.record_submitted("f" * 64, "req-1")
+        await store.record_submitted("e" * 64, "req-2")
+        return await store.journal_entry("f" * 64), await store.store_result("f" * 64, CachedResult("req-1", (), None, [b"x"]))
+
+    entry, saved = asyncio.run(scenario())
+    assert entry is not None and entry.request_id == "req-1" and saved is False
+    assert len([w for w in warnings if "resume record" in w]) == 1 and all("this run goes on" in w for w in warnings)
+
+
+def test_the_result_cache_is_capped_in_bytes_least_recently_used_first(tmp_path):
+    store = ResumeStore(tmp_path, max_bytes=3500)
+    names = ["a" * 64, "b" * 64, "c" * 64, "d" * 64]
+
+    async def scenario():
+        for age, name in enumerate(names[:3]):
+            await store.store_result(name, CachedResult(f"req-{name[0]}", (), None, [os.urandom(1000)]))
+            meta = tmp_path / "results" / name / "meta.json"
+            os.utime(meta, (1_000_000 + age, 1_000_000 + age))  # stored long ago, a before b before c
+        assert (await store.cached(names[0])) is not None  # a is used again: now the most recent
+        await store.store_result(names[3], CachedResult("req-d", (), None, [os.urandom(1000)]))
+
+    asyncio.run(scenario())
+    kept = sorted(p.name[0] for p in (tmp_path / "results").iterdir() if not p.name.startswith("."))
+    assert kept == ["a", "c", "d"]  # b was the least recently used
+
+
+def test_a_batch_over_the_memory_budget_is_fitted_and_the_user_told(fake, comfy):
+    from runcomfy_seedream.api import Limits
+
+    fake.behaviour.mixed_sizes = True
+    budget = 3 * 60 * 100 * 12  # less than three 90x160 canvases
+    images, image_list, _, _ = run_node(limits=Limits(batch_max_bytes=budget), **node_inputs())
+    assert images.numel() * 4 <= budget
+    assert [tuple(item.shape) for item in image_list] == [(1, 90, 160, 3), (1, 45, 80, 3), (1, 90, 160, 3)]
+    height, width = images.shape[1:3]
+    assert abs(width / height - 160 / 90) < 0.05  # never stretched
+    assert "scaled down to fit" in comfy.progress_texts()[-1]
+    assert np.isfinite(images.numpy()).all()
