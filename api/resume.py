@@ -193,7 +193,9 @@ class ResumeStore:
         try:
             while True:
                 if process_lock.acquire(blocking=False):
-                    file_lock = await asyncio.to_thread(self._try_file_lock, fingerprint)
+                    # Non-blocking and local (open + flock): done on the loop so a cancelled task cannot leave a
+                    # lock taken by a worker thread behind.
+                    file_lock = self._try_file_lock(fingerprint)
                     if file_lock is not None:
                         break
                     process_lock.release()
@@ -206,7 +208,7 @@ class ResumeStore:
             yield
         finally:
             if file_lock is not None:
-                await asyncio.to_thread(file_lock.release)
+                file_lock.release()
                 process_lock.release()
 
     def _try_file_lock(self, fingerprint: str) -> _FileLock | None:
@@ -341,7 +343,8 @@ class ResumeStore:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
             _memory_results.pop((self._key, fingerprint), None)
-            self._evict(keep=fingerprint)
+            with contextlib.suppress(OSError):  # tidying is best effort: another process may be tidying too
+                self._evict(keep=fingerprint)
             return True
         except (OSError, ValueError) as error:
             self._trouble("save the images for a free re-run", error)

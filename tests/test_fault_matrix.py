@@ -57,36 +57,31 @@ def result_urls(*urls):
     return behaviour(result_urls=list(urls))
 
 
-def once_submitted(action):
-    """Do `action(fake)` the moment the node shows the request id: trouble while the paid job runs."""
+def once_shown(prefix: str, action, **timings):
+    """Do `action(fake)` the first time a progress text starts with `prefix` ("Submitted": the paid job exists),
+    with the fake's `timings` (queue_s, run_s) long enough for the trouble to land while the job runs."""
 
     def arrange(fake, comfy, state):
-        fake.behaviour.run_s = 1.2
+        for key, value in timings.items():
+            setattr(fake.behaviour, key, value)
         done = []
 
         def on_text(text):
-            if text.startswith("Submitted") and not done:
+            if text.startswith(prefix) and not done:
                 done.append(True)
                 action(fake)
 
         comfy.on_text = on_text
 
     return arrange
+
+
+def once_submitted(action):
+    return once_shown("Submitted", action, run_s=1.2)
 
 
 def once_queued(action):
-    def arrange(fake, comfy, state):
-        fake.behaviour.queue_s = 1.0
-        done = []
-
-        def on_text(text):
-            if text.startswith("Queued") and not done:
-                done.append(True)
-                action(fake)
-
-        comfy.on_text = on_text
-
-    return arrange
+    return once_shown("Queued", action, queue_s=1.0)
 
 
 def state_trouble(make):

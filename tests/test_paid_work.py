@@ -223,3 +223,32 @@ def test_a_batch_over_the_memory_budget_is_fitted_and_the_user_told(fake, comfy)
     assert abs(width / height - 160 / 90) < 0.05  # never stretched
     assert "scaled down to fit" in comfy.progress_texts()[-1]
     assert np.isfinite(images.numpy()).all()
+
+
+def test_the_run_lock_waits_stops_and_survives_cancelled_runs(tmp_path):
+    from runcomfy_seedream.api.errors import StopRequested
+
+    store = ResumeStore(tmp_path)
+    waits: list[str] = []
+
+    async def scenario():
+        async def holder(seconds: float):
+            async with store.exclusive("f" * 64, lambda: False, lambda: None):
+                await asyncio.sleep(seconds)
+
+        first = asyncio.ensure_future(holder(5.0))
+        await asyncio.sleep(0.05)
+        with pytest.raises(StopRequested) as stopped:  # Stop while waiting: nothing was sent
+            async with store.exclusive("f" * 64, lambda: True, lambda: waits.append("waiting")):
+                pass
+        assert "waiting for an identical run" in str(stopped.value)
+        first.cancel()  # a cancelled run must let go of the lock
+        await asyncio.gather(first, return_exceptions=True)
+        async with store.exclusive("f" * 64, lambda: False, lambda: waits.append("again")):
+            pass
+        async with store.exclusive("e" * 64, lambda: False, lambda: waits.append("other inputs")):
+            pass
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert waits == ["waiting"]  # the lock was free again at once, and other inputs never wait
+    assert not list((tmp_path / "locks").iterdir())  # lock files go with their run
