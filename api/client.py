@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,9 +54,11 @@ RequestBody = Mapping[str, Any] | Sequence[bytes]
 
 @dataclass
 class UploadTracker:
-    """Whether the whole submit body has been handed to the connection."""
+    """Whether the whole submit body has been handed to the connection, and what to do the moment it has:
+    from then until an answer arrives, a job may exist that nobody has been told about."""
 
     complete: bool = False
+    on_complete: Callable[[], Awaitable[None]] | None = None  # must not raise
 
 
 @dataclass(frozen=True)
@@ -137,15 +139,17 @@ def _float_or_none(value: Any) -> float | None:
 def _json_or_none(response: httpx.Response) -> Any:
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested beyond reason
         return None
 
 
-def describe_transport_error(exc: httpx.TransportError) -> str:
-    """A short, token-free description of a network failure."""
+def describe_transport_error(exc: httpx.HTTPError) -> str:
+    """A short, token-free description of a network failure or an answer that could not be read."""
     kind = type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
         return f"no answer in time ({kind})"
+    if isinstance(exc, httpx.DecodingError):
+        return f"an answer that could not be decoded ({kind})"
     return f"connection problem ({kind})"
 
 
@@ -233,6 +237,8 @@ class RunComfyClient:
             for piece in pieces:
                 yield piece
             upload.complete = True  # reached only once httpx asked for more after writing the last piece
+            if upload.on_complete is not None:
+                await upload.on_complete()
 
         action = "Submitting the job"
         t = self.timeouts
@@ -248,7 +254,7 @@ class RunComfyClient:
                 response = await self._http.post(f"models/{model_id}", content=tracked(), headers=headers, timeout=timeout)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 problem = describe_transport_error(exc)  # the connection never opened: nothing arrived
-            except httpx.TransportError as exc:
+            except httpx.HTTPError as exc:  # a broken connection, or an answer that could not be read or decoded
                 failure = (describe_transport_error(exc), upload.complete)
             if failure is not None:  # raised here, outside the except block, so no httpx exception is attached
                 raise _lost_submit(action, *failure)
@@ -362,7 +368,7 @@ class RunComfyClient:
             response: httpx.Response | None = None
             try:
                 response = await self._http.request(method, path, params=params)
-            except httpx.TransportError as exc:
+            except httpx.HTTPError as exc:
                 problem, busy = describe_transport_error(exc), "unreachable"
             if response is not None:
                 status = response.status_code
@@ -371,9 +377,12 @@ class RunComfyClient:
                     if isinstance(data, Mapping):
                         return data
                     problem, busy = "an unreadable answer", "not answering properly"
-                elif status == 429 or status >= 500:
-                    problem, busy = f"HTTP {status}", "busy" if status == 429 else "unavailable"
+                elif status == 429 or status >= 500 or status == 404:
                     last_error = error_from_response(status, _json_or_none(response), action=action, request_id=request_id)
+                    if status == 404 and last_error.error_code is not None:
+                        raise last_error  # RunComfy's own word (404001): the request is gone
+                    # A 404 without an error code is a proxy or an edge in trouble, not the request being gone.
+                    problem, busy = f"HTTP {status}", "busy" if status == 429 else "unavailable"
                     if status == 429:
                         retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 else:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from .downloads import MAX_DOWNLOAD_BYTES
 from .errors import ConfigurationError
 from .image_batch import DEFAULT_BATCH_BYTES
-from .resume import DEFAULT_CACHE_BYTES, MAX_CACHED_RESULTS, write_atomically
+from .resume import DEFAULT_CACHE_BYTES, MAX_CACHED_RESULTS, read_regular_file, write_atomically
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net/v1"
 BASE_URL_ENV = "RUNCOMFY_MODEL_API_BASE"
@@ -82,14 +82,14 @@ def cli_token_files(env: Mapping[str, str]) -> list[Path]:
 
 def _token_from_file(path: Path) -> str | None:
     try:
-        raw = path.read_text(encoding="utf-8").strip()
-    except (OSError, ValueError):  # unreadable, or not text: no token here
+        raw = read_regular_file(path).decode("utf-8-sig").strip()  # -sig: editors on Windows add a BOM
+    except (OSError, ValueError):  # missing, not a regular file, or not text: no token here
         return None
     if not raw:
         return None
     try:
         data = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return raw  # a bare token; checked by Credentials like any other
     if isinstance(data, str):
         return data.strip() or None

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import ipaddress
 import socket
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import DownloadError
 from .retry import RetryPolicy, parse_retry_after
+from .schema import is_public_address
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 MAX_OUTPUT_PIXELS = 40_000_000  # the largest Seedream output is ~4.2 MP; anything far beyond is hostile
@@ -48,16 +48,6 @@ async def resolve_host(host: str, port: int) -> list[str]:
     """The addresses `host` resolves to, as the connection would see them (numeric forms included)."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [info[4][0] for info in infos]
-
-
-def is_public_address(text: str) -> bool:
-    try:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_link_local)
 
 
 @dataclass(frozen=True)

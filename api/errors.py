@@ -176,8 +176,8 @@ def error_from_response(http_status: int, body: Any, *, action: str, request_id:
         cls, sentence = ServiceError, "RunComfy is rate limiting requests. Wait a minute and run again."
     elif http_status >= 500:
         cls, sentence = ServiceError, "RunComfy reported a server error. Wait a moment and run again."
-    elif http_status == 404:
-        cls, sentence = RequestNotFoundError, "The service answered 404 (not found)."
+    elif http_status == 404:  # without 404001 this may be a proxy's page, not RunComfy's word that the request is gone
+        cls, sentence = ServiceError, "The service answered 404 (not found) without saying what was not found."
     else:
         cls, sentence = ServiceError, f"The service refused the request (HTTP {http_status})."
 

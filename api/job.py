@@ -67,9 +67,11 @@ async def run_job(
     on_event: EventSink | None = None,
     should_stop: StopCheck | None = None,
     on_submitted: SubmittedHook | None = None,
+    on_sent: Callable[[], Awaitable[None]] | None = None,
     poll_schedule: PollSchedule | None = None,
 ) -> JobResult:
-    """Submit once, then wait for the result. `on_submitted(request_id)` runs the moment the id is known."""
+    """Submit once, then wait for the result. `on_sent()` runs the moment the whole body is handed over (a job may
+    exist from then on), `on_submitted(request_id)` the moment the id is known. Neither may raise."""
     emit = on_event or _ignore
     stop = should_stop or never_stop
     deadline = asyncio.get_running_loop().time() + deadline_s
@@ -77,7 +79,7 @@ async def run_job(
     if stop():
         raise StopRequested("Stopped before submitting: nothing was sent and nothing is charged.")
     emit(JobEvent("submitting", "Submitting the job to RunComfy…"))
-    upload = UploadTracker()
+    upload = UploadTracker(on_complete=on_sent)
     submit_task = asyncio.ensure_future(client.submit(model_id, body, upload))
     try:
         stop_pressed = await wait_watching(submit_task, stop) == "stop"

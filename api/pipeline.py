@@ -185,7 +185,12 @@ async def generate(
         reference_digests=[p.digest for p in prepared],
         reference_urls=urls,
     )
-    store = ResumeStore(state_dir, warn=report.warn, max_entries=limits.cache_max_entries, max_bytes=limits.cache_max_bytes)
+    store = ResumeStore(
+        state_dir,
+        warn=lambda line: report.warn(line, key="resume store"),
+        max_entries=limits.cache_max_entries,
+        max_bytes=limits.cache_max_bytes,
+    )
     run = _Run(fingerprint, store, report, stop, timing or Timing(), limits, base_url)
     waiting = "Waiting for an identical run of these inputs to finish, to share its result instead of paying twice…"
     async with store.exclusive(fingerprint, stop, lambda: report(waiting, 0.03)):
@@ -250,17 +255,15 @@ async def _collect_or_submit(
     finally:
         price_lookup.cancel()
 
-    # 3. Download, keep a copy, assemble; the journal entry goes once the copy is safe.
+    # 3. Download, keep a copy, assemble. The journal entry stays: a second record if the copy is lost.
     files = await _download(run, result)
-    saved = await run.store.store_result(run.fingerprint, CachedResult(result.request_id, result.urls, result.cost_usd, files))
+    await run.store.store_result(run.fingerprint, CachedResult(result.request_id, result.urls, result.cost_usd, files))
     try:
         images = await _assemble(run, files, "Result image")
     except DownloadError as unusable:  # a hostile or broken file: collecting this request again cannot help
         await run.store.drop_result(run.fingerprint)
         await run.store.forget(run.fingerprint)
         raise DownloadError(str(unusable), request_id=result.request_id) from None
-    if saved:
-        await run.store.forget(run.fingerprint)
     return GenerationResult(result.request_id, result.urls, images, result.cost_usd, (*run.notes, *report.warnings))
 
 
@@ -353,14 +356,32 @@ async def _resume(client: RunComfyClient, run: _Run, request_id: str) -> JobResu
 
 
 async def _submit(client: RunComfyClient, run: _Run, body: list[bytes]) -> JobResult:
-    """Submit once and wait for the result; the request id is journaled the moment it is known."""
+    """Submit once and wait for the result.
+
+    The moment the whole body is handed over, the inputs are journaled as "outcome unknown": a process killed
+    before the answer arrives leaves a hold, not an invitation to pay again. The answer then replaces it: the
+    request id, or (a definite refusal) nothing.
+    """
+    unanswered = False
+
+    async def sent() -> None:
+        nonlocal unanswered
+        unanswered = True
+        await run.store.record_unknown_outcome(run.fingerprint)
 
     async def submitted(request_id: str) -> None:
+        nonlocal unanswered
+        unanswered = False
         body.clear()  # the service has the references: free the encoded copies while we wait
         release_free_memory()
         await run.store.record_submitted(run.fingerprint, request_id)
 
-    return await _settle(run, run_job(client, MODEL_ID, body, on_submitted=submitted, **_job_options(run)))
+    try:
+        return await _settle(run, run_job(client, MODEL_ID, body, on_sent=sent, on_submitted=submitted, **_job_options(run)))
+    except RunComfyError as failed:
+        if unanswered and not isinstance(failed, OutcomeUnknownError):  # RunComfy answered: no job exists
+            await run.store.forget(run.fingerprint)
+        raise
 
 
 async def _download(run: _Run, result: JobResult) -> list[bytes]:
@@ -431,8 +452,9 @@ async def _assemble(run: _Run, files: Sequence[bytes], label: str) -> ImageBatch
             run.report.warn("Warning: not enough memory for the full-size batch; it was assembled smaller (image_list keeps native sizes).")
     if batch.shrunk:
         batch_h, batch_w = batch.array().shape[1:3]
+        listed = "image_list is scaled down too" if batch.list_shrunk else "image_list keeps native sizes"
         run.notes.append(
-            f"{len(batch.shrunk)} image(s) scaled down to fit the batch's {run.limits.batch_max_bytes // 2**20} MiB memory "
-            f"budget ({batch_w}x{batch_h} canvas, aspect kept); image_list keeps native sizes"
+            f"{len(batch.shrunk)} image(s) scaled down to fit the outputs' {run.limits.batch_max_bytes // 2**20} MiB memory "
+            f"budget ({batch_w}x{batch_h} canvas, aspect kept); {listed}"
         )
     return batch

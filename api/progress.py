@@ -31,15 +31,21 @@ class ProgressReporter:
         self.fraction = 0.0
         self.pinned: str | None = None
         self.warnings: list[str] = []
+        self._warning_keys: dict[str, int] = {}
 
     def pin(self, line: str) -> None:
         """Keep `line` (e.g. the cost estimate) under every later message, so it stays readable."""
         self.pinned = line
         self(line)
 
-    def warn(self, line: str) -> None:
-        """A warning that the run goes on despite: kept under every later message and in the result's notes."""
-        if line not in self.warnings:
+    def warn(self, line: str, *, key: str | None = None) -> None:
+        """A warning that the run goes on despite: kept under every later message and in the result's notes.
+        A warning with the same `key` replaces the earlier one (one line per concern)."""
+        if key is not None and key in self._warning_keys:
+            self.warnings[self._warning_keys[key]] = line
+        elif line not in self.warnings:
+            if key is not None:
+                self._warning_keys[key] = len(self.warnings)
             self.warnings.append(line)
         self(line)
 

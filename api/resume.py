@@ -12,10 +12,13 @@ Invariants this module owns:
    holds a lock per fingerprint across the tasks of one process and across processes that
    share the folder (an OS file lock, which the OS releases if the process dies). The second
    run waits, then finds the first one's result in the cache (or its journal entry) and pays nothing.
-3. Bounded: the journal keeps at most 200 entries for at most 48 hours; the cache keeps at
+3. Two records of a paid job, so losing one loses nothing: the journal entry (its request id) stays
+   after the result is saved, until it expires; a damaged saved result is set aside and the job
+   collected again by its request id.
+4. Bounded: the journal keeps at most 200 entries for at most 48 hours; the cache keeps at
    most `max_entries` results and `max_bytes` bytes, evicting the least recently used. A cache
    entry never points outside its own folder.
-4. Only fingerprints, request ids, result URLs, costs and result files are written: never the
+5. Only fingerprints, request ids, result URLs, costs and result files are written: never the
    token, never the references' pixels.
 """
 
@@ -23,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -56,7 +61,7 @@ DEFAULT_CACHE_BYTES = 2 * 1024**3
 LOCK_POLL_S = 0.1
 _FILE_NAME = re.compile(r"^\d{2,3}\.img$")
 
-Warn = Callable[[str], None]
+Warn = Callable[[str], None]  # called with the run's one warning line, each time it grows
 StopCheck = Callable[[], bool]
 
 
@@ -99,11 +104,24 @@ def write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def read_json(path: Path) -> Any:
-    """The decoded file, or None when it is missing, unreadable or damaged."""
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of a regular file. A symlink, FIFO, device or folder is refused with an OSError, never
+    followed or waited on (a FIFO where a state file should be would otherwise hang the run)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
     try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path) -> Any:
+    """The decoded file, or None when it is missing, not a regular file, unreadable or damaged."""
+    try:
+        return json.loads(read_regular_file(path))
+    except (OSError, ValueError, RecursionError):
         return None
 
 
@@ -168,19 +186,23 @@ class ResumeStore:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._warn = warn or (lambda message: None)
-        self._warned: set[str] = set()
+        self._troubles: list[str] = []
+        self._first_detail = ""
         self._key = str(self.directory.resolve()) if self.directory is not None else "(memory)"
 
     # --- warnings ----------------------------------------------------------------------------
 
     def _trouble(self, what: str, error: BaseException) -> None:
-        """One warning line per kind of trouble; the run goes on."""
-        if what in self._warned:
+        """Local trouble: one warning line for the whole run (each `_warn` call replaces the last), and the run goes on."""
+        if what in self._troubles:
             return
-        self._warned.add(what)
-        detail = f"{type(error).__name__}: {error.strerror}" if isinstance(error, OSError) and error.strerror else type(error).__name__
+        self._troubles.append(what)
+        if not self._first_detail:
+            is_os = isinstance(error, OSError) and error.strerror
+            self._first_detail = f"{type(error).__name__}: {error.strerror}" if is_os else type(error).__name__
         where = f" in {self.directory}" if self.directory is not None else ""
-        self._warn(f"Warning: could not {what}{where} ({detail}); this run goes on.")
+        whats = self._troubles if len(self._troubles) < 2 else [", ".join(self._troubles[:-1]) + " or " + self._troubles[-1]]
+        self._warn(f"Warning: could not {whats[0]}{where} ({self._first_detail}); this run goes on.")
 
     # --- the run lock ------------------------------------------------------------------------
 
@@ -218,7 +240,7 @@ class ResumeStore:
         try:
             return _FileLock.try_acquire(self.directory / LOCKS_DIR / f"{fingerprint}.lock")
         except OSError as error:
-            self._trouble("take the lock that keeps other ComfyUI processes from submitting the same inputs", error)
+            self._trouble("take the lock that stops other ComfyUI processes paying for the same inputs", error)
             return _FileLock(None, None)
 
     # --- the journal -------------------------------------------------------------------------
@@ -260,10 +282,10 @@ class ResumeStore:
                 write_atomically(path, json.dumps({"version": 1, "entries": newest}, indent=1).encode())
             if entry is not None:
                 _memory_journal.pop(key, None)
-        except (OSError, ValueError, TypeError) as error:
+        except (OSError, ValueError, TypeError, RecursionError) as error:
             if entry is not None:
                 _memory_journal[key] = entry
-            self._trouble("save the resume record" if entry is not None else "update the resume record", error)
+            self._trouble("save the resume record", error)
 
     async def journal_entry(self, fingerprint: str) -> JournalEntry | None:
         return await asyncio.to_thread(self._journal_entry, fingerprint)
@@ -307,22 +329,17 @@ class ResumeStore:
                 and (cost is None or (isinstance(cost, (int, float)) and not isinstance(cost, bool)))
             ):
                 raise ValueError("unexpected shape")
-            files = []
-            for name in names:
-                path = folder / name
-                if path.is_symlink():
-                    raise ValueError("a file outside the entry")
-                files.append(path.read_bytes())
-            os.utime(folder / "meta.json")  # least recently used goes first
+            files = [read_regular_file(folder / name) for name in names]  # never a link to elsewhere
+            os.utime(folder / "meta.json", follow_symlinks=False)  # least recently used goes first
             return CachedResult(request_id, tuple(urls), None if cost is None else float(cost), files)
-        except (OSError, ValueError, TypeError, KeyError) as error:
+        except (OSError, ValueError, TypeError, KeyError, RecursionError) as error:
             self._trouble("read a saved result (it was set aside)", error)
             self._drop_result(fingerprint)
             request_id = meta.get("request_id") if isinstance(meta, dict) else None
             # Without usable files the request id still lets the run collect the paid job again.
             return CachedResult(request_id, (), None, []) if isinstance(request_id, str) and request_id else None
 
-    def _store_result(self, fingerprint: str, result: CachedResult) -> bool:
+    def _store_result(self, fingerprint: str, result: CachedResult) -> None:
         root = self._results()
         try:
             if root is None:
@@ -345,13 +362,11 @@ class ResumeStore:
             _memory_results.pop((self._key, fingerprint), None)
             with contextlib.suppress(OSError):  # tidying is best effort: another process may be tidying too
                 self._evict(keep=fingerprint)
-            return True
         except (OSError, ValueError) as error:
             self._trouble("save the images for a free re-run", error)
             _memory_results[(self._key, fingerprint)] = result
             while len(_memory_results) > _MEMORY_RESULTS_KEPT:
                 _memory_results.pop(next(iter(_memory_results)))
-            return False
 
     @staticmethod
     def _discard(path: Path) -> None:
@@ -400,9 +415,9 @@ class ResumeStore:
     async def cached(self, fingerprint: str) -> CachedResult | None:
         return await asyncio.to_thread(self._cached, fingerprint)
 
-    async def store_result(self, fingerprint: str, result: CachedResult) -> bool:
-        """Keep the files for a free re-run; False (and a warning) when only memory could keep them."""
-        return await asyncio.to_thread(self._store_result, fingerprint, result)
+    async def store_result(self, fingerprint: str, result: CachedResult) -> None:
+        """Keep the files for a free re-run (in memory, with a warning, when the disk refuses them)."""
+        await asyncio.to_thread(self._store_result, fingerprint, result)
 
     async def drop_result(self, fingerprint: str) -> None:
         await asyncio.to_thread(self._drop_result, fingerprint)

@@ -137,6 +137,10 @@ def check_image_url(label: str, url: Any) -> str:
     if not isinstance(url, str) or not url.strip():
         raise InputError(label, "is empty; give one https URL per line.")
     url = url.strip()
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(label, "contains a character that cannot be sent (an unpaired surrogate); retype the URL.") from None
     if any(ch.isspace() for ch in url):
         raise InputError(label, f"{_shorten(url)!r} contains spaces; put one URL per line.")
     try:
@@ -175,7 +179,22 @@ def is_private_host(host: str) -> bool:
         address = _numeric_ipv4(lowered)
         if address is None:
             return False
-    return not address.is_global
+    return not is_public_address(address)
+
+
+def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address | str) -> bool:
+    """A globally routable unicast address. IPv6 forms that embed an IPv4 address (mapped, 6to4, Teredo) are
+    judged by that address; loopback, private, link-local, multicast, reserved and unspecified are not public."""
+    if isinstance(address, str):
+        try:
+            address = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
+        if embedded is not None:
+            return is_public_address(embedded)
+    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_link_local)
 
 
 def _numeric_ipv4(host: str) -> ipaddress.IPv4Address | None:

@@ -14,6 +14,8 @@ class Fault:
       "http"     answer `status` (with optional Retry-After) without doing the work
       "early"    (submit) answer `status` before reading the body, then close: a proxy that refuses early
       "gateway"  (submit) create the job, then answer `status`: a gateway that gave up waiting for the service
+      "answer_first" (submit) answer `status` at once, then read and drop the body: a proxy that refuses politely
+      "undecodable"  answer 200 with `Content-Encoding: gzip` and a body that is not gzip (a submit is created first)
       "drop"     close the connection without answering (a submit is created first: bytes arrived)
       "garbage"  answer 200 with truncated JSON (a submit is created first)
       "stall"    wait `seconds` before handling the request (a submit is created first)

@@ -123,6 +123,15 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.kind == "drop":
             self._drop()
             return True
+        if fault.kind == "undecodable":
+            data = b"this is not gzip"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return True
         if fault.kind == "garbage":
             data = b'{"request_id": "trunc'
             self.send_response(200)
@@ -148,12 +157,15 @@ class _Handler(BaseHTTPRequestHandler):
             started = time.monotonic()
             chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
             queued = fake.behaviour.faults.get("submit")
-            if queued and queued[0].kind == "early":  # a proxy that answers before reading the body
+            if queued and queued[0].kind in ("early", "answer_first"):  # a proxy that answers before reading the body
                 fault = queued.pop(0)
                 fake.count_submit_attempt()
                 self.close_connection = True
                 self._error(fault.status, None, f"refused early with HTTP {fault.status}", {"Connection": "close"})
-                self._drop()
+                if fault.kind == "early":
+                    self._drop()  # and hang up on the rest of the upload
+                else:
+                    self._read_body()  # and drain the upload, so the client reads the answer
                 return
             body = self._read_body()
             if chunked and fake.behaviour.refuse_chunked:

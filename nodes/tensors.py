@@ -47,6 +47,6 @@ def output_tensors(images: ImageBatch) -> tuple[torch.Tensor, list[torch.Tensor]
     assembler's memory, and each list item is [1, h, w, 3] at its native size (a view of the batch
     unless sizes differ or the batch was scaled down, then the native copy the assembler kept)."""
     batch = torch.from_numpy(images.array())
-    if not (images.padded or images.fitted):
+    if not images.keeps_natives:
         return batch, [batch[i : i + 1] for i in range(images.count)]
     return batch, [torch.from_numpy(np.ascontiguousarray(images.native(i))).unsqueeze(0) for i in range(images.count)]

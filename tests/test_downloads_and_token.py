@@ -49,6 +49,8 @@ async def _resolver(host: str, port: int) -> list[str]:
         "https://169.254.169.254/latest/meta-data",
         "https://224.0.0.1/a.png",
         "https://0.0.0.0/a.png",
+        "https://[2002:7f00:1::1]/a.png",  # 6to4, embedding 127.0.0.1
+        "https://[2001:0:4136:e378:8000:63bf:80ff:fffe]/a.png",  # Teredo, embedding 127.0.0.1
         "https://rebind.example.com/a.png",
         "https://meta.example.com/a.png",
     ],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,29 @@ def _wrong_types(entry: Path) -> None:
     (entry / "meta.json").write_text(json.dumps(meta))
 
 
+def _deeply_nested_journal(state: Path) -> None:
+    state.mkdir(parents=True)
+    (state / "journal.json").write_text("[" * 200_000 + "]" * 200_000)
+
+
+def _journal_is_a_fifo(state: Path) -> None:
+    state.mkdir(parents=True)
+    os.mkfifo(state / "journal.json")  # opening it for reading would wait for a writer forever
+
+
+def _fifo_image(entry: Path) -> None:
+    (entry / "00.img").unlink()
+    os.mkfifo(entry / "00.img")
+
+
+def _meta_links_outside(entry: Path) -> None:
+    outside = entry.parent.parent / "outside.json"
+    outside.write_text((entry / "meta.json").read_text())
+    os.utime(outside, (1000, 1000))
+    (entry / "meta.json").unlink()
+    (entry / "meta.json").symlink_to(outside)
+
+
 def _cancel_every_job(fake):
     for job in fake.jobs.values():
         fake.cancel(job)
@@ -152,7 +176,7 @@ def _cancel_every_job(fake):
 LARGE_REFERENCE = {"image_1": torch.rand((1, 1400, 1400, 3))}  # a PNG of several MB: larger than socket buffers
 STORM = [Fault("http", status=429, retry_after="0")] * 6
 STORM_NO_HINT = [Fault("http", status=429)] * 3
-SAVE_WARNING = "could not save"
+SAVE_WARNING = "Warning: could not"
 
 # (name, arrange, expected: number of images or an error type, words the last text or the error must contain, jobs paid, inputs)
 MATRIX = [
@@ -251,6 +275,16 @@ MATRIX = [
     ("a saved image no longer decodes", after_a_first_run(_undecodable), 3, ["damaged", "resumed request"], 1, {}),
     ("a saved entry points outside its folder", after_a_first_run(_pointing_outside), 3, ["set aside", "resumed request"], 1, {}),
     ("a saved entry has the wrong types", after_a_first_run(_wrong_types), 3, ["set aside", "resumed request"], 1, {}),
+    ("journal.json is nested 200000 deep", state_trouble(_deeply_nested_journal), 3, None, 1, {}),
+    ("journal.json is a FIFO", state_trouble(_journal_is_a_fifo), 3, None, 1, {}),
+    ("a saved image is a FIFO", after_a_first_run(_fifo_image), 3, ["set aside", "resumed request"], 1, {}),
+    ("a saved entry's meta.json links outside", after_a_first_run(_meta_links_outside), 3, ["set aside", "resumed request"], 1, {}),
+    # Answers that cannot be decoded, and 404s that are not RunComfy's word.
+    ("submit answer that cannot be decoded", faults(submit=[Fault("undecodable")]), OutcomeUnknownError, ["could not be decoded"], 1, {}),
+    ("status answers that cannot be decoded", faults(status=[Fault("undecodable")] * 2), 3, None, 1, {}),
+    ("bare 404s on status (a proxy's page)", faults(status=[Fault("http", status=404)] * 3), 3, None, 1, {}),
+    ("a proxy answers 413 and drains the upload", faults(submit=[Fault("answer_first", status=413)]), ServiceError, ["413"], 0, {}),
+    ("a proxy answers 411 and drains the upload", faults(submit=[Fault("answer_first", status=411)]), ServiceError, ["411"], 0, {}),
 ]
 
 
@@ -292,6 +326,7 @@ def test_fault(fake, comfy, tmp_path, name, arrange, expected, words, paid, inpu
             assert not isinstance(caught.value, OutcomeUnknownError) and "may have been" not in shown
     for word in words or ():
         assert word in shown, f"{word!r} missing from: {shown}"
+    assert len([line for line in shown.splitlines() if line.startswith("Warning")]) <= 1, "at most one warning line"
     assert fake.submits == paid, "jobs paid for"
     assert all(not queue for queue in fake.behaviour.faults.values()), "every injected fault was hit"
 

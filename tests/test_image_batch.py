@@ -23,16 +23,33 @@ def test_smaller_images_are_centred_on_the_largest_canvas():
     assert batch.native(0).shape == (10, 20, 3)
 
 
+def held_bytes(batch: ImageBatch) -> int:
+    return batch.array().nbytes + sum(batch.native(i).nbytes for i in range(batch.count) if batch.keeps_natives)
+
+
 def test_opposite_aspects_over_the_budget_are_fitted_keeping_their_aspect():
     sizes = [(400, 1000), (1000, 400)]  # padded, they would need a 1000x1000 canvas each
-    budget = 2 * 500 * 500 * 12  # room for two 500x500 float32 RGB images
+    natives = 2 * 400 * 1000 * 12
+    budget = natives + 2 * 500 * 500 * 12  # the native copies, and room for two 500x500 float32 RGB images
     batch = ImageBatch(sizes, max_bytes=budget)
     batch.place(0, solid(400, 1000, 255))
     batch.place(1, solid(1000, 400, 255))
-    array = batch.array()
-    assert array.nbytes <= budget and array.shape == (2, 500, 500, 3)
+    assert batch.array().shape == (2, 500, 500, 3) and held_bytes(batch) <= budget
     assert batch.sizes == [(200, 500), (500, 200)] and batch.shrunk == [0, 1]  # aspect 2.5 kept, never stretched
     assert [batch.native(i).shape for i in range(2)] == [(400, 1000, 3), (1000, 400, 3)]  # image_list stays native
+    assert not batch.list_shrunk
+
+
+def test_the_budget_bounds_the_native_copies_too():
+    sizes = [(1000, 4000), (4000, 1000)] * 4  # eight large results of opposite aspect
+    budget = 64 * 2**20
+    batch = ImageBatch(sizes, max_bytes=budget)
+    for index, (height, width) in enumerate(sizes):
+        batch.place(index, solid(height, width, 200))
+    assert held_bytes(batch) <= budget and batch.list_shrunk
+    for index, (height, width) in enumerate(sizes):
+        fitted_h, fitted_w = batch.native(index).shape[:2]
+        assert abs(fitted_w / fitted_h - width / height) < 0.05  # never stretched
 
 
 def test_parallel_placement_loses_nothing():

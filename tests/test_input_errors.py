@@ -57,6 +57,8 @@ CASES = [
     ("hex IP url", {"image_urls": "https://0x7f000001/a.png"}, InputError, ["image_urls line 1", "cannot reach"]),
     ("IPv6 loopback url", {"image_urls": "https://[::1]/a.png"}, InputError, ["image_urls line 1", "cannot reach"]),
     ("link-local url", {"image_urls": "https://169.254.169.254/a.png"}, InputError, ["cannot reach"]),
+    ("6to4 loopback url", {"image_urls": "https://[2002:7f00:1::1]/a.png"}, InputError, ["cannot reach"]),
+    ("lone surrogate in a url", {"image_urls": "https://example.com/\ud800.png"}, InputError, ["image_urls line 1", "surrogate"]),
     # Tokens are checked where they are read, and the message names the source, never the value.
     (
         "token with a line break",
@@ -155,11 +157,12 @@ def test_missing_token_says_where_to_put_it_and_sends_nothing(fake, comfy, monke
     assert fake.requests == []
 
 
-def test_token_from_the_cli_token_file(fake, comfy, monkeypatch, tmp_path):
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["plain", "saved with a BOM"])
+def test_token_from_the_cli_token_file(fake, comfy, monkeypatch, tmp_path, bom):
     monkeypatch.delenv("RUNCOMFY_API_TOKEN")
     token_file = tmp_path / ".config" / "runcomfy" / "token.json"
     token_file.parent.mkdir(parents=True)
-    token_file.write_text(json.dumps({"token": fake.behaviour.token}))
+    token_file.write_bytes(bom + json.dumps({"token": fake.behaviour.token}).encode())
     images, *_ = run_node(**node_inputs())
     assert images.shape[0] == 3
 
