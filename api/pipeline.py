@@ -214,7 +214,10 @@ async def _collect_or_submit(
         try:
             images = await _assemble(run, cached.files, "Saved result")
         except DownloadError as damaged:
-            report.warn(f"Warning: the saved images of request {cached.request_id} are damaged ({damaged}); collecting them again.")
+            report.warn(
+                f"Warning: the saved images of request {cached.request_id} are damaged ({damaged}); collecting them again.",
+                key="resume store",
+            )
             await run.store.drop_result(run.fingerprint)
             resume_id = cached.request_id
         else:
@@ -222,7 +225,7 @@ async def _collect_or_submit(
             notes = (f"saved result of request {cached.request_id} reused; change the seed for new images", *report.warnings)
             return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, reused=True)
     entry = await run.store.journal_entry(run.fingerprint)
-    if entry is not None and entry.state == "unknown_outcome":
+    if entry is not None and entry.state == "unknown_outcome" and resume_id is None:
         raise OutcomeUnknownError(
             "An earlier submit of exactly these inputs got no answer, so it may be running and charged; to avoid "
             "paying twice it is not sent again. Check your RunComfy dashboard, or change the seed to submit anew "
@@ -247,7 +250,7 @@ async def _collect_or_submit(
                 price = await _within(price_lookup, timing.price_wait_s)
                 if price is not None:
                     report.pin(price.estimate(request.max_images_sent))
-                encoded = await _encode(run, prepared, len(urls))
+                encoded = await _encode(run, prepared)
                 del prepared  # the encoded copies are all that is needed now
                 result = await _submit(client, run, request.body_pieces([e.uri for e in encoded], urls))
                 if len(result.urls) < request.max_images_sent:
@@ -290,7 +293,7 @@ async def _prepare(references: Sequence[Reference], stop: StopCheck, report: Pro
     return prepared
 
 
-async def _encode(run: _Run, prepared: list[PreparedReference], url_count: int) -> list[EncodedReference]:
+async def _encode(run: _Run, prepared: list[PreparedReference]) -> list[EncodedReference]:
     """PNG-encode every reference in parallel, each within its share of the request body."""
     total = len(prepared)
     report = run.report
