@@ -8,7 +8,8 @@ Invariants this module owns:
   provably never arrived (the connection never opened) or was refused (429).
 - "May have been charged" (`OutcomeUnknownError`) is said only when the whole body was
   handed to the connection and no answer came back: a dropped connection or a timeout
-  after the upload, or a gateway's 502/503/504. An upload that broke off part way, a
+  after the upload, an answer that cannot be read, or a gateway's 502/503/504 without
+  RunComfy's error code. An upload that broke off part way, a
   request that could not leave this machine, and every other HTTP answer (401, 411,
   413, 500 …, even when sent before the body was read) mean no job exists: the error
   says so and nothing is held.
@@ -54,11 +55,11 @@ RequestBody = Mapping[str, Any] | Sequence[bytes]
 
 @dataclass
 class UploadTracker:
-    """Whether the whole submit body has been handed to the connection, and what to do the moment it has:
-    from then until an answer arrives, a job may exist that nobody has been told about."""
+    """Whether the whole submit body has been handed to the connection, and what to do just before its last
+    piece is: from then until an answer arrives, a job may exist that nobody has been told about."""
 
     complete: bool = False
-    on_complete: Callable[[], Awaitable[None]] | None = None  # must not raise
+    on_last_piece: Callable[[], Awaitable[None]] | None = None  # must not raise
 
 
 @dataclass(frozen=True)
@@ -234,11 +235,11 @@ class RunComfyClient:
 
         async def tracked() -> AsyncIterator[bytes]:
             upload.complete = False
-            for piece in pieces:
+            for index, piece in enumerate(pieces):
+                if index == len(pieces) - 1 and upload.on_last_piece is not None:
+                    await upload.on_last_piece()
                 yield piece
             upload.complete = True  # reached only once httpx asked for more after writing the last piece
-            if upload.on_complete is not None:
-                await upload.on_complete()
 
         action = "Submitting the job"
         t = self.timeouts
@@ -262,14 +263,15 @@ class RunComfyClient:
                 status = response.status_code
                 if status < 400:
                     return self._submission_from(response)
-                if status in GATEWAY_STATUSES:
+                refusal = error_from_response(status, _json_or_none(response), action=action)
+                if status in GATEWAY_STATUSES and refusal.error_code is None:  # a proxy's answer, not RunComfy's
                     raise OutcomeUnknownError(
                         f"{action}: a gateway in front of RunComfy answered HTTP {status} after the whole request was sent, "
                         "so RunComfy may have created the job and charged it. It was not sent again. Look for it in your "
                         "RunComfy dashboard before running again, or change the seed to submit anew."
                     )
                 if status != 429:
-                    raise error_from_response(status, _json_or_none(response), action=action)
+                    raise refusal
                 problem = "HTTP 429 (rate limited)"
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
             delay = self.retry.delay(attempt, retry_after)
@@ -379,9 +381,9 @@ class RunComfyClient:
                     problem, busy = "an unreadable answer", "not answering properly"
                 elif status == 429 or status >= 500 or status == 404:
                     last_error = error_from_response(status, _json_or_none(response), action=action, request_id=request_id)
-                    if status == 404 and last_error.error_code is not None:
-                        raise last_error  # RunComfy's own word (404001): the request is gone
-                    # A 404 without an error code is a proxy or an edge in trouble, not the request being gone.
+                    if status == 404 and last_error.error_code == "404001":
+                        raise last_error  # RunComfy's own word: the request is gone
+                    # Any other 404 is a proxy or an edge in trouble, not the request being gone.
                     problem, busy = f"HTTP {status}", "busy" if status == 429 else "unavailable"
                     if status == 429:
                         retry_after = parse_retry_after(response.headers.get("Retry-After"))

@@ -31,6 +31,7 @@ _TOKEN_FILE_KEYS: tuple[str, ...] = ("token", "api_token", "access_token", "api_
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
+TOKEN_FILE_MAX_BYTES = 64 * 1024
 TOKEN_MIN_CHARS = 8
 TOKEN_MAX_CHARS = 512
 
@@ -82,7 +83,8 @@ def cli_token_files(env: Mapping[str, str]) -> list[Path]:
 
 def _token_from_file(path: Path) -> str | None:
     try:
-        raw = read_regular_file(path).decode("utf-8-sig").strip()  # -sig: editors on Windows add a BOM
+        # Symlinks are followed (dotfile managers use them); -sig: editors on Windows add a BOM.
+        raw = read_regular_file(path, max_bytes=TOKEN_FILE_MAX_BYTES, follow_symlinks=True).decode("utf-8-sig").strip()
     except (OSError, ValueError):  # missing, not a regular file, or not text: no token here
         return None
     if not raw:

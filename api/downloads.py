@@ -10,8 +10,9 @@ Invariants this module owns:
 - Only https is fetched (plus the API base's origin), never with an Authorization header.
 - Files are size-capped, and decoding refuses decompression bombs.
 - Transient trouble (5xx, 429, resets, truncated files, DNS hiccups) is retried until the
-  overall download deadline; links that are gone (403/404/410) are not. Every error
-  carries the request id.
+  overall download deadline; links that answer 403/404/410 are tried `GONE_TRIES` times
+  (a fresh link can fail for a moment), then reported as transient: the paid job stays
+  journaled, so a re-run asks RunComfy for the result again. Every error carries the request id.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ DOWNLOAD_READ_TIMEOUT_S = 30.0  # per read: a stalled CDN connection is retried 
 DOWNLOAD_DEADLINE_S = 600.0  # all files of one job
 DOWNLOAD_RETRY = RetryPolicy.until_deadline(base_delay_s=0.5, max_delay_s=10.0)
 MAX_REDIRECTS = 5
+GONE_TRIES = 3
 
 ProgressCallback = Callable[[int, int], None]
 Resolver = Callable[[str, int], Awaitable[list[str]]]  # (host, port) -> IP addresses
@@ -143,6 +145,10 @@ def decode_image(data: bytes, label: str, *, max_pixels: int = MAX_OUTPUT_PIXELS
     raise failure
 
 
+class _LinkUnavailable(DownloadError):
+    """403/404/410 on a result link: tried again a few times, then reported (as transient)."""
+
+
 class ResultDownloader:
     """Downloads result files with bounded parallelism, within one overall deadline."""
 
@@ -220,7 +226,7 @@ class ResultDownloader:
             if isinstance(outcome, bytes):
                 return outcome
             if isinstance(outcome, DownloadError):
-                if not outcome.transient:
+                if not outcome.transient or (isinstance(outcome, _LinkUnavailable) and attempt >= GONE_TRIES):
                     raise outcome
                 problem = str(outcome)
             else:
@@ -242,11 +248,12 @@ class ResultDownloader:
                 if status == 200:
                     return await self._read_capped(response, label, request_id)
                 if status in (404, 410, 403):
-                    return DownloadError(
-                        f"{label} is no longer available (HTTP {status}): result links expire. The node keeps its own "
-                        "copy of results it has collected; these were never collected. Run the node again to generate "
-                        "new images (a new, charged job).",
+                    return _LinkUnavailable(
+                        f"{label} is not available (HTTP {status}). A link can fail for a moment right after a job "
+                        "finishes, or for good once it expires. If running the node again with the same inputs "
+                        "fails the same way, the links have expired: change the seed for a new, charged job.",
                         request_id=request_id,
+                        transient=True,  # asking RunComfy for the result again may give working links
                     )
                 if status == 429 or status >= 500:
                     return f"HTTP {status}|{response.headers.get('Retry-After') or ''}"

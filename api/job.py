@@ -19,6 +19,7 @@ from .errors import (
     DeadlineExceededError,
     JobCancelledError,
     JobFailedError,
+    OutcomeUnknownError,
     RunComfyError,
     StopRequested,
 )
@@ -67,11 +68,11 @@ async def run_job(
     on_event: EventSink | None = None,
     should_stop: StopCheck | None = None,
     on_submitted: SubmittedHook | None = None,
-    on_sent: Callable[[], Awaitable[None]] | None = None,
+    on_last_piece: Callable[[], Awaitable[None]] | None = None,
     poll_schedule: PollSchedule | None = None,
 ) -> JobResult:
-    """Submit once, then wait for the result. `on_sent()` runs the moment the whole body is handed over (a job may
-    exist from then on), `on_submitted(request_id)` the moment the id is known. Neither may raise."""
+    """Submit once, then wait for the result. `on_last_piece()` runs just before the body's last piece is handed
+    over (a job may exist from then on), `on_submitted(request_id)` the moment the id is known. Neither may raise."""
     emit = on_event or _ignore
     stop = should_stop or never_stop
     deadline = asyncio.get_running_loop().time() + deadline_s
@@ -79,13 +80,18 @@ async def run_job(
     if stop():
         raise StopRequested("Stopped before submitting: nothing was sent and nothing is charged.")
     emit(JobEvent("submitting", "Submitting the job to RunComfy…"))
-    upload = UploadTracker(on_complete=on_sent)
+    upload = UploadTracker(on_last_piece=on_last_piece)
     submit_task = asyncio.ensure_future(client.submit(model_id, body, upload))
     try:
         stop_pressed = await wait_watching(submit_task, stop) == "stop"
         if stop_pressed and not upload.complete and not submit_task.done():
             # The body is not complete, so the service cannot have a job from it: abandon the upload.
             await cancel_and_wait(submit_task)
+            if upload.complete:  # the last bytes went out while the upload was being abandoned
+                raise OutcomeUnknownError(
+                    "Stopped just as the upload completed: RunComfy may have created the job and charged it, and its "
+                    "answer was not waited for. It was not sent again; look for it in your RunComfy dashboard."
+                )
             raise StopRequested(
                 "Stopped while uploading: the upload was abandoned before it completed, so no job was created and nothing is charged."
             )

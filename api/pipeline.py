@@ -214,10 +214,7 @@ async def _collect_or_submit(
         try:
             images = await _assemble(run, cached.files, "Saved result")
         except DownloadError as damaged:
-            report.warn(
-                f"Warning: the saved images of request {cached.request_id} are damaged ({damaged}); collecting them again.",
-                key="resume store",
-            )
+            report.warn(f"the saved images of request {cached.request_id} are damaged ({damaged}); collecting them again", key="saved")
             await run.store.drop_result(run.fingerprint)
             resume_id = cached.request_id
         else:
@@ -361,13 +358,13 @@ async def _resume(client: RunComfyClient, run: _Run, request_id: str) -> JobResu
 async def _submit(client: RunComfyClient, run: _Run, body: list[bytes]) -> JobResult:
     """Submit once and wait for the result.
 
-    The moment the whole body is handed over, the inputs are journaled as "outcome unknown": a process killed
-    before the answer arrives leaves a hold, not an invitation to pay again. The answer then replaces it: the
-    request id, or (a definite refusal) nothing.
+    Just before the body's last piece is handed over, the inputs are journaled as "outcome unknown": a process
+    killed before the answer arrives leaves a hold, not an invitation to pay again. The answer then replaces it:
+    the request id, or (a definite refusal, or an upload that broke off) nothing.
     """
     unanswered = False
 
-    async def sent() -> None:
+    async def sending_last_piece() -> None:
         nonlocal unanswered
         unanswered = True
         await run.store.record_unknown_outcome(run.fingerprint)
@@ -380,7 +377,9 @@ async def _submit(client: RunComfyClient, run: _Run, body: list[bytes]) -> JobRe
         await run.store.record_submitted(run.fingerprint, request_id)
 
     try:
-        return await _settle(run, run_job(client, MODEL_ID, body, on_sent=sent, on_submitted=submitted, **_job_options(run)))
+        return await _settle(
+            run, run_job(client, MODEL_ID, body, on_last_piece=sending_last_piece, on_submitted=submitted, **_job_options(run))
+        )
     except RunComfyError as failed:
         if unanswered and not isinstance(failed, OutcomeUnknownError):  # RunComfy answered: no job exists
             await run.store.forget(run.fingerprint)
@@ -452,7 +451,7 @@ async def _assemble(run: _Run, files: Sequence[bytes], label: str) -> ImageBatch
                     "and run the node again with the same inputs to collect them without paying again."
                 ) from None
             budget = SMALL_BATCH_BYTES
-            run.report.warn("Warning: not enough memory for the full-size batch; it was assembled smaller (image_list keeps native sizes).")
+            run.report.warn("not enough memory for the full-size outputs; they were assembled smaller", key="memory")
     if batch.shrunk:
         batch_h, batch_w = batch.array().shape[1:3]
         listed = "image_list is scaled down too" if batch.list_shrunk else "image_list keeps native sizes"

@@ -30,24 +30,23 @@ class ProgressReporter:
         self.sink = sink
         self.fraction = 0.0
         self.pinned: str | None = None
-        self.warnings: list[str] = []
-        self._warning_keys: dict[str, int] = {}
+        self._warning_parts: dict[str, str] = {}
+
+    @property
+    def warnings(self) -> list[str]:
+        """The run's one warning line, if anything went wrong locally."""
+        return ["Warning: " + "; ".join(self._warning_parts.values())] if self._warning_parts else []
 
     def pin(self, line: str) -> None:
         """Keep `line` (e.g. the cost estimate) under every later message, so it stays readable."""
         self.pinned = line
         self(line)
 
-    def warn(self, line: str, *, key: str | None = None) -> None:
-        """A warning that the run goes on despite: kept under every later message and in the result's notes.
-        A warning with the same `key` replaces the earlier one (one line per concern)."""
-        if key is not None and key in self._warning_keys:
-            self.warnings[self._warning_keys[key]] = line
-        elif line not in self.warnings:
-            if key is not None:
-                self._warning_keys[key] = len(self.warnings)
-            self.warnings.append(line)
-        self(line)
+    def warn(self, part: str, *, key: str) -> None:
+        """Something the run goes on despite. All of a run's warnings share one line ("Warning: …"), kept under
+        every later message and in the result's notes; a part with the same `key` replaces the earlier one."""
+        self._warning_parts[key] = part
+        self(self.warnings[0])
 
     def __call__(self, text: str, fraction: float | None = None) -> None:
         if fraction is not None:

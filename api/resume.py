@@ -56,12 +56,14 @@ LOCKS_DIR = "locks"
 MAX_JOURNAL_ENTRIES = 200
 JOURNAL_TTL_S = 48 * 3600  # RunComfy documents no lifetime for requests; two days is plenty for a resume
 UNKNOWN_OUTCOME_HOLD_S = 3600
+CLOCK_SLACK_S = 24 * 3600
+JOURNAL_LOCK_WAIT_S = 2.0  # another process holding the journal longer (suspended, say) is waited out in memory
 MAX_CACHED_RESULTS = 64
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 LOCK_POLL_S = 0.1
 _FILE_NAME = re.compile(r"^\d{2,3}\.img$")
 
-Warn = Callable[[str], None]  # called with the run's one warning line, each time it grows
+Warn = Callable[[str], None]  # called with the store's part of the run's warning line, each time it grows
 StopCheck = Callable[[], bool]
 
 
@@ -75,15 +77,24 @@ def request_fingerprint(
 ) -> str:
     """A stable name for "this exact request": every widget value, the references' clean pixels and URLs,
     the model and the service host. Never the token: the key reveals nothing about the account."""
-    parts = urlsplit(base_url)
     material = {
         "model": model_id,
-        "service": f"{parts.scheme}://{parts.netloc}",
+        "service": _service_origin(base_url),
         "settings": dict(settings),
         "pixels": list(reference_digests),
         "urls": list(reference_urls),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def _service_origin(base_url: str) -> str:
+    """scheme://host[:port] however it was spelled: case, default ports and trailing dots do not make another service."""
+    parts = urlsplit(base_url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    port = parts.port if parts.port not in (None, {"https": 443, "http": 80}.get(scheme)) else None
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + (f":{port}" if port else "")
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -104,15 +115,23 @@ def write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def read_regular_file(path: Path) -> bytes:
-    """The bytes of a regular file. A symlink, FIFO, device or folder is refused with an OSError, never
-    followed or waited on (a FIFO where a state file should be would otherwise hang the run)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+MAX_RESULT_FILE_BYTES = 64 * 1024**2  # as for a download
+MAX_STATE_FILE_BYTES = 16 * 1024**2  # a journal or meta.json is a few kB; anything far larger is damage
+
+
+def read_regular_file(path: Path, *, max_bytes: int, follow_symlinks: bool = False) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`. A FIFO, device or folder (and, unless
+    `follow_symlinks`, a symlink) is refused with an OSError, never waited on or read without end."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
+    fd = os.open(path, flags)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if info.st_size > max_bytes:
+            raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", str(path))
         with os.fdopen(fd, "rb", closefd=False) as handle:
-            return handle.read()
+            return handle.read(max_bytes + 1)[:max_bytes]
     finally:
         os.close(fd)
 
@@ -120,7 +139,7 @@ def read_regular_file(path: Path) -> bytes:
 def read_json(path: Path) -> Any:
     """The decoded file, or None when it is missing, not a regular file, unreadable or damaged."""
     try:
-        return json.loads(read_regular_file(path))
+        return json.loads(read_regular_file(path, max_bytes=MAX_STATE_FILE_BYTES))
     except (OSError, ValueError, RecursionError):
         return None
 
@@ -142,11 +161,20 @@ class CachedResult:
 
 
 def _entry_from(fingerprint: str, raw: Any, now: float) -> JournalEntry | None:
-    """A journal entry if `raw` has the right shape and types and is still live; anything else is ignored."""
+    """A journal entry if `raw` has the right shape and types and is still live; anything else is ignored.
+
+    An entry up to a day in the future counts as just made: the clock may have been set back since.
+    """
     if not isinstance(raw, dict):
         return None
     state, request_id, at = raw.get("state"), raw.get("request_id"), raw.get("at")
-    if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
+    if isinstance(at, bool) or not isinstance(at, (int, float)):
+        return None
+    try:
+        at = float(at)
+    except OverflowError:
+        return None
+    if not math.isfinite(at) or at - now > CLOCK_SLACK_S:
         return None
     if state == "submitted" and isinstance(request_id, str) and request_id:
         hold = JOURNAL_TTL_S
@@ -154,9 +182,9 @@ def _entry_from(fingerprint: str, raw: Any, now: float) -> JournalEntry | None:
         hold = UNKNOWN_OUTCOME_HOLD_S
     else:
         return None
-    if not 0 <= now - at < hold:
+    if max(0.0, now - at) >= hold:
         return None
-    return JournalEntry(fingerprint, state, request_id, float(at))
+    return JournalEntry(fingerprint, state, request_id, at)
 
 
 _memory_journal: dict[tuple[str, str], JournalEntry] = {}  # entries the disk refused, per (folder, fingerprint)
@@ -186,23 +214,22 @@ class ResumeStore:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._warn = warn or (lambda message: None)
-        self._troubles: list[str] = []
-        self._first_detail = ""
+        self._troubles: list[tuple[str, str]] = []  # (what could not be done, why)
+        self._journal_locked_out = False
         self._key = str(self.directory.resolve()) if self.directory is not None else "(memory)"
 
     # --- warnings ----------------------------------------------------------------------------
 
     def _trouble(self, what: str, error: BaseException) -> None:
-        """Local trouble: one warning line for the whole run (each `_warn` call replaces the last), and the run goes on."""
-        if what in self._troubles:
+        """Local trouble: one line for the whole run (each `_warn` call replaces the last), and the run goes on."""
+        if any(known == what for known, _ in self._troubles):
             return
-        self._troubles.append(what)
-        if not self._first_detail:
-            is_os = isinstance(error, OSError) and error.strerror
-            self._first_detail = f"{type(error).__name__}: {error.strerror}" if is_os else type(error).__name__
+        detail = f"{type(error).__name__}: {error.strerror}" if isinstance(error, OSError) and error.strerror else type(error).__name__
+        self._troubles.append((what, detail))
         where = f" in {self.directory}" if self.directory is not None else ""
-        whats = self._troubles if len(self._troubles) < 2 else [", ".join(self._troubles[:-1]) + " or " + self._troubles[-1]]
-        self._warn(f"Warning: could not {whats[0]}{where} ({self._first_detail}); this run goes on.")
+        listed = [f"{known} ({why})" for known, why in self._troubles]
+        joined = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " or " + listed[-1]
+        self._warn(f"could not {joined}{where}; this run goes on.")
 
     # --- the run lock ------------------------------------------------------------------------
 
@@ -267,12 +294,12 @@ class ResumeStore:
         if entry is None:
             _memory_journal.pop(key, None)
         path = self._journal_path()
-        if path is None:
+        if path is None or self._journal_locked_out:  # no folder, or another process keeps the journal locked
             if entry is not None:
                 _memory_journal[key] = entry
             return
         try:
-            with _FileLock.hold(self.directory / LOCKS_DIR / "journal.lock"):
+            with _FileLock.hold(self.directory / LOCKS_DIR / "journal.lock", timeout_s=JOURNAL_LOCK_WAIT_S):
                 now = time.time()
                 live = {fp: raw for fp, raw in self._read_journal().items() if _entry_from(fp, raw, now) is not None}
                 live.pop(fingerprint, None)
@@ -282,22 +309,33 @@ class ResumeStore:
                 write_atomically(path, json.dumps({"version": 1, "entries": newest}, indent=1).encode())
             if entry is not None:
                 _memory_journal.pop(key, None)
-        except (OSError, ValueError, TypeError, RecursionError) as error:
+        except Exception as error:  # noqa: BLE001 - local trouble never ends a run: the entry lives on in memory
             if entry is not None:
                 _memory_journal[key] = entry
+            self._journal_locked_out = isinstance(error, TimeoutError)  # waited once: not again in this run
             self._trouble("save the resume record", error)
 
+    async def _tolerant(self, what: str, work: Callable[[], Any], default: Any = None) -> Any:
+        """Run disk work in a thread; anything it raises becomes part of the warning line, never an error."""
+        try:
+            return await asyncio.to_thread(work)
+        except Exception as error:  # noqa: BLE001 - local trouble never ends a run
+            self._trouble(what, error)
+            return default
+
     async def journal_entry(self, fingerprint: str) -> JournalEntry | None:
-        return await asyncio.to_thread(self._journal_entry, fingerprint)
+        return await self._tolerant("read the resume record", lambda: self._journal_entry(fingerprint))
 
     async def record_submitted(self, fingerprint: str, request_id: str) -> None:
-        await asyncio.to_thread(self._change_journal, fingerprint, JournalEntry(fingerprint, "submitted", request_id, time.time()))
+        entry = JournalEntry(fingerprint, "submitted", request_id, time.time())
+        await self._tolerant("save the resume record", lambda: self._change_journal(fingerprint, entry))
 
     async def record_unknown_outcome(self, fingerprint: str) -> None:
-        await asyncio.to_thread(self._change_journal, fingerprint, JournalEntry(fingerprint, "unknown_outcome", None, time.time()))
+        entry = JournalEntry(fingerprint, "unknown_outcome", None, time.time())
+        await self._tolerant("save the resume record", lambda: self._change_journal(fingerprint, entry))
 
     async def forget(self, fingerprint: str) -> None:
-        await asyncio.to_thread(self._change_journal, fingerprint, None)
+        await self._tolerant("save the resume record", lambda: self._change_journal(fingerprint, None))
 
     # --- the result cache --------------------------------------------------------------------
 
@@ -329,10 +367,10 @@ class ResumeStore:
                 and (cost is None or (isinstance(cost, (int, float)) and not isinstance(cost, bool)))
             ):
                 raise ValueError("unexpected shape")
-            files = [read_regular_file(folder / name) for name in names]  # never a link to elsewhere
+            files = [read_regular_file(folder / name, max_bytes=MAX_RESULT_FILE_BYTES) for name in names]  # never a link
             os.utime(folder / "meta.json", follow_symlinks=False)  # least recently used goes first
             return CachedResult(request_id, tuple(urls), None if cost is None else float(cost), files)
-        except (OSError, ValueError, TypeError, KeyError, RecursionError) as error:
+        except Exception as error:  # noqa: BLE001 - whatever is wrong with a saved entry, it is set aside
             self._trouble("read a saved result (it was set aside)", error)
             self._drop_result(fingerprint)
             request_id = meta.get("request_id") if isinstance(meta, dict) else None
@@ -362,7 +400,7 @@ class ResumeStore:
             _memory_results.pop((self._key, fingerprint), None)
             with contextlib.suppress(OSError):  # tidying is best effort: another process may be tidying too
                 self._evict(keep=fingerprint)
-        except (OSError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001 - the images live on in memory instead
             self._trouble("save the images for a free re-run", error)
             _memory_results[(self._key, fingerprint)] = result
             while len(_memory_results) > _MEMORY_RESULTS_KEPT:
@@ -413,14 +451,14 @@ class ResumeStore:
             total -= size
 
     async def cached(self, fingerprint: str) -> CachedResult | None:
-        return await asyncio.to_thread(self._cached, fingerprint)
+        return await self._tolerant("read a saved result (it was set aside)", lambda: self._cached(fingerprint))
 
     async def store_result(self, fingerprint: str, result: CachedResult) -> None:
         """Keep the files for a free re-run (in memory, with a warning, when the disk refuses them)."""
-        await asyncio.to_thread(self._store_result, fingerprint, result)
+        await self._tolerant("save the images for a free re-run", lambda: self._store_result(fingerprint, result))
 
     async def drop_result(self, fingerprint: str) -> None:
-        await asyncio.to_thread(self._drop_result, fingerprint)
+        await self._tolerant("set a damaged saved result aside", lambda: self._drop_result(fingerprint))
 
 
 class _FileLock:
@@ -435,12 +473,12 @@ class _FileLock:
         self.fd = fd
 
     @classmethod
-    def try_acquire(cls, path: Path, *, blocking: bool = False) -> _FileLock | None:
+    def try_acquire(cls, path: Path) -> _FileLock | None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 return None
@@ -457,9 +495,17 @@ class _FileLock:
 
     @classmethod
     @contextlib.contextmanager
-    def hold(cls, path: Path):
-        """Block (in a worker thread) until the lock is ours; a no-op where file locks do not exist."""
-        lock = cls.try_acquire(path, blocking=True) if fcntl is not None else cls(None, None)
+    def hold(cls, path: Path, *, timeout_s: float):
+        """Wait (in a worker thread) up to `timeout_s` for the lock, else TimeoutError; a no-op where file
+        locks do not exist. Bounded, so a suspended process holding it cannot hang a run."""
+        lock = cls(None, None)
+        if fcntl is not None:
+            give_up = time.monotonic() + timeout_s
+            while (found := cls.try_acquire(path)) is None:
+                if time.monotonic() > give_up:
+                    raise TimeoutError(errno.ETIMEDOUT, "another process keeps the journal locked")
+                time.sleep(0.02)
+            lock = found
         try:
             yield lock
         finally:

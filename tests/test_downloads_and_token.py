@@ -91,7 +91,9 @@ def test_an_expired_result_link_says_so(fake, comfy):
     downloader = ResultDownloader(UrlPolicy.for_base_url(fake.base_url))
     with pytest.raises(DownloadError) as caught:
         asyncio.run(downloader.fetch_all([f"{fake.origin}/files/unknown/0.png"]))
-    assert "no longer available" in str(caught.value) and not caught.value.transient
+    assert "not available (HTTP 404)" in str(caught.value) and "change the seed" in str(caught.value)
+    assert caught.value.transient  # asking RunComfy for the result again may give working links
+    assert len(fake.requests_to("/files/unknown/")) == 3  # a fresh link may fail for a moment: tried three times
 
 
 def test_a_redirect_loop_is_a_download_error_with_the_request_id(fake):

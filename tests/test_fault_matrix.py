@@ -168,6 +168,39 @@ def _meta_links_outside(entry: Path) -> None:
     (entry / "meta.json").symlink_to(outside)
 
 
+def _journal_with_huge_time(state: Path) -> None:
+    state.mkdir(parents=True)
+    entry = {"state": "submitted", "request_id": "old", "at": 10**400}
+    (state / "journal.json").write_text(json.dumps({"version": 1, "entries": {"f" * 64: entry}}))
+
+
+def _huge_cost(entry: Path) -> None:
+    meta = json.loads((entry / "meta.json").read_text())
+    meta["cost_usd"] = 10**400
+    (entry / "meta.json").write_text(json.dumps(meta))
+
+
+_HELD_LOCKS: list[int] = []  # kept open (and locked) until the test process ends, like a suspended ComfyUI
+
+
+def _journal_locked(state: Path) -> None:
+    import fcntl
+
+    (state / "locks").mkdir(parents=True)
+    fd = os.open(state / "locks" / "journal.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _HELD_LOCKS.append(fd)
+
+
+def _huge_journal(state: Path) -> None:
+    state.mkdir(parents=True)
+    (state / "journal.json").write_text('{"version": 1, "entries": {}, "pad": "' + "x" * 20_000_000 + '"}')
+
+
+def _expired_links(fake, comfy, state):
+    fake.behaviour.result_urls = [f"{fake.origin}/files/expired/0.png"]  # answers 404 however often it is asked
+
+
 def _cancel_every_job(fake):
     for job in fake.jobs.values():
         fake.cancel(job)
@@ -191,7 +224,8 @@ MATRIX = [
     ("connection reset on a download", faults(file=[Fault("drop")]), 3, None, 1, {}),
     ("truncated download", faults(file=[Fault("truncate")]), 3, None, 1, {}),
     ("a download stalls once", faults(file=[Fault("stall", seconds=1.5)]), 3, None, 1, {}),
-    ("result URL gone (404)", faults(file=[Fault("http", status=404)]), DownloadError, ["no longer available", "expire"], 1, {}),
+    ("result URL gone (404)", _expired_links, DownloadError, ["not available", "expired"], 1, {}),
+    ("one 404 on a freshly finished result", faults(file=[Fault("http", status=404)]), 3, None, 1, {}),
     ("job fails with a reason", behaviour(fail_with="NSFW content detected"), JobFailedError, ["NSFW content detected"], 1, {}),
     ("fewer images than asked", behaviour(images_returned=1), 1, None, 1, {}),
     ("outputs of mixed sizes", behaviour(mixed_sizes=True), 3, None, 1, {}),
@@ -285,6 +319,12 @@ MATRIX = [
     ("bare 404s on status (a proxy's page)", faults(status=[Fault("http", status=404)] * 3), 3, None, 1, {}),
     ("a proxy answers 413 and drains the upload", faults(submit=[Fault("answer_first", status=413)]), ServiceError, ["413"], 0, {}),
     ("a proxy answers 411 and drains the upload", faults(submit=[Fault("answer_first", status=411)]), ServiceError, ["411"], 0, {}),
+    ("RunComfy itself answers the submit 503", faults(submit=[Fault("http", status=503)]), ServiceError, ["server error"], 0, {}),
+    ("a 404 with another code on status", faults(status=[Fault("http", status=404, error_code="404")] * 2), 3, None, 1, {}),
+    ("a journal time of 400 digits", state_trouble(_journal_with_huge_time), 3, None, 1, {}),
+    ("a saved cost of 400 digits", after_a_first_run(_huge_cost), 3, ["set aside", "resumed request"], 1, {}),
+    ("another process keeps the journal locked", state_trouble(_journal_locked), 3, ["save the resume record"], 1, {}),
+    ("a 20 MB journal.json", state_trouble(_huge_journal), 3, None, 1, {}),
 ]
 
 

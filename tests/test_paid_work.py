@@ -271,3 +271,47 @@ def test_the_run_lock_waits_stops_and_survives_cancelled_runs(tmp_path):
     asyncio.run(asyncio.wait_for(scenario(), 10))
     assert waits == ["waiting"]  # the lock was free again at once, and other inputs never wait
     assert not list((tmp_path / "locks").iterdir())  # lock files go with their run
+
+
+def test_a_hold_survives_the_clock_being_set_back(tmp_path):
+    store = ResumeStore(tmp_path)
+    path = tmp_path / "journal.json"
+
+    async def scenario():
+        await store.record_unknown_outcome("f" * 64)
+        data = json.loads(path.read_text())
+        data["entries"]["f" * 64]["at"] += 30  # the clock was 30 s ahead when the hold was written
+        path.write_text(json.dumps(data))
+        return await store.journal_entry("f" * 64)
+
+    entry = asyncio.run(scenario())
+    assert entry is not None and entry.state == "unknown_outcome"
+
+
+@pytest.mark.parametrize(
+    "spelling,same_as",
+    [
+        ("http://LOCALHOST:8765/v1", "http://localhost:8765/v1"),
+        ("https://model-api.runcomfy.net:443/v1", "https://model-api.runcomfy.net/v1"),
+        ("HTTPS://Model-API.RunComfy.net./v1/", "https://model-api.runcomfy.net/v1"),
+    ],
+)
+def test_one_service_spelled_differently_is_one_fingerprint(spelling, same_as):
+    from runcomfy_seedream.api.resume import request_fingerprint
+
+    def key(base_url):
+        return request_fingerprint(model_id="m", base_url=base_url, settings={"seed": 1}, reference_digests=["d"], reference_urls=[])
+
+    assert key(spelling) == key(same_as) != key("https://other.example.com/v1")
+
+
+def test_a_symlinked_cli_token_file_is_followed(fake, comfy, monkeypatch, tmp_path):
+    monkeypatch.delenv("RUNCOMFY_API_TOKEN")
+    real = tmp_path / "dotfiles" / "token.json"
+    real.parent.mkdir()
+    real.write_text(json.dumps({"token": fake.behaviour.token}))
+    link = tmp_path / ".config" / "runcomfy" / "token.json"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(real)
+    images, *_ = run_node(**node_inputs())
+    assert images.shape[0] == 3
