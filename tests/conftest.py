@@ -19,7 +19,7 @@ from runcomfy_seedream.fake_service import FakeBehaviour, FakeRunComfy  # noqa: 
 @pytest.fixture
 def behaviour() -> FakeBehaviour:
     """Quick jobs with small outputs (image_size / 16), so tests run in a fraction of a second each."""
-    return FakeBehaviour(queue_s=0.15, run_s=0.15, output_scale=1 / 16)
+    return FakeBehaviour(queue_s=0.05, run_s=0.1, output_scale=1 / 16)
 
 
 @pytest.fixture

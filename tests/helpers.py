@@ -45,7 +45,7 @@ def quick_timing(**changes) -> Timing:
         deadline_s=30.0,
         submit_retry=RetryPolicy(max_attempts=4, base_delay_s=0.01, max_delay_s=0.05),
         job_retry=RetryPolicy.until_deadline(base_delay_s=0.01, max_delay_s=0.05),
-        poll_schedule=lambda: PollSchedule(first_s=0.05, steady_s=0.1, ceiling_s=0.2),
+        poll_schedule=lambda: PollSchedule(first_s=0.03, steady_s=0.06, ceiling_s=0.2),
         download_retry=RetryPolicy.until_deadline(base_delay_s=0.01, max_delay_s=0.05),
         download_read_timeout_s=2.0,
         download_deadline_s=20.0,
