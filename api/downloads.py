@@ -242,6 +242,7 @@ class ResultDownloader:
 
     async def _try_once(self, http: httpx.AsyncClient, url: str, label: str, request_id: str | None) -> bytes | DownloadError | str:
         """The file, a DownloadError (transient or not), or "problem|Retry-After" for trouble worth retrying."""
+        failure: DownloadError | str
         try:
             async with http.stream("GET", url) as response:
                 status = response.status_code
@@ -261,7 +262,7 @@ class ResultDownloader:
         except DownloadError as refused:  # from a redirect hop's check or the size cap
             failure = DownloadError(str(refused), request_id=request_id, transient=refused.transient)
         except httpx.TooManyRedirects:
-            failure: bytes | DownloadError | str = DownloadError(
+            failure = DownloadError(
                 f"{label}: more than {MAX_REDIRECTS} redirects (a redirect loop); not downloaded.", request_id=request_id
             )
         except httpx.TransportError as exc:

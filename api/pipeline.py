@@ -248,8 +248,10 @@ async def _collect_or_submit(
                 if price is not None:
                     report.pin(price.estimate(request.max_images_sent))
                 encoded = await _encode(run, prepared)
-                del prepared  # the encoded copies are all that is needed now
-                result = await _submit(client, run, request.body_pieces([e.uri for e in encoded], urls))
+                prepared.clear()  # the clean pixels are not needed any more (the caller's list is this one)
+                body = request.body_pieces([e.uri for e in encoded], urls)
+                del encoded  # the body holds the only copy of the encoded references: freed once submitted
+                result = await _submit(client, run, body)
                 if len(result.urls) < request.max_images_sent:
                     run.notes.append(f"the model returned {len(result.urls)} of up to {request.max_images_sent} images")
     finally:
