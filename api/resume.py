@@ -227,9 +227,12 @@ class ResumeStore:
         detail = f"{type(error).__name__}: {error.strerror}" if isinstance(error, OSError) and error.strerror else type(error).__name__
         self._troubles.append((what, detail))
         where = f" in {self.directory}" if self.directory is not None else ""
-        listed = [f"{known} ({why})" for known, why in self._troubles]
+        reasons = {why for _, why in self._troubles}
+        one_reason = len(reasons) == 1
+        listed = [known if one_reason else f"{known} ({why})" for known, why in self._troubles]
         joined = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " or " + listed[-1]
-        self._warn(f"could not {joined}{where}; this run goes on.")
+        reason = f" ({reasons.pop()})" if one_reason else ""
+        self._warn(f"could not {joined}{where}{reason}; this run goes on.")
 
     # --- the run lock ------------------------------------------------------------------------
 
@@ -267,7 +270,7 @@ class ResumeStore:
         try:
             return _FileLock.try_acquire(self.directory / LOCKS_DIR / f"{fingerprint}.lock")
         except OSError as error:
-            self._trouble("take the lock that stops other ComfyUI processes paying for the same inputs", error)
+            self._trouble("take the lock that keeps another ComfyUI from paying for the same inputs", error)
             return _FileLock(None, None)
 
     # --- the journal -------------------------------------------------------------------------
