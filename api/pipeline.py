@@ -226,7 +226,8 @@ async def _collect_or_submit(
         raise OutcomeUnknownError(
             "An earlier submit of exactly these inputs got no answer, so it may be running and charged; to avoid "
             "paying twice it is not sent again. Check your RunComfy dashboard, or change the seed to submit anew "
-            f"(this hold ends {UNKNOWN_OUTCOME_HOLD_S // 60} minutes after that submit)."
+            f"(this hold ends {UNKNOWN_OUTCOME_HOLD_S // 60} minutes after that submit"
+            + (", or when ComfyUI restarts, since the user folder could not keep it)." if entry.only_in_memory else ").")
         )
     if entry is not None and resume_id is None:
         resume_id = entry.request_id

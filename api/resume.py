@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -150,6 +151,7 @@ class JournalEntry:
     state: str  # "submitted" (request_id known) or "unknown_outcome" (the submit got no answer)
     request_id: str | None
     at: float  # seconds since the epoch
+    only_in_memory: bool = False  # the disk refused it: it ends with this process
 
 
 @dataclass(frozen=True)
@@ -290,7 +292,9 @@ class ResumeStore:
         if on_disk is not None:
             return on_disk
         remembered = _memory_journal.get((self._key, fingerprint))
-        return remembered if remembered is not None and _entry_from(fingerprint, remembered.__dict__, now) else None
+        if remembered is None or _entry_from(fingerprint, remembered.__dict__, now) is None:
+            return None
+        return dataclasses.replace(remembered, only_in_memory=True)
 
     def _change_journal(self, fingerprint: str, entry: JournalEntry | None) -> None:
         key = (self._key, fingerprint)

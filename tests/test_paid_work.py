@@ -209,7 +209,8 @@ def test_an_unwritable_state_folder_keeps_the_record_in_memory_and_warns_once(tm
         return await store.journal_entry("f" * 64), await store.cached("f" * 64)
 
     entry, kept = asyncio.run(scenario())
-    assert entry is not None and entry.request_id == "req-1" and kept is not None and kept.files == [b"x"]
+    assert entry is not None and entry.request_id == "req-1" and entry.only_in_memory
+    assert kept is not None and kept.files == [b"x"]
     assert warnings[-1].count("resume record") == 1 and "save the images" in warnings[-1] and "this run goes on" in warnings[-1]
 
 
@@ -315,3 +316,15 @@ def test_a_symlinked_cli_token_file_is_followed(fake, comfy, monkeypatch, tmp_pa
     link.symlink_to(real)
     images, *_ = run_node(**node_inputs())
     assert images.shape[0] == 3
+
+
+def test_a_hold_the_disk_refused_still_holds_and_says_it_ends_with_comfyui(fake, comfy, tmp_path):
+    state = state_dir(tmp_path)
+    state.parent.mkdir(parents=True)
+    state.write_text("a file where the state folder should be")
+    fake.behaviour.inject("submit", Fault("drop"))
+    with pytest.raises(OutcomeUnknownError):
+        run_node(**node_inputs(seed=777))
+    with pytest.raises(OutcomeUnknownError) as held:
+        run_node(**node_inputs(seed=777))
+    assert "when ComfyUI restarts" in str(held.value) and fake.submit_attempts == 1
