@@ -375,7 +375,8 @@ class ResumeStore:
             ):
                 raise ValueError("unexpected shape")
             files = [read_regular_file(folder / name, max_bytes=MAX_RESULT_FILE_BYTES) for name in names]  # never a link
-            os.utime(folder / "meta.json", follow_symlinks=False)  # least recently used goes first
+            # Least recently used goes first. Not through a link (where the platform can tell utime so).
+            os.utime(folder / "meta.json", follow_symlinks=os.utime not in os.supports_follow_symlinks)
             return CachedResult(request_id, tuple(urls), None if cost is None else float(cost), files)
         except Exception as error:  # noqa: BLE001 - whatever is wrong with a saved entry, it is set aside
             self._trouble("read a saved result (it was set aside)", error)
