@@ -112,3 +112,13 @@ def test_the_node_uses_the_token_saved_in_settings(fake, comfy, no_env_token, to
     run_node(**node_inputs())
     submits = [r for r in fake.requests if r.method == "POST" and r.path.startswith("/v1/models/")]
     assert [r.headers["Authorization"] for r in submits] == [f"Bearer {GOOD}"]
+
+
+def test_a_malformed_token_is_reported_by_where_it_is_never_what_it_is(fake, token_path, monkeypatch):
+    bad = "rc_live_broken\r\nX-Injected: yes"
+    monkeypatch.setenv("RUNCOMFY_API_TOKEN", bad)
+    status, text = call(token_path, "GET")
+    data = json.loads(text)
+    assert status == 200 and data["configured"] is False
+    assert "RUNCOMFY_API_TOKEN" in data["detail"] and "line break" in data["detail"]
+    assert "rc_live_broken" not in text and "Injected" not in text

@@ -18,7 +18,8 @@ async function fetchStatus() {
 
 function describe(status) {
   if (!status || !status.ok) return "Token status unknown.";
-  return status.configured ? `A token is configured ${SOURCES[status.source] ?? ""}.` : "No token configured yet.";
+  if (status.configured) return `A token is configured ${SOURCES[status.source] ?? ""}.`;
+  return status.detail ?? "No token configured yet."; // e.g. a malformed token: where it is, never what it is
 }
 
 function el(tag, props = {}, children = []) {
