@@ -64,37 +64,38 @@ class UrlPolicy:
         parts = urlsplit(base_url)
         return cls((parts.scheme.lower(), (parts.hostname or "").lower(), parts.port), resolve)
 
-    def _origin(self, url: str, label: str) -> tuple[str, str, int | None]:
+    def _origin(self, url: str, label: str, request_id: str | None = None) -> tuple[str, str, int | None]:
         try:
             parts = urlsplit(url)
             return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
         except ValueError:
-            raise DownloadError(f"{label}: the service returned a malformed URL.") from None
+            raise DownloadError(f"{label}: the service returned a malformed URL.", request_id=request_id) from None
 
-    def check_form(self, url: str, label: str) -> None:
+    def check_form(self, url: str, label: str, *, request_id: str | None = None) -> None:
         """Scheme and host, without any network look-up."""
-        scheme, host, _ = origin = self._origin(url, label)
+        scheme, host, _ = origin = self._origin(url, label, request_id)
         if self.trusted_origin is not None and origin == self.trusted_origin:
             return
         if scheme != "https":
-            raise DownloadError(f"{label}: refusing to download {_shown(url)}: only https result URLs are fetched.")
+            raise DownloadError(f"{label}: refusing to download {_shown(url)}: only https result URLs are fetched.", request_id=request_id)
         if not host:
-            raise DownloadError(f"{label}: refusing to download from an empty host.")
+            raise DownloadError(f"{label}: refusing to download from an empty host.", request_id=request_id)
 
-    async def check(self, url: str, label: str) -> None:
+    async def check(self, url: str, label: str, *, request_id: str | None = None) -> None:
         """`check_form`, then every address the host resolves to must be a public one."""
-        self.check_form(url, label)
-        scheme, host, port = origin = self._origin(url, label)
+        self.check_form(url, label, request_id=request_id)
+        scheme, host, port = origin = self._origin(url, label, request_id)
         if self.trusted_origin is not None and origin == self.trusted_origin:
             return
         try:
             addresses = await self.resolve(host, port or 443)
         except (OSError, UnicodeError) as exc:
-            raise DownloadError(f"{label}: could not look up {host} ({type(exc).__name__}).", transient=True) from None
+            failure = DownloadError(f"{label}: could not look up {host} ({type(exc).__name__}).", request_id=request_id, transient=True)
+            raise failure from None
         refused = [address for address in addresses if not is_public_address(address)]
         if refused or not addresses:
             shown = refused[0] if refused else "no address"
-            raise DownloadError(f"{label}: refusing to download from {host} ({shown}): not a public host.")
+            raise DownloadError(f"{label}: refusing to download from {host} ({shown}): not a public host.", request_id=request_id)
 
 
 def _shown(url: str) -> str:
@@ -174,15 +175,12 @@ class ResultDownloader:
     ) -> list[bytes]:
         """Every file as served, in the order of `urls`; `on_progress(done, total)` after each one."""
         for index, url in enumerate(urls, start=1):
-            try:
-                self.policy.check_form(url, f"Result image {index}")
-            except DownloadError as refused:
-                raise DownloadError(str(refused), request_id=request_id) from None
+            self.policy.check_form(url, f"Result image {index}", request_id=request_id)
         gate = asyncio.Semaphore(self.concurrency)
         done = 0
 
         async def check_hop(request: httpx.Request) -> None:
-            await self.policy.check(str(request.url), "A result image or one of its redirects")
+            await self.policy.check(str(request.url), "A result image or one of its redirects", request_id=request_id)
 
         async with httpx.AsyncClient(
             timeout=httpx.Timeout(self.read_timeout_s),
@@ -259,8 +257,8 @@ class ResultDownloader:
                 if status == 429 or status >= 500:
                     return f"HTTP {status}|{response.headers.get('Retry-After') or ''}"
                 return DownloadError(f"{label} could not be downloaded (HTTP {status}).", request_id=request_id)
-        except DownloadError as refused:  # from a redirect hop's check or the size cap
-            failure = DownloadError(str(refused), request_id=request_id, transient=refused.transient)
+        except DownloadError as refused:  # from a redirect hop's check or the size cap, with the request id
+            failure = refused
         except httpx.TooManyRedirects:
             failure = DownloadError(
                 f"{label}: more than {MAX_REDIRECTS} redirects (a redirect loop); not downloaded.", request_id=request_id

@@ -124,7 +124,8 @@ class GenerationResult:
     urls: tuple[str, ...]
     images: ImageBatch  # float32 [B, H, W, 3] in 0..1, in result order; `native(i)` for each at its own size
     cost_usd: float | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)  # what the user should know, warnings included
+    notes: tuple[str, ...] = field(default_factory=tuple)  # what the user should know about this result
+    warnings: tuple[str, ...] = field(default_factory=tuple)  # local trouble the run went on despite (at most one line)
     reused: bool = False  # served from the on-disk cache: nothing was sent
 
 
@@ -219,8 +220,8 @@ async def _collect_or_submit(
             resume_id = cached.request_id
         else:
             report(f"Reused the saved images of request {cached.request_id}: nothing sent, nothing charged.", 1.0)
-            notes = (f"saved result of request {cached.request_id} reused; change the seed for new images", *report.warnings)
-            return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, reused=True)
+            notes = (f"saved result of request {cached.request_id} reused; change the seed for new images",)
+            return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, tuple(report.warnings), reused=True)
     entry = await run.store.journal_entry(run.fingerprint)
     if entry is not None and entry.state == "unknown_outcome" and resume_id is None:
         raise OutcomeUnknownError(
@@ -267,7 +268,7 @@ async def _collect_or_submit(
         await run.store.drop_result(run.fingerprint)
         await run.store.forget(run.fingerprint)
         raise DownloadError(str(unusable), request_id=result.request_id) from None
-    return GenerationResult(result.request_id, result.urls, images, result.cost_usd, (*run.notes, *report.warnings))
+    return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(run.notes), tuple(report.warnings))
 
 
 async def _within(task: asyncio.Future, seconds: float):

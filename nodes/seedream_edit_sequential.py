@@ -175,12 +175,11 @@ class RunComfySeedream4EditSequential:
         summary = f"Done: {count} image{'s' if count != 1 else ''}, request {result.request_id}"
         if result.cost_usd is not None:
             summary += f", cost ${result.cost_usd:.2f}"
-        warnings = [note for note in result.notes if note.startswith("Warning")]
-        details = [note for note in result.notes if not note.startswith("Warning")]
+        details = list(result.notes)
         if result.images.padded and not result.images.shrunk:
             details.append(f"sizes differ: padded onto {batch.shape[2]}x{batch.shape[1]} in the batch; image_list keeps native sizes")
         if details:
             summary += " (" + "; ".join(details) + ")"
-        comfy_bridge.send_progress_text("\n".join([summary, *warnings]), node_id)
+        comfy_bridge.send_progress_text("\n".join([summary, *result.warnings]), node_id)
         bar.set(PROGRESS_STEPS)
         return batch, image_list, "\n".join(result.urls), result.request_id
