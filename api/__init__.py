@@ -1,7 +1,19 @@
-"""RunComfy Model API client and the Seedream 4.0 edit-sequential schema. No ComfyUI or torch needed."""
+"""RunComfy Model API client and the Seedream 4.0 edit-sequential schema. No ComfyUI or torch needed.
 
-from .client import CancelResult, JobResult, JobStatus, RunComfyClient, Submission, Timeouts
+    from runcomfy_seedream.api import EditSequentialRequest, RunComfyClient, Credentials
+
+    async with RunComfyClient(Credentials(token)) as client:
+        job = await client.submit(EditSequentialRequest("Generate 3 images of …", images=("https://…",)))
+        async for event in job.events():
+            print(event.message)
+        result = await job.result()
+
+`generate()` does a whole run from numpy pixels: checks, encoding, one submit, resume, downloads.
+"""
+
+from .client import Price, RetryPolicy, RunComfyClient, Timeouts
 from .config import DEFAULT_BASE_URL, Credentials, Limits, resolve_base_url, resolve_credentials
+from .downloads import ImageBatch
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -17,10 +29,8 @@ from .errors import (
     ServiceError,
     StopRequested,
 )
-from .job import JobEvent, run_job, wait_for_job
-from .pipeline import GenerationResult, GenerationSettings, Reference, Timing, generate, parse_url_lines
-from .progress import Progress
-from .retry import RetryPolicy
+from .job import CancelResult, Job, JobEvent, JobResult, JobStatus, PollSchedule
+from .pipeline import GenerationResult, Progress, Reference, Timing, generate
 from .schema import IMAGE_SIZES, MODEL_ID, EditSequentialRequest
 
 __all__ = [
@@ -33,10 +43,11 @@ __all__ = [
     "DownloadError",
     "EditSequentialRequest",
     "GenerationResult",
-    "GenerationSettings",
     "IMAGE_SIZES",
+    "ImageBatch",
     "InputError",
     "InsufficientBalanceError",
+    "Job",
     "JobCancelledError",
     "JobEvent",
     "JobFailedError",
@@ -45,6 +56,8 @@ __all__ = [
     "Limits",
     "MODEL_ID",
     "OutcomeUnknownError",
+    "PollSchedule",
+    "Price",
     "Progress",
     "Reference",
     "RequestNotFoundError",
@@ -53,13 +66,9 @@ __all__ = [
     "RunComfyError",
     "ServiceError",
     "StopRequested",
-    "Submission",
     "Timeouts",
     "Timing",
     "generate",
-    "parse_url_lines",
     "resolve_base_url",
     "resolve_credentials",
-    "run_job",
-    "wait_for_job",
 ]

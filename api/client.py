@@ -1,4 +1,4 @@
-"""Async HTTP client for the RunComfy Model API: submit, status, result, cancel.
+"""Async HTTP client for the RunComfy Model API: submit, status, result, cancel, and the catalog price.
 
 Invariants this module owns:
 
@@ -17,6 +17,12 @@ Invariants this module owns:
   Retry-After), 5xx, unreadable answers and refused connections with `job_retry`,
   which by default never gives up by itself: the job's deadline ends the wait. Each
   retry is announced ("RunComfy busy (HTTP 429); retrying in 20 s; the job is still running").
+- One send path (`_call`) serves every call; `idempotent=False` (the submit) is what makes a
+  lost answer "may have been charged" instead of a retry. One `RetryPolicy` bounds every retry
+  loop by attempts and by time; `Retry-After` is a lower bound on the next wait, never
+  permission to hammer (`Retry-After: 0` still backs off), and no wait exceeds ~30 s.
+- The catalog price is looked up in the background and cached per service; a failed or
+  slow lookup never blocks or fails a run.
 - No exception raised here has an httpx exception as its cause or context: those hold
   the request, and the request holds the token.
 """
@@ -24,73 +30,101 @@ Invariants this module owns:
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from .config import DEFAULT_BASE_URL, Credentials
-from .errors import (
-    InputError,
-    OutcomeUnknownError,
-    RunComfyError,
-    ServiceError,
-    error_from_response,
-)
-from .quiet_polls import quiet_status_polls
-from .retry import RetryPolicy, parse_retry_after
-from .schema import MAX_BODY_BYTES
+from .errors import InputError, OutcomeUnknownError, RunComfyError, ServiceError, error_from_response
+from .job import CancelResult, Job, JobResult, JobStatus, UploadTracker
+from .schema import MAX_BODY_BYTES, MODEL_ID, EditSequentialRequest
 
-SUCCESS_STATES = frozenset({"succeeded", "completed", "success"})
 QUEUED_STATES = frozenset({"in_queue", "queued", "pending"})
 RUNNING_STATES = frozenset({"in_progress", "running", "processing"})
-
 GATEWAY_STATUSES = frozenset({502, 503, 504})  # a proxy's word that the service itself did not answer
+PRICE_TTL_S = 3600.0
+PRICE_LOOKUP_TIMEOUT_S = 10.0
 
 RetryNotice = Callable[[str], None]
-RequestBody = Mapping[str, Any] | Sequence[bytes]
-
-
-@dataclass
-class UploadTracker:
-    """Whether the whole submit body has been handed to the connection, and what to do just before its last
-    piece is: from then until an answer arrives, a job may exist that nobody has been told about."""
-
-    complete: bool = False
-    on_last_piece: Callable[[], Awaitable[None]] | None = None  # must not raise
+log = logging.getLogger("runcomfy.seedream")
 
 
 @dataclass(frozen=True)
-class Submission:
-    request_id: str
-    status_url: str | None = None
-    result_url: str | None = None
-    cancel_url: str | None = None
+class RetryPolicy:
+    """Exponential backoff with jitter, bounded by attempts and by total time spent waiting.
+
+    `max_attempts=None` and `budget_s=None` retry without limit: for reads of a paid job,
+    whose own deadline is what ends the wait.
+    """
+
+    max_attempts: int | None = 8
+    budget_s: float | None = 180.0
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Wait before retry number `attempt` (1-based): backoff with +-25% jitter, at least `retry_after`, at most `max_delay_s`."""
+        backoff = min(self.max_delay_s, self.base_delay_s * (2 ** min(attempt - 1, 30))) * random.uniform(0.75, 1.25)
+        if retry_after is not None:
+            backoff = max(backoff, retry_after)
+        return min(backoff, self.max_delay_s)
+
+    def gives_up(self, attempt: int, waited_s: float, next_delay_s: float) -> bool:
+        """True when `attempt` tries were the last, or the next wait would pass the time budget."""
+        if self.max_attempts is not None and attempt >= self.max_attempts:
+            return True
+        return self.budget_s is not None and waited_s + next_delay_s > self.budget_s
+
+    @classmethod
+    def until_deadline(cls, *, base_delay_s: float = 0.5, max_delay_s: float = 30.0) -> RetryPolicy:
+        """Never give up by itself: the caller's deadline (a paid job's) ends the retries."""
+        return cls(max_attempts=None, budget_s=None, base_delay_s=base_delay_s, max_delay_s=max_delay_s)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date), >= 0; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds or seconds == float("inf"):  # NaN, inf
+        return None
+    return max(0.0, seconds)
 
 
 @dataclass(frozen=True)
-class JobStatus:
-    request_id: str
-    state: str  # normalised: in_queue, in_progress, completed, cancelled, or whatever else the service says
-    queue_position: int | None = None
+class Timeouts:
+    connect_s: float = 10.0
+    read_s: float = 30.0
+    submit_read_s: float = 120.0  # the service may take a while to store large data-URI references
+    write_s: float = 120.0
 
 
 @dataclass(frozen=True)
-class JobResult:
-    request_id: str
-    state: str
-    urls: tuple[str, ...] = ()
-    error: str | None = None
-    cost_usd: float | None = None
+class Price:
+    usd_per_image: float
+
+    def estimate(self, images: int) -> str:
+        return f"Estimated cost: up to ${self.usd_per_image * images:.2f} ({images} x ${self.usd_per_image:.3f} per image)"
 
 
-@dataclass(frozen=True)
-class CancelResult:
-    request_id: str
-    outcome: str  # "cancelled" or "not_cancellable"
-    state: str | None = None
+_prices: dict[tuple[str, str], tuple[float, Price]] = {}  # (base URL, model) -> (fetched at, price); never keyed by token
 
 
 def normalise_state(raw: Any) -> str:
@@ -123,17 +157,10 @@ def output_urls(output: Any) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _int_or_none(value: Any) -> int | None:
+def _number_or_none(value: Any, kind: type) -> Any:
     try:
-        return int(value) if value is not None and not isinstance(value, bool) else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _float_or_none(value: Any) -> float | None:
-    try:
-        return float(value) if value is not None and not isinstance(value, bool) else None
-    except (TypeError, ValueError):
+        return kind(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -154,30 +181,19 @@ def describe_transport_error(exc: httpx.HTTPError) -> str:
     return f"connection problem ({kind})"
 
 
-def _lost_submit(action: str, problem: str, body_complete: bool) -> RunComfyError:
-    """The error for a submit whose connection failed after it opened."""
-    if not body_complete:
-        return ServiceError(
-            f"{action} failed: the upload broke off before the whole request was sent ({problem}). RunComfy cannot "
-            "have created a job from part of a request, so nothing was charged. Check your connection and run again."
-        )
+def _may_be_charged(action: str, what_happened: str) -> OutcomeUnknownError:
     return OutcomeUnknownError(
-        f"{action}: the request was sent but the connection failed before RunComfy answered ({problem}). "
-        "The job may have been created and charged, so it was not sent again. Look for it in your RunComfy "
-        "dashboard before running again, or change the seed to submit anew."
+        f"{action}: {what_happened}. RunComfy may have created the job, and it may have been charged; it was not sent "
+        "again. Look for it in your RunComfy dashboard before running again, or change the seed to submit anew."
     )
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    connect_s: float = 10.0
-    read_s: float = 30.0
-    submit_read_s: float = 120.0  # the service may take a while to store large data-URI references
-    write_s: float = 120.0
-
-
 class RunComfyClient:
-    """One authenticated connection pool to the Model API. Use as `async with RunComfyClient(...)`."""
+    """One authenticated connection pool to the Model API. Use as `async with RunComfyClient(...)`.
+
+    `retry` bounds the submit's retries (only when nothing can have arrived) and `job_retry`
+    the reads of a job that exists; `on_retry` hears each retry announced.
+    """
 
     def __init__(
         self,
@@ -194,7 +210,6 @@ class RunComfyClient:
         self.job_retry = job_retry or RetryPolicy.until_deadline()
         self.timeouts = timeouts or Timeouts()
         self.on_retry = on_retry
-        quiet_status_polls(self.base_url)
         t = self.timeouts
         self._http = httpx.AsyncClient(
             base_url=self.base_url + "/",
@@ -214,16 +229,14 @@ class RunComfyClient:
 
     # --- calls -------------------------------------------------------------------------------
 
-    async def submit(self, model_id: str, body: RequestBody, upload: UploadTracker | None = None) -> Submission:
-        """POST the job once, with a Content-Length. See the module docstring for what each failure means.
+    async def submit(self, request: EditSequentialRequest, *, upload: UploadTracker | None = None) -> Job:
+        """POST the job once, with a Content-Length; its handle. See the module docstring for what each failure means.
 
-        `body` is the JSON payload as a dict or as byte pieces. `upload.complete` turns True once
-        the last byte has been handed to the connection: before that, no job can exist.
+        `upload.complete` turns True once the last byte has been handed to the connection: before that,
+        no job can exist.
         """
         upload = upload or UploadTracker()
-        if isinstance(body, Mapping):
-            body = [json.dumps(body, separators=(",", ":")).encode("utf-8")]
-        pieces = list(body)
+        pieces = request.body_pieces()
         length = sum(len(piece) for piece in pieces)
         if length > MAX_BODY_BYTES:
             raise InputError(
@@ -231,7 +244,6 @@ class RunComfyClient:
                 f"the request would be {length / 2**20:.0f} MiB; the limit is {MAX_BODY_BYTES / 2**20:.0f} MiB. "
                 "Use fewer or smaller reference images.",
             )
-        headers = {"Content-Type": "application/json", "Content-Length": str(length)}
 
         async def tracked() -> AsyncIterator[bytes]:
             upload.complete = False
@@ -241,83 +253,34 @@ class RunComfyClient:
                 yield piece
             upload.complete = True  # reached only once httpx asked for more after writing the last piece
 
-        action = "Submitting the job"
-        t = self.timeouts
-        timeout = httpx.Timeout(connect=t.connect_s, read=t.submit_read_s, write=t.write_s, pool=t.connect_s)
-        attempt = 0
-        waited = 0.0
-        while True:
-            attempt += 1
-            retry_after: float | None = None
-            failure: tuple[str, bool] | None = None  # (what happened, whether the body was complete)
-            response: httpx.Response | None = None
-            try:
-                response = await self._http.post(f"models/{model_id}", content=tracked(), headers=headers, timeout=timeout)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                problem = describe_transport_error(exc)  # the connection never opened: nothing arrived
-            except httpx.HTTPError as exc:  # a broken connection, or an answer that could not be read or decoded
-                failure = (describe_transport_error(exc), upload.complete)
-            if failure is not None:  # raised here, outside the except block, so no httpx exception is attached
-                raise _lost_submit(action, *failure)
-            if response is not None:
-                status = response.status_code
-                if status < 400:
-                    return self._submission_from(response)
-                refusal = error_from_response(status, _json_or_none(response), action=action)
-                if status in GATEWAY_STATUSES and refusal.error_code is None:  # a proxy's answer, not RunComfy's
-                    raise OutcomeUnknownError(
-                        f"{action}: a gateway in front of RunComfy answered HTTP {status} after the whole request was sent, "
-                        "so RunComfy may have created the job and charged it. It was not sent again. Look for it in your "
-                        "RunComfy dashboard before running again, or change the seed to submit anew."
-                    )
-                if status != 429:
-                    raise refusal
-                problem = "HTTP 429 (rate limited)"
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            delay = self.retry.delay(attempt, retry_after)
-            if self.retry.gives_up(attempt, waited, delay):
-                raise ServiceError(
-                    f"{action} failed: RunComfy could not be reached or refused it {attempt} times ({problem}). "
-                    "No job was created and nothing was charged. Check your connection and run again."
-                )
-            self._notify(f"{action}: {problem}; trying again in {delay:.0f} s (no job was created, nothing is charged).")
-            await asyncio.sleep(delay)
-            waited += delay
-
-    def _submission_from(self, response: httpx.Response) -> Submission:
-        data = _json_or_none(response)
-        request_id = data.get("request_id") if isinstance(data, Mapping) else None
+        data = await self._call(
+            "POST",
+            f"models/{MODEL_ID}",
+            action="Submitting the job",
+            idempotent=False,
+            body=tracked,
+            headers={"Content-Type": "application/json", "Content-Length": str(length)},
+            upload=upload,
+        )
+        request_id = data.get("request_id")
         if not isinstance(request_id, str) or not request_id:
             raise OutcomeUnknownError(
                 "Submitting the job: RunComfy accepted it but its answer had no readable request id. The job may "
                 "be running and charged; look for it in your RunComfy dashboard before running again."
             )
-        return Submission(
-            request_id=request_id,
-            status_url=data.get("status_url"),
-            result_url=data.get("result_url"),
-            cancel_url=data.get("cancel_url"),
-        )
+        return Job(self, request_id, just_submitted=True)
 
     async def status(self, request_id: str) -> JobStatus:
-        data = await self._read(
-            "GET", f"requests/{request_id}/status", action="Checking the job status", request_id=request_id, retry=self.job_retry
-        )
-        return JobStatus(
-            request_id=request_id,
-            state=normalise_state(data.get("status")),
-            queue_position=_int_or_none(data.get("queue_position")),
-        )
+        data = await self._call("GET", f"requests/{request_id}/status", action="Checking the job status", request_id=request_id)
+        return JobStatus(request_id, normalise_state(data.get("status")), _number_or_none(data.get("queue_position"), int))
 
-    async def result(self, request_id: str, *, include_cost: bool = True) -> JobResult:
-        params = {"include_cost": "true"} if include_cost else None
-        data = await self._read(
+    async def result(self, request_id: str) -> JobResult:
+        data = await self._call(
             "GET",
             f"requests/{request_id}/result",
             action="Fetching the job result",
             request_id=request_id,
-            params=params,
-            retry=self.job_retry,
+            params={"include_cost": "true"},
         )
         error = data.get("error") or data.get("error_message")
         if isinstance(error, Mapping):
@@ -327,79 +290,145 @@ class RunComfyClient:
             state=normalise_state(data.get("status")),
             urls=output_urls(data.get("output")),
             error=str(error) if error else None,
-            cost_usd=_float_or_none(data.get("cost")),
+            cost_usd=_number_or_none(data.get("cost"), float),
         )
 
     async def cancel(self, request_id: str) -> CancelResult:
         # Cancelling twice is harmless, so this call retries like a read.
-        data = await self._read("POST", f"requests/{request_id}/cancel", action="Cancelling the job", request_id=request_id)
-        return CancelResult(
-            request_id=request_id,
-            outcome=str(data.get("outcome") or "").lower(),
-            state=normalise_state(data.get("status")) or None,
-        )
+        data = await self._call("POST", f"requests/{request_id}/cancel", action="Cancelling the job", request_id=request_id)
+        return CancelResult(request_id, str(data.get("outcome") or "").lower(), normalise_state(data.get("status")) or None)
 
-    async def model_info(self, model_id: str) -> Mapping[str, Any]:
-        """The catalog entry of a model (price, schema)."""
-        return await self._read("GET", f"models/{model_id}", action="Reading the model catalog")
+    async def model_info(self, *, announce: bool = True) -> Mapping[str, Any]:
+        """The model's catalog entry (price, schema); a refused token is an `AuthenticationError`."""
+        return await self._call("GET", f"models/{MODEL_ID}", action="Reading the model catalog", announce=announce)
 
-    # --- plumbing ----------------------------------------------------------------------------
+    async def price(self) -> Price | None:
+        """The model's catalog price per image, cached for an hour per service; None when it cannot be had."""
+        key = (self.base_url, MODEL_ID)
+        cached = _prices.get(key)
+        if cached is not None and time.monotonic() - cached[0] < PRICE_TTL_S:
+            return cached[1]
+        try:
+            info = await asyncio.wait_for(self.model_info(announce=False), PRICE_LOOKUP_TIMEOUT_S)
+            price = Price(float(info["base_price_usd"]))
+        except (RunComfyError, asyncio.TimeoutError, KeyError, TypeError, ValueError) as exc:
+            log.debug("price lookup failed: %s", type(exc).__name__)
+            return None
+        _prices[key] = (time.monotonic(), price)
+        return price
+
+    # --- the one send path -------------------------------------------------------------------
 
     def _notify(self, message: str) -> None:
         if self.on_retry is not None:
             self.on_retry(message)
 
-    async def _read(
+    async def _call(
         self,
         method: str,
         path: str,
         *,
         action: str,
+        idempotent: bool = True,
         request_id: str | None = None,
         params: Mapping[str, str] | None = None,
-        retry: RetryPolicy | None = None,
+        body: Callable[[], AsyncIterator[bytes]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        upload: UploadTracker | None = None,
+        announce: bool = True,
     ) -> Mapping[str, Any]:
-        """A call that is safe to repeat: retried on 429, 5xx, unreadable JSON and network trouble."""
-        policy = retry or self.retry
+        """Send one call and return its JSON object, retrying what may be retried.
+
+        Every call is retried when the connection never opened and on 429. An idempotent call is also
+        retried on 5xx, a bare 404, a broken connection and an unreadable answer, with `job_retry` when it
+        reads a job (`request_id`). A non-idempotent call (the submit) is never sent twice once its body
+        may have arrived: a broken connection after the whole body, an unreadable answer or a gateway's
+        502/503/504 is `OutcomeUnknownError`; any other answer is the error it says.
+        """
+        policy = self.job_retry if request_id else self.retry
+        t = self.timeouts
+        timeout = None if idempotent else httpx.Timeout(connect=t.connect_s, read=t.submit_read_s, write=t.write_s, pool=t.connect_s)
         attempt = 0
         waited = 0.0
         while True:
             attempt += 1
-            last_error: RunComfyError | None = None
             retry_after: float | None = None
+            last_error: ServiceError | None = None
+            lost: str | None = None  # a non-idempotent call whose connection failed after it opened
             response: httpx.Response | None = None
+            options: dict[str, Any] = {"params": params, "headers": headers}
+            if body is not None:
+                options["content"] = body()
+            if timeout is not None:
+                options["timeout"] = timeout
             try:
-                response = await self._http.request(method, path, params=params)
-            except httpx.HTTPError as exc:
+                response = await self._http.request(method, path, **options)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                problem, busy = describe_transport_error(exc), "unreachable"  # never opened: nothing arrived
+            except httpx.HTTPError as exc:  # broken, timed out, or an answer that could not be read or decoded
                 problem, busy = describe_transport_error(exc), "unreachable"
+                if not idempotent:
+                    lost = problem
+            if lost is not None:  # raised here, outside the except block, so no httpx exception is attached
+                raise self._lost_submit(action, lost, upload is not None and upload.complete)
             if response is not None:
                 status = response.status_code
                 if status < 400:
                     data = _json_or_none(response)
                     if isinstance(data, Mapping):
                         return data
+                    if not idempotent:  # accepted, but what was accepted cannot be read: the caller says so
+                        return {}
                     problem, busy = "an unreadable answer", "not answering properly"
-                elif status == 429 or status >= 500 or status == 404:
+                else:
                     last_error = error_from_response(status, _json_or_none(response), action=action, request_id=request_id)
-                    if status == 404 and last_error.error_code == "404001":
-                        raise last_error  # RunComfy's own word: the request is gone
-                    # Any other 404 is a proxy or an edge in trouble, not the request being gone.
+                    if not idempotent and status in GATEWAY_STATUSES and last_error.error_code is None:
+                        raise _may_be_charged(
+                            action, f"a gateway in front of RunComfy answered HTTP {status} after the whole request was sent"
+                        )
+                    retryable = status == 429 or (idempotent and (status >= 500 or (status == 404 and last_error.error_code != "404001")))
+                    if not retryable:  # RunComfy's own word (a bare 404 is a proxy or an edge in trouble)
+                        raise last_error
                     problem, busy = f"HTTP {status}", "busy" if status == 429 else "unavailable"
                     if status == 429:
+                        problem += " (rate limited)" if not idempotent else ""
                         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                else:
-                    raise error_from_response(status, _json_or_none(response), action=action, request_id=request_id)
             delay = policy.delay(attempt, retry_after)
             if policy.gives_up(attempt, waited, delay):
-                if last_error is not None:
-                    raise type(last_error)(
-                        f"{last_error} (gave up after {attempt} tries)",
-                        http_status=last_error.http_status,
-                        error_code=last_error.error_code,
-                        request_id=request_id,
-                    )
-                raise ServiceError(f"{action} failed: lost contact with RunComfy after {attempt} tries ({problem}).", request_id=request_id)
-            still_running = "; the job is still running" if request_id else ""
-            self._notify(f"RunComfy {busy} ({problem}); retrying in {delay:.0f} s{still_running}")
+                raise self._gave_up(action, attempt, problem, last_error, idempotent, request_id)
+            if not announce:
+                pass
+            elif not idempotent:
+                self._notify(f"{action}: {problem}; trying again in {delay:.0f} s (no job was created, nothing is charged).")
+            else:
+                still_running = "; the job is still running" if request_id else ""
+                self._notify(f"RunComfy {busy} ({problem}); retrying in {delay:.0f} s{still_running}")
             await asyncio.sleep(delay)
             waited += delay
+
+    @staticmethod
+    def _lost_submit(action: str, problem: str, body_complete: bool) -> RunComfyError:
+        if not body_complete:
+            return ServiceError(
+                f"{action} failed: the upload broke off before the whole request was sent ({problem}). RunComfy cannot "
+                "have created a job from part of a request, so nothing was charged. Check your connection and run again."
+            )
+        return _may_be_charged(action, f"the request was sent but the connection failed before RunComfy answered ({problem})")
+
+    @staticmethod
+    def _gave_up(
+        action: str, attempt: int, problem: str, last_error: ServiceError | None, idempotent: bool, request_id: str | None
+    ) -> RunComfyError:
+        if not idempotent:
+            return ServiceError(
+                f"{action} failed: RunComfy could not be reached or refused it {attempt} times ({problem}). "
+                "No job was created and nothing was charged. Check your connection and run again."
+            )
+        if last_error is not None:
+            return type(last_error)(
+                f"{last_error} (gave up after {attempt} tries)",
+                http_status=last_error.http_status,
+                error_code=last_error.error_code,
+                request_id=request_id,
+            )
+        return ServiceError(f"{action} failed: lost contact with RunComfy after {attempt} tries ({problem}).", request_id=request_id)

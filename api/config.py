@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .downloads import MAX_DOWNLOAD_BYTES
 from .errors import ConfigurationError
-from .image_batch import DEFAULT_BATCH_BYTES
 from .resume import DEFAULT_CACHE_BYTES, MAX_CACHED_RESULTS, read_regular_file, write_atomically
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net/v1"
@@ -152,6 +150,8 @@ def resolve_base_url(env: Mapping[str, str] | None = None) -> str:
 STATE_DIR_ENV = "RUNCOMFY_SEEDREAM_STATE_DIR"
 CACHE_MB_ENV = "RUNCOMFY_SEEDREAM_CACHE_MB"
 BATCH_MB_ENV = "RUNCOMFY_SEEDREAM_BATCH_MB"
+DEFAULT_BATCH_BYTES = 3 * 1024**3  # the output batch and its native copies; the largest real Seedream set needs ~2.1 GiB
+MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024  # one result file
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ could hold the request and its headers) as its cause or context.
     ├── OutcomeUnknownError ... the submit may have arrived and no answer came back: may be charged
     ├── JobCancelledError
     ├── DeadlineExceededError . the node stopped waiting (`cancelled`: it cancelled the queued job)
-    ├── StopRequested ......... the user pressed Stop (`cancel_outcome` says what happened remotely)
+    ├── StopRequested ......... the user pressed Stop (`cancelled`: the queued job was cancelled)
     └── DownloadError ......... a result file could not be fetched or used (`transient`: try again)
 """
 
@@ -104,11 +104,11 @@ class DeadlineExceededError(RunComfyError):
 
 
 class StopRequested(RunComfyError):
-    """The user pressed Stop; carries what happened to the remote job."""
+    """The user pressed Stop; the message says what happened to the remote job."""
 
-    def __init__(self, message: str, *, request_id: str | None = None, cancel_outcome: str | None = None) -> None:
+    def __init__(self, message: str, *, request_id: str | None = None, cancelled: bool = False) -> None:
         super().__init__(message, request_id=request_id)
-        self.cancel_outcome = cancel_outcome
+        self.cancelled = cancelled  # the queued job was cancelled at RunComfy: nothing to collect later
 
 
 class DownloadError(RunComfyError):

@@ -1,33 +1,76 @@
-"""Running one job to completion: submit once, poll adaptively, collect the result.
+"""A RunComfy job from its request id to its result: a handle, in the manner of fal_client's.
 
-Stop is checked every 0.2 s in every phase. A queued job is cancelled
-remotely; a running one cannot be, and the user is told it may be charged.
-Once the job exists, only the job itself (done, failed, cancelled), Stop or the
-job's deadline ends the wait: status and result reads retry through outages
-(see `client`), and the request id is announced the moment it is known.
+    job = await client.submit(request)            # or: job = Job.resume(client, request_id)
+    async for event in job.events(): ...           # queued / running / finishing, until the result is known
+    result = await job.result()                    # URLs and cost; JobFailedError / JobCancelledError otherwise
+    await job.cancel()                             # RunComfy cancels a job only while it is queued
+    result = await job.wait(deadline_s=…, should_stop=…, on_event=…)   # all of the above, with Stop and a deadline
+
+Invariants this module owns:
+
+- Stop is checked every 0.2 s in every phase. During the upload an incomplete body is
+  abandoned (no job can exist); after it, a queued job is cancelled remotely and a running
+  one cannot be, and the user is told it may be charged.
+- Once the job exists, only the job itself (done, failed, cancelled), Stop or the job's
+  deadline ends the wait: status and result reads retry through outages (see `client`).
+  A job still queued at the deadline is cancelled, so it costs nothing.
+- Polling is quick at first, steady while the job changes and slower once it has been quiet
+  a while; it stays under two status requests a second and is jittered, so many clients do
+  not poll in lockstep.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
-from .client import SUCCESS_STATES, JobResult, RequestBody, RunComfyClient, UploadTracker
-from .errors import (
-    DeadlineExceededError,
-    JobCancelledError,
-    JobFailedError,
-    OutcomeUnknownError,
-    RunComfyError,
-    StopRequested,
-)
-from .polling import PollSchedule
-from .waiting import StopCheck, cancel_and_wait, never_stop, wait_watching
+from .errors import DeadlineExceededError, JobCancelledError, JobFailedError, OutcomeUnknownError, RunComfyError, StopRequested
 
-DEFAULT_DEADLINE_S = 30 * 60
+if TYPE_CHECKING:
+    from .schema import EditSequentialRequest
+
+DEFAULT_DEADLINE_S = 30 * 60  # RunComfy's own nodes wait this long for a set of 15
 CANCEL_WAIT_S = 15.0
+STOP_CHECK_INTERVAL_S = 0.2
+SUCCESS_STATES = frozenset({"succeeded", "completed", "success"})
+
+StopCheck = Callable[[], bool]
+
+
+def never_stop() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    request_id: str
+    state: str  # normalised: in_queue, in_progress, completed, cancelled, or whatever else the service says
+    queue_position: int | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    request_id: str
+    state: str
+    urls: tuple[str, ...] = ()
+    error: str | None = None
+    cost_usd: float | None = None
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    request_id: str
+    outcome: str  # what RunComfy said: "cancelled", "not_cancellable", …
+    state: str | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.outcome == "cancelled" or self.state == "cancelled"
 
 
 @dataclass(frozen=True)
@@ -44,49 +87,294 @@ class JobEvent:
 EventSink = Callable[[JobEvent], None]
 
 
-def _ignore(_: JobEvent) -> None:
-    return None
+class JobService(Protocol):
+    """The calls a job needs; `client.RunComfyClient` provides them."""
+
+    async def status(self, request_id: str) -> JobStatus: ...
+    async def result(self, request_id: str) -> JobResult: ...
+    async def cancel(self, request_id: str) -> CancelResult: ...
 
 
-class _Tracker:
-    """The last remote state seen, so Stop and the deadline know whether the job is still queued."""
+@dataclass
+class PollSchedule:
+    """Delays between status polls: `first_s` after a submit, `steady_s` while the job changes, growing
+    to `ceiling_s` after `patience_s` without change. A finished job is noticed about a quarter to half
+    a second later on average."""
 
-    def __init__(self) -> None:
-        self.state: str | None = None
-        self.running_since: float | None = None
+    first_s: float = 0.5
+    steady_s: float = 0.65
+    ceiling_s: float = 1.0
+    patience_s: float = 30.0
+    growth: float = 1.1
+    jitter: float = 0.2
+    _current: float = field(init=False, default=0.0)
+    _quiet_for: float = field(init=False, default=0.0)
+    _first: bool = field(init=False, default=True)
+
+    def __post_init__(self) -> None:
+        self._current = self.steady_s
+
+    def next_delay(self, *, progressed: bool) -> float:
+        """Delay before the next poll; `progressed` means the last answer differed from the one before."""
+        if self._first:
+            self._first = False
+            return self.first_s
+        if progressed:
+            self._current, self._quiet_for = self.steady_s, 0.0
+        elif self._quiet_for >= self.patience_s:
+            self._current = min(self.ceiling_s, self._current * self.growth)
+        delay = self._current * random.uniform(1 - self.jitter, 1 + self.jitter)
+        self._quiet_for += delay
+        return delay
 
 
-SubmittedHook = Callable[[str], Awaitable[None]]
+class Waited(enum.Enum):
+    DONE = "done"
+    STOP = "stop"
+    DEADLINE = "deadline"
 
 
-async def run_job(
-    client: RunComfyClient,
-    model_id: str,
-    body: RequestBody,
+async def wait_watching(task: asyncio.Future, should_stop: StopCheck, *, deadline: float | None = None) -> Waited:
+    """Wait for `task` until it is done, Stop is pressed or `deadline` (loop time) passes, whichever is first.
+    The task is left running on STOP and DEADLINE: the caller decides what to do with it."""
+    loop = asyncio.get_running_loop()
+    while True:
+        if task.done():
+            return Waited.DONE
+        if should_stop():
+            return Waited.STOP
+        timeout = STOP_CHECK_INTERVAL_S
+        if deadline is not None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return Waited.DEADLINE
+            timeout = min(timeout, remaining)
+        await asyncio.wait({task}, timeout=timeout)
+
+
+async def cancel_and_wait(task: asyncio.Future) -> None:
+    """Cancel a task and wait until it has really finished, discarding its outcome."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def run_stoppable(work: Awaitable, should_stop: StopCheck) -> tuple[bool, object]:
+    """(stopped, result) of `work`; when Stop is pressed first, the work is cancelled and result is None."""
+    task = asyncio.ensure_future(work)
+    try:
+        waited = await wait_watching(task, should_stop)
+    except BaseException:
+        await cancel_and_wait(task)
+        raise
+    if waited is Waited.STOP:
+        await cancel_and_wait(task)
+        return True, None
+    return False, task.result()
+
+
+class Job:
+    """A request RunComfy has accepted (or may have: see `resume`)."""
+
+    def __init__(self, service: JobService, request_id: str, *, just_submitted: bool = False) -> None:
+        self.service = service
+        self.request_id = request_id
+        self.state: str | None = None  # the last state RunComfy reported; None before the first answer
+        self._just_submitted = just_submitted
+        self._running_since: float | None = None
+        self._result: JobResult | None = None
+
+    @classmethod
+    def resume(cls, service: JobService, request_id: str) -> Job:
+        """The handle of a request made earlier, by this process or another."""
+        return cls(service, request_id)
+
+    async def status(self) -> JobStatus:
+        status = await self.service.status(self.request_id)
+        self.state = status.state
+        return status
+
+    async def cancel(self) -> CancelResult:
+        return await self.service.cancel(self.request_id)
+
+    async def events(self, poll_schedule: PollSchedule | None = None) -> AsyncIterator[JobEvent]:
+        """Poll until the job has ended. The iteration ends once the result is known (then `result()` returns
+        it at once); a failed or cancelled job raises `JobFailedError` / `JobCancelledError`."""
+        schedule = poll_schedule or PollSchedule()
+        if self._result is not None:
+            return
+        if self._just_submitted:  # it cannot be done yet: the first check waits a moment
+            self._just_submitted = False
+            await asyncio.sleep(schedule.next_delay(progressed=True))
+        started = time.monotonic()
+        last_seen: tuple[str, int | None] | None = None
+        while True:
+            status = await self.status()
+            seen = (status.state, status.queue_position)
+            progressed, last_seen = seen != last_seen, seen
+            now = time.monotonic()
+            if status.state == "in_queue":
+                where = f" (position {status.queue_position})" if status.queue_position is not None else ""
+                yield JobEvent("queued", f"Queued at RunComfy{where}", self.request_id, status.queue_position, now - started)
+            elif status.state == "in_progress":
+                self._running_since = self._running_since or now
+                elapsed = now - self._running_since
+                yield JobEvent("running", f"Generating… {elapsed:.0f} s", self.request_id, None, elapsed)
+            elif status.state == "cancelled":
+                raise JobCancelledError(
+                    "The job was cancelled at RunComfy (not by this node). Run the node again to submit a new job.",
+                    request_id=self.request_id,
+                )
+            else:
+                yield JobEvent("finishing", "Fetching the result…", self.request_id)
+                if await self._fetch_result():
+                    return
+            await asyncio.sleep(schedule.next_delay(progressed=progressed))
+
+    async def _fetch_result(self) -> bool:
+        """True once the result is in; raises when the job failed or was cancelled."""
+        result = await self.service.result(self.request_id)
+        self.state = result.state
+        if result.state in SUCCESS_STATES:
+            if not result.urls:
+                raise JobFailedError(
+                    "RunComfy reports the job finished but returned no images. Try a clearer prompt that states how many images to make.",
+                    request_id=self.request_id,
+                )
+            self._result = result
+            return True
+        if result.state == "failed":
+            raise JobFailedError(
+                f"RunComfy reports the generation failed: {result.error or 'no reason given'}. "
+                "Adjust the prompt or references and run again.",
+                request_id=self.request_id,
+            )
+        if result.state == "cancelled":
+            raise JobCancelledError("The job was cancelled at RunComfy.", request_id=self.request_id)
+        return False  # status and result can disagree for a moment: keep polling
+
+    async def result(self, poll_schedule: PollSchedule | None = None) -> JobResult:
+        """Wait for the result, however long it takes (see `wait` for Stop and a deadline)."""
+        async for _ in self.events(poll_schedule):
+            pass
+        assert self._result is not None
+        return self._result
+
+    async def wait(
+        self,
+        *,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+        should_stop: StopCheck = never_stop,
+        on_event: EventSink | None = None,
+        poll_schedule: PollSchedule | None = None,
+    ) -> JobResult:
+        """The result, unless Stop is pressed (`StopRequested`) or `deadline_s` passes (`DeadlineExceededError`);
+        either way a job still queued is cancelled, so it costs nothing."""
+        emit = on_event or (lambda event: None)
+        deadline = asyncio.get_running_loop().time() + deadline_s
+
+        async def follow() -> JobResult:
+            async for event in self.events(poll_schedule):
+                emit(event)
+            assert self._result is not None
+            return self._result
+
+        task = asyncio.ensure_future(follow())
+        try:
+            waited = await wait_watching(task, should_stop, deadline=deadline)
+        except BaseException:
+            await cancel_and_wait(task)
+            raise
+        if waited is Waited.DONE:
+            return task.result()
+        await cancel_and_wait(task)
+        if waited is Waited.STOP:
+            raise await self._stopped(emit)
+        raise await self._deadline_passed(deadline_s)
+
+    async def _cancel_outcome(self) -> tuple[bool | None, str]:
+        """(True: cancelled, False: RunComfy refused, None: unknown; what happened)."""
+        try:
+            answer = await asyncio.wait_for(self.cancel(), CANCEL_WAIT_S)
+        except asyncio.TimeoutError:
+            return None, "RunComfy did not answer the cancel request in time"
+        except RunComfyError as exc:
+            return None, f"the cancel request failed: {exc}"
+        if answer.cancelled:
+            return True, ""
+        if answer.outcome == "not_cancellable":
+            return False, ""
+        return None, f"RunComfy answered {answer.outcome or 'nothing clear'}"
+
+    async def _stopped(self, emit: EventSink) -> StopRequested:
+        request_id = self.request_id
+        if self.state not in (None, "in_queue"):
+            return StopRequested(
+                f"Stopped. Request {request_id} was already generating; RunComfy cannot cancel a running job, "
+                "so it will finish and may still be charged.",
+                request_id=request_id,
+            )
+        emit(JobEvent("stopping", f"Stop pressed: cancelling queued request {request_id}…", request_id))
+        cancelled, detail = await self._cancel_outcome()
+        if cancelled:
+            message = f"Stopped. Queued request {request_id} was cancelled at RunComfy; nothing is charged."
+        elif cancelled is False:
+            message = (
+                f"Stopped. Request {request_id} had already started, so RunComfy could not cancel it; "
+                "it will finish and may still be charged."
+            )
+        else:
+            message = f"Stopped, but cancelling request {request_id} is unconfirmed ({detail}); it may still run and be charged."
+        emit(JobEvent("stopping", message, request_id))
+        return StopRequested(message, request_id=request_id, cancelled=bool(cancelled))
+
+    async def _deadline_passed(self, deadline_s: float) -> DeadlineExceededError:
+        minutes = f"{deadline_s / 60:.0f} min" if deadline_s >= 60 else f"{deadline_s:.0f} s"
+        if self.state in (None, "in_queue") and (await self._cancel_outcome())[0]:
+            return DeadlineExceededError(
+                f"Request {self.request_id} was still queued after {minutes}, so it was cancelled; nothing is charged. "
+                "RunComfy is busy: run again later.",
+                request_id=self.request_id,
+                cancelled=True,
+            )
+        return DeadlineExceededError(
+            f"Request {self.request_id} did not finish within {minutes}; the node stopped waiting. It may still finish and be charged.",
+            request_id=self.request_id,
+        )
+
+
+class Submitter(Protocol):
+    async def submit(self, request: EditSequentialRequest, *, upload: UploadTracker | None = None) -> Job: ...
+
+
+@dataclass
+class UploadTracker:
+    """Whether the whole submit body has been handed to the connection, and what to do just before its last
+    piece is: from then until an answer arrives, a job may exist that nobody has been told about."""
+
+    complete: bool = False
+    on_last_piece: Callable[[], Awaitable[None]] | None = None  # must not raise
+
+
+async def submit_watching(
+    client: Submitter,
+    request: EditSequentialRequest,
     *,
-    deadline_s: float = DEFAULT_DEADLINE_S,
+    should_stop: StopCheck = never_stop,
     on_event: EventSink | None = None,
-    should_stop: StopCheck | None = None,
-    on_submitted: SubmittedHook | None = None,
-    on_last_piece: Callable[[], Awaitable[None]] | None = None,
-    poll_schedule: PollSchedule | None = None,
-) -> JobResult:
-    """Submit once, then wait for the result. `on_last_piece()` runs just before the body's last piece is handed
-    over (a job may exist from then on), `on_submitted(request_id)` the moment the id is known. Neither may raise."""
-    emit = on_event or _ignore
-    stop = should_stop or never_stop
-    deadline = asyncio.get_running_loop().time() + deadline_s
-
-    if stop():
+    upload: UploadTracker | None = None,
+) -> Job:
+    """Submit once, watching Stop. Stop before the whole body is sent abandons the upload (no job can exist:
+    `StopRequested`); Stop after it waits for RunComfy's answer, so that `job.wait()` can cancel the job."""
+    emit = on_event or (lambda event: None)
+    upload = upload or UploadTracker()
+    if should_stop():
         raise StopRequested("Stopped before submitting: nothing was sent and nothing is charged.")
     emit(JobEvent("submitting", "Submitting the job to RunComfy…"))
-    upload = UploadTracker(on_last_piece=on_last_piece)
-    submit_task = asyncio.ensure_future(client.submit(model_id, body, upload))
+    task = asyncio.ensure_future(client.submit(request, upload=upload))
     try:
-        stop_pressed = await wait_watching(submit_task, stop) == "stop"
-        if stop_pressed and not upload.complete and not submit_task.done():
-            # The body is not complete, so the service cannot have a job from it: abandon the upload.
-            await cancel_and_wait(submit_task)
+        stopped = await wait_watching(task, should_stop) is Waited.STOP
+        if stopped and not upload.complete and not task.done():
+            await cancel_and_wait(task)
             if upload.complete:  # the last bytes went out while the upload was being abandoned
                 raise OutcomeUnknownError(
                     "Stopped just as the upload completed: RunComfy may have created the job and charged it, and its "
@@ -95,166 +383,12 @@ async def run_job(
             raise StopRequested(
                 "Stopped while uploading: the upload was abandoned before it completed, so no job was created and nothing is charged."
             )
-        if stop_pressed:
+        if stopped:
             emit(JobEvent("stopping", "Stop pressed: waiting for RunComfy to confirm the submit so the job can be cancelled…"))
-            await asyncio.wait({submit_task})
+            await asyncio.wait({task})
     except BaseException:
-        await cancel_and_wait(submit_task)
+        await cancel_and_wait(task)
         raise
-    request_id = submit_task.result().request_id
-    emit(JobEvent("submitted", f"Submitted: request {request_id}", request_id=request_id))
-    if on_submitted is not None:
-        await on_submitted(request_id)  # must not raise: local trouble cannot end a paid job
-    if stop_pressed:
-        raise await _stopped(client, request_id, _Tracker(), emit)
-    return await wait_for_job(
-        client,
-        request_id,
-        deadline_s=deadline - asyncio.get_running_loop().time(),
-        on_event=emit,
-        should_stop=stop,
-        poll_schedule=poll_schedule,
-        just_submitted=True,
-    )
-
-
-async def wait_for_job(
-    client: RunComfyClient,
-    request_id: str,
-    *,
-    deadline_s: float = DEFAULT_DEADLINE_S,
-    on_event: EventSink | None = None,
-    should_stop: StopCheck | None = None,
-    poll_schedule: PollSchedule | None = None,
-    just_submitted: bool = False,
-) -> JobResult:
-    """Poll a submitted job until it succeeds, fails, is stopped or the deadline passes."""
-    emit = on_event or _ignore
-    stop = should_stop or never_stop
-    deadline = asyncio.get_running_loop().time() + deadline_s
-    tracker = _Tracker()
-    poll_task = asyncio.ensure_future(
-        _poll_until_finished(client, request_id, tracker, emit, poll_schedule or PollSchedule(), just_submitted)
-    )
-    try:
-        outcome = await wait_watching(poll_task, stop, deadline=deadline)
-    except BaseException:
-        await cancel_and_wait(poll_task)
-        raise
-    if outcome == "done":
-        return poll_task.result()
-    await cancel_and_wait(poll_task)
-    if outcome == "stop":
-        raise await _stopped(client, request_id, tracker, emit)
-    raise await _deadline_passed(client, request_id, tracker, deadline_s)
-
-
-async def _poll_until_finished(
-    client: RunComfyClient,
-    request_id: str,
-    tracker: _Tracker,
-    emit: EventSink,
-    schedule: PollSchedule,
-    just_submitted: bool,
-) -> JobResult:
-    submitted_at = time.monotonic()
-    last_seen: tuple[str, int | None] | None = None
-    if just_submitted:  # it cannot be done yet: the first check waits a moment
-        await asyncio.sleep(schedule.next_delay(progressed=True))
-    while True:
-        status = await client.status(request_id)
-        tracker.state = status.state
-        seen = (status.state, status.queue_position)
-        progressed = seen != last_seen
-        last_seen = seen
-        now = time.monotonic()
-        if status.state == "in_queue":
-            where = f" (position {status.queue_position})" if status.queue_position is not None else ""
-            emit(JobEvent("queued", f"Queued at RunComfy{where}", request_id, status.queue_position, now - submitted_at))
-        elif status.state == "in_progress":
-            tracker.running_since = tracker.running_since or now
-            elapsed = now - tracker.running_since
-            emit(JobEvent("running", f"Generating… {elapsed:.0f} s", request_id, None, elapsed))
-        elif status.state == "cancelled":
-            raise JobCancelledError(
-                "The job was cancelled at RunComfy (not by this node). Run the node again to submit a new job.",
-                request_id=request_id,
-            )
-        else:
-            emit(JobEvent("finishing", "Fetching the result…", request_id))
-            result = await client.result(request_id, include_cost=True)
-            tracker.state = result.state
-            if result.state in SUCCESS_STATES:
-                if not result.urls:
-                    raise JobFailedError(
-                        "RunComfy reports the job finished but returned no images. Try a clearer prompt "
-                        "that states how many images to make.",
-                        request_id=request_id,
-                    )
-                return result
-            if result.state == "failed":
-                reason = result.error or "no reason given"
-                raise JobFailedError(
-                    f"RunComfy reports the generation failed: {reason}. Adjust the prompt or references and run again.",
-                    request_id=request_id,
-                )
-            if result.state == "cancelled":
-                raise JobCancelledError("The job was cancelled at RunComfy.", request_id=request_id)
-            # Status and result can disagree for a moment; keep polling.
-        await asyncio.sleep(schedule.next_delay(progressed=progressed))
-
-
-async def _cancel_outcome(client: RunComfyClient, request_id: str) -> tuple[str, str]:
-    """("cancelled" | "not_cancellable" | "unknown", detail)."""
-    try:
-        answer = await asyncio.wait_for(client.cancel(request_id), CANCEL_WAIT_S)
-    except asyncio.TimeoutError:
-        return "unknown", "RunComfy did not answer the cancel request in time"
-    except RunComfyError as exc:
-        return "unknown", f"the cancel request failed: {exc}"
-    if answer.outcome == "cancelled" or answer.state == "cancelled":
-        return "cancelled", ""
-    if answer.outcome == "not_cancellable":
-        return "not_cancellable", ""
-    return "unknown", f"RunComfy answered {answer.outcome or 'nothing clear'}"
-
-
-async def _stopped(client: RunComfyClient, request_id: str, tracker: _Tracker, emit: EventSink) -> StopRequested:
-    """Stop pressed after submit: cancel if still queued; the error to raise says what happened."""
-    if tracker.state not in (None, "in_queue"):
-        return StopRequested(
-            f"Stopped. Request {request_id} was already generating; RunComfy cannot cancel a running job, "
-            "so it will finish and may still be charged.",
-            request_id=request_id,
-            cancel_outcome="not_attempted",
-        )
-    emit(JobEvent("stopping", f"Stop pressed: cancelling queued request {request_id}…", request_id))
-    outcome, detail = await _cancel_outcome(client, request_id)
-    if outcome == "cancelled":
-        message = f"Stopped. Queued request {request_id} was cancelled at RunComfy; nothing is charged."
-    elif outcome == "not_cancellable":
-        message = (
-            f"Stopped. Request {request_id} had already started, so RunComfy could not cancel it; it will finish and may still be charged."
-        )
-    else:
-        message = f"Stopped, but cancelling request {request_id} is unconfirmed ({detail}); it may still run and be charged."
-    emit(JobEvent("stopping", message, request_id))
-    return StopRequested(message, request_id=request_id, cancel_outcome=outcome)
-
-
-async def _deadline_passed(client: RunComfyClient, request_id: str, tracker: _Tracker, deadline_s: float) -> DeadlineExceededError:
-    """The deadline passed: a still-queued job is cancelled so it costs nothing."""
-    minutes = f"{deadline_s / 60:.0f} min" if deadline_s >= 60 else f"{deadline_s:.0f} s"
-    if tracker.state in (None, "in_queue"):
-        outcome, _ = await _cancel_outcome(client, request_id)
-        if outcome == "cancelled":
-            return DeadlineExceededError(
-                f"Request {request_id} was still queued after {minutes}, so it was cancelled; nothing is charged. "
-                "RunComfy is busy: run again later.",
-                request_id=request_id,
-                cancelled=True,
-            )
-    return DeadlineExceededError(
-        f"Request {request_id} did not finish within {minutes}; the node stopped waiting. It may still finish and be charged.",
-        request_id=request_id,
-    )
+    job = task.result()
+    emit(JobEvent("submitted", f"Submitted: request {job.request_id}", request_id=job.request_id))
+    return job

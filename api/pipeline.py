@@ -1,32 +1,34 @@
-"""The whole job for one node run: validate, encode references, submit once, wait, download, assemble.
+"""One run, as the node makes it: validate, encode references, submit once, wait, download, assemble,
+and what the user sees meanwhile (`Progress`: a line of text and a fraction of the whole run).
 
-Plain Python on numpy arrays, so scripts and tests can drive exactly what the
-ComfyUI node drives. Every check runs before anything is encoded or sent. Runs of
-identical inputs are serialised (`resume.ResumeStore.exclusive`), so the second one
-collects what the first paid for. Once a submit may have reached RunComfy, local
-trouble (disk, cache, assembly) only ever adds a warning line: the run goes on.
-Every wait is set by `Timing`, every memory and disk bound by `Limits`.
+Plain Python on numpy arrays, so scripts and tests drive exactly what the ComfyUI node
+drives. Every check runs before anything is encoded or sent. Runs of identical inputs are
+serialised (`resume.ResumeStore.exclusive`), so the second one collects what the first paid
+for. Once a submit may have reached RunComfy, local trouble (disk, cache, assembly) only ever
+adds a warning line: the run goes on. Every wait is set by `Timing`, every memory and disk
+bound by `Limits`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .client import JobResult, RunComfyClient, Timeouts
+from .client import Price, RetryPolicy, RunComfyClient, Timeouts
 from .config import Credentials, Limits, resolve_base_url, resolve_credentials
 from .downloads import (
     DOWNLOAD_DEADLINE_S,
     DOWNLOAD_READ_TIMEOUT_S,
     DOWNLOAD_RETRY,
+    ImageBatch,
     ResultDownloader,
     UrlPolicy,
-    decode_image,
-    image_size,
+    assemble,
 )
 from .errors import (
     AuthenticationError,
@@ -39,35 +41,29 @@ from .errors import (
     RunComfyError,
     StopRequested,
 )
-from .image_batch import ImageBatch
-from .job import DEFAULT_DEADLINE_S, run_job, wait_for_job
-from .memory import release_free_memory
-from .parallel import map_in_threads
-from .polling import PollSchedule
-from .pricing import catalog_price
-from .progress import ProgressReporter, ProgressSink
+from .job import (
+    DEFAULT_DEADLINE_S,
+    Job,
+    JobEvent,
+    JobResult,
+    PollSchedule,
+    StopCheck,
+    UploadTracker,
+    never_stop,
+    run_stoppable,
+    submit_watching,
+)
 from .references import (
-    DEFAULT_PNG,
     EncodedReference,
-    PngSettings,
     PreparedReference,
     check_frame_shape,
     encode_references,
+    map_in_threads,
     per_reference_byte_limit,
     prepare_reference,
 )
 from .resume import UNKNOWN_OUTCOME_HOLD_S, CachedResult, ResumeStore, request_fingerprint
-from .retry import RetryPolicy
-from .schema import (
-    DEFAULT_IMAGE_SIZE,
-    DEFAULT_MAX_IMAGES,
-    MODEL_ID,
-    EditSequentialRequest,
-    check_image_url,
-)
-from .waiting import StopCheck, never_stop, run_stoppable
-
-SMALL_BATCH_BYTES = 256 * 1024**2  # the second try when the batch could not be allocated
+from .schema import MODEL_ID, EditSequentialRequest
 
 
 @dataclass(frozen=True)
@@ -86,33 +82,8 @@ class Timing:
 
 
 @dataclass(frozen=True)
-class GenerationSettings:
-    """The node's widgets, named as the user sees them."""
-
-    prompt: str
-    max_images: int = DEFAULT_MAX_IMAGES
-    image_size: str = DEFAULT_IMAGE_SIZE
-    seed: int | None = None
-    optimize_prompt: str = "fast"
-    sequential_image_generation: str = "auto"
-
-    def request(self, reference_count: int) -> EditSequentialRequest:
-        """The submit these widgets make for `reference_count` references, checked against every schema rule
-        that does not need the images themselves (those are checked as they are encoded)."""
-        return EditSequentialRequest(
-            images=(),
-            text=self.prompt,
-            max_images=self.max_images,
-            image_size=self.image_size,
-            seed=self.seed,
-            optimize_prompt=self.optimize_prompt,
-            sequential_image_generation=self.sequential_image_generation,
-        ).validate_settings(reference_count)
-
-
-@dataclass(frozen=True)
 class Reference:
-    """One reference frame: (H, W, C) floats in 0..1 and the name the user knows it by."""
+    """One reference frame: (H, W, C) floats in 0..1 (or uint8) and the name the user knows it by."""
 
     label: str
     pixels: np.ndarray
@@ -124,16 +95,57 @@ class GenerationResult:
     urls: tuple[str, ...]
     images: ImageBatch  # float32 [B, H, W, 3] in 0..1, in result order; `native(i)` for each at its own size
     cost_usd: float | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)  # what the user should know about this result
-    warnings: tuple[str, ...] = field(default_factory=tuple)  # local trouble the run went on despite (at most one line)
-    reused: bool = False  # served from the on-disk cache: nothing was sent
+    notes: tuple[str, ...] = ()  # what the user should know about this result
+    warnings: tuple[str, ...] = ()  # local trouble the run went on despite (at most one line)
+    reused: bool = False  # served from the saved copy: nothing was sent
 
 
-def parse_url_lines(text: str | None) -> list[str]:
-    """One URL per line; blank lines and lines starting with # are ignored."""
-    if not text:
-        return []
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+@dataclass(frozen=True)
+class Progress:
+    text: str
+    fraction: float  # 0..1 of the whole run
+
+
+ProgressSink = Callable[[Progress], None]
+
+
+class ProgressReporter:
+    """Turns steps and job events into `Progress`, never letting the fraction go backwards. All of a run's
+    warnings share one line ("Warning: …"), kept under every later message with the pinned cost estimate."""
+
+    def __init__(self, sink: ProgressSink | None) -> None:
+        self.sink = sink
+        self.fraction = 0.0
+        self.pinned: str | None = None
+        self._warning_parts: dict[str, str] = {}
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return ("Warning: " + "; ".join(self._warning_parts.values()),) if self._warning_parts else ()
+
+    def pin(self, line: str) -> None:
+        self.pinned = line
+        self(line)
+
+    def warn(self, part: str, *, key: str) -> None:
+        """Something the run goes on despite; a part with the same `key` replaces the earlier one."""
+        self._warning_parts[key] = part
+        self(self.warnings[0])
+
+    def __call__(self, text: str, fraction: float | None = None) -> None:
+        if fraction is not None:
+            self.fraction = max(self.fraction, min(1.0, fraction))
+        under = [line for line in (*self.warnings, self.pinned) if line and line != text]
+        if under:
+            text = "\n".join((text, *under))
+        if self.sink is not None:
+            self.sink(Progress(text, self.fraction))
+
+    def job_event(self, event: JobEvent) -> None:
+        if event.phase == "running":  # generation time is unknown: approach 0.8 smoothly so the bar keeps moving
+            self(event.message, 0.2 + 0.6 * (1.0 - math.exp(-(event.elapsed_s or 0.0) / 90.0)))
+        else:
+            self(event.message, {"submitting": 0.1, "submitted": 0.15, "queued": 0.17, "finishing": 0.8}.get(event.phase))
 
 
 @dataclass
@@ -147,13 +159,13 @@ class _Run:
     timing: Timing
     limits: Limits
     base_url: str
+    after_submit: Callable[[], None]
     notes: list[str] = field(default_factory=list)
 
 
 async def generate(
     references: Sequence[Reference],
-    image_urls: Sequence[str],
-    settings: GenerationSettings,
+    request: EditSequentialRequest,
     *,
     credentials: Credentials | None = None,
     base_url: str | None = None,
@@ -162,19 +174,22 @@ async def generate(
     should_stop: StopCheck | None = None,
     timing: Timing | None = None,
     limits: Limits | None = None,
-    png: PngSettings = DEFAULT_PNG,
+    after_submit: Callable[[], None] = lambda: None,
 ) -> GenerationResult:
-    """One node run. With `state_dir`, a paid request is journaled and its result cached on disk."""
+    """One run: `references` (pixels) are encoded and sent before the URLs in `request.images`.
+
+    With `state_dir`, a paid request is journaled and its result saved on disk (else in memory).
+    `after_submit()` runs once RunComfy holds the references and the encoded copies are freed.
+    """
     stop = should_stop or never_stop
     report = ProgressReporter(on_progress)
 
     # 1. Everything the user can get wrong, before any work or spending.
     credentials = credentials or resolve_credentials()
     base_url = base_url or resolve_base_url()
-    request = settings.request(len(references) + len(image_urls))
+    request = request.validate(encoded_references=len(references))
     for ref in references:
         check_frame_shape(ref.label, ref.pixels)
-    urls = [check_image_url(f"image_urls line {i}", url) for i, url in enumerate(image_urls, start=1)]
     limits = limits or Limits()
 
     # 2. Clean pixels; then, one run at a time per distinct inputs, collect or submit.
@@ -182,9 +197,9 @@ async def generate(
     fingerprint = request_fingerprint(
         model_id=MODEL_ID,
         base_url=base_url,
-        settings=asdict(settings),
+        settings=request.settings(),
         reference_digests=[p.digest for p in prepared],
-        reference_urls=urls,
+        reference_urls=request.urls,
     )
     store = ResumeStore(
         state_dir,
@@ -192,19 +207,14 @@ async def generate(
         max_entries=limits.cache_max_entries,
         max_bytes=limits.cache_max_bytes,
     )
-    run = _Run(fingerprint, store, report, stop, timing or Timing(), limits, base_url)
+    run = _Run(fingerprint, store, report, stop, timing or Timing(), limits, base_url, after_submit)
     waiting = "Waiting for an identical run of these inputs to finish, to share its result instead of paying twice…"
     async with store.exclusive(fingerprint, stop, lambda: report(waiting, 0.03)):
-        return await _collect_or_submit(run, credentials, request, prepared, urls, png)
+        return await _collect_or_submit(run, credentials, request, prepared)
 
 
 async def _collect_or_submit(
-    run: _Run,
-    credentials: Credentials,
-    request: EditSequentialRequest,
-    prepared: list[PreparedReference],
-    urls: list[str],
-    png: PngSettings,
+    run: _Run, credentials: Credentials, request: EditSequentialRequest, prepared: list[PreparedReference]
 ) -> GenerationResult:
     report = run.report
     resume_id: str | None = None
@@ -220,8 +230,8 @@ async def _collect_or_submit(
             resume_id = cached.request_id
         else:
             report(f"Reused the saved images of request {cached.request_id}: nothing sent, nothing charged.", 1.0)
-            notes = (f"saved result of request {cached.request_id} reused; change the seed for new images",)
-            return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, tuple(report.warnings), reused=True)
+            notes = (f"saved result of request {cached.request_id} reused; change the seed for new images", *run.notes)
+            return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, report.warnings, reused=True)
     entry = await run.store.journal_entry(run.fingerprint)
     if entry is not None and entry.state == "unknown_outcome" and resume_id is None:
         raise OutcomeUnknownError(
@@ -234,16 +244,11 @@ async def _collect_or_submit(
         resume_id = entry.request_id
 
     timing = run.timing
-    price_lookup = asyncio.ensure_future(catalog_price(credentials, run.base_url, MODEL_ID))
-    try:
-        async with RunComfyClient(
-            credentials,
-            run.base_url,
-            retry=timing.submit_retry,
-            job_retry=timing.job_retry,
-            timeouts=timing.timeouts,
-            on_retry=report,
-        ) as client:
+    async with RunComfyClient(
+        credentials, run.base_url, retry=timing.submit_retry, job_retry=timing.job_retry, timeouts=timing.timeouts, on_retry=report
+    ) as client:
+        price_lookup = asyncio.ensure_future(client.price())
+        try:
             result = await _resume(client, run, resume_id) if resume_id else None
             if result is None:
                 price = await _within(price_lookup, timing.price_wait_s)
@@ -251,13 +256,11 @@ async def _collect_or_submit(
                     report.pin(price.estimate(request.max_images_sent))
                 encoded = await _encode(run, prepared)
                 prepared.clear()  # the clean pixels are not needed any more (the caller's list is this one)
-                body = request.body_pieces([e.uri for e in encoded], urls)
-                del encoded  # the body holds the only copy of the encoded references: freed once submitted
-                result = await _submit(client, run, body)
+                result = await _submit(client, run, request, encoded)
                 if len(result.urls) < request.max_images_sent:
                     run.notes.append(f"the model returned {len(result.urls)} of up to {request.max_images_sent} images")
-    finally:
-        price_lookup.cancel()
+        finally:
+            price_lookup.cancel()
 
     # 3. Download, keep a copy, assemble. The journal entry stays: a second record if the copy is lost.
     files = await _download(run, result)
@@ -268,10 +271,10 @@ async def _collect_or_submit(
         await run.store.drop_result(run.fingerprint)
         await run.store.forget(run.fingerprint)
         raise DownloadError(str(unusable), request_id=result.request_id) from None
-    return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(run.notes), tuple(report.warnings))
+    return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(run.notes), report.warnings)
 
 
-async def _within(task: asyncio.Future, seconds: float):
+async def _within(task: asyncio.Future[Price | None], seconds: float) -> Price | None:
     """The task's result if it is ready within `seconds`, else None (it keeps running)."""
     await asyncio.wait({task}, timeout=seconds)
     return task.result() if task.done() and not task.cancelled() and task.exception() is None else None
@@ -315,33 +318,22 @@ async def _encode(run: _Run, prepared: list[PreparedReference]) -> list[EncodedR
     return encoded
 
 
-async def _settle(run: _Run, job) -> JobResult:
-    """Await a job, keeping the journal right: a job that ended without results is forgotten."""
+async def _settle(run: _Run, job: Job) -> JobResult:
+    """Wait for a job, keeping the journal right: a job that ended without results is forgotten."""
     try:
-        return await job
+        return await job.wait(
+            deadline_s=run.timing.deadline_s,
+            should_stop=run.stop,
+            on_event=run.report.job_event,
+            poll_schedule=run.timing.poll_schedule(),
+        )
     except (JobFailedError, JobCancelledError):
         await run.store.forget(run.fingerprint)
         raise
-    except DeadlineExceededError as late:
-        if late.cancelled:
+    except (DeadlineExceededError, StopRequested) as ended:
+        if ended.cancelled:
             await run.store.forget(run.fingerprint)
         raise
-    except StopRequested as stop:
-        if stop.cancel_outcome == "cancelled":
-            await run.store.forget(run.fingerprint)
-        raise
-    except OutcomeUnknownError:
-        await run.store.record_unknown_outcome(run.fingerprint)
-        raise
-
-
-def _job_options(run: _Run) -> dict:
-    return dict(
-        deadline_s=run.timing.deadline_s,
-        on_event=run.report.job_event,
-        should_stop=run.stop,
-        poll_schedule=run.timing.poll_schedule(),
-    )
 
 
 async def _resume(client: RunComfyClient, run: _Run, request_id: str) -> JobResult | None:
@@ -349,7 +341,7 @@ async def _resume(client: RunComfyClient, run: _Run, request_id: str) -> JobResu
     run.report(f"Resumed request {request_id} (submitted earlier with the same inputs)…", 0.15)
     run.notes.append(f"resumed request {request_id}")
     try:
-        return await _settle(run, wait_for_job(client, request_id, **_job_options(run)))
+        return await _settle(run, Job.resume(client, request_id))
     except (RequestNotFoundError, AuthenticationError) as gone:
         if isinstance(gone, AuthenticationError) and gone.error_code != "403001":
             raise
@@ -359,13 +351,15 @@ async def _resume(client: RunComfyClient, run: _Run, request_id: str) -> JobResu
     return None
 
 
-async def _submit(client: RunComfyClient, run: _Run, body: list[bytes]) -> JobResult:
+async def _submit(client: RunComfyClient, run: _Run, request: EditSequentialRequest, encoded: list[EncodedReference]) -> JobResult:
     """Submit once and wait for the result.
 
     Just before the body's last piece is handed over, the inputs are journaled as "outcome unknown": a process
     killed before the answer arrives leaves a hold, not an invitation to pay again. The answer then replaces it:
     the request id, or (a definite refusal, or an upload that broke off) nothing.
     """
+    sendable = request.with_references([e.uri for e in encoded])
+    encoded.clear()  # `sendable` holds the only copy of the encoded references: freed once submitted
     unanswered = False
 
     async def sending_last_piece() -> None:
@@ -373,21 +367,21 @@ async def _submit(client: RunComfyClient, run: _Run, body: list[bytes]) -> JobRe
         unanswered = True
         await run.store.record_unknown_outcome(run.fingerprint)
 
-    async def submitted(request_id: str) -> None:
-        nonlocal unanswered
-        unanswered = False
-        body.clear()  # the service has the references: free the encoded copies while we wait
-        release_free_memory()
-        await run.store.record_submitted(run.fingerprint, request_id)
-
     try:
-        return await _settle(
-            run, run_job(client, MODEL_ID, body, on_last_piece=sending_last_piece, on_submitted=submitted, **_job_options(run))
+        job = await submit_watching(
+            client, sendable, should_stop=run.stop, on_event=run.report.job_event, upload=UploadTracker(on_last_piece=sending_last_piece)
         )
-    except RunComfyError as failed:
-        if unanswered and not isinstance(failed, OutcomeUnknownError):  # RunComfy answered: no job exists
+    except OutcomeUnknownError:
+        await run.store.record_unknown_outcome(run.fingerprint)
+        raise
+    except RunComfyError:
+        if unanswered:  # RunComfy answered, or the upload broke off: no job exists
             await run.store.forget(run.fingerprint)
         raise
+    del sendable  # the service has the references: the encoded copies are freed while we wait
+    run.after_submit()
+    await run.store.record_submitted(run.fingerprint, job.request_id)
+    return await _settle(run, job)
 
 
 async def _download(run: _Run, result: JobResult) -> list[bytes]:
@@ -431,36 +425,15 @@ async def _download(run: _Run, result: JobResult) -> list[bytes]:
 
 
 async def _assemble(run: _Run, files: Sequence[bytes], label: str) -> ImageBatch:
-    """Decode every file into one batch within the memory budget, one decode per core.
-
-    A batch that cannot be allocated is tried again with a small budget (a warning line);
-    a file that is not a usable image is a `DownloadError`.
-    """
-    labels = [f"{label} {index}" for index in range(1, len(files) + 1)]
-    sizes = await asyncio.to_thread(lambda: [image_size(data, name) for data, name in zip(files, labels, strict=True)])
-    budget = run.limits.batch_max_bytes
-
-    async def decode_into(batch: ImageBatch) -> ImageBatch:
-        await map_in_threads(lambda i: batch.place(i, decode_image(files[i], labels[i])), range(len(files)), name="runcomfy-decode")
-        return batch
-
-    while True:
-        try:
-            batch = await decode_into(ImageBatch(sizes, max_bytes=budget))
-            break
-        except MemoryError:
-            if budget <= SMALL_BATCH_BYTES:
-                raise RunComfyError(
-                    "There is not enough memory to assemble the result images. They are saved: free some memory "
-                    "and run the node again with the same inputs to collect them without paying again."
-                ) from None
-            budget = SMALL_BATCH_BYTES
-            run.report.warn("not enough memory for the full-size outputs; they were assembled smaller", key="memory")
-    if batch.shrunk:
-        batch_h, batch_w = batch.array().shape[1:3]
-        listed = "image_list is scaled down too" if batch.list_shrunk else "image_list keeps native sizes"
-        run.notes.append(
-            f"{len(batch.shrunk)} image(s) scaled down to fit the outputs' {run.limits.batch_max_bytes // 2**20} MiB memory "
-            f"budget ({batch_w}x{batch_h} canvas, aspect kept); {listed}"
-        )
-    return batch
+    """The batch of `files` within the memory budget; its notes and warning join the run's."""
+    try:
+        assembled = await assemble(files, label=label, max_bytes=run.limits.batch_max_bytes)
+    except MemoryError:
+        raise RunComfyError(
+            "There is not enough memory to assemble the result images. They are saved: free some memory "
+            "and run the node again with the same inputs to collect them without paying again."
+        ) from None
+    if assembled.warning:
+        run.report.warn(assembled.warning, key="memory")
+    run.notes.extend(assembled.notes)
+    return assembled.images

@@ -3,23 +3,31 @@
 Two steps, both run in worker threads: `prepare_reference` (floats -> clean
 uint8 RGB, fingerprinted) and `encode_references` (uint8 -> PNG -> base64, in
 parallel, downscaled until each fits its share of the 64 MiB body). Works on numpy
-arrays, so any caller can use it. What was done to an image comes back as notes.
+arrays, so any caller can use it. What was done to an image comes back as notes, data
+for the caller to show.
+
+`map_in_threads` is how every codec step of the package (encoding here, decoding in
+`downloads`) uses all cores without blocking the event loop: PIL's codecs, numpy and
+hashlib release the GIL on large buffers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
 import math
+import os
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
 from .errors import InputError
-from .parallel import map_in_threads
 from .schema import (
     MAX_ASPECT_EXCLUSIVE,
     MAX_BODY_BYTES,
@@ -30,6 +38,40 @@ from .schema import (
     DataUri,
     check_reference_dimensions,
 )
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+async def map_in_threads(
+    func: Callable[[T], R],
+    items: Sequence[T],
+    *,
+    on_done: Callable[[R, int], None] | None = None,
+    name: str = "runcomfy",
+) -> list[R]:
+    """[func(item) for item in items], computed in parallel; `on_done(result, count_done)` runs on the loop."""
+    if not items:
+        return []
+    loop = asyncio.get_running_loop()
+    done = 0
+    with ThreadPoolExecutor(max_workers=max(1, min(len(items), os.cpu_count() or 1)), thread_name_prefix=name) as pool:
+
+        async def one(item: T) -> R:
+            nonlocal done
+            result = await loop.run_in_executor(pool, func, item)
+            done += 1
+            if on_done is not None:
+                on_done(result, done)
+            return result
+
+        tasks = [asyncio.ensure_future(one(item)) for item in items]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+
 
 MAX_SIDE = MAX_SIDE_EXCLUSIVE - 1
 BODY_SLACK_BYTES = 64 * 1024  # room in the request body for the prompt, URLs and the other fields

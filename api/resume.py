@@ -45,6 +45,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import StopRequested
+from .job import StopCheck
 
 try:  # POSIX: cross-process locks; elsewhere runs are serialised within one process only
     import fcntl
@@ -65,7 +66,6 @@ LOCK_POLL_S = 0.1
 _FILE_NAME = re.compile(r"^\d{2,3}\.img$")
 
 Warn = Callable[[str], None]  # called with the store's part of the run's warning line, each time it grows
-StopCheck = Callable[[], bool]
 
 
 def request_fingerprint(

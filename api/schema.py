@@ -1,9 +1,10 @@
-"""The input schema of bytedance/seedream-4-0/edit-sequential, as checks and a typed request.
+"""The input schema of bytedance/seedream-4-0/edit-sequential: its rules, and the one request type.
 
-Every rule of the published schema lives here once, so the node and scripts
-agree on it (the local fake service checks submits with its own reading of the spec).
-Exactly the schema: no stricter and no looser. Checks raise `InputError` naming the field,
-the limit and the fix; nothing is sent when one fails.
+Every rule of the published schema lives here once, so the node and scripts agree on
+it; exactly the schema, no stricter and no looser. (The local fake service checks
+submits against its own, independent reading of the spec.) Checks raise `InputError`
+naming the field, the limit and the fix; nothing is sent when one fails.
+`EditSequentialRequest` owns the wire format, including the body.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import re
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -228,28 +229,44 @@ class DataUri:
 
 @dataclass(frozen=True)
 class EditSequentialRequest:
-    """One submit of the model, field for field. `validate_settings()` enforces every rule but the
-    per-image ones, which `references` checks as it encodes each image."""
+    """One submit of the model, named as the node's widgets are. `images` holds what is sent in the schema's
+    `images` field: encoded references (`DataUri`) and public https URLs, in that order.
 
-    images: tuple[str | DataUri, ...]
-    text: str
+    `validate(reference_count)` enforces every rule but the per-image ones, which `references` checks as it
+    encodes each image; `body_pieces()` is the wire format.
+    """
+
+    prompt: str
     max_images: int = DEFAULT_MAX_IMAGES
     image_size: str = DEFAULT_IMAGE_SIZE
     seed: int | None = None
-    optimize_prompt: str = "fast"
-    sequential_image_generation: str = "auto"
-    model_id: str = field(default=MODEL_ID, repr=False)
+    optimize_prompt: str = OPTIMIZE_PROMPT_OPTIONS[0]
+    sequential_image_generation: str = SEQUENTIAL_MODES[0]
+    images: tuple[str | DataUri, ...] = ()
 
-    def validate_settings(self, image_count: int) -> EditSequentialRequest:
-        """Every rule except the per-image ones, for `image_count` images (checked before encoding them)."""
-        check_prompt(self.text)
+    def validate(self, encoded_references: int = 0) -> EditSequentialRequest:
+        """Every rule except the per-image ones, for `encoded_references` data references still to be added to
+        the URLs in `images` (so the count is checked before any image is encoded). URLs are normalised."""
+        check_prompt(self.prompt)
         check_max_images(self.max_images)
         check_choice("image_size", self.image_size, IMAGE_SIZES)
         check_seed(self.seed)
         check_choice("optimize_prompt", self.optimize_prompt, OPTIMIZE_PROMPT_OPTIONS)
         check_choice("sequential_image_generation", self.sequential_image_generation, SEQUENTIAL_MODES)
-        check_reference_count(image_count, self.max_images, self.sequential_image_generation)
-        return self
+        check_reference_count(encoded_references + len(self.images), self.max_images, self.sequential_image_generation)
+        images = tuple(
+            image if isinstance(image, DataUri) else check_image_url(f"image_urls line {line}", image)
+            for line, image in enumerate(self.images, start=1)
+        )
+        return replace(self, images=images)
+
+    def with_references(self, references: Sequence[DataUri]) -> EditSequentialRequest:
+        """The request with encoded references sent before its URLs."""
+        return replace(self, images=(*references, *self.images))
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(image for image in self.images if isinstance(image, str))
 
     @property
     def max_images_sent(self) -> int:
@@ -257,26 +274,35 @@ class EditSequentialRequest:
         maximum sent is 1: the price scales with this field and nothing more can come back."""
         return self.max_images if self.sequential_image_generation == "auto" else 1
 
-    def body_pieces(self, references: Sequence[DataUri], urls: Sequence[str]) -> list[bytes]:
-        """The submit body as byte pieces (their total is the Content-Length): data URIs first, then URLs,
-        then every other field. Large base64 references are passed through, never copied into one string."""
-        pieces = [b'{"images":[']
-        for index, uri in enumerate(references):
-            pieces += [b',"' if index else b'"', uri.prefix, uri.base64, b'"']  # base64 needs no JSON escaping
-        for index, url in enumerate(urls, start=len(references)):
-            pieces.append((b"," if index else b"") + json.dumps(url).encode("utf-8"))
-        pieces.append(b"]," + json.dumps(self._other_fields(), separators=(",", ":")).encode("utf-8")[1:])
-        return pieces
+    def settings(self) -> dict[str, Any]:
+        """Every value but the images, by widget name: what identifies the request besides its images."""
+        return {
+            "prompt": self.prompt,
+            "max_images": self.max_images,
+            "image_size": self.image_size,
+            "seed": self.seed,
+            "optimize_prompt": self.optimize_prompt,
+            "sequential_image_generation": self.sequential_image_generation,
+        }
 
-    def _other_fields(self) -> dict[str, Any]:
-        max_images = self.max_images_sent
-        payload: dict[str, Any] = {
-            "text": self.text,
-            "sequential_image_generation_options": max_images,
+    def body_pieces(self) -> list[bytes]:
+        """The submit body as byte pieces (their total is the Content-Length), fields named as the schema
+        names them. Large base64 references are passed through, never copied into one string."""
+        pieces = [b'{"images":[']
+        for index, image in enumerate(self.images):
+            comma = b"," if index else b""
+            if isinstance(image, DataUri):  # base64 needs no JSON escaping
+                pieces += [comma + b'"', image.prefix, image.base64, b'"']
+            else:
+                pieces.append(comma + json.dumps(image).encode("utf-8"))
+        other: dict[str, Any] = {
+            "text": self.prompt,
+            "sequential_image_generation_options": self.max_images_sent,
             "image_size": self.image_size,
             "optimize_prompt_options": self.optimize_prompt,
             "sequential_image_generation": self.sequential_image_generation,
         }
         if self.seed is not None:
-            payload["seed"] = self.seed
-        return payload
+            other["seed"] = self.seed
+        pieces.append(b"]," + json.dumps(other, separators=(",", ":")).encode("utf-8")[1:])
+        return pieces

@@ -1,11 +1,20 @@
-"""The few ComfyUI services the node uses, looked up at call time with quiet fallbacks.
+"""The few ComfyUI services the node uses, looked up at call time with quiet fallbacks, and the manners
+of a guest in a long-running ComfyUI process.
 
-The pack imports and runs without ComfyUI (scripts, tests); inside ComfyUI
-these reach its progress text, progress bar and Stop button.
+The pack imports and runs without ComfyUI (scripts, tests); inside ComfyUI these reach
+its progress text, progress bar and Stop button. Two things keep the process healthy:
+httpx logs every request at INFO and a long job is polled hundreds of times, so successful
+status polls of our API base are dropped from that log (every other request, ours and other
+packs', is logged as before); and freed memory is handed back to the OS between the phases of
+a run, since glibc keeps freed heap pages mapped and the process would otherwise look as big as
+its largest past phase for as long as ComfyUI runs.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import importlib
 import logging
 from pathlib import Path
@@ -100,3 +109,45 @@ def state_directory() -> Path:
 def token_file() -> Path:
     """Where a token entered in ComfyUI's settings dialog is kept (owner-only)."""
     return state_directory() / "secrets" / "api_token.json"
+
+
+class _DropSuccessfulStatusPolls(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefixes: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if len(args) >= 4 and args[0] == "GET" and args[3] == 200:
+            url = str(args[1])
+            if url.endswith("/status") and any(url.startswith(prefix) for prefix in self.prefixes):
+                return False
+        return True
+
+
+_quiet_polls = _DropSuccessfulStatusPolls()
+
+
+def quiet_status_polls(base_url: str) -> None:
+    """Drop httpx's INFO line for each successful status poll under `base_url`."""
+    _quiet_polls.prefixes.add(base_url.rstrip("/") + "/requests/")
+    logger = logging.getLogger("httpx")
+    if _quiet_polls not in logger.filters:
+        logger.addFilter(_quiet_polls)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        return ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return None
+
+
+def release_free_memory() -> None:
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

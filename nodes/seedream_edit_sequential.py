@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api.config import Limits, resolve_credentials
+from ..api.config import Limits, resolve_base_url, resolve_credentials
 from ..api.errors import InputError, StopRequested
-from ..api.pipeline import GenerationSettings, Timing, generate, parse_url_lines
-from ..api.progress import Progress
+from ..api.pipeline import Progress, Timing, generate
 from ..api.schema import (
-    DEFAULT_IMAGE_SIZE,
-    DEFAULT_MAX_IMAGES,
     IMAGE_SIZES,
     MAX_IMAGES_LIMIT,
     MAX_PROMPT_CHARS,
@@ -18,12 +15,22 @@ from ..api.schema import (
     OPTIMIZE_PROMPT_OPTIONS,
     SEED_MAX,
     SEQUENTIAL_MODES,
+    EditSequentialRequest,
 )
 from . import comfy_bridge
 from .tensors import output_tensors, reference_frames
 
 OPTIONAL_IMAGE_SOCKETS = tuple(f"image_{i}" for i in range(2, MAX_REFERENCES + 1))
 PROGRESS_STEPS = 100
+_DEFAULTS = EditSequentialRequest(  # the widgets' defaults are the request type's
+    "Generate 3 images of this character in different poses, consistent style.", seed=0
+)
+
+
+def parse_url_lines(text: str | None) -> tuple[str, ...]:
+    """One URL per line; blank lines and lines starting with # are ignored."""
+    lines = (line.strip() for line in (text or "").splitlines())
+    return tuple(line for line in lines if line and not line.startswith("#"))
 
 
 class RunComfySeedream4EditSequential:
@@ -70,7 +77,7 @@ class RunComfySeedream4EditSequential:
                     "STRING",
                     {
                         "multiline": True,
-                        "default": "Generate 3 images of this character in different poses, consistent style.",
+                        "default": _DEFAULTS.prompt,
                         "tooltip": f"What to make, at most {MAX_PROMPT_CHARS} characters. The model decides how many "
                         "images to return from the prompt, so say the number, e.g. 'Generate 4 images of …'.",
                     },
@@ -78,7 +85,7 @@ class RunComfySeedream4EditSequential:
                 "max_images": (
                     "INT",
                     {
-                        "default": DEFAULT_MAX_IMAGES,
+                        "default": _DEFAULTS.max_images,
                         "min": 1,
                         "max": MAX_IMAGES_LIMIT,
                         "step": 1,
@@ -89,12 +96,12 @@ class RunComfySeedream4EditSequential:
                 ),
                 "image_size": (
                     list(IMAGE_SIZES),
-                    {"default": DEFAULT_IMAGE_SIZE, "tooltip": "Size and aspect ratio of every generated image."},
+                    {"default": _DEFAULTS.image_size, "tooltip": "Size and aspect ratio of every generated image."},
                 ),
                 "seed": (
                     "INT",
                     {
-                        "default": 0,
+                        "default": _DEFAULTS.seed,
                         "min": 0,
                         "max": SEED_MAX,
                         "control_after_generate": True,
@@ -105,14 +112,14 @@ class RunComfySeedream4EditSequential:
                 "optimize_prompt": (
                     list(OPTIMIZE_PROMPT_OPTIONS),
                     {
-                        "default": "fast",
+                        "default": _DEFAULTS.optimize_prompt,
                         "tooltip": "How the service rewrites the prompt: fast (quicker) or standard (higher quality, slower).",
                     },
                 ),
                 "sequential_image_generation": (
                     list(SEQUENTIAL_MODES),
                     {
-                        "default": "auto",
+                        "default": _DEFAULTS.sequential_image_generation,
                         "tooltip": "auto: the model may return a set of images (up to max_images). disabled: exactly one image.",
                     },
                 ),
@@ -125,11 +132,11 @@ class RunComfySeedream4EditSequential:
         self,
         image_1: Any,
         prompt: str,
-        max_images: int = DEFAULT_MAX_IMAGES,
-        image_size: str = DEFAULT_IMAGE_SIZE,
-        seed: int = 0,
-        optimize_prompt: str = "fast",
-        sequential_image_generation: str = "auto",
+        max_images: int,
+        image_size: str,
+        seed: int,
+        optimize_prompt: str,
+        sequential_image_generation: str,
         image_urls: str = "",
         unique_id: str | None = None,
         **more_images: Any,
@@ -146,25 +153,29 @@ class RunComfySeedream4EditSequential:
         if unknown:
             raise InputError(unknown[0], "is not an input of this node.")
         sockets = [("image_1", image_1)] + [(name, more_images.get(name)) for name in OPTIONAL_IMAGE_SOCKETS]
-        settings = GenerationSettings(
+        request = EditSequentialRequest(
             prompt=prompt,
             max_images=max_images,
             image_size=image_size,
             seed=seed,
             optimize_prompt=optimize_prompt,
             sequential_image_generation=sequential_image_generation,
+            images=parse_url_lines(image_urls),
         )
+        base_url = resolve_base_url()
+        comfy_bridge.quiet_status_polls(base_url)
         try:
             result = await generate(
                 reference_frames(sockets),
-                parse_url_lines(image_urls),
-                settings,
+                request,
                 credentials=credentials,
+                base_url=base_url,
                 state_dir=comfy_bridge.state_directory(),
                 on_progress=show,
                 should_stop=lambda: bar.stop_seen or comfy_bridge.processing_interrupted(),
                 timing=self.timing,
                 limits=self.limits or Limits.from_env(),
+                after_submit=comfy_bridge.release_free_memory,
             )
         except StopRequested as stop:
             comfy_bridge.send_progress_text(str(stop), node_id)

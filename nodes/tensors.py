@@ -1,15 +1,22 @@
-"""ComfyUI IMAGE tensors <-> the numpy frames the api works on."""
+"""ComfyUI IMAGE tensors <-> the numpy frames the api works on.
+
+torch is imported when a tensor is converted, not when the pack is imported: the library
+(`api`) is usable from a Python that has no torch.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from ..api.downloads import ImageBatch
 from ..api.errors import InputError
-from ..api.image_batch import ImageBatch
 from ..api.pipeline import Reference
+
+if TYPE_CHECKING:
+    import torch
 
 
 def reference_frames(inputs: Sequence[tuple[str, object]]) -> list[Reference]:
@@ -17,6 +24,8 @@ def reference_frames(inputs: Sequence[tuple[str, object]]) -> list[Reference]:
 
     An IMAGE is a float tensor [B, H, W, C]; frames stay views (no copy) until encoding.
     """
+    import torch
+
     frames: list[Reference] = []
     for name, tensor in inputs:
         if tensor is None:
@@ -46,6 +55,8 @@ def output_tensors(images: ImageBatch) -> tuple[torch.Tensor, list[torch.Tensor]
     """The assembled results as ComfyUI IMAGEs, without copying: the batch [B, H, W, 3] shares the
     assembler's memory, and each list item is [1, h, w, 3] at its native size (a view of the batch
     unless sizes differ or the batch was scaled down, then the native copy the assembler kept)."""
+    import torch
+
     batch = torch.from_numpy(images.array())
     if not images.keeps_natives:
         return batch, [batch[i : i + 1] for i in range(images.count)]

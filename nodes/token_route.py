@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 from ..api.client import RunComfyClient
 from ..api.config import Credentials, delete_token, find_credentials, resolve_base_url, save_token, token_problem
 from ..api.errors import AuthenticationError, ConfigurationError, RunComfyError
-from ..api.schema import MODEL_ID
 
 ROUTE = "/runcomfy/seedream/token"
 MAX_BODY_BYTES = 4096
@@ -63,7 +62,7 @@ async def check_with_service(token: str, base_url: str) -> tuple[bool, str]:
     """A cheap read-only call (the model's catalog entry) tells whether RunComfy accepts the token."""
     client = RunComfyClient(Credentials(token, "candidate"), base_url)
     try:
-        await asyncio.wait_for(client.model_info(MODEL_ID), CHECK_TIMEOUT_S)
+        await asyncio.wait_for(client.model_info(), CHECK_TIMEOUT_S)
         return True, "RunComfy accepted the token."
     except AuthenticationError:
         return False, "RunComfy refused this token (invalid, expired or revoked). Copy it again from your RunComfy account."

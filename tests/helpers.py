@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from runcomfy_seedream.api import Limits, RetryPolicy, Timing
-from runcomfy_seedream.api.polling import PollSchedule
+from runcomfy_seedream.api import Limits, PollSchedule, RetryPolicy, Timing
 from runcomfy_seedream.nodes import NODE_CLASS_MAPPINGS
 
 NODE_ID = "RunComfySeedream4EditSequential"

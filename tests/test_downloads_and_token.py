@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from helpers import node_inputs, run_node
+from runcomfy_seedream.api import RetryPolicy
 from runcomfy_seedream.api.downloads import ResultDownloader, UrlPolicy, decode_image, resolve_host
 from runcomfy_seedream.api.errors import DownloadError
-from runcomfy_seedream.api.retry import RetryPolicy
 
 
 def test_the_token_is_sent_to_the_api_and_never_with_result_downloads(fake, comfy):

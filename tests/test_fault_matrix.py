@@ -281,7 +281,7 @@ MATRIX = [
         {},
     ),
     ("submit answered 500 by the service", faults(submit=[Fault("http", status=500)]), ServiceError, ["server error"], 0, {}),
-    ("submit connection dropped after the body", faults(submit=[Fault("drop")]), OutcomeUnknownError, ["may have been created"], 1, {}),
+    ("submit connection dropped after the body", faults(submit=[Fault("drop")]), OutcomeUnknownError, ["may have been charged"], 1, {}),
     ("submit answered with unreadable JSON", faults(submit=[Fault("garbage")]), OutcomeUnknownError, ["may be running"], 1, {}),
     ("a proxy answers 413 before reading the upload", faults(submit=[Fault("early", status=413)]), ServiceError, [], 0, LARGE_REFERENCE),
     ("a proxy answers 411 before reading the upload", faults(submit=[Fault("early", status=411)]), ServiceError, [], 0, LARGE_REFERENCE),

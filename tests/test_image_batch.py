@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from runcomfy_seedream.api.image_batch import ImageBatch
+from runcomfy_seedream.api import ImageBatch
 
 
 def solid(height: int, width: int, value: int) -> np.ndarray:

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from helpers import node_inputs, node_object, quick_timing, run_node
+from runcomfy_seedream.api import RetryPolicy
 from runcomfy_seedream.api.errors import DeadlineExceededError, OutcomeUnknownError, ServiceError
 from runcomfy_seedream.api.resume import CachedResult, ResumeStore
-from runcomfy_seedream.api.retry import RetryPolicy
 from runcomfy_seedream.fake_service import Fault
 
 ROOT = Path(__file__).resolve().parents[1]

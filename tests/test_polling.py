@@ -1,6 +1,6 @@
 """The polling cadence: quick first check, under two requests per second, slower after a long quiet spell."""
 
-from runcomfy_seedream.api.polling import PollSchedule
+from runcomfy_seedream.api import PollSchedule
 
 
 def simulate(seconds: float, change_every: float | None = None) -> list[float]:

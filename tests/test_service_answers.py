@@ -52,7 +52,7 @@ def test_polls_survive_429_5xx_resets_and_garbage_with_one_submit(fake, comfy):
     fake.behaviour.inject("result", Fault("http", status=500))
     fake.behaviour.inject("file", Fault("http", status=502), Fault("drop"))
     started = time.monotonic()
-    from runcomfy_seedream.api.retry import RetryPolicy
+    from runcomfy_seedream.api import RetryPolicy
 
     images, *_ = run_node(timing=quick_timing(job_retry=RetryPolicy.until_deadline(base_delay_s=0.01, max_delay_s=5.0)), **node_inputs())
     assert images.shape[0] == 3
@@ -73,7 +73,7 @@ def test_a_submit_whose_answer_is_lost_is_never_sent_again(fake, comfy, fault):
     fake.behaviour.inject("submit", fault)
     with pytest.raises(OutcomeUnknownError) as caught:
         run_node(**node_inputs())
-    assert "may have been created" in str(caught.value) or "may be running" in str(caught.value)
+    assert "may have been charged" in str(caught.value) or "may be running" in str(caught.value)
     assert fake.submit_attempts == 1 and fake.submits == 1
 
 
@@ -96,8 +96,8 @@ def test_service_unreachable_is_retried_then_reported_without_charge(comfy, monk
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("RUNCOMFY_API_TOKEN", "token-for-nobody")
     monkeypatch.setenv("RUNCOMFY_MODEL_API_BASE", f"http://127.0.0.1:{port}/v1")
+    from runcomfy_seedream.api import RetryPolicy
     from runcomfy_seedream.api.errors import ServiceError
-    from runcomfy_seedream.api.retry import RetryPolicy
 
     with pytest.raises(ServiceError) as caught:
         run_node(timing=quick_timing(submit_retry=RetryPolicy(max_attempts=3, base_delay_s=0.01)), **node_inputs())
