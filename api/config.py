@@ -54,7 +54,7 @@ class Credentials:
     """A checked token and a human-readable note of where it came from (never the token itself)."""
 
     token: str = field(repr=False)
-    source: str
+    source: str = "the token given to the script"
     kind: str = "given"  # env | settings | cli | given
 
     def __post_init__(self) -> None:

@@ -411,6 +411,11 @@ class FakeRunComfy:
     def base_url(self) -> str:
         return f"{self.origin}/v1"
 
+    @property
+    def token(self) -> str:
+        """The token this service accepts."""
+        return self.behaviour.token
+
     # --- state -------------------------------------------------------------------------------
 
     @property

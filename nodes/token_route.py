@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -125,9 +126,8 @@ def register(routes: Any, token_path: Callable[[], Path]) -> None:
 
 def register_with_comfyui(token_path: Callable[[], Path]) -> bool:
     """Register on PromptServer.instance.routes when running inside ComfyUI; quietly skip otherwise."""
+    server = sys.modules.get("server")  # ComfyUI's, loaded before any pack; never imported from here
     try:
-        import server  # ComfyUI's server module
-
         routes = server.PromptServer.instance.routes
     except Exception:  # noqa: BLE001 - outside ComfyUI there is no server to register with
         return False

@@ -1,0 +1,139 @@
+"""The library without the node: the README's script, the client, the job handle and resume, through real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runcomfy_seedream.api import (
+    Credentials,
+    EditSequentialRequest,
+    InputError,
+    Job,
+    JobFailedError,
+    PollSchedule,
+    RequestNotFoundError,
+    RetryPolicy,
+    RunComfyClient,
+    StopRequested,
+)
+from runcomfy_seedream.fake_service import Fault
+
+ROOT = Path(__file__).resolve().parents[1]
+URL = "https://example.com/ref.png"
+QUICK_POLLS = PollSchedule(first_s=0.02, steady_s=0.03, ceiling_s=0.05)
+
+
+def readme_script() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Use it from a script", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readme_script_runs_where_torch_cannot_be_imported(tmp_path):
+    no_torch = tmp_path / "no_torch" / "torch"
+    no_torch.mkdir(parents=True)
+    (no_torch / "__init__.py").write_text("raise ImportError('torch is not installed here')\n")
+    script = readme_script() + "import sys; assert 'torch' not in sys.modules\n"
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,  # not the repository: the installed package is what is imported
+        env={"PYTHONPATH": str(no_torch.parent), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    request_id, shape = done.stdout.split(" ", 1)
+    assert request_id and shape.strip() == "(3, 1440, 2560, 3)"
+
+
+def client_for(fake, **options) -> RunComfyClient:
+    options.setdefault("retry", RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.02))
+    options.setdefault("job_retry", RetryPolicy.until_deadline(base_delay_s=0.01, max_delay_s=0.02))
+    return RunComfyClient(Credentials(fake.token), fake.base_url, **options)
+
+
+def test_a_job_handle_reports_its_life_and_its_result(fake):
+    fake.behaviour.queue_s, fake.behaviour.run_s = 0.15, 0.15
+
+    async def scenario():
+        async with client_for(fake) as client:
+            job = await client.submit(EditSequentialRequest("Generate 2 images of a lighthouse.", max_images=2, images=(URL,)))
+            phases = [event.phase async for event in job.events(QUICK_POLLS)]
+            return job, phases, await job.result()
+
+    job, phases, result = asyncio.run(scenario())
+    assert fake.submits == 1 and job.request_id in fake.jobs
+    assert phases[0] == "queued" and "running" in phases and phases[-1] == "finishing"
+    assert result.state in ("succeeded", "completed") and len(result.urls) == 2
+    assert fake.jobs[job.request_id].payload["images"] == [URL]
+
+
+def test_a_request_made_earlier_is_resumed_by_its_id_and_an_unknown_one_is_reported(fake):
+    async def scenario():
+        async with client_for(fake) as client:
+            first = await client.submit(EditSequentialRequest("Generate 1 image of a fox.", max_images=1, images=(URL,)))
+            resumed = Job.resume(client, first.request_id)
+            result = await resumed.result(QUICK_POLLS)
+            with pytest.raises(RequestNotFoundError):
+                await Job.resume(client, "no-such-request").result(QUICK_POLLS)
+            return first, result
+
+    first, result = asyncio.run(scenario())
+    assert result.request_id == first.request_id and result.urls and fake.submits == 1
+
+
+def test_cancel_ends_a_queued_job_and_wait_says_so_on_stop(fake):
+    fake.behaviour.queue_s = 5.0
+
+    async def scenario():
+        async with client_for(fake) as client:
+            job = await client.submit(EditSequentialRequest("Generate 1 image.", max_images=1, images=(URL,)))
+            with pytest.raises(StopRequested) as stopped:
+                await job.wait(should_stop=lambda: True, poll_schedule=QUICK_POLLS)
+            return job, stopped.value
+
+    job, stopped = asyncio.run(scenario())
+    assert stopped.cancelled and "nothing is charged" in str(stopped)
+    assert fake.jobs[job.request_id].cancelled
+
+
+def test_a_failed_job_raises_with_the_services_reason(fake):
+    fake.behaviour.fail_with = "content policy violation"
+
+    async def scenario():
+        async with client_for(fake) as client:
+            job = await client.submit(EditSequentialRequest("Generate 1 image.", max_images=1, images=(URL,)))
+            await job.result(QUICK_POLLS)
+
+    with pytest.raises(JobFailedError, match="content policy violation"):
+        asyncio.run(scenario())
+
+
+def test_status_reads_retry_through_429s_and_5xx_with_the_injected_policy(fake):
+    notices: list[str] = []
+    fake.behaviour.inject("status", Fault("http", status=429, retry_after="0"), Fault("http", status=503), Fault("drop"))
+
+    async def scenario():
+        async with client_for(fake, on_retry=notices.append) as client:
+            job = await client.submit(EditSequentialRequest("Generate 1 image.", max_images=1, images=(URL,)))
+            return await job.result(QUICK_POLLS)
+
+    assert asyncio.run(scenario()).urls and fake.submits == 1
+    assert len(notices) == 3 and all("the job is still running" in notice for notice in notices)
+    assert "HTTP 429" in notices[0]
+
+
+def test_the_request_is_checked_before_anything_is_sent(fake):
+    bad = EditSequentialRequest("x" * 601, images=(URL,))
+    with pytest.raises(InputError, match="prompt: has 601 characters"):
+        bad.validate()
+    with pytest.raises(InputError, match="image_urls line 1"):
+        EditSequentialRequest("Generate 1 image.", images=("http://127.0.0.1/a.png",)).validate()
+    assert fake.submits == 0 and not fake.requests
