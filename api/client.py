@@ -38,6 +38,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -236,7 +237,7 @@ class RunComfyClient:
         no job can exist.
         """
         upload = upload or UploadTracker()
-        pieces = request.body_pieces()
+        pieces = request.validate().body_pieces()  # nothing is sent that breaks a rule of the schema
         length = sum(len(piece) for piece in pieces)
         if length > MAX_BODY_BYTES:
             raise InputError(
@@ -271,13 +272,15 @@ class RunComfyClient:
         return Job(self, request_id, just_submitted=True)
 
     async def status(self, request_id: str) -> JobStatus:
-        data = await self._call("GET", f"requests/{request_id}/status", action="Checking the job status", request_id=request_id)
+        data = await self._call(
+            "GET", f"requests/{quote(request_id, safe='')}/status", action="Checking the job status", request_id=request_id
+        )
         return JobStatus(request_id, normalise_state(data.get("status")), _number_or_none(data.get("queue_position"), int))
 
     async def result(self, request_id: str) -> JobResult:
         data = await self._call(
             "GET",
-            f"requests/{request_id}/result",
+            f"requests/{quote(request_id, safe='')}/result",
             action="Fetching the job result",
             request_id=request_id,
             params={"include_cost": "true"},
@@ -295,7 +298,7 @@ class RunComfyClient:
 
     async def cancel(self, request_id: str) -> CancelResult:
         # Cancelling twice is harmless, so this call retries like a read.
-        data = await self._call("POST", f"requests/{request_id}/cancel", action="Cancelling the job", request_id=request_id)
+        data = await self._call("POST", f"requests/{quote(request_id, safe='')}/cancel", action="Cancelling the job", request_id=request_id)
         return CancelResult(request_id, str(data.get("outcome") or "").lower(), normalise_state(data.get("status")) or None)
 
     async def model_info(self, *, announce: bool = True) -> Mapping[str, Any]:

@@ -24,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from .errors import DeadlineExceededError, JobCancelledError, JobFailedError, OutcomeUnknownError, RunComfyError, StopRequested
+from .errors import DeadlineExceededError, InputError, JobCancelledError, JobFailedError, OutcomeUnknownError, RunComfyError, StopRequested
 
 if TYPE_CHECKING:
     from .schema import EditSequentialRequest
@@ -40,6 +41,7 @@ STOP_CHECK_INTERVAL_S = 0.2
 SUCCESS_STATES = frozenset({"succeeded", "completed", "success"})
 
 StopCheck = Callable[[], bool]
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 
 
 def never_stop() -> bool:
@@ -176,6 +178,8 @@ class Job:
     """A request RunComfy has accepted (or may have: see `resume`)."""
 
     def __init__(self, service: JobService, request_id: str, *, just_submitted: bool = False) -> None:
+        if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id) or not request_id.strip("."):
+            raise InputError("request_id", f"{str(request_id)[:80]!r} is not a RunComfy request id (letters, digits, - _ . :).")
         self.service = service
         self.request_id = request_id
         self.state: str | None = None  # the last state RunComfy reported; None before the first answer

@@ -83,6 +83,9 @@ def test_a_request_made_earlier_is_resumed_by_its_id_and_an_unknown_one_is_repor
             result = await resumed.result(QUICK_POLLS)
             with pytest.raises(RequestNotFoundError):
                 await Job.resume(client, "no-such-request").result(QUICK_POLLS)
+            for hostile in ("..", "../models/x", "a b", ""):
+                with pytest.raises(InputError, match="request_id"):
+                    Job.resume(client, hostile)
             return first, result
 
     first, result = asyncio.run(scenario())
