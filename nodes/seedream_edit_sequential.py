@@ -53,8 +53,9 @@ class RunComfySeedream4EditSequential:
     )
     DESCRIPTION = (
         "Generates a consistent set of images from 1-10 reference images and a prompt with ByteDance "
-        "Seedream 4.0 (edit-sequential) on the RunComfy Model API. Needs a RunComfy API token in "
-        "RUNCOMFY_API_TOKEN or ~/.config/runcomfy/token.json. Each run is charged by RunComfy."
+        "Seedream 4.0 (edit-sequential) on the RunComfy Model API. Needs a RunComfy API token (Settings > "
+        "RunComfy > API token, RUNCOMFY_API_TOKEN or ~/.config/runcomfy/token.json). RunComfy charges each job "
+        "it runs; unchanged inputs reuse the saved images."
     )
 
     @classmethod
@@ -105,15 +106,15 @@ class RunComfySeedream4EditSequential:
                         "min": 0,
                         "max": SEED_MAX,
                         "control_after_generate": True,
-                        "tooltip": "Same seed and inputs give the same kind of result. Unchanged inputs are not "
-                        "re-run (ComfyUI's cache), so set this to 'fixed' to avoid paying again for the same images.",
+                        "tooltip": "The seed sent to the model. Unchanged inputs are not re-run (ComfyUI's cache, "
+                        "then the node's saved results), so set this to 'fixed' to avoid paying again for the same images.",
                     },
                 ),
                 "optimize_prompt": (
                     list(OPTIMIZE_PROMPT_OPTIONS),
                     {
                         "default": _DEFAULTS.optimize_prompt,
-                        "tooltip": "How the service rewrites the prompt: fast (quicker) or standard (higher quality, slower).",
+                        "tooltip": "The model's prompt optimization: fast (quicker, lower quality) or standard (higher quality, slower).",
                     },
                 ),
                 "sequential_image_generation": (
