@@ -320,7 +320,7 @@ class Job:
         emit(JobEvent("stopping", f"Stop pressed: cancelling queued request {request_id}…", request_id))
         cancelled, detail = await self._cancel_outcome()
         if cancelled:
-            message = f"Stopped. Queued request {request_id} was cancelled at RunComfy; nothing is charged."
+            message = f"Stopped. Queued request {request_id} was cancelled at RunComfy before it started generating."
         elif cancelled is False:
             message = (
                 f"Stopped. Request {request_id} had already started, so RunComfy could not cancel it; "
@@ -335,7 +335,7 @@ class Job:
         minutes = f"{deadline_s / 60:.0f} min" if deadline_s >= 60 else f"{deadline_s:.0f} s"
         if self.state in (None, "in_queue") and (await self._cancel_outcome())[0]:
             return DeadlineExceededError(
-                f"Request {self.request_id} was still queued after {minutes}, so it was cancelled; nothing is charged. "
+                f"Request {self.request_id} was still queued after {minutes}, so it was cancelled before it started generating. "
                 "RunComfy is busy: run again later.",
                 request_id=self.request_id,
                 cancelled=True,

@@ -185,7 +185,9 @@ class RunComfySeedream4EditSequential:
         batch, image_list = output_tensors(result.images)
         count = len(image_list)
         summary = f"Done: {count} image{'s' if count != 1 else ''}, request {result.request_id}"
-        if result.cost_usd is not None:
+        if result.cost_usd is not None and result.reused:
+            summary += f", paid ${result.cost_usd:.2f} when it ran (nothing charged now)"
+        elif result.cost_usd is not None:
             summary += f", cost ${result.cost_usd:.2f}"
         details = list(result.notes)
         if result.images.padded and not result.images.shrunk:

@@ -103,7 +103,7 @@ def test_cancel_ends_a_queued_job_and_wait_says_so_on_stop(fake):
             return job, stopped.value
 
     job, stopped = asyncio.run(scenario())
-    assert stopped.cancelled and "nothing is charged" in str(stopped)
+    assert stopped.cancelled and "cancelled at RunComfy before it started" in str(stopped)
     assert fake.jobs[job.request_id].cancelled
 
 

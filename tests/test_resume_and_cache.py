@@ -65,7 +65,7 @@ def test_unchanged_inputs_after_a_restart_cost_nothing(fake, comfy):
     second = run_node(**node_inputs())  # a new node object: ComfyUI's memory cache is gone
     assert len(fake.requests) == requests_before, "nothing may be sent"
     assert second[3] == first[3] and bool((second[0] == first[0]).all())
-    assert comfy.progress_texts()[-1].startswith(f"Done: 3 images, request {first[3]}")
+    assert comfy.progress_texts()[-1].startswith(f"Done: 3 images, request {first[3]}, paid $0.09 when it ran (nothing charged now)")
     assert any("nothing sent, nothing charged" in t for t in comfy.progress_texts())
 
 
