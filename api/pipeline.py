@@ -116,15 +116,16 @@ class ProgressReporter:
     def __init__(self, sink: ProgressSink | None) -> None:
         self.sink = sink
         self.fraction = 0.0
-        self.pinned: str | None = None
+        self.pinned: dict[str, str] = {}
         self._warning_parts: dict[str, str] = {}
 
     @property
     def warnings(self) -> tuple[str, ...]:
         return ("Warning: " + "; ".join(self._warning_parts.values()),) if self._warning_parts else ()
 
-    def pin(self, line: str) -> None:
-        self.pinned = line
+    def pin(self, line: str, *, key: str) -> None:
+        """Keep `line` (the cost estimate, what the prompt's count means) under every later message."""
+        self.pinned[key] = line
         self(line)
 
     def warn(self, part: str, *, key: str) -> None:
@@ -135,7 +136,7 @@ class ProgressReporter:
     def __call__(self, text: str, fraction: float | None = None) -> None:
         if fraction is not None:
             self.fraction = max(self.fraction, min(1.0, fraction))
-        under = [line for line in (*self.warnings, self.pinned) if line and line != text]
+        under = [line for line in (*self.warnings, *self.pinned.values()) if line and line != text]
         if under:
             text = "\n".join((text, *under))
         if self.sink is not None:
@@ -191,6 +192,8 @@ async def generate(
     for ref in references:
         check_frame_shape(ref.label, ref.pixels)
     limits = limits or Limits()
+    for note in request.count_notes():  # before any spending, and kept in view until the end
+        report.pin(note[0].upper() + note[1:], key="count")
 
     # 2. Clean pixels; then, one run at a time per distinct inputs, collect or submit.
     prepared = await _prepare(references, stop, report)
@@ -207,7 +210,7 @@ async def generate(
         max_entries=limits.cache_max_entries,
         max_bytes=limits.cache_max_bytes,
     )
-    run = _Run(fingerprint, store, report, stop, timing or Timing(), limits, base_url, after_submit)
+    run = _Run(fingerprint, store, report, stop, timing or Timing(), limits, base_url, after_submit, list(request.count_notes()))
     waiting = "Waiting for an identical run of these inputs to finish, to share its result instead of paying twice…"
     async with store.exclusive(fingerprint, stop, lambda: report(waiting, 0.03)):
         return await _collect_or_submit(run, credentials, request, prepared)
@@ -253,7 +256,7 @@ async def _collect_or_submit(
             if result is None:
                 price = await _within(price_lookup, timing.price_wait_s)
                 if price is not None:
-                    report.pin(price.estimate(request.max_images_sent))
+                    report.pin(price.estimate(request.max_images_sent), key="cost")
                 encoded = await _encode(run, prepared)
                 prepared.clear()  # the clean pixels are not needed any more (the caller's list is this one)
                 result = await _submit(client, run, request, encoded)

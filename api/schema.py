@@ -34,6 +34,7 @@ IMAGE_SIZES: tuple[str, ...] = (
 )
 DEFAULT_IMAGE_SIZE = "2560:1440 (16:9)"
 OPTIMIZE_PROMPT_OPTIONS: tuple[str, ...] = ("fast", "standard")
+COUNT_IN_PROMPT_MODES: tuple[str, ...] = ("add if missing", "as written")  # not a schema field: how the prompt is sent
 SEQUENTIAL_MODES: tuple[str, ...] = ("auto", "disabled")
 
 MAX_REFERENCES = 10
@@ -212,6 +213,43 @@ def _shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+_NUMBER_WORDS = ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen").split()
+_NUMBER = r"(?<![\w.:×])(\d{1,3}|" + "|".join(_NUMBER_WORDS) + r")(?![\w.:×%])"
+_IMAGE_NOUN = (
+    r"(?:image|picture|pic|photo|photograph|shot|frame|illustration|render|rendering|variation|version|view|panel|scene|portrait)s?"
+)
+_FILLER_WORD = r"(?:(?!(?:of|in|on|at|with|and|or|for|from|to|the|a|an|per|each)\b)[a-z][\w'-]*\s+)"
+COUNT_PHRASES = (
+    re.compile(_NUMBER + r"\s+" + _FILLER_WORD + r"{0,2}" + _IMAGE_NOUN + r"\b", re.I),  # "4 images", "three consistent portraits"
+    re.compile(r"\b(?:set|series|sequence|collection|batch|grid|group|total) of\s+" + _NUMBER, re.I),  # "a set of 6"
+    re.compile(_NUMBER + r"-(?:image|panel|frame|shot|picture|photo|page)\b", re.I),  # "a 4-panel storyboard"
+)
+
+
+def stated_image_count(prompt: str) -> int | None:
+    """How many images the prompt asks for, or None when it does not say.
+
+    Recognised: a number in digits or a word from one to fifteen, in "N images" (also pictures, photos, shots,
+    frames, illustrations, renders, variations, versions, views, panels, scenes, portraits; up to two words
+    between, as in "3 consistent character portraits"), "a set / series / sequence / collection / batch / grid /
+    group / total of N", and "an N-panel / N-image / N-frame …". The earliest phrase in the prompt counts.
+    Numbers that are part of a ratio, a size or a decimal (16:9, 2048x2048, 1.5) are not counts.
+    """
+    found: list[tuple[int, str]] = []
+    for phrase in COUNT_PHRASES:
+        match = phrase.search(prompt)
+        if match:
+            found.append((match.start(), match.group(1)))
+    if not found:
+        return None
+    word = min(found)[1].lower()
+    return int(word) if word.isdigit() else _NUMBER_WORDS.index(word) + 1
+
+
+def count_sentence(count: int) -> str:
+    return f"Generate {count} image{'s' if count != 1 else ''}."
+
+
 @dataclass(frozen=True)
 class DataUri:
     """A base64 `data:` URI kept as bytes, so large references are never copied into str and back."""
@@ -243,6 +281,7 @@ class EditSequentialRequest:
     optimize_prompt: str = OPTIMIZE_PROMPT_OPTIONS[0]
     sequential_image_generation: str = SEQUENTIAL_MODES[0]
     images: tuple[str | DataUri, ...] = ()
+    count_in_prompt: str = COUNT_IN_PROMPT_MODES[0]  # "add if missing": a prompt that states no count gets one
 
     def validate(self, encoded_references: int = 0) -> EditSequentialRequest:
         """Every rule except the per-image ones, for `encoded_references` data references still to be added to
@@ -253,6 +292,15 @@ class EditSequentialRequest:
         check_seed(self.seed)
         check_choice("optimize_prompt", self.optimize_prompt, OPTIMIZE_PROMPT_OPTIONS)
         check_choice("sequential_image_generation", self.sequential_image_generation, SEQUENTIAL_MODES)
+        check_choice("count_in_prompt", self.count_in_prompt, COUNT_IN_PROMPT_MODES)
+        if len(self.text) > MAX_PROMPT_CHARS:
+            added = self.added_sentence
+            raise InputError(
+                "prompt",
+                f"has {len(self.prompt)} characters, and adding {added!r} (count_in_prompt) makes {len(self.text)}; the model "
+                f"accepts at most {MAX_PROMPT_CHARS}. Shorten it by {len(self.text) - MAX_PROMPT_CHARS} characters, say the "
+                "number of images in it yourself, or set count_in_prompt to 'as written'.",
+            )
         check_reference_count(encoded_references + len(self.images), self.max_images, self.sequential_image_generation)
         images = tuple(
             image if isinstance(image, DataUri) else check_image_url(f"image_urls line {line}", image)
@@ -263,6 +311,39 @@ class EditSequentialRequest:
     def with_references(self, references: Sequence[DataUri]) -> EditSequentialRequest:
         """The request with encoded references sent before its URLs."""
         return replace(self, images=(*references, *self.images))
+
+    @property
+    def stated_count(self) -> int | None:
+        """The number of images the prompt as written asks for (see `stated_image_count`)."""
+        return stated_image_count(self.prompt)
+
+    @property
+    def added_sentence(self) -> str | None:
+        """The sentence added to the prompt, if any: only for a set ("auto") whose prompt states no count."""
+        if self.count_in_prompt != "add if missing" or self.sequential_image_generation != "auto" or self.stated_count is not None:
+            return None
+        return count_sentence(self.max_images)
+
+    @property
+    def text(self) -> str:
+        """The prompt as sent (the schema's `text`)."""
+        added = self.added_sentence
+        if added is None:
+            return self.prompt
+        base = self.prompt.rstrip()
+        return base + (" " if base.endswith((".", "!", "?", "。", "！", "？")) else ". ") + added
+
+    def count_notes(self) -> tuple[str, ...]:
+        """What the user should know before paying about the count the prompt states."""
+        if self.added_sentence is not None:
+            return (f"added to the prompt: {self.added_sentence!r}",)
+        stated, most = self.stated_count, self.max_images_sent
+        if stated is None or stated == most:
+            return ()
+        if self.sequential_image_generation != "auto":
+            return (f"the prompt asks for {stated} images, but sequential_image_generation is disabled: exactly 1 will be made",)
+        made = min(stated, most)
+        return (f"the prompt asks for {stated} images, max_images is {most}: at most {made} will be made and {most} are charged",)
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -277,7 +358,7 @@ class EditSequentialRequest:
     def settings(self) -> dict[str, Any]:
         """Every value but the images, by widget name: what identifies the request besides its images."""
         return {
-            "prompt": self.prompt,
+            "prompt": self.text,  # as sent: the count sentence, when added, is part of what is paid for
             "max_images": self.max_images,
             "image_size": self.image_size,
             "seed": self.seed,
@@ -296,7 +377,7 @@ class EditSequentialRequest:
             else:
                 pieces.append(comma + json.dumps(image).encode("utf-8"))
         other: dict[str, Any] = {
-            "text": self.prompt,
+            "text": self.text,
             "sequential_image_generation_options": self.max_images_sent,
             "image_size": self.image_size,
             "optimize_prompt_options": self.optimize_prompt,

@@ -8,6 +8,7 @@ from ..api.config import Limits, resolve_base_url, resolve_credentials
 from ..api.errors import InputError, StopRequested
 from ..api.pipeline import Progress, Timing, generate
 from ..api.schema import (
+    COUNT_IN_PROMPT_MODES,
     IMAGE_SIZES,
     MAX_IMAGES_LIMIT,
     MAX_PROMPT_CHARS,
@@ -69,6 +70,16 @@ class RunComfySeedream4EditSequential:
                 "default": "",
                 "tooltip": "Optional public https URLs of more reference images, one per line. They are sent "
                 "unchanged, after the connected images. Lines starting with # are ignored.",
+            },
+        )
+        optional["count_in_prompt"] = (
+            list(COUNT_IN_PROMPT_MODES),
+            {
+                "default": _DEFAULTS.count_in_prompt,
+                "tooltip": "The model takes the number of images from the prompt; max_images is only the most it may make "
+                "(and what is charged). 'add if missing': a prompt that states no number gets 'Generate N images.' "
+                "(N = max_images), shown under the node. 'as written': the prompt is sent unchanged. Either way, a number "
+                "in the prompt that differs from max_images is pointed out before submitting.",
             },
         )
         return {
@@ -138,6 +149,7 @@ class RunComfySeedream4EditSequential:
         seed: int,
         optimize_prompt: str,
         sequential_image_generation: str,
+        count_in_prompt: str = COUNT_IN_PROMPT_MODES[0],  # absent from workflows saved before it existed
         image_urls: str = "",
         unique_id: str | None = None,
         **more_images: Any,
@@ -162,6 +174,7 @@ class RunComfySeedream4EditSequential:
             optimize_prompt=optimize_prompt,
             sequential_image_generation=sequential_image_generation,
             images=parse_url_lines(image_urls),
+            count_in_prompt=count_in_prompt,
         )
         base_url = resolve_base_url()
         comfy_bridge.quiet_status_polls(base_url)

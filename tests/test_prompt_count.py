@@ -1,0 +1,91 @@
+"""The prompt states the count: what is recognised, the sentence added when it is missing, and the warning when
+the prompt and max_images disagree."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import node_inputs, run_node, submitted_payloads
+from runcomfy_seedream.api.errors import InputError
+from runcomfy_seedream.api.schema import stated_image_count
+
+RECOGNISED = [
+    ("Generate 4 images of a cat", 4),
+    ("make four pictures of the shop", 4),
+    ("A set of 6 product shots on marble", 6),
+    ("a series of seven frames", 7),
+    ("Fifteen frames of a sunrise", 15),
+    ("three consistent character portraits", 3),
+    ("a 4-panel storyboard", 4),
+    ("one image, please", 1),
+    ("Create 12 variations of the logo", 12),
+    ("2 cats in 3 images", 3),  # the number of cats is not a count of images
+    ("20 photos of the room", 20),
+    ("Generate images of a cat", None),
+    ("two cats in a garden", None),
+    ("a photo of 3 people", None),
+    ("16:9 images of the sea", None),
+    ("2048x2048 images", None),
+    ("1.5 shots of espresso", None),
+]
+
+
+@pytest.mark.parametrize("prompt,count", RECOGNISED, ids=[row[0] for row in RECOGNISED])
+def test_what_counts_as_a_stated_number_of_images(prompt, count):
+    assert stated_image_count(prompt) == count
+
+
+def test_a_prompt_without_a_count_gets_one_sentence_and_the_user_sees_it(fake, comfy):
+    run_node(**node_inputs(prompt="This character at the beach", max_images=4))
+    (payload,) = submitted_payloads(fake)
+    assert payload["text"] == "This character at the beach. Generate 4 images."
+    assert any("Added to the prompt: 'Generate 4 images.'" in text for text in comfy.progress_texts())
+    assert "added to the prompt: 'Generate 4 images.'" in comfy.progress_texts()[-1]
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        dict(prompt="This character at the beach", count_in_prompt="as written"),
+        dict(prompt="Generate 3 images of this character at the beach."),
+        dict(prompt="This character at the beach", sequential_image_generation="disabled"),
+    ],
+    ids=["as written", "already stated", "a single image"],
+)
+def test_the_prompt_is_sent_unchanged_when_nothing_is_to_be_added(fake, comfy, inputs):
+    run_node(**node_inputs(**inputs))
+    assert submitted_payloads(fake)[0]["text"] == inputs["prompt"]
+
+
+def test_a_count_that_differs_from_max_images_is_pointed_out_before_submitting_and_does_not_block(fake, comfy):
+    run_node(**node_inputs(prompt="Generate 6 images of this scene", max_images=4))
+    texts = comfy.progress_texts()
+    warning = "The prompt asks for 6 images, max_images is 4: at most 4 will be made and 4 are charged"
+    first = next(i for i, text in enumerate(texts) if warning in text)
+    assert first < next(i for i, text in enumerate(texts) if text.startswith("Submitting"))
+    assert fake.submits == 1 and submitted_payloads(fake)[0]["text"] == "Generate 6 images of this scene"
+
+
+def test_an_added_sentence_must_fit_in_600_characters(fake, comfy):
+    prompt = "a" * 590
+    with pytest.raises(InputError) as caught:
+        run_node(**node_inputs(prompt=prompt, max_images=3))
+    message = str(caught.value)
+    assert (
+        message.startswith("prompt:") and "600" in message and "makes 610" in message and "Shorten it by 10 characters" in message
+    )  # 590 + ". " + 18
+    assert "as written" in message and fake.submits == 0 and not fake.requests
+
+
+def test_the_added_sentence_is_part_of_what_is_paid_for(fake, comfy):
+    run_node(**node_inputs(prompt="This character at the beach"))
+    run_node(**node_inputs(prompt="This character at the beach", count_in_prompt="as written"))  # other text sent
+    run_node(**node_inputs(prompt="This character at the beach. Generate 3 images.", count_in_prompt="as written"))  # same
+    assert fake.submits == 2
+
+
+def test_a_workflow_saved_before_the_widget_existed_runs_with_the_default(fake, comfy):
+    inputs = node_inputs(prompt="This character at the beach")
+    inputs.pop("count_in_prompt", None)
+    run_node(**inputs)
+    assert submitted_payloads(fake)[0]["text"].endswith("Generate 3 images.")
