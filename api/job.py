@@ -366,6 +366,7 @@ async def submit_watching(
     should_stop: StopCheck = never_stop,
     on_event: EventSink | None = None,
     upload: UploadTracker | None = None,
+    message: str = "Submitting the job to RunComfy…",
 ) -> Job:
     """Submit once, watching Stop. Stop before the whole body is sent abandons the upload (no job can exist:
     `StopRequested`); Stop after it waits for RunComfy's answer, so that `job.wait()` can cancel the job."""
@@ -373,7 +374,7 @@ async def submit_watching(
     upload = upload or UploadTracker()
     if should_stop():
         raise StopRequested("Stopped before submitting: nothing was sent and nothing is charged.")
-    emit(JobEvent("submitting", "Submitting the job to RunComfy…"))
+    emit(JobEvent("submitting", message))
     task = asyncio.ensure_future(client.submit(request, upload=upload))
     try:
         stopped = await wait_watching(task, should_stop) is Waited.STOP

@@ -54,6 +54,7 @@ from .job import (
     submit_watching,
 )
 from .references import (
+    REFERENCE_FORMATS,
     EncodedReference,
     PreparedReference,
     check_frame_shape,
@@ -63,7 +64,7 @@ from .references import (
     prepare_reference,
 )
 from .resume import UNKNOWN_OUTCOME_HOLD_S, CachedResult, ResumeStore, request_fingerprint
-from .schema import MODEL_ID, EditSequentialRequest
+from .schema import MODEL_ID, EditSequentialRequest, check_choice
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ class _Run:
     base_url: str
     after_submit: Callable[[], None]
     notes: list[str] = field(default_factory=list)
+    reference_format: str = "png"
 
 
 async def generate(
@@ -176,11 +178,13 @@ async def generate(
     timing: Timing | None = None,
     limits: Limits | None = None,
     after_submit: Callable[[], None] = lambda: None,
+    reference_format: str = "png",
 ) -> GenerationResult:
     """One run: `references` (pixels) are encoded and sent before the URLs in `request.images`.
 
     With `state_dir`, a paid request is journaled and its result saved on disk (else in memory).
     `after_submit()` runs once RunComfy holds the references and the encoded copies are freed.
+    `reference_format` is "png" (lossless) or "jpeg" (quality 95, far fewer bytes to upload).
     """
     stop = should_stop or never_stop
     report = ProgressReporter(on_progress)
@@ -189,6 +193,7 @@ async def generate(
     credentials = credentials or resolve_credentials()
     base_url = base_url or resolve_base_url()
     request = request.validate(encoded_references=len(references))
+    check_choice("reference_format", reference_format, REFERENCE_FORMATS)
     for ref in references:
         check_frame_shape(ref.label, ref.pixels)
     limits = limits or Limits()
@@ -200,7 +205,7 @@ async def generate(
     fingerprint = request_fingerprint(
         model_id=MODEL_ID,
         base_url=base_url,
-        settings=request.settings(),
+        settings=request.settings() | ({"reference_format": reference_format} if reference_format != "png" else {}),
         reference_digests=[p.digest for p in prepared],
         reference_urls=request.urls,
     )
@@ -210,7 +215,9 @@ async def generate(
         max_entries=limits.cache_max_entries,
         max_bytes=limits.cache_max_bytes,
     )
-    run = _Run(fingerprint, store, report, stop, timing or Timing(), limits, base_url, after_submit, list(request.count_notes()))
+    run = _Run(
+        fingerprint, store, report, stop, timing or Timing(), limits, base_url, after_submit, list(request.count_notes()), reference_format
+    )
     waiting = "Waiting for an identical run of these inputs to finish, to share its result instead of paying twice…"
     async with store.exclusive(fingerprint, stop, lambda: report(waiting, 0.03)):
         return await _collect_or_submit(run, credentials, request, prepared)
@@ -301,19 +308,21 @@ async def _prepare(references: Sequence[Reference], stop: StopCheck, report: Pro
 
 
 async def _encode(run: _Run, prepared: list[PreparedReference]) -> list[EncodedReference]:
-    """PNG-encode every reference in parallel, each within its share of the request body."""
+    """Encode every reference in parallel, each within its share of the request body."""
     total = len(prepared)
     report = run.report
+    fmt = run.reference_format.upper()
 
     def encoded_one(encoded: EncodedReference, done: int) -> None:
         fresh = [note for note in encoded.notes if note.startswith("downscaled")]
         extra = f" ({encoded.label}: {'; '.join(fresh)})" if fresh else ""
-        report(f"Encoding references {done}/{total}{extra}", 0.03 + 0.05 * done / total)
+        report(f"Encoding references {done}/{total} as {fmt}{extra}", 0.03 + 0.05 * done / total)
 
     if total:
-        report(f"Encoding references 0/{total}", 0.03)
+        report(f"Encoding references 0/{total} as {fmt}", 0.03)
     stopped, encoded = await run_stoppable(
-        encode_references(prepared, max_file_bytes=per_reference_byte_limit(total), on_done=encoded_one), run.stop
+        encode_references(prepared, max_file_bytes=per_reference_byte_limit(total), fmt=run.reference_format, on_done=encoded_one),
+        run.stop,
     )
     if stopped:
         raise StopRequested("Stopped while encoding the references: nothing was sent and nothing is charged.")
@@ -362,6 +371,11 @@ async def _submit(client: RunComfyClient, run: _Run, request: EditSequentialRequ
     the request id, or (a definite refusal, or an upload that broke off) nothing.
     """
     sendable = request.with_references([e.uri for e in encoded])
+    uploading = "Submitting the job to RunComfy…"
+    if encoded:
+        size = sum(len(e.uri.base64) for e in encoded) / 1e6
+        count = f"{len(encoded)} {run.reference_format.upper()} reference{'s' if len(encoded) != 1 else ''}"
+        uploading = f"Submitting the job to RunComfy: uploading {count}, {size:.1f} MB…"
     encoded.clear()  # `sendable` holds the only copy of the encoded references: freed once submitted
     unanswered = False
 
@@ -372,7 +386,12 @@ async def _submit(client: RunComfyClient, run: _Run, request: EditSequentialRequ
 
     try:
         job = await submit_watching(
-            client, sendable, should_stop=run.stop, on_event=run.report.job_event, upload=UploadTracker(on_last_piece=sending_last_piece)
+            client,
+            sendable,
+            should_stop=run.stop,
+            on_event=run.report.job_event,
+            upload=UploadTracker(on_last_piece=sending_last_piece),
+            message=uploading,
         )
     except OutcomeUnknownError:
         await run.store.record_unknown_outcome(run.fingerprint)

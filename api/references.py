@@ -1,7 +1,7 @@
-"""Turning reference pixels into what the service accepts: clean RGB within size limits, as base64 PNG.
+"""Turning reference pixels into what the service accepts: clean RGB within size limits, as base64 PNG or JPEG.
 
 Two steps, both run in worker threads: `prepare_reference` (floats -> clean
-uint8 RGB, fingerprinted) and `encode_references` (uint8 -> PNG -> base64, in
+uint8 RGB, fingerprinted) and `encode_references` (uint8 -> PNG or JPEG -> base64, in
 parallel, downscaled until each fits its share of the 64 MiB body). Works on numpy
 arrays, so any caller can use it. What was done to an image comes back as notes, data
 for the caller to show.
@@ -91,6 +91,8 @@ class PngSettings:
 
 
 DEFAULT_PNG = PngSettings()
+REFERENCE_FORMATS: tuple[str, ...] = ("png", "jpeg")  # both accepted by the schema; png is lossless, jpeg far smaller
+JPEG_QUALITY = 95
 
 
 @dataclass(frozen=True)
@@ -159,9 +161,12 @@ def prepare_reference(label: str, frame: np.ndarray) -> PreparedReference:
     return PreparedReference(label, rgb8, digest.hexdigest(), tuple(notes))
 
 
-def _png_bytes(image: Image.Image, png: PngSettings) -> bytes:
+def _file_bytes(image: Image.Image, fmt: str, png: PngSettings = DEFAULT_PNG) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=png.compress_level, compress_type=png.strategy)
+    if fmt == "jpeg":
+        image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        image.save(buffer, format="PNG", compress_level=png.compress_level, compress_type=png.strategy)
     return buffer.getvalue()
 
 
@@ -169,51 +174,58 @@ def encode_reference(
     prepared: PreparedReference,
     *,
     max_file_bytes: int = MAX_REFERENCE_BYTES - 1,
+    fmt: str = "png",
     png: PngSettings = DEFAULT_PNG,
 ) -> EncodedReference:
-    """PNG-encode one reference. Too-large images are downscaled (aspect kept) until they fit; a downscaled
+    """Encode one reference as PNG or JPEG (quality 95). Too-large images are downscaled (aspect kept) until they fit; a downscaled
     size always passes the schema's side and aspect rules, since it is rounded toward the original's aspect."""
     original = Image.fromarray(prepared.rgb8, mode="RGB")
     notes = list(prepared.notes)
-    scale = min(1.0, MAX_SIDE / max(original.size), _probe_scale(original, max_file_bytes, png))
+    if fmt not in REFERENCE_FORMATS:
+        raise InputError("reference_format", f"{fmt!r} is not accepted. Choose one of: {', '.join(REFERENCE_FORMATS)}.")
+    scale = min(1.0, MAX_SIDE / max(original.size), _probe_scale(original, max_file_bytes, fmt, png))
     image = original if scale >= 1.0 else original.resize(_scaled(original.size, scale), Image.Resampling.LANCZOS)
-    data = _png_bytes(image, png)
+    data = _file_bytes(image, fmt, png)
     while len(data) > max_file_bytes:
         scale *= math.sqrt(max_file_bytes / len(data)) * 0.95
         image = original.resize(_scaled(original.size, scale), Image.Resampling.LANCZOS)
-        data = _png_bytes(image, png)
+        data = _file_bytes(image, fmt, png)
     if image.size != original.size:
         check_reference_dimensions(prepared.label, *image.size)  # cannot fail: `_scaled` keeps the rules
         notes.append(
             f"downscaled from {original.size[0]}x{original.size[1]} to {image.size[0]}x{image.size[1]} "
-            f"to fit the {MAX_SIDE_EXCLUSIVE} px / {max_file_bytes / 1e6:.1f} MB limits"
+            f"to fit the {MAX_SIDE_EXCLUSIVE} px / {max_file_bytes / 1e6:.1f} MB limits as {fmt.upper()}"
         )
-    return EncodedReference(prepared.label, DataUri("image/png", base64.b64encode(data)), tuple(notes))
+    return EncodedReference(prepared.label, DataUri(f"image/{fmt}", base64.b64encode(data)), tuple(notes))
 
 
 def encode_references(
     prepared: Sequence[PreparedReference],
     *,
     max_file_bytes: int,
+    fmt: str = "png",
     png: PngSettings = DEFAULT_PNG,
     on_done: Callable[[EncodedReference, int], None] | None = None,
 ) -> Awaitable[list[EncodedReference]]:
     """Encode every reference in parallel worker threads; `on_done(encoded, count_done)` runs on the loop."""
     return map_in_threads(
-        lambda ref: encode_reference(ref, max_file_bytes=max_file_bytes, png=png), prepared, on_done=on_done, name="runcomfy-encode"
+        lambda ref: encode_reference(ref, max_file_bytes=max_file_bytes, fmt=fmt, png=png),
+        prepared,
+        on_done=on_done,
+        name="runcomfy-encode",
     )
 
 
 def per_reference_byte_limit(data_reference_count: int) -> int:
-    """Each PNG must be under 10 MB, and all of them base64-encoded must fit in one request body."""
+    """Each file must be under 10 MB, and all of them base64-encoded must fit in one request body."""
     if data_reference_count == 0:
         return MAX_REFERENCE_BYTES - 1
     share = (MAX_BODY_BYTES - BODY_SLACK_BYTES) * 3 // 4 // data_reference_count
     return min(MAX_REFERENCE_BYTES - 1, share)
 
 
-def _probe_scale(image: Image.Image, max_file_bytes: int, png: PngSettings) -> float:
-    """A scale that should bring the PNG under `max_file_bytes`, from encoding a quarter-size centre crop.
+def _probe_scale(image: Image.Image, max_file_bytes: int, fmt: str, png: PngSettings) -> float:
+    """A scale that should bring the file under `max_file_bytes`, from encoding a quarter-size centre crop.
 
     Avoids encoding a large reference twice (once too big, once downscaled). Returns 1.0
     when the image cannot be too big (raw pixels fit) or the estimate says it fits.
@@ -222,7 +234,7 @@ def _probe_scale(image: Image.Image, max_file_bytes: int, png: PngSettings) -> f
     if width * height * 3 <= max_file_bytes * 0.98:
         return 1.0
     crop = image.crop((width // 4, height // 4, width // 4 + width // 2, height // 4 + height // 2))
-    estimate = len(_png_bytes(crop, png)) * (width * height) / max(1, crop.size[0] * crop.size[1])
+    estimate = len(_file_bytes(crop, fmt, png)) * (width * height) / max(1, crop.size[0] * crop.size[1])
     if estimate <= max_file_bytes * 0.9:
         return 1.0
     return math.sqrt(max_file_bytes * 0.9 / estimate)

@@ -7,6 +7,7 @@ from typing import Any
 from ..api.config import Limits, resolve_base_url, resolve_credentials
 from ..api.errors import InputError, StopRequested
 from ..api.pipeline import Progress, Timing, generate
+from ..api.references import REFERENCE_FORMATS
 from ..api.schema import (
     COUNT_IN_PROMPT_MODES,
     IMAGE_SIZES,
@@ -82,6 +83,15 @@ class RunComfySeedream4EditSequential:
                 "in the prompt that differs from max_images is pointed out before submitting.",
             },
         )
+        optional["reference_format"] = (
+            list(REFERENCE_FORMATS),
+            {
+                "default": REFERENCE_FORMATS[0],
+                "tooltip": "How connected images are sent. png: lossless, about 5x more bytes to upload. jpeg: quality 95, "
+                "for slow uplinks; large references that PNG would have to downscale to fit the 64 MiB request go at "
+                "full size. URLs in image_urls are sent as they are.",
+            },
+        )
         return {
             "required": {
                 "image_1": ("IMAGE", {"tooltip": image_tip.format(max=MAX_REFERENCES)}),
@@ -150,6 +160,7 @@ class RunComfySeedream4EditSequential:
         optimize_prompt: str,
         sequential_image_generation: str,
         count_in_prompt: str = COUNT_IN_PROMPT_MODES[0],  # absent from workflows saved before it existed
+        reference_format: str = REFERENCE_FORMATS[0],  # likewise
         image_urls: str = "",
         unique_id: str | None = None,
         **more_images: Any,
@@ -190,6 +201,7 @@ class RunComfySeedream4EditSequential:
                 timing=self.timing,
                 limits=self.limits or Limits.from_env(),
                 after_submit=comfy_bridge.release_free_memory,
+                reference_format=reference_format,
             )
         except StopRequested as stop:
             comfy_bridge.send_progress_text(str(stop), node_id)
