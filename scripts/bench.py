@@ -134,7 +134,7 @@ def measure_job(fake, request_id: str, wall: float, sampler: RssSampler, output_
     )
 
 
-def run_ours(pack, comfy_bridge, references, fields, job: Job) -> tuple[Measurement, str]:
+def run_ours(pack, comfy_bridge, references, fields, job: Job, reference_format: str = "png") -> tuple[Measurement, str]:
     marks: list[tuple[str, float]] = []
     comfy_bridge.send_progress_text = lambda text, node_id: marks.append((text, time.perf_counter()))
     node = pack.NODE_CLASS_MAPPINGS["RunComfySeedream4EditSequential"]()
@@ -149,6 +149,7 @@ def run_ours(pack, comfy_bridge, references, fields, job: Job) -> tuple[Measurem
                 seed=fields["seed"],
                 optimize_prompt="fast",
                 sequential_image_generation="auto",
+                reference_format=reference_format,
                 unique_id="bench",
                 **inputs,
             )
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uplink-mbit", type=float, default=50.0, help="simulated upload bandwidth")
     parser.add_argument("--service-seconds", type=float, default=3.0, help="fixed queue + generation time of the fake")
     parser.add_argument("--quick", action="store_true", help="only the small job (a smoke test of this script)")
-    parser.add_argument("--job", choices=["reference", "many", "small"], help="run only this job")
+    parser.add_argument("--job", choices=["reference", "many", "small", "formats"], help="run only this job")
     parser.add_argument("--detect-runs", type=int, default=8, help="extra tiny jobs to measure completion detection")
     args = parser.parse_args(argv)
 
@@ -264,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.quick:
         jobs = jobs[2:]
+    formats_only = args.job == "formats"
     if args.job:
-        jobs = [job for job in jobs if job.name.startswith(args.job)]
+        jobs = [job for job in jobs if job.name.startswith("reference" if formats_only else args.job)]
     cores = os.cpu_count() or 1
     print(
         f"machine: {cores} cores; uplink {args.uplink_mbit:g} Mbit/s; service time {args.service_seconds:g} s; "
@@ -289,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
             # Warm-up: the fake renders each output size once, so later jobs measure clients, not the fake.
             seed += 1
             run_ours(pack, comfy_bridge, references, {**fields, "seed": seed}, job)
+            if job is jobs[0] and (formats_only or not args.job):
+                seed = format_rows(pack, comfy_bridge, references, fields, job, behaviour, seed)
+            if formats_only:
+                break
             seed += 1
             ours, request_id = run_ours(pack, comfy_bridge, references, {**fields, "seed": seed}, job)
             seed += 1
@@ -318,6 +324,33 @@ def main(argv: list[str] | None = None) -> int:
         f"status requests/s: mean {statistics.mean(_status_rates):.2f}"
     )
     return 0
+
+
+def format_rows(pack, comfy_bridge, references, fields, job: Job, behaviour, seed: int) -> int:
+    """The reference job with PNG and with JPEG references, on a slow and a fair uplink."""
+    print(f"\n== reference format: {job.name}")
+    print(f"{'uplink':>8s}{'format':>8s}{'wall s':>9s}{'MB sent':>9s}{'upload s':>10s}{'encode s':>10s}{'refs downscaled':>17s}")
+    saved = behaviour.upload_bytes_per_s
+    for mbit in (10.0, 50.0):
+        behaviour.upload_bytes_per_s = mbit * 1e6 / 8
+        for reference_format in ("png", "jpeg"):
+            seed += 1
+            measured, request_id = run_ours(pack, comfy_bridge, references, {**fields, "seed": seed}, job, reference_format)
+            sent = _fake.jobs[request_id].payload["images"]
+            downscaled = sum(_data_uri_size(uri) != (job.ref_size, job.ref_size) for uri in sent)
+            print(
+                f"{mbit:>8g}{reference_format:>8s}{measured.wall_s:>9.2f}{measured.bytes_sent / 1e6:>9.2f}"
+                f"{measured.upload_s:>10.2f}{measured.phases.get('encode', float('nan')):>10.2f}{downscaled:>17d}"
+            )
+    behaviour.upload_bytes_per_s = saved
+    return seed
+
+
+def _data_uri_size(uri: str) -> tuple[int, int]:
+    import base64
+
+    with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as image:
+        return image.size
 
 
 def report(job: Job, ours: Measurement, naive: Measurement, floor: float, uplink_bps: float, service_s: float) -> None:
