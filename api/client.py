@@ -182,6 +182,11 @@ def describe_transport_error(exc: httpx.HTTPError) -> str:
     return f"connection problem ({kind})"
 
 
+def _path_part(request_id: str) -> str:
+    """A request id as one path segment, whatever it holds (a "/" or ".." cannot reach another endpoint)."""
+    return quote(request_id, safe="").replace(".", "%2E")
+
+
 def _may_be_charged(action: str, what_happened: str) -> OutcomeUnknownError:
     return OutcomeUnknownError(
         f"{action}: {what_happened}. RunComfy may have created the job, and it may have been charged; it was not sent "
@@ -212,6 +217,7 @@ class RunComfyClient:
         self.timeouts = timeouts or Timeouts()
         self.on_retry = on_retry
         t = self.timeouts
+        self._token = credentials.token  # only to keep it out of what the service echoes back
         self._http = httpx.AsyncClient(
             base_url=self.base_url + "/",
             headers={"Authorization": f"Bearer {credentials.token}", "Accept": "application/json"},
@@ -272,15 +278,13 @@ class RunComfyClient:
         return Job(self, request_id, just_submitted=True)
 
     async def status(self, request_id: str) -> JobStatus:
-        data = await self._call(
-            "GET", f"requests/{quote(request_id, safe='')}/status", action="Checking the job status", request_id=request_id
-        )
+        data = await self._call("GET", f"requests/{_path_part(request_id)}/status", action="Checking the job status", request_id=request_id)
         return JobStatus(request_id, normalise_state(data.get("status")), _number_or_none(data.get("queue_position"), int))
 
     async def result(self, request_id: str) -> JobResult:
         data = await self._call(
             "GET",
-            f"requests/{quote(request_id, safe='')}/result",
+            f"requests/{_path_part(request_id)}/result",
             action="Fetching the job result",
             request_id=request_id,
             params={"include_cost": "true"},
@@ -288,6 +292,8 @@ class RunComfyClient:
         error = data.get("error") or data.get("error_message")
         if isinstance(error, Mapping):
             error = error.get("message") or json.dumps(error)[:300]
+        if error:
+            error = str(error).replace(self._token, "<token>")
         return JobResult(
             request_id=request_id,
             state=normalise_state(data.get("status")),
@@ -298,7 +304,7 @@ class RunComfyClient:
 
     async def cancel(self, request_id: str) -> CancelResult:
         # Cancelling twice is harmless, so this call retries like a read.
-        data = await self._call("POST", f"requests/{quote(request_id, safe='')}/cancel", action="Cancelling the job", request_id=request_id)
+        data = await self._call("POST", f"requests/{_path_part(request_id)}/cancel", action="Cancelling the job", request_id=request_id)
         return CancelResult(request_id, str(data.get("outcome") or "").lower(), normalise_state(data.get("status")) or None)
 
     async def model_info(self, *, announce: bool = True) -> Mapping[str, Any]:
@@ -313,7 +319,10 @@ class RunComfyClient:
             return cached[1]
         try:
             info = await asyncio.wait_for(self.model_info(announce=False), PRICE_LOOKUP_TIMEOUT_S)
-            price = Price(float(info["base_price_usd"]))
+            value = info["base_price_usd"]
+            if isinstance(value, bool) or not (0 <= float(value) < 1000):  # NaN, infinite, negative: no estimate
+                return None
+            price = Price(float(value))
         except (RunComfyError, asyncio.TimeoutError, KeyError, TypeError, ValueError) as exc:
             log.debug("price lookup failed: %s", type(exc).__name__)
             return None
@@ -376,6 +385,14 @@ class RunComfyClient:
                 raise self._lost_submit(action, lost, upload is not None and upload.complete)
             if response is not None:
                 status = response.status_code
+                if not idempotent and 300 <= status < 400:  # a definite answer from something that is not the API
+                    where = response.headers.get("Location", "")[:120]
+                    raise ServiceError(
+                        f"{action} failed: the service address answered with a redirect (HTTP {status}"
+                        + (f" to {where}" if where else "")
+                        + "), as a login page or a proxy does. No job was created and nothing was charged. Check "
+                        "RUNCOMFY_MODEL_API_BASE and your network, then run again."
+                    )
                 if status < 400:
                     data = _json_or_none(response)
                     if isinstance(data, Mapping):
@@ -384,12 +401,16 @@ class RunComfyClient:
                         return {}
                     problem, busy = "an unreadable answer", "not answering properly"
                 else:
-                    last_error = error_from_response(status, _json_or_none(response), action=action, request_id=request_id)
+                    last_error = error_from_response(
+                        status, _json_or_none(response), action=action, request_id=request_id, redact=self._token
+                    )
                     if not idempotent and status in GATEWAY_STATUSES and last_error.error_code is None:
                         raise _may_be_charged(
                             action, f"a gateway in front of RunComfy answered HTTP {status} after the whole request was sent"
                         )
-                    retryable = status == 429 or (idempotent and (status >= 500 or (status == 404 and last_error.error_code != "404001")))
+                    retryable = status == 429 or (
+                        idempotent and (status >= 500 or status in (408, 425) or (status == 404 and last_error.error_code != "404001"))
+                    )
                     if not retryable:  # RunComfy's own word (a bare 404 is a proxy or an edge in trouble)
                         raise last_error
                     problem, busy = f"HTTP {status}", "busy" if status == 429 else "unavailable"
@@ -424,7 +445,7 @@ class RunComfyClient:
     ) -> RunComfyError:
         if not idempotent:
             return ServiceError(
-                f"{action} failed: RunComfy could not be reached or refused it {attempt} times ({problem}). "
+                f"{action} failed: RunComfy could not be reached or turned it away ({problem}; {attempt} tries). "
                 "No job was created and nothing was charged. Check your connection and run again."
             )
         if last_error is not None:

@@ -155,11 +155,14 @@ def _first_text(body: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def error_from_response(http_status: int, body: Any, *, action: str, request_id: str | None = None) -> ServiceError:
+def error_from_response(
+    http_status: int, body: Any, *, action: str, request_id: str | None = None, redact: str | None = None
+) -> ServiceError:
     """Turn an error answer of the service into a plain-language exception.
 
     `body` is the decoded JSON (or None when the answer was not JSON); the
-    service's own message is appended so nothing it said is lost.
+    service's own message is appended so nothing it said is lost, with `redact` (the token, should a
+    proxy echo it back) replaced.
     """
     payload: Mapping[str, Any] = body if isinstance(body, Mapping) else {}
     code_raw = payload.get("error_code")
@@ -182,6 +185,8 @@ def error_from_response(http_status: int, body: Any, *, action: str, request_id:
         cls, sentence = ServiceError, f"The service refused the request (HTTP {http_status})."
 
     message = f"{action} failed: {sentence}"
+    if detail and redact:
+        detail = detail.replace(redact, "<token>")
     if detail and detail not in sentence:
         message += f" Service said: {detail[:300]}"
     if code:

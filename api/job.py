@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,7 +40,6 @@ STOP_CHECK_INTERVAL_S = 0.2
 SUCCESS_STATES = frozenset({"succeeded", "completed", "success"})
 
 StopCheck = Callable[[], bool]
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 
 
 def never_stop() -> bool:
@@ -178,14 +176,15 @@ class Job:
     """A request RunComfy has accepted (or may have: see `resume`)."""
 
     def __init__(self, service: JobService, request_id: str, *, just_submitted: bool = False) -> None:
-        if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id) or not request_id.strip("."):
-            raise InputError("request_id", f"{str(request_id)[:80]!r} is not a RunComfy request id (letters, digits, - _ . :).")
+        if not isinstance(request_id, str) or not request_id:
+            raise InputError("request_id", f"{request_id!r} is not a RunComfy request id; give the id RunComfy answered with.")
         self.service = service
         self.request_id = request_id
         self.state: str | None = None  # the last state RunComfy reported; None before the first answer
         self._just_submitted = just_submitted
         self._running_since: float | None = None
         self._result: JobResult | None = None
+        self.stop_pending = False  # Stop was pressed while RunComfy's answer to the submit was awaited
 
     @classmethod
     def resume(cls, service: JobService, request_id: str) -> Job:
@@ -275,6 +274,7 @@ class Job:
         either way a job still queued is cancelled, so it costs nothing."""
         emit = on_event or (lambda event: None)
         deadline = asyncio.get_running_loop().time() + deadline_s
+        stop = (lambda: True) if self.stop_pending else should_stop
 
         async def follow() -> JobResult:
             async for event in self.events(poll_schedule):
@@ -284,7 +284,7 @@ class Job:
 
         task = asyncio.ensure_future(follow())
         try:
-            waited = await wait_watching(task, should_stop, deadline=deadline)
+            waited = await wait_watching(task, stop, deadline=deadline)
         except BaseException:
             await cancel_and_wait(task)
             raise
@@ -395,5 +395,6 @@ async def submit_watching(
         await cancel_and_wait(task)
         raise
     job = task.result()
+    job.stop_pending = stopped
     emit(JobEvent("submitted", f"Submitted: request {job.request_id}", request_id=job.request_id))
     return job

@@ -12,6 +12,7 @@ bound by `Limits`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ from .references import (
 )
 from .resume import UNKNOWN_OUTCOME_HOLD_S, CachedResult, ResumeStore, request_fingerprint
 from .schema import MODEL_ID, EditSequentialRequest, check_choice
+
+log = logging.getLogger("runcomfy.seedream")
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,10 @@ class ProgressReporter:
         if under:
             text = "\n".join((text, *under))
         if self.sink is not None:
-            self.sink(Progress(text, self.fraction))
+            try:
+                self.sink(Progress(text, self.fraction))
+            except Exception:  # noqa: BLE001 - showing progress must never end a run, least of all a paid one
+                log.debug("the progress sink failed", exc_info=True)
 
     def job_event(self, event: JobEvent) -> None:
         if event.phase == "running":  # generation time is unknown: approach 0.8 smoothly so the bar keeps moving
@@ -401,8 +407,11 @@ async def _submit(client: RunComfyClient, run: _Run, request: EditSequentialRequ
             await run.store.forget(run.fingerprint)
         raise
     del sendable  # the service has the references: the encoded copies are freed while we wait
-    run.after_submit()
     await run.store.record_submitted(run.fingerprint, job.request_id)
+    try:
+        run.after_submit()
+    except Exception as exc:  # noqa: BLE001 - a caller's hook cannot end a paid job
+        run.report.warn(f"the after-submit hook failed ({type(exc).__name__})", key="hook")
     return await _settle(run, job)
 
 

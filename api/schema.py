@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import numbers
 import re
 import socket
 from collections.abc import Sequence
@@ -81,7 +82,13 @@ def check_choice(field_name: str, value: Any, choices: Sequence[str]) -> str:
     return value
 
 
+def _whole_number(value: Any) -> Any:
+    """An int from anything integral (numpy ints from scripts included); other values are returned as they are."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+
+
 def check_max_images(value: Any) -> int:
+    value = _whole_number(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_IMAGES_LIMIT:
         raise InputError("max_images", f"is {value!r}; it must be a whole number from 1 to {MAX_IMAGES_LIMIT}.")
     return value
@@ -90,6 +97,7 @@ def check_max_images(value: Any) -> int:
 def check_seed(value: Any) -> int | None:
     if value is None:
         return None
+    value = _whole_number(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
         raise InputError("seed", f"is {value!r}; it must be a whole number from 0 to {SEED_MAX}.")
     return value
@@ -250,6 +258,9 @@ def count_sentence(count: int) -> str:
     return f"Generate {count} image{'s' if count != 1 else ''}."
 
 
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"  # nothing in it needs JSON escaping
+
+
 @dataclass(frozen=True)
 class DataUri:
     """A base64 `data:` URI kept as bytes, so large references are never copied into str and back."""
@@ -263,6 +274,15 @@ class DataUri:
 
     def __str__(self) -> str:
         return self.prefix.decode("ascii") + self.base64.decode("ascii")
+
+    def check(self, label: str) -> None:
+        """A PNG or JPEG under 10 MB, as base64 that needs no escaping in JSON."""
+        if self.mime not in ("image/png", "image/jpeg"):
+            raise InputError(label, f"is {self.mime!r}; the model accepts image/png and image/jpeg.")
+        if not isinstance(self.base64, bytes) or self.base64.rstrip(b"=").translate(None, _BASE64_ALPHABET):
+            raise InputError(label, "is not base64 data; encode the file with base64.b64encode.")
+        if len(self.base64) // 4 * 3 >= MAX_REFERENCE_BYTES + 3:
+            raise InputError(label, f"is {len(self.base64) // 4 * 3 / 1e6:.1f} MB; each file must be under 10 MB. Use a smaller image.")
 
 
 @dataclass(frozen=True)
@@ -287,6 +307,13 @@ class EditSequentialRequest:
         """Every rule except the per-image ones, for `encoded_references` data references still to be added to
         the URLs in `images` (so the count is checked before any image is encoded). URLs are normalised."""
         check_prompt(self.prompt)
+        if not isinstance(self.images, (tuple, list)):
+            raise InputError("images", f"is a {type(self.images).__name__}; give a list of https URLs (and encoded references).")
+        for index, image in enumerate(self.images, start=1):
+            if isinstance(image, DataUri):
+                image.check(f"images item {index}")
+            elif not isinstance(image, str):
+                raise InputError(f"images item {index}", f"is a {type(image).__name__}; give an https URL as text.")
         check_max_images(self.max_images)
         check_choice("image_size", self.image_size, IMAGE_SIZES)
         check_seed(self.seed)
@@ -306,7 +333,7 @@ class EditSequentialRequest:
             image if isinstance(image, DataUri) else check_image_url(f"image_urls line {line}", image)
             for line, image in enumerate(self.images, start=1)
         )
-        return replace(self, images=images)
+        return replace(self, images=images, max_images=check_max_images(self.max_images), seed=check_seed(self.seed))
 
     def with_references(self, references: Sequence[DataUri]) -> EditSequentialRequest:
         """The request with encoded references sent before its URLs."""

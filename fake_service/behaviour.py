@@ -29,6 +29,7 @@ class Fault:
     seconds: float = 0.0
     error_code: str | None = None
     body: bytes | None = None
+    message: str | None = None  # the error_message of an "http" answer
 
 
 @dataclass
@@ -39,6 +40,7 @@ class FakeBehaviour:
     queue_ahead: int = 2  # queue position when a job arrives
     images_returned: int | None = None  # None: as many as the prompt asks for, capped by the maximum
     fail_with: str | None = None  # every job fails with this error text
+    request_id_prefix: str = ""  # request ids are this plus a UUID (RunComfy's format is not documented)
     output_scale: float = 1.0  # outputs are image_size x scale (small in tests)
     mixed_sizes: bool = False  # every other output comes out at a smaller size
     photographic: bool = False  # noisy outputs that compress like photos (benchmarks)

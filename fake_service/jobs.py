@@ -156,7 +156,7 @@ class Job:
 def new_job(payload: dict, colours: list[tuple[int, int, int]], token: str, behaviour: FakeBehaviour) -> Job:
     count = planned_image_count(payload, behaviour)
     job = Job(
-        request_id=str(uuid.uuid4()),
+        request_id=behaviour.request_id_prefix + str(uuid.uuid4()),
         owner_token=token,
         payload=payload,
         created=time.monotonic(),

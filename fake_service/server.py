@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 from .behaviour import FakeBehaviour, Fault
 from .jobs import Job, SchemaViolation, check_payload, new_job, planned_image_count
@@ -118,7 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.kind == "http":
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
             code = fault.error_code or ("500001" if fault.status >= 500 else None)
-            self._error(fault.status, code, f"injected HTTP {fault.status}", headers)
+            self._error(fault.status, code, fault.message or f"injected HTTP {fault.status}", headers)
             return True
         if fault.kind == "drop":
             self._drop()
@@ -185,7 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._read_body()
             if self._authorised() is None or self._apply_fault(fake.behaviour.take_fault("cancel")):
                 return
-            job = self._job_or_404(match.group(1))
+            job = self._job_or_404(unquote(match.group(1)))
             if job is not None:
                 self._send_json(202, fake.cancel(job))
             return
@@ -260,7 +261,7 @@ class _Handler(BaseHTTPRequestHandler):
         kind = match.group(2)
         if self._apply_fault(fake.behaviour.take_fault(kind)):
             return
-        job = self._job_or_404(match.group(1))
+        job = self._job_or_404(unquote(match.group(1)))
         if job is None:
             return
         if job.owner_token != self.headers["Authorization"][7:]:

@@ -20,8 +20,10 @@ from runcomfy_seedream.api import (
     RequestNotFoundError,
     RetryPolicy,
     RunComfyClient,
+    RunComfyError,
     StopRequested,
 )
+from runcomfy_seedream.api.job import UploadTracker, submit_watching
 from runcomfy_seedream.fake_service import Fault
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,9 +85,10 @@ def test_a_request_made_earlier_is_resumed_by_its_id_and_an_unknown_one_is_repor
             result = await resumed.result(QUICK_POLLS)
             with pytest.raises(RequestNotFoundError):
                 await Job.resume(client, "no-such-request").result(QUICK_POLLS)
-            for hostile in ("..", "../models/x", "a b", ""):
-                with pytest.raises(InputError, match="request_id"):
-                    Job.resume(client, hostile)
+            with pytest.raises(RequestNotFoundError):  # one path segment, whatever it holds: never another endpoint
+                await Job.resume(client, "../../models/x").result(QUICK_POLLS)
+            with pytest.raises(InputError, match="request_id"):
+                Job.resume(client, "")
             return first, result
 
     first, result = asyncio.run(scenario())
@@ -105,6 +108,42 @@ def test_cancel_ends_a_queued_job_and_wait_says_so_on_stop(fake):
     job, stopped = asyncio.run(scenario())
     assert stopped.cancelled and "cancelled at RunComfy before it started" in str(stopped)
     assert fake.jobs[job.request_id].cancelled
+
+
+def test_a_stop_seen_once_while_the_submit_is_answered_still_cancels_the_queued_job(fake):
+    fake.behaviour.queue_s = 5.0
+    fake.behaviour.inject("submit", Fault("stall", seconds=0.4))  # the job exists; its id comes late
+    upload = UploadTracker()
+    pressed: list[bool] = []
+
+    def stop_once() -> bool:  # an edge-triggered Stop, as a script may write it
+        if upload.complete and not pressed:
+            pressed.append(True)
+            return True
+        return False
+
+    async def scenario():
+        async with client_for(fake) as client:
+            request = EditSequentialRequest("Generate 1 image.", max_images=1, images=(URL,))
+            job = await submit_watching(client, request, should_stop=stop_once, upload=upload)
+            with pytest.raises(StopRequested) as stopped:
+                await job.wait(should_stop=stop_once, poll_schedule=QUICK_POLLS)
+            return job, stopped.value
+
+    job, stopped = asyncio.run(scenario())
+    assert pressed and stopped.cancelled and fake.jobs[job.request_id].cancelled
+
+
+def test_a_token_the_service_echoes_back_is_not_shown(fake):
+    fake.behaviour.inject("submit", Fault("http", status=422, message=f"bad header: Authorization: Bearer {fake.token}"))
+
+    async def scenario():
+        async with client_for(fake) as client:
+            await client.submit(EditSequentialRequest("Generate 1 image.", max_images=1, images=(URL,)))
+
+    with pytest.raises(RunComfyError) as caught:
+        asyncio.run(scenario())
+    assert fake.token not in str(caught.value) and "Bearer <token>" in str(caught.value)
 
 
 def test_a_failed_job_raises_with_the_services_reason(fake):

@@ -101,7 +101,7 @@ def test_service_unreachable_is_retried_then_reported_without_charge(comfy, monk
 
     with pytest.raises(ServiceError) as caught:
         run_node(timing=quick_timing(submit_retry=RetryPolicy(max_attempts=3, base_delay_s=0.01)), **node_inputs())
-    assert "3 times" in str(caught.value) and "nothing was charged" in str(caught.value)
+    assert "3 tries" in str(caught.value) and "nothing was charged" in str(caught.value)
     assert not isinstance(caught.value, OutcomeUnknownError)
 
 
