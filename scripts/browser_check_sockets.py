@@ -13,7 +13,8 @@ the input that owns it): a new node; connect image_1; connect image_2 by draggin
 image_3; disconnect image_2 (a middle socket stays); disconnect image_3; connect all ten; disconnect image_10;
 leave image_1 and image_5; export (app.graph.serialize and app.graphToPrompt); reload the export; load the
 pack's own example workflows as saved (all ten sockets) and a variant whose only second link goes to image_5;
-queue the reloaded graph and the image_5 variant and print the text the node shows when done.
+queue the reloaded graph and the image_5 variant and print the text the node shows when done; load a workflow
+saved before count_in_prompt and reference_format existed and check its values and the new widgets' defaults.
 Exits 1 if any step shows other sockets than expected, a link out of place, or a failed run.
 """
 
@@ -225,6 +226,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    node {last['nodeId']} shows: {last['text']!r}")
         if result["kind"] != "success":
             failures.append("queue variant")
+
+        # A workflow saved before count_in_prompt and reference_format existed: eight widget values.
+        older = json.loads((EXAMPLES / "seedream_one_reference_to_image_set.json").read_text())
+        older_node = next(node for node in older["nodes"] if node["type"] == NODE)
+        older_node["widgets_values"] = older_node["widgets_values"][:8]
+        page.evaluate("async (wf) => { await app.loadGraphData(wf); }", older)
+        prompt = page.evaluate("async () => (await app.graphToPrompt()).output")
+        widgets = next(n["inputs"] for n in prompt.values() if n["class_type"] == NODE)
+        kept = [widgets[name] for name in ("prompt", "max_images", "image_size", "seed")] == [
+            older_node["widgets_values"][i] for i in range(4)
+        ]
+        defaults = (widgets.get("count_in_prompt"), widgets.get("reference_format")) == ("add if missing", "png")
+        print(f"{'ok ' if kept and defaults else 'BAD'} load a workflow saved with eight widget values: {widgets}")
+        if not (kept and defaults):
+            failures.append("older workflow")
 
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2))
