@@ -35,6 +35,7 @@ import json
 import logging
 import random
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,8 @@ RUNNING_STATES = frozenset({"in_progress", "running", "processing"})
 GATEWAY_STATUSES = frozenset({502, 503, 504})  # a proxy's word that the service itself did not answer
 PRICE_TTL_S = 3600.0
 PRICE_LOOKUP_TIMEOUT_S = 10.0
+
+STATUS_INTERVAL_S = 0.2  # all status polls of a process to one service together: at most five a second
 
 RetryNotice = Callable[[str], None]
 log = logging.getLogger("runcomfy.seedream")
@@ -115,6 +118,45 @@ class Timeouts:
     read_s: float = 30.0
     submit_read_s: float = 120.0  # the service may take a while to store large data-URI references
     write_s: float = 120.0
+
+
+class SharedPace:
+    """What every run of this process shares towards one service: the pace of status polls (one every
+    `status_interval_s` at most, however many jobs are in flight) and the backoff after a 429 on a submit
+    (one for the whole batch, not one per item). One per event loop and service address."""
+
+    def __init__(self) -> None:
+        self._next_status = 0.0
+        self._submits_not_before = 0.0
+
+    async def status_turn(self, interval_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        turn = max(now, self._next_status)
+        self._next_status = turn + interval_s
+        if turn > now:
+            await asyncio.sleep(turn - now)
+
+    async def submit_turn(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (wait := self._submits_not_before - loop.time()) > 0:
+            await asyncio.sleep(wait)
+
+    def back_off_submits(self, seconds: float) -> None:
+        self._submits_not_before = max(self._submits_not_before, asyncio.get_running_loop().time() + seconds)
+
+
+_paces: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, SharedPace]] = weakref.WeakKeyDictionary()
+_upload_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
+
+
+def shared_pace(base_url: str) -> SharedPace:
+    return _paces.setdefault(asyncio.get_running_loop(), {}).setdefault(base_url.rstrip("/"), SharedPace())
+
+
+def upload_slots(count: int) -> asyncio.Semaphore:
+    """The process's bound on uploads (with their encodes and submits) in flight at once."""
+    return _upload_slots.setdefault(asyncio.get_running_loop(), {}).setdefault(count, asyncio.Semaphore(count))
 
 
 @dataclass(frozen=True)
@@ -210,8 +252,10 @@ class RunComfyClient:
         job_retry: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
         on_retry: RetryNotice | None = None,
+        status_interval_s: float = STATUS_INTERVAL_S,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.status_interval_s = status_interval_s
         self.retry = retry or RetryPolicy()
         self.job_retry = job_retry or RetryPolicy.until_deadline()
         self.timeouts = timeouts or Timeouts()
@@ -233,6 +277,13 @@ class RunComfyClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    def sharing_pool(self, *, on_retry: RetryNotice | None) -> RunComfyClient:
+        """A client on this one's connection pool that announces its retries elsewhere (one run of a batch)."""
+        view = object.__new__(RunComfyClient)
+        view.__dict__.update(self.__dict__)
+        view.on_retry = on_retry
+        return view
 
     # --- calls -------------------------------------------------------------------------------
 
@@ -358,6 +409,7 @@ class RunComfyClient:
         502/503/504 is `OutcomeUnknownError`; any other answer is the error it says.
         """
         policy = self.job_retry if request_id else self.retry
+        pace = shared_pace(self.base_url)
         t = self.timeouts
         timeout = None if idempotent else httpx.Timeout(connect=t.connect_s, read=t.submit_read_s, write=t.write_s, pool=t.connect_s)
         attempt = 0
@@ -373,6 +425,10 @@ class RunComfyClient:
                 options["content"] = body()
             if timeout is not None:
                 options["timeout"] = timeout
+            if not idempotent:
+                await pace.submit_turn()
+            elif path.endswith("/status"):
+                await pace.status_turn(self.status_interval_s)
             try:
                 response = await self._http.request(method, path, **options)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -420,6 +476,8 @@ class RunComfyClient:
             delay = policy.delay(attempt, retry_after)
             if policy.gives_up(attempt, waited, delay):
                 raise self._gave_up(action, attempt, problem, last_error, idempotent, request_id)
+            if not idempotent and problem.startswith("HTTP 429"):
+                pace.back_off_submits(delay)  # every submit of this process waits: one backoff for a whole batch
             if not announce:
                 pass
             elif not idempotent:

@@ -150,6 +150,8 @@ def resolve_base_url(env: Mapping[str, str] | None = None) -> str:
 STATE_DIR_ENV = "RUNCOMFY_SEEDREAM_STATE_DIR"
 CACHE_MB_ENV = "RUNCOMFY_SEEDREAM_CACHE_MB"
 BATCH_MB_ENV = "RUNCOMFY_SEEDREAM_BATCH_MB"
+MAX_UPLOADS_ENV = "RUNCOMFY_SEEDREAM_MAX_UPLOADS"
+DEFAULT_MAX_UPLOADS = 4  # uploads and submits in flight per process; jobs waiting at RunComfy do not count
 DEFAULT_BATCH_BYTES = 3 * 1024**3  # the output batch and its native copies; the largest real Seedream set needs ~2.1 GiB
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024  # one result file
 
@@ -162,12 +164,18 @@ class Limits:
     cache_max_entries: int = MAX_CACHED_RESULTS
     batch_max_bytes: int = DEFAULT_BATCH_BYTES  # the padded float32 output batch
     max_download_bytes: int = MAX_DOWNLOAD_BYTES  # one result file
+    max_uploads: int = DEFAULT_MAX_UPLOADS  # encodes, uploads and submits in flight at once in this process
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Limits:
-        """RUNCOMFY_SEEDREAM_CACHE_MB and RUNCOMFY_SEEDREAM_BATCH_MB, in MiB, when set."""
+        """RUNCOMFY_SEEDREAM_CACHE_MB and RUNCOMFY_SEEDREAM_BATCH_MB (in MiB) and RUNCOMFY_SEEDREAM_MAX_UPLOADS, when set."""
         env = os.environ if env is None else env
         values = {}
+        raw = (env.get(MAX_UPLOADS_ENV) or "").strip()
+        if raw:
+            if not raw.isdigit() or not 1 <= int(raw) <= 64:
+                raise ConfigurationError(f"{MAX_UPLOADS_ENV} is {raw[:20]!r}; it must be a whole number from 1 to 64 (or unset).")
+            values["max_uploads"] = int(raw)
         for name, attribute in ((CACHE_MB_ENV, "cache_max_bytes"), (BATCH_MB_ENV, "batch_max_bytes")):
             raw = (env.get(name) or "").strip()
             if not raw:

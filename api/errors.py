@@ -17,7 +17,8 @@ could hold the request and its headers) as its cause or context.
     ├── JobCancelledError
     ├── DeadlineExceededError . the node stopped waiting (`cancelled`: it cancelled the queued job)
     ├── StopRequested ......... the user pressed Stop (`cancelled`: the queued job was cancelled)
-    └── DownloadError ......... a result file could not be fetched or used (`transient`: try again)
+    ├── DownloadError ......... a result file could not be fetched or used (`transient`: try again)
+    └── BatchError ............ items of a list failed (`failures`: item number, request id, error each)
 """
 
 from __future__ import annotations
@@ -117,6 +118,14 @@ class DownloadError(RunComfyError):
     def __init__(self, message: str, *, request_id: str | None = None, transient: bool = False) -> None:
         super().__init__(message, request_id=request_id)
         self.transient = transient  # network trouble: collecting the same request again may work
+
+
+class BatchError(RunComfyError):
+    """Some items of a list failed; the others finished and are saved."""
+
+    def __init__(self, message: str, *, failures: list[tuple[int, str | None, RunComfyError]]) -> None:
+        super().__init__(message)
+        self.failures = failures
 
 
 _CODE_MESSAGES: dict[str, tuple[type[ServiceError], str]] = {

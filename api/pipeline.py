@@ -12,15 +12,16 @@ bound by `Limits`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .client import Price, RetryPolicy, RunComfyClient, Timeouts
+from .client import STATUS_INTERVAL_S, Price, RetryPolicy, RunComfyClient, Timeouts, upload_slots
 from .config import Credentials, Limits, resolve_base_url, resolve_credentials
 from .downloads import (
     DOWNLOAD_DEADLINE_S,
@@ -83,6 +84,7 @@ class Timing:
     download_read_timeout_s: float = DOWNLOAD_READ_TIMEOUT_S
     download_deadline_s: float = DOWNLOAD_DEADLINE_S
     price_wait_s: float = 0.5  # how long the submit may wait for the catalog price; then it goes without an estimate
+    status_interval_s: float = STATUS_INTERVAL_S  # the least time between two status polls of this process
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class GenerationResult:
 class Progress:
     text: str
     fraction: float  # 0..1 of the whole run
+    phase: str = "preparing"  # preparing | sharing | waiting | uploading | queued | generating | downloading | done
 
 
 ProgressSink = Callable[[Progress], None]
@@ -121,6 +124,7 @@ class ProgressReporter:
         self.sink = sink
         self.fraction = 0.0
         self.pinned: dict[str, str] = {}
+        self.phase = "preparing"
         self._warning_parts: dict[str, str] = {}
 
     @property
@@ -137,7 +141,8 @@ class ProgressReporter:
         self._warning_parts[key] = part
         self(self.warnings[0])
 
-    def __call__(self, text: str, fraction: float | None = None) -> None:
+    def __call__(self, text: str, fraction: float | None = None, phase: str | None = None) -> None:
+        self.phase = phase or self.phase
         if fraction is not None:
             self.fraction = max(self.fraction, min(1.0, fraction))
         under = [line for line in (*self.warnings, *self.pinned.values()) if line and line != text]
@@ -145,15 +150,16 @@ class ProgressReporter:
             text = "\n".join((text, *under))
         if self.sink is not None:
             try:
-                self.sink(Progress(text, self.fraction))
+                self.sink(Progress(text, self.fraction, self.phase))
             except Exception:  # noqa: BLE001 - showing progress must never end a run, least of all a paid one
                 log.debug("the progress sink failed", exc_info=True)
 
     def job_event(self, event: JobEvent) -> None:
         if event.phase == "running":  # generation time is unknown: approach 0.8 smoothly so the bar keeps moving
-            self(event.message, 0.2 + 0.6 * (1.0 - math.exp(-(event.elapsed_s or 0.0) / 90.0)))
+            self(event.message, 0.2 + 0.6 * (1.0 - math.exp(-(event.elapsed_s or 0.0) / 90.0)), "generating")
         else:
-            self(event.message, {"submitting": 0.1, "submitted": 0.15, "queued": 0.17, "finishing": 0.8}.get(event.phase))
+            fraction = {"submitting": 0.1, "submitted": 0.15, "queued": 0.17, "finishing": 0.8}.get(event.phase)
+            self(event.message, fraction, {"submitted": "queued", "queued": "queued"}.get(event.phase))
 
 
 @dataclass
@@ -170,6 +176,7 @@ class _Run:
     after_submit: Callable[[], None]
     notes: list[str] = field(default_factory=list)
     reference_format: str = "png"
+    client: RunComfyClient | None = None  # a pool shared with other runs (a batch); None: this run opens its own
 
 
 async def generate(
@@ -185,12 +192,16 @@ async def generate(
     limits: Limits | None = None,
     after_submit: Callable[[], None] = lambda: None,
     reference_format: str = "png",
+    client: RunComfyClient | None = None,
+    on_planned: Callable[[str, int], Awaitable[None]] | None = None,
 ) -> GenerationResult:
     """One run: `references` (pixels) are encoded and sent before the URLs in `request.images`.
 
     With `state_dir`, a paid request is journaled and its result saved on disk (else in memory).
     `after_submit()` runs once RunComfy holds the references and the encoded copies are freed.
     `reference_format` is "png" (lossless) or "jpeg" (quality 95, far fewer bytes to upload).
+    `client` shares a connection pool between runs; `on_planned(fingerprint, images_charged)` is awaited once the
+    run knows what it would pay for, before it waits for an identical run or submits (a batch's cost estimate).
     """
     stop = should_stop or never_stop
     report = ProgressReporter(on_progress)
@@ -222,10 +233,22 @@ async def generate(
         max_bytes=limits.cache_max_bytes,
     )
     run = _Run(
-        fingerprint, store, report, stop, timing or Timing(), limits, base_url, after_submit, list(request.count_notes()), reference_format
+        fingerprint,
+        store,
+        report,
+        stop,
+        timing or Timing(),
+        limits,
+        base_url,
+        after_submit,
+        list(request.count_notes()),
+        reference_format,
+        client,
     )
+    if on_planned is not None:
+        await on_planned(fingerprint, request.max_images_sent)
     waiting = "Waiting for an identical run of these inputs to finish, to share its result instead of paying twice…"
-    async with store.exclusive(fingerprint, stop, lambda: report(waiting, 0.03)):
+    async with store.exclusive(fingerprint, stop, lambda: report(waiting, 0.03, "sharing")):
         return await _collect_or_submit(run, credentials, request, prepared)
 
 
@@ -245,7 +268,7 @@ async def _collect_or_submit(
             await run.store.drop_result(run.fingerprint)
             resume_id = cached.request_id
         else:
-            report(f"Reused the saved images of request {cached.request_id}: nothing sent, nothing charged.", 1.0)
+            report(f"Reused the saved images of request {cached.request_id}: nothing sent, nothing charged.", 1.0, "done")
             notes = (f"saved result of request {cached.request_id} reused; change the seed for new images", *run.notes)
             return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, report.warnings, reused=True)
     entry = await run.store.journal_entry(run.fingerprint)
@@ -260,9 +283,7 @@ async def _collect_or_submit(
         resume_id = entry.request_id
 
     timing = run.timing
-    async with RunComfyClient(
-        credentials, run.base_url, retry=timing.submit_retry, job_retry=timing.job_retry, timeouts=timing.timeouts, on_retry=report
-    ) as client:
+    async with _client_for(run, credentials) as client:
         price_lookup = asyncio.ensure_future(client.price())
         try:
             result = await _resume(client, run, resume_id) if resume_id else None
@@ -270,9 +291,11 @@ async def _collect_or_submit(
                 price = await _within(price_lookup, timing.price_wait_s)
                 if price is not None:
                     report.pin(price.estimate(request.max_images_sent), key="cost")
-                encoded = await _encode(run, prepared)
-                prepared.clear()  # the clean pixels are not needed any more (the caller's list is this one)
-                result = await _submit(client, run, request, encoded)
+                async with _upload_turn(run):
+                    encoded = await _encode(run, prepared)
+                    prepared.clear()  # the clean pixels are not needed any more (the caller's list is this one)
+                    job = await _submit(client, run, request, encoded)
+                result = await _settle(run, job)
                 if len(result.urls) < request.max_images_sent:
                     run.notes.append(f"the model returned {len(result.urls)} of up to {request.max_images_sent} images")
         finally:
@@ -288,6 +311,41 @@ async def _collect_or_submit(
         await run.store.forget(run.fingerprint)
         raise DownloadError(str(unusable), request_id=result.request_id) from None
     return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(run.notes), report.warnings)
+
+
+@contextlib.asynccontextmanager
+async def _client_for(run: _Run, credentials: Credentials) -> AsyncIterator[RunComfyClient]:
+    """This run's client: on the batch's shared pool when there is one, else its own."""
+    if run.client is not None:
+        yield run.client.sharing_pool(on_retry=run.report)
+        return
+    timing = run.timing
+    async with RunComfyClient(
+        credentials,
+        run.base_url,
+        retry=timing.submit_retry,
+        job_retry=timing.job_retry,
+        timeouts=timing.timeouts,
+        on_retry=run.report,
+        status_interval_s=timing.status_interval_s,
+    ) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def _upload_turn(run: _Run) -> AsyncIterator[None]:
+    """Hold one of the process's upload slots (`Limits.max_uploads`) from encoding to RunComfy's answer."""
+    slots = upload_slots(run.limits.max_uploads)
+    if slots.locked():
+        run.report("Waiting for a free upload slot (other runs of this ComfyUI are uploading)…", None, "waiting")
+    stopped, _ = await run_stoppable(slots.acquire(), run.stop)
+    if stopped:
+        raise StopRequested("Stopped while waiting to upload: nothing was sent and nothing is charged.")
+    run.report.phase = "uploading"
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 async def _within(task: asyncio.Future[Price | None], seconds: float) -> Price | None:
@@ -369,8 +427,8 @@ async def _resume(client: RunComfyClient, run: _Run, request_id: str) -> JobResu
     return None
 
 
-async def _submit(client: RunComfyClient, run: _Run, request: EditSequentialRequest, encoded: list[EncodedReference]) -> JobResult:
-    """Submit once and wait for the result.
+async def _submit(client: RunComfyClient, run: _Run, request: EditSequentialRequest, encoded: list[EncodedReference]) -> Job:
+    """Submit once.
 
     Just before the body's last piece is handed over, the inputs are journaled as "outcome unknown": a process
     killed before the answer arrives leaves a hold, not an invitation to pay again. The answer then replaces it:
@@ -412,14 +470,14 @@ async def _submit(client: RunComfyClient, run: _Run, request: EditSequentialRequ
         run.after_submit()
     except Exception as exc:  # noqa: BLE001 - a caller's hook cannot end a paid job
         run.report.warn(f"the after-submit hook failed ({type(exc).__name__})", key="hook")
-    return await _settle(run, job)
+    return job
 
 
 async def _download(run: _Run, result: JobResult) -> list[bytes]:
     """Every result file as served, in parallel."""
     count = len(result.urls)
     report = run.report
-    report(f"Downloading 0/{count}", 0.8)
+    report(f"Downloading 0/{count}", 0.8, "downloading")
     timing = run.timing
     downloader = ResultDownloader(
         UrlPolicy.for_base_url(run.base_url),

@@ -7,10 +7,12 @@ headers, and can be told to misbehave (see `FakeBehaviour.inject`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -168,18 +170,19 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     self._read_body()  # and drain the upload, so the client reads the answer
                 return
-            body = self._read_body()
-            if chunked and fake.behaviour.refuse_chunked:
-                fake.count_submit_attempt()
-                self._error(411, None, "Length Required")
-                return
-            upload_s = time.monotonic() - started
-            if self._authorised() is None:
-                return
-            if path != MODEL_PATH:
-                self._error(400, "400001", "Unknown model id")
-                return
-            self._submit(body, upload_s)
+            with fake.upload_in_flight():
+                body = self._read_body()
+                if chunked and fake.behaviour.refuse_chunked:
+                    fake.count_submit_attempt()
+                    self._error(411, None, "Length Required")
+                    return
+                upload_s = time.monotonic() - started
+                if self._authorised() is None:
+                    return
+                if path != MODEL_PATH:
+                    self._error(400, "400001", "Unknown model id")
+                    return
+                self._submit(body, upload_s)
             return
         match = _REQUEST_PATH.match(path)
         if match and match.group(2) == "cancel":
@@ -371,6 +374,8 @@ class FakeRunComfy:
         self.jobs: dict[str, Job] = {}
         self.requests: list[RecordedRequest] = []
         self.submit_attempts = 0
+        self.uploads_in_flight = 0
+        self.max_uploads_in_flight = 0
         self.cancel_calls = 0
         self._lock = threading.Lock()
         self._server: _Server | None = None
@@ -427,6 +432,18 @@ class FakeRunComfy:
     def record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
+
+    @contextlib.contextmanager
+    def upload_in_flight(self) -> Iterator[None]:
+        """Counts submits being received or answered at once (`max_uploads_in_flight`: the most seen)."""
+        with self._lock:
+            self.uploads_in_flight += 1
+            self.max_uploads_in_flight = max(self.max_uploads_in_flight, self.uploads_in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.uploads_in_flight -= 1
 
     def count_submit_attempt(self) -> None:
         with self._lock:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..api.batch import Batch
+from ..api.client import RunComfyClient
 from ..api.config import Limits, resolve_base_url, resolve_credentials
-from ..api.errors import InputError, StopRequested
+from ..api.errors import InputError, RunComfyError, StopRequested
 from ..api.pipeline import Progress, Timing, generate
 from ..api.references import REFERENCE_FORMATS
 from ..api.schema import (
@@ -167,12 +169,6 @@ class RunComfySeedream4EditSequential:
     ) -> tuple[Any, ...]:
         node_id = str(unique_id) if unique_id is not None else None
         credentials = resolve_credentials(settings_file=comfy_bridge.token_file())  # first: a clear error, no work
-        bar = comfy_bridge.ProgressBar(PROGRESS_STEPS, node_id)
-
-        def show(progress: Progress) -> None:
-            comfy_bridge.send_progress_text(progress.text, node_id)
-            bar.set(round(progress.fraction * PROGRESS_STEPS))
-
         unknown = sorted(set(more_images) - set(OPTIONAL_IMAGE_SOCKETS))
         if unknown:
             raise InputError(unknown[0], "is not an input of this node.")
@@ -189,6 +185,36 @@ class RunComfySeedream4EditSequential:
         )
         base_url = resolve_base_url()
         comfy_bridge.quiet_status_polls(base_url)
+        timing = self.timing
+        limits = self.limits or Limits.from_env()
+
+        # The items of a list input run as concurrent calls: they share one line, one bar and one connection pool.
+        member = Batch.join(f"{node_id}|{id(self)}")  # before the first await, so every item of the list has joined
+        batch = member.batch
+        shared = batch.resources
+        if not shared:
+            shared["bar"] = comfy_bridge.ProgressBar(PROGRESS_STEPS, node_id)
+            shared["client"] = client = RunComfyClient(
+                credentials,
+                base_url,
+                retry=timing.submit_retry,
+                job_retry=timing.job_retry,
+                timeouts=timing.timeouts,
+                status_interval_s=timing.status_interval_s,
+            )
+            batch.price_lookup = client.price
+            batch.on_change = lambda changed: changed.size > 1 and show_line(changed.line(), changed.fraction())
+        bar = shared["bar"]
+
+        def show_line(text: str, fraction: float) -> None:
+            comfy_bridge.send_progress_text(text, node_id)
+            bar.set(round(fraction * PROGRESS_STEPS))
+
+        def show(progress: Progress) -> None:
+            member.progress(progress.phase, progress.fraction)
+            if batch.size == 1:
+                show_line(progress.text, progress.fraction)
+
         try:
             result = await generate(
                 reference_frames(sockets),
@@ -198,16 +224,32 @@ class RunComfySeedream4EditSequential:
                 state_dir=comfy_bridge.state_directory(),
                 on_progress=show,
                 should_stop=lambda: bar.stop_seen or comfy_bridge.processing_interrupted(),
-                timing=self.timing,
-                limits=self.limits or Limits.from_env(),
+                timing=timing,
+                limits=limits,
                 after_submit=comfy_bridge.release_free_memory,
                 reference_format=reference_format,
+                client=shared["client"],
+                on_planned=member.plan,
             )
-        except StopRequested as stop:
-            comfy_bridge.send_progress_text(str(stop), node_id)
-            raise comfy_bridge.interruption(str(stop)) from None
+        except BaseException as failure:
+            error = failure if isinstance(failure, RunComfyError) else StopRequested(f"Interrupted ({type(failure).__name__}).")
+            member.finish(error=error)
+            if batch.size > 1 and isinstance(failure, RunComfyError):
+                await batch.settled()  # the whole batch's outcome, once, instead of the first item's alone
+                failure = batch.outcome() or failure
+            await _release(batch)
+            if isinstance(failure, StopRequested):
+                comfy_bridge.send_progress_text(str(failure), node_id)
+                raise comfy_bridge.interruption(str(failure)) from None
+            raise failure from None
 
+        member.finish(request_id=result.request_id, cost_usd=result.cost_usd, reused=result.reused)
+        await _release(batch)
         batch, image_list = output_tensors(result.images)
+        if member.batch.size > 1:
+            if member.batch.outcome() is None and all(m.ended for m in member.batch.members):
+                show_line(member.batch.summary(), 1.0)
+            return batch, image_list, "\n".join(result.urls), result.request_id
         count = len(image_list)
         summary = f"Done: {count} image{'s' if count != 1 else ''}, request {result.request_id}"
         if result.cost_usd is not None and result.reused:
@@ -222,3 +264,11 @@ class RunComfySeedream4EditSequential:
         comfy_bridge.send_progress_text("\n".join([summary, *result.warnings]), node_id)
         bar.set(PROGRESS_STEPS)
         return batch, image_list, "\n".join(result.urls), result.request_id
+
+
+async def _release(batch: Batch) -> None:
+    """Close the batch's connection pool once its last item has ended."""
+    if all(member.ended for member in batch.members):
+        client = batch.resources.pop("client", None)
+        if client is not None:
+            await client.aclose()

@@ -48,6 +48,7 @@ def quick_timing(**changes) -> Timing:
         download_retry=RetryPolicy.until_deadline(base_delay_s=0.01, max_delay_s=0.05),
         download_read_timeout_s=2.0,
         download_deadline_s=20.0,
+        status_interval_s=0.0,
     )
     values.update(changes)
     return Timing(**values)
@@ -75,3 +76,18 @@ def data_uri_size(uri: str) -> tuple[int, int]:
     with Image.open(io.BytesIO(data)) as image:
         assert image.format == "PNG"
         return image.size
+
+
+def run_list(items: list[dict], *, timing: Timing | None = None, limits: Limits | None = None) -> list:
+    """One node called once per list item, as ComfyUI does it: a task per item, each given a chance to start
+    before the next is created, all awaited together. Each entry is the item's outputs or its exception."""
+    node = node_object(timing, limits)
+
+    async def all_items():
+        tasks = []
+        for inputs in items:
+            tasks.append(asyncio.create_task(getattr(node, node.FUNCTION)(**inputs)))
+            await asyncio.sleep(0)
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    return asyncio.run(all_items())

@@ -1,0 +1,206 @@
+"""Many runs of one node at once, as ComfyUI makes them for the items of a list: one line, one bar, one cost,
+and the outcome of every item.
+
+ComfyUI calls an async node once per list item and runs the calls concurrently, so the calls of one node
+that overlap in time form a batch: each joins it (`Batch.join(key)`) before its first await, which ComfyUI
+gives every item before any of them gets further. Invariants:
+
+- The estimated cost of the whole batch is known before the first submit: every run reports what it would
+  pay for (`planned`) and waits until all have, so identical items are counted once.
+- One line for the node ("Batch of 24: 6 done, 4 generating, 10 queued at RunComfy, 4 waiting to upload;
+  estimated cost up to $2.16") and one fraction for its bar. A batch of one says what a single run says.
+- One item's failure does not end the others. A failed or stopped item waits until every item has ended,
+  then reports the whole batch: which items failed (request id, reason), or what Stop did to each job.
+- Nothing here sends anything: bounding uploads, pacing polls and sharing a 429's backoff are the client's
+  (`client.upload_slots`, `client.SharedPace`), so runs outside a batch keep them too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from .client import Price
+from .errors import BatchError, RunComfyError, StopRequested
+
+PHASES = (  # (phase, how the line names it), in the order the line lists them
+    ("done", "done"),
+    ("failed", "failed"),
+    ("stopped", "stopped"),
+    ("downloading", "downloading"),
+    ("generating", "generating"),
+    ("queued", "queued at RunComfy"),
+    ("uploading", "uploading"),
+    ("sharing", "waiting for an identical item"),
+    ("waiting", "waiting to upload"),
+    ("preparing", "preparing"),
+)
+
+
+@dataclass
+class Member:
+    """One item of a batch."""
+
+    batch: Batch
+    number: int  # 1-based, in the order ComfyUI started the items (the list's order)
+    phase: str = "preparing"
+    fraction: float = 0.0
+    planned: tuple[str, int] | None = None  # (fingerprint, images charged)
+    ended: bool = False
+    error: RunComfyError | None = None
+    request_id: str | None = None
+    cost_usd: float | None = None
+    reused: bool = False
+
+    async def plan(self, fingerprint: str, images_charged: int) -> None:
+        """Report what this item would pay for; returns once every item has (the batch's estimate is then known)."""
+        self.planned = (fingerprint, images_charged)
+        await self.batch._planning_done()
+
+    def progress(self, phase: str, fraction: float) -> None:
+        self.phase, self.fraction = phase, fraction
+        self.batch._changed()
+
+    def finish(self, *, error: RunComfyError | None = None, request_id: str | None = None, cost_usd: float | None = None, reused=False):
+        self.ended, self.error = True, error
+        self.request_id = request_id or (error.request_id if error is not None else None)
+        self.cost_usd, self.reused = cost_usd, reused
+        self.phase = "done" if error is None else "stopped" if isinstance(error, StopRequested) else "failed"
+        self.fraction = 1.0
+        self.batch._member_ended()
+
+
+@dataclass
+class Batch:
+    key: str
+    members: list[Member] = field(default_factory=list)
+    price: Price | None = None
+    on_change: Callable[[Batch], None] | None = None  # the node shows `line()` and `fraction()`
+    price_lookup: Callable[[], Awaitable[Price | None]] | None = None
+    resources: dict = field(default_factory=dict)  # what the node shares between items (a client, a progress bar)
+    _planned: asyncio.Event = field(default_factory=asyncio.Event)
+    _settled: asyncio.Event = field(default_factory=asyncio.Event)
+    _looking_up: bool = False
+    _estimated: bool = False
+    _shown: str = ""
+
+    _open: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Batch]]] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def join(cls, key: str) -> Member:
+        """The calling run's place in the open batch of `key`, or in a new one. Call it before the first await."""
+        open_here = cls._open.setdefault(asyncio.get_running_loop(), {})
+        batch = open_here.get(key)
+        if batch is None or batch._settled.is_set():
+            batch = open_here[key] = cls(key)
+        member = Member(batch, len(batch.members) + 1)
+        batch.members.append(member)
+        batch._planned.clear()
+        return member
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    # --- what the node shows -----------------------------------------------------------------
+
+    def fraction(self) -> float:
+        return sum(m.fraction for m in self.members) / max(1, self.size)
+
+    def line(self) -> str:
+        counts = {phase: 0 for phase, _ in PHASES}
+        for member in self.members:
+            counts[member.phase] = counts.get(member.phase, 0) + 1
+        parts = [f"{counts[phase]} {name}" for phase, name in PHASES if counts[phase]]
+        line = f"Batch of {self.size}: " + ", ".join(parts)
+        if self._estimated and self.price is not None:
+            line += f"; estimated cost up to ${self.price.usd_per_image * self.images_charged():.2f}"
+        return line
+
+    def images_charged(self) -> int:
+        """Images the batch may be charged for: each distinct input once."""
+        distinct = {member.planned[0]: member.planned[1] for member in self.members if member.planned is not None}
+        return sum(distinct.values())
+
+    def _changed(self) -> None:
+        if self.on_change is None or all(m.phase == "preparing" for m in self.members):
+            return  # the items of a list join within moments: the line starts once one of them moves on
+        line = self.line()
+        if line != self._shown:
+            self._shown = line
+            self.on_change(self)
+
+    # --- coordination -----------------------------------------------------------------------
+
+    async def _planning_done(self) -> None:
+        while not self._planned.is_set():  # items plan within milliseconds of each other; a short poll is enough
+            if all(m.planned is not None or m.ended for m in self.members) and not self._looking_up:
+                self._looking_up = True
+                if self.price_lookup is not None and self.size > 1:
+                    try:
+                        self.price = await self.price_lookup()
+                    except Exception:  # noqa: BLE001 - no estimate is better than no run
+                        self.price = None
+                self._estimated = True
+                self._planned.set()
+                self._changed()
+            else:
+                await asyncio.sleep(0.02)
+
+    def _member_ended(self) -> None:
+        if all(m.ended for m in self.members):
+            self._settled.set()
+            open_here = Batch._open.get(asyncio.get_running_loop(), {})
+            if open_here.get(self.key) is self:
+                del open_here[self.key]
+        self._changed()
+
+    async def settled(self) -> None:
+        await self._settled.wait()
+
+    # --- how it ended -----------------------------------------------------------------------
+
+    def outcome(self) -> RunComfyError | None:
+        """Once settled: None when every item succeeded, else the one error that describes the whole batch."""
+        stopped = [m for m in self.members if isinstance(m.error, StopRequested)]
+        failed = [m for m in self.members if m.error is not None and not isinstance(m.error, StopRequested)]
+        done = [m for m in self.members if m.error is None]
+        if stopped:
+            cancelled = sum(1 for m in stopped if m.error.cancelled)
+            running = sum(1 for m in stopped if m.request_id and not m.error.cancelled)
+            unsent = len(stopped) - cancelled - running
+            parts = [
+                f"{cancelled} queued job{'s' if cancelled != 1 else ''} cancelled before it started" if cancelled else "",
+                f"{running} already generating may still be charged" if running else "",
+                f"{len(done)} done and saved (run the node again to collect them without paying)" if done else "",
+                f"{unsent} not sent" if unsent else "",
+                f"{len(failed)} failed" if failed else "",
+            ]
+            return StopRequested(f"Stopped the batch of {self.size}: " + "; ".join(p for p in parts if p) + ".")
+        if failed:
+            listed = "; ".join(f"item {m.number}" + (f" (request {m.request_id})" if m.request_id else "") + f": {m.error}" for m in failed)
+            saved = (
+                f" The other {len(done)} are saved: running the node again collects them without paying and retries only these."
+                if done
+                else ""
+            )
+            return BatchError(
+                f"{len(failed)} of {self.size} items failed.{saved} {listed}",
+                failures=[(m.number, m.request_id, m.error) for m in failed],
+            )
+        return None
+
+    def summary(self) -> str:
+        """The final line of a batch where every item succeeded."""
+        paid = {m.request_id: m.cost_usd for m in self.members if not m.reused and m.request_id}
+        reused = sum(1 for m in self.members if m.reused)
+        line = f"Batch of {self.size} done: {len(paid)} job{'s' if len(paid) != 1 else ''}"
+        costs = [c for c in paid.values() if c is not None]
+        if costs:
+            line += f", cost ${sum(costs):.2f}"
+        if reused:
+            line += f"; {reused} item{'s' if reused != 1 else ''} reused saved images (nothing charged for them now)"
+        return line

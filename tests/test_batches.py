@@ -1,0 +1,102 @@
+"""A list input drives many RunComfy jobs at once: bounded uploads, one line, one cost, every item answered."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import image_batch, node_inputs, quick_timing, run_list
+from runcomfy_seedream.api.errors import BatchError
+from runcomfy_seedream.fake_service import Fault
+
+
+def reference_pixels(payload: dict) -> np.ndarray:
+    data = base64.b64decode(payload["images"][0].split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def as_uint8(tensor) -> np.ndarray:
+    return (tensor[0].numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def batch_lines(comfy) -> list[str]:
+    return [text for text in comfy.progress_texts() if text.startswith("Batch of")]
+
+
+def test_a_list_with_duplicates_pays_once_per_distinct_input_answers_every_item_in_order_and_bounds_uploads(fake, comfy):
+    fake.behaviour.upload_bytes_per_s = 400_000  # each upload takes a while, so they overlap
+    fake.behaviour.price_per_image_usd = 0.03
+    distinct = [image_batch(1, 48, 64, seed=seed) for seed in range(8)]
+    order = [index % 8 for index in range(24)][::-1]  # every input three times, spread through the list
+    outputs = run_list([node_inputs(image_1=distinct[i], unique_id="9") for i in order])
+
+    assert all(isinstance(output, tuple) for output in outputs), [o for o in outputs if not isinstance(o, tuple)]
+    assert fake.submits == 8 and fake.submit_attempts == 8  # identical items share one job
+    assert fake.max_uploads_in_flight <= 4, "at most four uploads in flight at once (the default)"
+    assert fake.max_uploads_in_flight >= 2, "uploads did overlap"
+    for item, output in zip(order, outputs, strict=True):
+        images, image_list, urls, request_id = output
+        assert images.shape[0] == 3 and len(urls.splitlines()) == 3
+        assert np.array_equal(reference_pixels(fake.jobs[request_id].payload), as_uint8(distinct[item]))  # its own job
+
+    lines = batch_lines(comfy)
+    assert lines and all(line.startswith("Batch of 24: ") for line in lines[:-1])
+    estimate = "estimated cost up to $0.72"  # 8 distinct inputs x 3 images x $0.03: duplicates are not counted twice
+    assert all(estimate in line for line in lines[:-1] if "queued at RunComfy" in line or "uploading" in line)
+    assert any("waiting to upload" in line for line in lines)
+    assert lines[-1].startswith("Batch of 24 done: 8 jobs, cost $0.72; 16 items reused saved images")
+    assert not any(text.startswith(("Done:", "Preparing", "Submitting")) for text in comfy.progress_texts()[5:])
+
+
+def test_a_429_storm_on_submits_slows_the_whole_batch_once_and_every_item_is_paid_once(fake, comfy):
+    fake.behaviour.inject("submit", *[Fault("http", status=429, retry_after="0.3")] * 6)
+    timing = quick_timing(submit_retry=quick_timing().job_retry.__class__(max_attempts=20, base_delay_s=0.01, max_delay_s=1.0))
+    outputs = run_list([node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id="9") for seed in range(6)], timing=timing)
+    assert all(isinstance(output, tuple) for output in outputs)
+    assert fake.submits == 6 and fake.submit_attempts == 12
+    submits = [r.at for r in fake.requests if r.method == "POST" and r.path.startswith("/v1/models/")]
+    refused_at = submits[0]  # the first attempt was refused; nobody may submit again before its Retry-After
+    assert all(at >= refused_at + 0.28 for at in submits[6:]), "one shared backoff after a 429"
+
+
+def test_stop_in_the_middle_of_a_batch_cancels_every_queued_job_and_says_what_happened(fake, comfy):
+    fake.behaviour.queue_s = 30.0  # every job stays queued
+    comfy.stop_when = lambda text: text.startswith("Batch of 6:") and "4 queued at RunComfy" in text
+    outputs = run_list(
+        [node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id="9") for seed in range(6)],
+        timing=quick_timing(),
+    )
+    assert all(isinstance(output, comfy.InterruptProcessingException) for output in outputs)
+    message = str(outputs[0])
+    assert message.startswith("Stopped the batch of 6: ")
+    cancelled = sum(job.cancelled for job in fake.jobs.values())
+    assert fake.submits >= 4 and cancelled == fake.submits, "every queued job was cancelled"
+    assert f"{cancelled} queued jobs cancelled before it started" in message or f"{cancelled} queued job cancelled" in message
+    if fake.submits < 6:
+        assert f"{6 - fake.submits} not sent" in message
+
+
+def test_one_failing_item_is_listed_and_running_again_pays_only_for_it(fake, comfy):
+    fake.behaviour.inject("submit", Fault("http", status=422, error_code="422001"))
+    items = [node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id="9") for seed in range(4)]
+    outputs = run_list(items)
+    failures = [output for output in outputs if isinstance(output, BaseException)]
+    assert fake.submits == 3 and len(failures) == 4 - sum(isinstance(o, tuple) for o in outputs) == 1
+    error = failures[0]
+    assert isinstance(error, BatchError) and len(error.failures) == 1
+    assert str(error).startswith("1 of 4 items failed. The other 3 are saved: running the node again collects them")
+    assert "item " in str(error) and "HTTP 422" in str(error) or "422" in str(error)
+
+    again = run_list(items)
+    assert all(isinstance(output, tuple) for output in again)
+    assert fake.submits == 4, "only the failed item was paid for again"
+
+
+@pytest.mark.parametrize("size", [1])
+def test_a_single_item_looks_as_it_always_did(fake, comfy, size):
+    run_list([node_inputs(unique_id="9")] * size)
+    assert not batch_lines(comfy) and comfy.progress_texts()[-1].startswith("Done: 3 images")
