@@ -222,7 +222,7 @@ async def generate(
     fingerprint = request_fingerprint(
         model_id=MODEL_ID,
         base_url=base_url,
-        settings=request.settings() | ({"reference_format": reference_format} if reference_format != "png" else {}),
+        settings=request.settings() | ({"reference_format": reference_format} if reference_format != "png" and references else {}),
         reference_digests=[p.digest for p in prepared],
         reference_urls=request.urls,
     )

@@ -53,6 +53,8 @@ MAX_BODY_BYTES = 64 * 1024 * 1024  # keep the submit body under what RunComfy's 
 
 
 def check_prompt(text: Any) -> str:
+    if text is not None and not isinstance(text, str):
+        raise InputError("prompt", f"is a {type(text).__name__}; give the prompt as text.")
     if not isinstance(text, str) or not text.strip():
         raise InputError(
             "prompt",
@@ -70,7 +72,7 @@ def check_prompt(text: Any) -> str:
         raise InputError(
             "prompt",
             f"has {len(text)} characters; the model accepts at most {MAX_PROMPT_CHARS}. "
-            f"Shorten it by {len(text) - MAX_PROMPT_CHARS} characters.",
+            f"Shorten it by {_characters(len(text) - MAX_PROMPT_CHARS)}.",
         )
     return text
 
@@ -222,40 +224,66 @@ def _shorten(text: str, limit: int = 80) -> str:
 
 
 _NUMBER_WORDS = ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen").split()
-_NUMBER = r"(?<![\w.:×])(\d{1,3}|" + "|".join(_NUMBER_WORDS) + r")(?![\w.:×%])"
+_QUANTITIES = {"single": 1, "pair of": 2, "couple of": 2, "trio of": 3, "dozen": 12}  # "a single image", "a pair of shots"
+_NUMBER = r"(?<![\w.:×/-])(\d{1,3}|" + "|".join(_NUMBER_WORDS) + r")(?![\w.:×%/])"
+_QUANTITY = r"\ba (" + "|".join(_QUANTITIES) + r")"
 _IMAGE_NOUN = (
-    r"(?:image|picture|pic|photo|photograph|shot|frame|illustration|render|rendering|variation|version|view|panel|scene|portrait)s?"
+    r"(?:image|picture|pic|photo|photograph|shot|frame|illustration|render|rendering|variation|variant|version|view|"
+    r"panel|scene|portrait|pose|keyframe|still|selfie|thumbnail|angle|option)s?"
 )
-_FILLER_WORD = r"(?:(?!(?:of|in|on|at|with|and|or|for|from|to|the|a|an|per|each)\b)[a-z][\w'-]*\s+)"
+_FILLER_WORD = r"(?:(?!(?:of|in|on|at|with|and|or|for|from|to|the|a|an|per|each)\b)[\w][\w'-]*,?\s+)"
 COUNT_PHRASES = (
-    re.compile(_NUMBER + r"\s+" + _FILLER_WORD + r"{0,2}" + _IMAGE_NOUN + r"\b", re.I),  # "4 images", "three consistent portraits"
+    re.compile(r"(?:" + _NUMBER + "|" + _QUANTITY + r")\s+" + _FILLER_WORD + r"{0,3}" + _IMAGE_NOUN + r"\b", re.I),  # "4 images"
     re.compile(r"\b(?:set|series|sequence|collection|batch|grid|group|total) of\s+" + _NUMBER, re.I),  # "a set of 6"
     re.compile(_NUMBER + r"-(?:image|panel|frame|shot|picture|photo|page)\b", re.I),  # "a 4-panel storyboard"
 )
+_RATIO = re.compile(r"\d+\s*[x×:：/]\s*\d+", re.I)  # 16:9, 800 x 600, 4/5: sizes and ratios, never counts
+
+
+def _value(word: str) -> int:
+    word = " ".join(word.lower().split())
+    if word.isdigit():
+        return int(word)
+    return _QUANTITIES[word] if word in _QUANTITIES else _NUMBER_WORDS.index(word) + 1
+
+
+def stated_image_counts(prompt: str) -> tuple[int, ...]:
+    """Every distinct number of images the prompt states, in order of appearance (empty when it states none).
+
+    Recognised (English only): a number in digits or a word from one to fifteen, or "a single / a pair of /
+    a couple of / a trio of / a dozen", in "N images" (also pictures, photos, shots, frames, illustrations,
+    renders, variations, variants, versions, views, panels, scenes, portraits, poses, keyframes, stills,
+    selfies, thumbnails, angles, options; up to three words between, as in "3 consistent character portraits"),
+    "a set / series / sequence / collection / batch / grid / group / total of N", and "an N-panel / N-image /
+    N-frame …". Numbers in ratios, sizes, decimals and hyphenated numbers (16:9, 800 x 600, 1.5,
+    twenty-one) are not counts.
+    """
+    text = _RATIO.sub(" ", prompt)
+    found: list[tuple[int, int]] = []
+    for phrase in COUNT_PHRASES:
+        for match in phrase.finditer(text):
+            word = next(group for group in match.groups() if group)
+            if _value(word) > 0:
+                found.append((match.start(), _value(word)))
+    return tuple(dict.fromkeys(value for _, value in sorted(found)))
 
 
 def stated_image_count(prompt: str) -> int | None:
-    """How many images the prompt asks for, or None when it does not say.
+    """The number of images the prompt asks for when it states exactly one (see `stated_image_counts`)."""
+    counts = stated_image_counts(prompt)
+    return counts[0] if len(counts) == 1 else None
 
-    Recognised: a number in digits or a word from one to fifteen, in "N images" (also pictures, photos, shots,
-    frames, illustrations, renders, variations, versions, views, panels, scenes, portraits; up to two words
-    between, as in "3 consistent character portraits"), "a set / series / sequence / collection / batch / grid /
-    group / total of N", and "an N-panel / N-image / N-frame …". The earliest phrase in the prompt counts.
-    Numbers that are part of a ratio, a size or a decimal (16:9, 2048x2048, 1.5) are not counts.
-    """
-    found: list[tuple[int, str]] = []
-    for phrase in COUNT_PHRASES:
-        match = phrase.search(prompt)
-        if match:
-            found.append((match.start(), match.group(1)))
-    if not found:
-        return None
-    word = min(found)[1].lower()
-    return int(word) if word.isdigit() else _NUMBER_WORDS.index(word) + 1
+
+def _characters(count: int) -> str:
+    return f"{count} character{'s' if count != 1 else ''}"
+
+
+def _images(count: int) -> str:
+    return f"{count} image{'s' if count != 1 else ''}"
 
 
 def count_sentence(count: int) -> str:
-    return f"Generate {count} image{'s' if count != 1 else ''}."
+    return f"Generate {_images(count)}."
 
 
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"  # nothing in it needs JSON escaping
@@ -277,6 +305,8 @@ class DataUri:
 
     def check(self, label: str) -> None:
         """A PNG or JPEG under 10 MB, as base64 that needs no escaping in JSON."""
+        if not self.base64:
+            raise InputError(label, "is empty; give the base64 of a PNG or JPEG file.")
         if self.mime not in ("image/png", "image/jpeg"):
             raise InputError(label, f"is {self.mime!r}; the model accepts image/png and image/jpeg.")
         if not isinstance(self.base64, bytes) or self.base64.rstrip(b"=").translate(None, _BASE64_ALPHABET):
@@ -325,7 +355,7 @@ class EditSequentialRequest:
             raise InputError(
                 "prompt",
                 f"has {len(self.prompt)} characters, and adding {added!r} (count_in_prompt) makes {len(self.text)}; the model "
-                f"accepts at most {MAX_PROMPT_CHARS}. Shorten it by {len(self.text) - MAX_PROMPT_CHARS} characters, say the "
+                f"accepts at most {MAX_PROMPT_CHARS}. Shorten it by {_characters(len(self.text) - MAX_PROMPT_CHARS)}, say the "
                 "number of images in it yourself, or set count_in_prompt to 'as written'.",
             )
         check_reference_count(encoded_references + len(self.images), self.max_images, self.sequential_image_generation)
@@ -347,7 +377,7 @@ class EditSequentialRequest:
     @property
     def added_sentence(self) -> str | None:
         """The sentence added to the prompt, if any: only for a set ("auto") whose prompt states no count."""
-        if self.count_in_prompt != "add if missing" or self.sequential_image_generation != "auto" or self.stated_count is not None:
+        if self.count_in_prompt != "add if missing" or self.sequential_image_generation != "auto" or stated_image_counts(self.prompt):
             return None
         return count_sentence(self.max_images)
 
@@ -357,20 +387,28 @@ class EditSequentialRequest:
         added = self.added_sentence
         if added is None:
             return self.prompt
-        base = self.prompt.rstrip()
-        return base + (" " if base.endswith((".", "!", "?", "。", "！", "？")) else ". ") + added
+        base = self.prompt.rstrip().rstrip(",;:，；：").rstrip()
+        if base.endswith((".", "!", "?", "…", '."', ".'", '!"', '?"')):
+            return f"{base} {added}"
+        if base.endswith(("。", "！", "？")) or (base and "\u3000" <= base[-1] <= "\u9fff"):  # CJK: no space, a full stop
+            return base + ("" if base.endswith(("。", "！", "？")) else "。") + added
+        return f"{base}. {added}"
 
     def count_notes(self) -> tuple[str, ...]:
         """What the user should know before paying about the count the prompt states."""
         if self.added_sentence is not None:
             return (f"added to the prompt: {self.added_sentence!r}",)
-        stated, most = self.stated_count, self.max_images_sent
-        if stated is None or stated == most:
+        counts, most = stated_image_counts(self.prompt), self.max_images_sent
+        if len(counts) > 1:
+            listed = " and ".join(str(count) for count in counts)
+            return (f"the prompt mentions {listed} images; max_images is {most}: at most {most} will be made and charged",)
+        if not counts or counts[0] == most:
             return ()
+        stated = counts[0]
         if self.sequential_image_generation != "auto":
-            return (f"the prompt asks for {stated} images, but sequential_image_generation is disabled: exactly 1 will be made",)
-        made = min(stated, most)
-        return (f"the prompt asks for {stated} images, max_images is {most}: at most {made} will be made and {most} are charged",)
+            return (f"the prompt asks for {_images(stated)}, but sequential_image_generation is disabled: exactly 1 will be made",)
+        charged = f"{most} {'is' if most == 1 else 'are'} charged"
+        return (f"the prompt asks for {_images(stated)}, max_images is {most}: at most {min(stated, most)} will be made and {charged}",)
 
     @property
     def urls(self) -> tuple[str, ...]:

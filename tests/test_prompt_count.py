@@ -27,12 +27,52 @@ RECOGNISED = [
     ("16:9 images of the sea", None),
     ("2048x2048 images", None),
     ("1.5 shots of espresso", None),
+    ("Generate 3 consistent character reference images of this girl", 3),  # three words between
+    ("Generate three high-quality, consistent images", 3),
+    ("Make 4 ultra-realistic 3D renders", 4),
+    ("Generate 6 poses of this character", 6),
+    ("a single image of the shop", 1),
+    ("a pair of portraits", 2),
+    ("Generate 800 x 600 images", None),
+    ("16 : 9 images", None),
+    ("16：9 images", None),
+    ("4/5 portraits", None),
+    ("twenty-one images", None),
+    ("Generate 0 images", None),
+    ("Make 2 wide shots and 2 close-up shots", 2),  # the same number twice is one count
+    ("make 3 variations and 2 close-up shots", None),  # two different numbers: the prompt decides, no sentence added
 ]
 
 
 @pytest.mark.parametrize("prompt,count", RECOGNISED, ids=[row[0] for row in RECOGNISED])
 def test_what_counts_as_a_stated_number_of_images(prompt, count):
     assert stated_image_count(prompt) == count
+
+
+@pytest.mark.parametrize(
+    "prompt,sent",
+    [
+        ("At the beach", "At the beach. Generate 3 images."),
+        ("At the beach.", "At the beach. Generate 3 images."),
+        ("At the beach, ", "At the beach. Generate 3 images."),
+        ("At the beach…", "At the beach… Generate 3 images."),
+        ("海边的这个角色", "海边的这个角色。Generate 3 images."),
+    ],
+)
+def test_the_sentence_is_joined_as_a_sentence(prompt, sent):
+    from runcomfy_seedream.api.schema import EditSequentialRequest
+
+    assert EditSequentialRequest(prompt).text == sent
+
+
+def test_several_different_numbers_are_pointed_out_and_nothing_is_added():
+    from runcomfy_seedream.api.schema import EditSequentialRequest
+
+    request = EditSequentialRequest("make 3 variations and 2 close-up shots", max_images=5)
+    assert request.text == request.prompt
+    assert request.count_notes() == ("the prompt mentions 3 and 2 images; max_images is 5: at most 5 will be made and charged",)
+    one = EditSequentialRequest("Generate 4 images", max_images=1)
+    assert one.count_notes() == ("the prompt asks for 4 images, max_images is 1: at most 1 will be made and 1 is charged",)
 
 
 def test_a_prompt_without_a_count_gets_one_sentence_and_the_user_sees_it(fake, comfy):
