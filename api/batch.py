@@ -197,6 +197,8 @@ class Batch:
         """The final line of a batch where every item succeeded."""
         paid = {m.request_id: m.cost_usd for m in self.members if not m.reused and m.request_id}
         reused = sum(1 for m in self.members if m.reused)
+        if not paid:
+            return f"Batch of {self.size} done: every item reused saved images (nothing charged now)"
         line = f"Batch of {self.size} done: {len(paid)} job{'s' if len(paid) != 1 else ''}"
         costs = [c for c in paid.values() if c is not None]
         if costs:

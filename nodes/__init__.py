@@ -1,6 +1,13 @@
 """ComfyUI adapters: widgets, progress, Stop and tensor conversion around `api`."""
 
+from .prompt_lines import RunComfyPromptLines
 from .seedream_edit_sequential import RunComfySeedream4EditSequential
 
-NODE_CLASS_MAPPINGS = {"RunComfySeedream4EditSequential": RunComfySeedream4EditSequential}
-NODE_DISPLAY_NAME_MAPPINGS = {"RunComfySeedream4EditSequential": "Seedream 4.0 Edit Sequential (RunComfy)"}
+NODE_CLASS_MAPPINGS = {
+    "RunComfySeedream4EditSequential": RunComfySeedream4EditSequential,
+    "RunComfyPromptLines": RunComfyPromptLines,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "RunComfySeedream4EditSequential": "Seedream 4.0 Edit Sequential (RunComfy)",
+    "RunComfyPromptLines": "Prompt lines (RunComfy)",
+}

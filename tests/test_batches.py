@@ -100,3 +100,33 @@ def test_one_failing_item_is_listed_and_running_again_pays_only_for_it(fake, com
 def test_a_single_item_looks_as_it_always_did(fake, comfy, size):
     run_list([node_inputs(unique_id="9")] * size)
     assert not batch_lines(comfy) and comfy.progress_texts()[-1].startswith("Done: 3 images")
+
+
+def test_prompt_lines_make_a_list_of_prompts_and_five_prompts_give_five_image_sets(fake, comfy):
+    from runcomfy_seedream.nodes import NODE_CLASS_MAPPINGS
+
+    splitter = NODE_CLASS_MAPPINGS["RunComfyPromptLines"]()
+    assert splitter.OUTPUT_IS_LIST == (True,)
+    text = "# five looks\nGenerate 2 images at dawn.\n\n  Generate 2 images at noon.  \nGenerate 2 images at dusk.\n" + (
+        "Generate 2 images in fog.\nGenerate 2 images in snow.\n"
+    )
+    (prompts,) = splitter.split(text)
+    assert prompts[0] == "Generate 2 images at dawn." and prompts[1] == "Generate 2 images at noon." and len(prompts) == 5
+
+    outputs = run_list([node_inputs(prompt=prompt, max_images=2, unique_id="4") for prompt in prompts])
+    assert [output[0].shape[0] for output in outputs] == [2] * 5 and fake.submits == 5
+    assert sorted(job.payload["text"] for job in fake.jobs.values()) == sorted(prompts)
+    assert comfy.progress_texts()[-1].startswith("Batch of 5 done: 5 jobs")
+
+
+@pytest.mark.parametrize(
+    "text,field",
+    [("", "text"), ("# only a comment\n\n", "text"), ("Generate 2 images.\n" + "x" * 601, "text line 2")],
+)
+def test_prompt_lines_refuse_what_cannot_be_sent(text, field):
+    from runcomfy_seedream.api.errors import InputError
+    from runcomfy_seedream.nodes import NODE_CLASS_MAPPINGS
+
+    with pytest.raises(InputError) as caught:
+        NODE_CLASS_MAPPINGS["RunComfyPromptLines"]().split(text)
+    assert caught.value.field == field

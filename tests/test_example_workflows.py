@@ -76,8 +76,10 @@ def test_links_connect_matching_types(path):
         assert out["type"] == into["type"] == kind and link_id in out["links"] and into["link"] == link_id
         if nodes[source]["type"] == OUR_TYPE:
             assert kind == node_class.RETURN_TYPES[source_slot] and out["name"] == node_class.RETURN_NAMES[source_slot]
-        if nodes[target]["type"] == OUR_TYPE:
-            assert into["name"].startswith("image_") and kind == "IMAGE"
+        if nodes[target]["type"] == OUR_TYPE:  # an image socket, or the prompt fed by "Prompt lines"
+            assert (into["name"].startswith("image_") and kind == "IMAGE") or (into["name"] == "prompt" and kind == "STRING")
+        if nodes[source]["type"] == "RunComfyPromptLines":
+            assert into["name"] == "prompt" and NODE_CLASS_MAPPINGS["RunComfyPromptLines"].OUTPUT_IS_LIST == (True,)
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
