@@ -54,7 +54,7 @@ GATEWAY_STATUSES = frozenset({502, 503, 504})  # a proxy's word that the service
 PRICE_TTL_S = 3600.0
 PRICE_LOOKUP_TIMEOUT_S = 10.0
 
-STATUS_INTERVAL_S = 0.2  # all status polls of a process to one service together: at most five a second
+STATUS_INTERVAL_S = 0.22  # all status polls of a process to one service together: under five a second
 
 RetryNotice = Callable[[str], None]
 log = logging.getLogger("runcomfy.seedream")

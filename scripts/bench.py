@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uplink-mbit", type=float, default=50.0, help="simulated upload bandwidth")
     parser.add_argument("--service-seconds", type=float, default=3.0, help="fixed queue + generation time of the fake")
     parser.add_argument("--quick", action="store_true", help="only the small job (a smoke test of this script)")
-    parser.add_argument("--job", choices=["reference", "many", "small", "formats"], help="run only this job")
+    parser.add_argument("--job", choices=["reference", "many", "small", "formats", "batch"], help="run only this job")
     parser.add_argument("--detect-runs", type=int, default=8, help="extra tiny jobs to measure completion detection")
     args = parser.parse_args(argv)
 
@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         jobs = jobs[2:]
     formats_only = args.job == "formats"
+    if args.job == "batch":
+        jobs = []
     if args.job:
         jobs = [job for job in jobs if job.name.startswith("reference" if formats_only else args.job)]
     cores = os.cpu_count() or 1
@@ -305,6 +307,13 @@ def main(argv: list[str] | None = None) -> int:
             if job is jobs[0]:
                 print_tradeoff(png_tradeoff(references, uplink_bps), args.uplink_mbit)
             del references
+    if args.job in (None, "batch"):
+        with FakeRunComfy(behaviour) as fake:
+            _fake = fake
+            os.environ["RUNCOMFY_MODEL_API_BASE"] = fake.base_url
+            batch_row(pack, fake, behaviour)
+        if args.job == "batch":
+            return 0
     with FakeRunComfy(behaviour) as fake:
         _fake = fake
         os.environ["RUNCOMFY_MODEL_API_BASE"] = fake.base_url
@@ -324,6 +333,59 @@ def main(argv: list[str] | None = None) -> int:
         f"status requests/s: mean {statistics.mean(_status_rates):.2f}"
     )
     return 0
+
+
+def batch_row(pack, fake, behaviour, items: int = 24) -> None:
+    """A list of `items` distinct references through one node, as ComfyUI runs a list, against the same items
+    one after another: wall time, peak extra memory and the peak of requests per second at the service."""
+    from runcomfy_seedream.nodes import comfy_bridge
+
+    comfy_bridge.send_progress_text = lambda text, node_id: None
+    saved_scale, behaviour.output_scale = behaviour.output_scale, 0.25  # 640x360 results: the row measures the client
+    references = [torch.from_numpy(photo_like(1024, 1024, 500 + i)).unsqueeze(0) for i in range(items)]
+    node = pack.NODE_CLASS_MAPPINGS["RunComfySeedream4EditSequential"]()
+
+    def inputs(reference, seed: int) -> dict:
+        return dict(
+            image_1=reference,
+            prompt="Generate 2 images of this scene at dawn and at dusk.",
+            max_images=2,
+            image_size="2560:1440 (16:9)",
+            seed=seed,
+            optimize_prompt="fast",
+            sequential_image_generation="auto",
+            unique_id="bench-batch",
+        )
+
+    async def as_a_list(seed: int) -> list:
+        tasks = []
+        for reference in references:
+            tasks.append(asyncio.create_task(node.generate(**inputs(reference, seed))))
+            await asyncio.sleep(0)
+        return await asyncio.gather(*tasks)
+
+    async def one_after_another(seed: int) -> list:
+        return [await node.generate(**inputs(reference, seed)) for reference in references]
+
+    rows = []
+    for name, run, seed in (("as a list", as_a_list, 9100), ("one after another", one_after_another, 9200)):
+        first_request = len(fake.requests)
+        with RssSampler() as sampler:
+            started = time.perf_counter()
+            outputs = asyncio.run(run(seed))
+            wall = time.perf_counter() - started
+        stamps = sorted(r.at for r in fake.requests[first_request:])
+        peak_rate = max(sum(1 for t in stamps if s <= t < s + 1.0) for s in stamps) if stamps else 0
+        status_stamps = sorted(r.at for r in fake.requests[first_request:] if r.path.endswith("/status"))
+        peak_status = max(sum(1 for t in status_stamps if s <= t < s + 1.0) for s in status_stamps) if status_stamps else 0
+        rows.append((name, wall, sampler.extra, peak_rate, peak_status, len(outputs)))
+        del outputs
+    behaviour.output_scale = saved_scale
+    print(f"\n== batch: {items} distinct items (1 reference 1024x1024 -> 2 images each), service time as above")
+    print(f"{'':20s}{'wall s':>9s}{'peak MB':>9s}{'peak req/s':>12s}{'peak status/s':>15s}")
+    for name, wall, extra, peak_rate, peak_status, _ in rows:
+        print(f"{name:20s}{wall:>9.2f}{extra / 2**20:>9.0f}{peak_rate:>12d}{peak_status:>15d}")
+    print(f"speed-up of the list: {rows[1][1] / rows[0][1]:.1f}x")
 
 
 def format_rows(pack, comfy_bridge, references, fields, job: Job, behaviour, seed: int) -> int:
