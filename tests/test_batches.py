@@ -130,3 +130,14 @@ def test_prompt_lines_refuse_what_cannot_be_sent(text, field):
     with pytest.raises(InputError) as caught:
         NODE_CLASS_MAPPINGS["RunComfyPromptLines"]().split(text)
     assert caught.value.field == field
+
+
+def test_status_polls_of_all_jobs_in_flight_are_paced_together(fake, comfy):
+    fake.behaviour.queue_s, fake.behaviour.run_s = 0.5, 0.5
+    outputs = run_list(
+        [node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id="9") for seed in range(4)],
+        timing=quick_timing(status_interval_s=0.1),
+    )
+    assert all(isinstance(output, tuple) for output in outputs)
+    polls = sorted(r.at for r in fake.requests if r.path.endswith("/status"))
+    assert len(polls) >= 8 and min(b - a for a, b in zip(polls, polls[1:])) > 0.08  # one pace for the process
