@@ -140,4 +140,4 @@ def test_status_polls_of_all_jobs_in_flight_are_paced_together(fake, comfy):
     )
     assert all(isinstance(output, tuple) for output in outputs)
     polls = sorted(r.at for r in fake.requests if r.path.endswith("/status"))
-    assert len(polls) >= 8 and min(b - a for a, b in zip(polls, polls[1:])) > 0.08  # one pace for the process
+    assert len(polls) >= 8 and min(b - a for a, b in zip(polls, polls[1:], strict=False)) > 0.08  # one pace for the process
