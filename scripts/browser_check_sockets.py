@@ -85,6 +85,17 @@ def main(argv: list[str] | None = None) -> int:
                 failures.append(name)
             return seen
 
+        def queue(name: str, key: str) -> None:
+            """Press Queue; print how the run ended and the text the node shows."""
+            result = page.evaluate("() => __rc.queue()")
+            record[key] = result
+            print(f"{'ok ' if result['kind'] == 'success' else 'BAD'} {name}: {result['kind']}")
+            if result["texts"]:
+                last = result["texts"][-1]
+                print(f"    node {last['nodeId']} shows: {last['text']!r}")
+            if result["kind"] != "success":
+                failures.append(name)
+
         page.evaluate(
             """() => {
               app.graph.clear();
@@ -193,14 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             page.wait_for_timeout(300)
             page.screenshot(path=args.screenshot, clip={"x": box[0], "y": box[1], "width": box[2], "height": box[3]})
-        result = page.evaluate("() => __rc.queue()")
-        record["run_reloaded"] = result
-        print(f"{'ok ' if result['kind'] == 'success' else 'BAD'} queue the reloaded graph: {result['kind']}")
-        if result["texts"]:
-            last = result["texts"][-1]
-            print(f"    node {last['nodeId']} shows: {last['text']!r}")
-        if result["kind"] != "success":
-            failures.append("queue reloaded")
+        queue("queue the reloaded graph", "run_reloaded")
 
         for path in sorted(EXAMPLES.glob("*.json")):
             saved_workflow = json.loads(path.read_text())
@@ -218,14 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         record["variant_prompt_image_inputs"] = variant_inputs
         if sorted(variant_inputs) != ["image_1", "image_5"]:
             failures.append("variant prompt")
-        result = page.evaluate("() => __rc.queue()")
-        record["run_variant"] = result
-        print(f"{'ok ' if result['kind'] == 'success' else 'BAD'} queue it: {result['kind']}")
-        if result["texts"]:
-            last = result["texts"][-1]
-            print(f"    node {last['nodeId']} shows: {last['text']!r}")
-        if result["kind"] != "success":
-            failures.append("queue variant")
+        queue("queue it", "run_variant")
 
         # A workflow saved before count_in_prompt and reference_format existed: eight widget values.
         older = json.loads((EXAMPLES / "seedream_one_reference_to_image_set.json").read_text())
