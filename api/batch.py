@@ -21,10 +21,15 @@ import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from .client import Price
 from .errors import BatchError, RunComfyError, StopRequested
+
+if TYPE_CHECKING:
+    from .pipeline import GenerationResult
+
+MAX_LISTED_FAILURES = 10
 
 PHASES = (  # (phase, how the line names it), in the order the line lists them
     ("done", "done"),
@@ -45,8 +50,9 @@ class Member:
     """One item of a batch."""
 
     batch: Batch
-    number: int  # 1-based, in the order ComfyUI started the items (the list's order)
+    number: int  # 1-based position in the list (ComfyUI starts the items in list order)
     phase: str = "preparing"
+    phase_when_ended: str = "preparing"
     fraction: float = 0.0
     planned: tuple[str, int] | None = None  # (fingerprint, images charged)
     ended: bool = False
@@ -54,22 +60,44 @@ class Member:
     request_id: str | None = None
     cost_usd: float | None = None
     reused: bool = False
+    result: GenerationResult | None = None
+    _shared: asyncio.Future | None = None  # this item's outcome, for identical items that wait for it
 
-    async def plan(self, fingerprint: str, images_charged: int) -> None:
-        """Report what this item would pay for; returns once every item has (the batch's estimate is then known)."""
+    async def plan(self, fingerprint: str, images_charged: int) -> Awaitable[GenerationResult] | None:
+        """Report what this item would pay for; returns once every item has (the batch's estimate is then known).
+
+        When an earlier item of the batch has the same inputs, returns an awaitable of that item's result: identical
+        items share one job and one decoded result instead of each reading the saved files again.
+        """
+        leader = next((m for m in self.batch.members if m is not self and m.planned and m.planned[0] == fingerprint), None)
         self.planned = (fingerprint, images_charged)
         await self.batch._planning_done()
+        if leader is None or leader.ended:  # it ended before this item looked: the saved copy serves this one
+            return None
+        if leader._shared is None:
+            leader._shared = asyncio.get_running_loop().create_future()
+        self.phase = "sharing"
+        self.batch._changed()
+        return asyncio.shield(leader._shared)
 
     def progress(self, phase: str, fraction: float) -> None:
         self.phase, self.fraction = phase, fraction
         self.batch._changed()
 
-    def finish(self, *, error: RunComfyError | None = None, request_id: str | None = None, cost_usd: float | None = None, reused=False):
-        self.ended, self.error = True, error
-        self.request_id = request_id or (error.request_id if error is not None else None)
-        self.cost_usd, self.reused = cost_usd, reused
+    def finish(self, *, error: RunComfyError | None = None, result: GenerationResult | None = None) -> None:
+        self.ended, self.error, self.result = True, error, result
+        self.request_id = result.request_id if result is not None else error.request_id if error is not None else None
+        self.cost_usd = result.cost_usd if result is not None else None
+        self.reused = bool(result is not None and result.reused)
+        self.phase_when_ended = self.phase
         self.phase = "done" if error is None else "stopped" if isinstance(error, StopRequested) else "failed"
         self.fraction = 1.0
+        if self._shared is not None and not self._shared.done():
+            if result is not None:
+                self._shared.set_result(result)
+            else:
+                self._shared.set_exception(error or RunComfyError("The identical item this one waited for ended without images."))
+                self._shared.exception()  # marked as retrieved: each waiting item raises it itself
         self.batch._member_ended()
 
 
@@ -86,19 +114,20 @@ class Batch:
     _looking_up: bool = False
     _estimated: bool = False
     _shown: str = ""
+    _stop_reported: bool = False
 
     _open: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Batch]]] = weakref.WeakKeyDictionary()
 
     @classmethod
-    def join(cls, key: str) -> Member:
-        """The calling run's place in the open batch of `key`, or in a new one. Call it before the first await."""
+    def join(cls, key: str, number: int | None = None) -> Member:
+        """The calling run's place in the open batch of `key`, or in a new one. Call it before the first await.
+        `number`: its position in the list, when the host says (else the order of joining, which ComfyUI keeps)."""
         open_here = cls._open.setdefault(asyncio.get_running_loop(), {})
         batch = open_here.get(key)
-        if batch is None or batch._settled.is_set():
+        if batch is None or batch._settled.is_set() or batch._looking_up:  # a run after planning: a batch of its own
             batch = open_here[key] = cls(key)
-        member = Member(batch, len(batch.members) + 1)
+        member = Member(batch, number or len(batch.members) + 1)
         batch.members.append(member)
-        batch._planned.clear()
         return member
 
     @property
@@ -163,17 +192,23 @@ class Batch:
 
     # --- how it ended -----------------------------------------------------------------------
 
+    def report_stop_once(self) -> bool:
+        """True for the first stopped item to ask: the batch's Stop is shown once, not once per item."""
+        first, self._stop_reported = not self._stop_reported, True
+        return first
+
     def outcome(self) -> RunComfyError | None:
         """Once settled: None when every item succeeded, else the one error that describes the whole batch."""
         stopped = [m for m in self.members if isinstance(m.error, StopRequested)]
         failed = [m for m in self.members if m.error is not None and not isinstance(m.error, StopRequested)]
-        done = [m for m in self.members if m.error is None]
+        finished = [m for m in stopped if m.phase_when_ended == "downloading"]  # generated (and charged): collectable
+        done = [m for m in self.members if m.error is None] + finished
         if stopped:
             cancelled = sum(1 for m in stopped if m.error.cancelled)
-            running = sum(1 for m in stopped if m.request_id and not m.error.cancelled)
-            unsent = len(stopped) - cancelled - running
+            running = sum(1 for m in stopped if m.request_id and not m.error.cancelled and m not in finished)
+            unsent = len(stopped) - cancelled - running - len(finished)
             parts = [
-                f"{cancelled} queued job{'s' if cancelled != 1 else ''} cancelled before it started" if cancelled else "",
+                f"{_count(cancelled, 'queued job')} cancelled before {'it' if cancelled == 1 else 'they'} started" if cancelled else "",
                 f"{running} already generating may still be charged" if running else "",
                 f"{len(done)} done and saved (run the node again to collect them without paying)" if done else "",
                 f"{unsent} not sent" if unsent else "",
@@ -181,7 +216,14 @@ class Batch:
             ]
             return StopRequested(f"Stopped the batch of {self.size}: " + "; ".join(p for p in parts if p) + ".")
         if failed:
-            listed = "; ".join(f"item {m.number}" + (f" (request {m.request_id})" if m.request_id else "") + f": {m.error}" for m in failed)
+            listed = "; ".join(
+                f"item {m.number}"
+                + (f" (request {m.request_id})" if m.request_id and m.request_id not in str(m.error) else "")
+                + f": {m.error}"
+                for m in failed[:MAX_LISTED_FAILURES]
+            )
+            if len(failed) > MAX_LISTED_FAILURES:
+                listed += f"; and {len(failed) - MAX_LISTED_FAILURES} more"
             saved = (
                 f" The other {len(done)} are saved: running the node again collects them without paying and retries only these."
                 if done
@@ -206,3 +248,7 @@ class Batch:
         if reused:
             line += f"; {reused} item{'s' if reused != 1 else ''} reused saved images (nothing charged for them now)"
         return line
+
+
+def _count(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"

@@ -53,6 +53,7 @@ RUNNING_STATES = frozenset({"in_progress", "running", "processing"})
 GATEWAY_STATUSES = frozenset({502, 503, 504})  # a proxy's word that the service itself did not answer
 PRICE_TTL_S = 3600.0
 PRICE_LOOKUP_TIMEOUT_S = 10.0
+PRICE_RETRY_AFTER_FAILURE_S = 60.0
 
 STATUS_INTERVAL_S = 0.22  # all status polls of a process to one service together: under five a second
 
@@ -168,6 +169,8 @@ class Price:
 
 
 _prices: dict[tuple[str, str], tuple[float, Price]] = {}  # (base URL, model) -> (fetched at, price); never keyed by token
+_price_failures: dict[tuple[str, str], float] = {}  # (base URL, model) -> when a lookup last failed
+_price_lookups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Future]] = weakref.WeakKeyDictionary()
 
 
 def normalise_state(raw: Any) -> str:
@@ -368,14 +371,25 @@ class RunComfyClient:
         cached = _prices.get(key)
         if cached is not None and time.monotonic() - cached[0] < PRICE_TTL_S:
             return cached[1]
+        failed = _price_failures.get(key)
+        if failed is not None and time.monotonic() - failed < PRICE_RETRY_AFTER_FAILURE_S:
+            return None  # many runs at once must not each knock on a catalog that is failing
+        in_flight = _price_lookups.setdefault(asyncio.get_running_loop(), {})
+        lookup = in_flight.get(key)
+        if lookup is None or lookup.done():  # one lookup at a time per service: the runs of a batch share it
+            lookup = in_flight[key] = asyncio.ensure_future(self._look_up_price(key))
+        return await asyncio.shield(lookup)
+
+    async def _look_up_price(self, key: tuple[str, str]) -> Price | None:
         try:
             info = await asyncio.wait_for(self.model_info(announce=False), PRICE_LOOKUP_TIMEOUT_S)
             value = info["base_price_usd"]
             if isinstance(value, bool) or not (0 <= float(value) < 1000):  # NaN, infinite, negative: no estimate
                 return None
             price = Price(float(value))
-        except (RunComfyError, asyncio.TimeoutError, KeyError, TypeError, ValueError) as exc:
-            log.debug("price lookup failed: %s", type(exc).__name__)
+        except (RunComfyError, asyncio.TimeoutError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+            log.debug("price lookup failed: %s", type(exc).__name__)  # RuntimeError: its client was closed meanwhile
+            _price_failures[key] = time.monotonic()
             return None
         _prices[key] = (time.monotonic(), price)
         return price

@@ -285,6 +285,11 @@ class Job:
         task = asyncio.ensure_future(follow())
         try:
             waited = await wait_watching(task, stop, deadline=deadline)
+        except asyncio.CancelledError:  # the caller is going away (ComfyUI ending the prompt): a queued job goes too
+            await cancel_and_wait(task)
+            if self.state in (None, "in_queue"):
+                await self._cancel_outcome()
+            raise
         except BaseException:
             await cancel_and_wait(task)
             raise

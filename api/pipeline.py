@@ -193,7 +193,7 @@ async def generate(
     after_submit: Callable[[], None] = lambda: None,
     reference_format: str = "png",
     client: RunComfyClient | None = None,
-    on_planned: Callable[[str, int], Awaitable[None]] | None = None,
+    on_planned: Callable[[str, int], Awaitable[Awaitable[GenerationResult] | None]] | None = None,
 ) -> GenerationResult:
     """One run: `references` (pixels) are encoded and sent before the URLs in `request.images`.
 
@@ -201,7 +201,8 @@ async def generate(
     `after_submit()` runs once RunComfy holds the references and the encoded copies are freed.
     `reference_format` is "png" (lossless) or "jpeg" (quality 95, far fewer bytes to upload).
     `client` shares a connection pool between runs; `on_planned(fingerprint, images_charged)` is awaited once the
-    run knows what it would pay for, before it waits for an identical run or submits (a batch's cost estimate).
+    run knows what it would pay for, before it waits for an identical run or submits (a batch's cost estimate);
+    it may answer with an awaitable of an identical run's result, which this run then returns.
     """
     stop = should_stop or never_stop
     report = ProgressReporter(on_progress)
@@ -245,8 +246,16 @@ async def generate(
         reference_format,
         client,
     )
-    if on_planned is not None:
-        await on_planned(fingerprint, request.max_images_sent)
+    if on_planned is not None:  # part of a batch: its estimate first; an identical item's result is shared
+        stopped, shared = await run_stoppable(on_planned(fingerprint, request.max_images_sent), stop)
+        if stopped:
+            raise StopRequested("Stopped before anything was sent: nothing is charged.")
+        if shared is not None:
+            report("Waiting for an identical item of the list, to share its job and its images…", 0.03, "sharing")
+            stopped, result = await run_stoppable(shared, stop)
+            if stopped:
+                raise StopRequested("Stopped while an identical item of the list ran the job this one shares.")
+            return result
     waiting = "Waiting for an identical run of these inputs to finish, to share its result instead of paying twice…"
     async with store.exclusive(fingerprint, stop, lambda: report(waiting, 0.03, "sharing")):
         return await _collect_or_submit(run, credentials, request, prepared)

@@ -17,6 +17,7 @@ import ctypes.util
 import functools
 import importlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -74,8 +75,20 @@ class ProgressBar:
             except Exception as exc:  # noqa: BLE001 - progress must never break a paid run
                 if type(exc).__name__ == "InterruptProcessingException":
                     self.stop_seen = True
+                    global _stops_seen
+                    _stops_seen += 1  # ComfyUI cleared its flag for this bar: every other run of ours must still hear it
                 else:
                     log.debug("progress bar update failed", exc_info=True)
+
+
+_stops_seen = 0  # Stops that one of our progress bars took from ComfyUI (which clears the flag as it reports it)
+
+
+def stop_watch() -> Callable[[], bool]:
+    """A check that turns True once the user pressed Stop after this call, however many of our runs (two batch
+    nodes, the items of a list) are in flight: ComfyUI's own flag is cleared by the first bar that sees it."""
+    seen_before = _stops_seen
+    return lambda: _stops_seen > seen_before or processing_interrupted()
 
 
 def processing_interrupted() -> bool:
@@ -83,6 +96,14 @@ def processing_interrupted() -> bool:
     mm = _module("comfy.model_management")
     check = getattr(mm, "processing_interrupted", None)
     return bool(check()) if callable(check) else False
+
+
+def list_position() -> int | None:
+    """The 1-based position of the running call in the list ComfyUI is mapping the node over, if known."""
+    utils = _module("comfy_execution.utils")
+    context = getattr(utils, "get_executing_context", lambda: None)()
+    index = getattr(context, "list_index", None)
+    return index + 1 if isinstance(index, int) else None
 
 
 def interruption(message: str) -> BaseException:

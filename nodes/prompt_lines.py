@@ -7,6 +7,8 @@ from typing import Any
 from ..api.errors import InputError
 from ..api.schema import check_prompt
 
+MAX_PROMPTS = 100  # each line is a paid job: a runaway paste should be a question, not a bill
+
 
 class RunComfyPromptLines:
     """Splits a multiline text into a list of prompts: blank lines and lines starting with # are skipped."""
@@ -38,13 +40,19 @@ class RunComfyPromptLines:
         }
 
     def split(self, text: str) -> tuple[list[str]]:
-        lines = [line.strip() for line in (text or "").splitlines()]
-        prompts = [line for line in lines if line and not line.startswith("#")]
-        if not prompts:
-            raise InputError("text", "has no prompt: write one prompt per line (lines starting with # are skipped).")
-        for number, prompt in enumerate(prompts, start=1):
+        # Only line breaks typed as such (\n, \r\n, \r) separate prompts: a pasted U+2028 or form feed does not.
+        lines = (text or "").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        prompts: list[str] = []
+        for number, line in enumerate(lines, start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
             try:
-                check_prompt(prompt)
+                prompts.append(check_prompt(line))
             except InputError as bad:
                 raise InputError(f"text line {number}", str(bad).split(": ", 1)[1]) from None
+        if not prompts:
+            raise InputError("text", "has no prompt: write one prompt per line (lines starting with # are skipped).")
+        if len(prompts) > MAX_PROMPTS:
+            raise InputError("text", f"has {len(prompts)} prompts; at most {MAX_PROMPTS} run at once (each is a paid job). Split the list.")
         return (prompts,)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from ..api.batch import Batch
@@ -189,7 +190,8 @@ class RunComfySeedream4EditSequential:
         limits = self.limits or Limits.from_env()
 
         # The items of a list input run as concurrent calls: they share one line, one bar and one connection pool.
-        member = Batch.join(f"{node_id}|{id(self)}")  # before the first await, so every item of the list has joined
+        should_stop = comfy_bridge.stop_watch()  # any Stop from now on, whichever of our progress bars took it
+        member = Batch.join(f"{node_id}|{id(self)}", comfy_bridge.list_position())  # before the first await
         batch = member.batch
         shared = batch.resources
         if not shared:
@@ -202,7 +204,7 @@ class RunComfySeedream4EditSequential:
                 timeouts=timing.timeouts,
                 status_interval_s=timing.status_interval_s,
             )
-            batch.price_lookup = client.price
+            batch.price_lookup = lambda: asyncio.wait_for(client.price(), timing.price_wait_s)
             batch.on_change = lambda changed: changed.size > 1 and show_line(changed.line(), changed.fraction())
         bar = shared["bar"]
 
@@ -223,7 +225,7 @@ class RunComfySeedream4EditSequential:
                 base_url=base_url,
                 state_dir=comfy_bridge.state_directory(),
                 on_progress=show,
-                should_stop=lambda: bar.stop_seen or comfy_bridge.processing_interrupted(),
+                should_stop=lambda: bar.stop_seen or should_stop(),
                 timing=timing,
                 limits=limits,
                 after_submit=comfy_bridge.release_free_memory,
@@ -234,16 +236,18 @@ class RunComfySeedream4EditSequential:
         except BaseException as failure:
             error = failure if isinstance(failure, RunComfyError) else StopRequested(f"Interrupted ({type(failure).__name__}).")
             member.finish(error=error)
+            await asyncio.sleep(0)  # the next item of a list joins first: a failure of the first item is a batch's too
             if batch.size > 1 and isinstance(failure, RunComfyError):
                 await batch.settled()  # the whole batch's outcome, once, instead of the first item's alone
                 failure = batch.outcome() or failure
             await _release(batch)
             if isinstance(failure, StopRequested):
-                comfy_bridge.send_progress_text(str(failure), node_id)
+                if batch.size == 1 or batch.report_stop_once():
+                    comfy_bridge.send_progress_text(str(failure), node_id)
                 raise comfy_bridge.interruption(str(failure)) from None
             raise failure from None
 
-        member.finish(request_id=result.request_id, cost_usd=result.cost_usd, reused=result.reused)
+        member.finish(result=result)
         await _release(batch)
         batch, image_list = output_tensors(result.images)
         if member.batch.size > 1:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import image_batch, node_inputs, quick_timing, run_list
+from helpers import image_batch, node_inputs, node_object, quick_timing, run_list
 from runcomfy_seedream.api.errors import BatchError
 from runcomfy_seedream.fake_service import Fault
 
@@ -48,7 +50,10 @@ def test_a_list_with_duplicates_pays_once_per_distinct_input_answers_every_item_
     estimate = "estimated cost up to $0.72"  # 8 distinct inputs x 3 images x $0.03: duplicates are not counted twice
     assert all(estimate in line for line in lines[:-1] if "queued at RunComfy" in line or "uploading" in line)
     assert any("waiting to upload" in line for line in lines)
-    assert lines[-1].startswith("Batch of 24 done: 8 jobs, cost $0.72; 16 items reused saved images")
+    assert lines[-1] == "Batch of 24 done: 8 jobs, cost $0.72"
+    first_of = {}
+    for item, output in zip(order, outputs, strict=True):  # identical items share one decoded result, not copies
+        assert output[0].data_ptr() == first_of.setdefault(item, output[0].data_ptr())
     assert not any(text.startswith(("Done:", "Preparing", "Submitting")) for text in comfy.progress_texts()[5:])
 
 
@@ -75,7 +80,7 @@ def test_stop_in_the_middle_of_a_batch_cancels_every_queued_job_and_says_what_ha
     assert message.startswith("Stopped the batch of 6: ")
     cancelled = sum(job.cancelled for job in fake.jobs.values())
     assert fake.submits >= 4 and cancelled == fake.submits, "every queued job was cancelled"
-    assert f"{cancelled} queued jobs cancelled before it started" in message or f"{cancelled} queued job cancelled" in message
+    assert f"{cancelled} queued jobs cancelled before they started" in message
     if fake.submits < 6:
         assert f"{6 - fake.submits} not sent" in message
 
@@ -112,6 +117,7 @@ def test_prompt_lines_make_a_list_of_prompts_and_five_prompts_give_five_image_se
     )
     (prompts,) = splitter.split(text)
     assert prompts[0] == "Generate 2 images at dawn." and prompts[1] == "Generate 2 images at noon." and len(prompts) == 5
+    assert splitter.split("Generate 2 images of a cat,\u2028one sitting.")[0] == ["Generate 2 images of a cat,\u2028one sitting."]
 
     outputs = run_list([node_inputs(prompt=prompt, max_images=2, unique_id="4") for prompt in prompts])
     assert [output[0].shape[0] for output in outputs] == [2] * 5 and fake.submits == 5
@@ -121,7 +127,12 @@ def test_prompt_lines_make_a_list_of_prompts_and_five_prompts_give_five_image_se
 
 @pytest.mark.parametrize(
     "text,field",
-    [("", "text"), ("# only a comment\n\n", "text"), ("Generate 2 images.\n" + "x" * 601, "text line 2")],
+    [
+        ("", "text"),
+        ("# only a comment\n\n", "text"),
+        ("# a comment\n\nGenerate 2 images.\n" + "x" * 601, "text line 4"),  # numbered as the text's lines
+        ("\n".join(f"Generate 2 images of scene {i}." for i in range(101)), "text"),
+    ],
 )
 def test_prompt_lines_refuse_what_cannot_be_sent(text, field):
     from runcomfy_seedream.api.errors import InputError
@@ -141,3 +152,68 @@ def test_status_polls_of_all_jobs_in_flight_are_paced_together(fake, comfy):
     assert all(isinstance(output, tuple) for output in outputs)
     polls = sorted(r.at for r in fake.requests if r.path.endswith("/status"))
     assert len(polls) >= 8 and min(b - a for a, b in zip(polls, polls[1:], strict=False)) > 0.08  # one pace for the process
+
+
+def test_stop_reaches_every_batch_although_the_first_progress_bar_to_see_it_clears_it(fake, comfy):
+    fake.behaviour.queue_s = 30.0
+    comfy.stop_when = lambda text: text.startswith("Batch of 3:") and "3 queued at RunComfy" in text
+    nodes = [node_object(), node_object()]
+
+    async def two_batches():
+        tasks = []
+        for seed in range(6):
+            node = nodes[seed % 2]
+            inputs = node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id=str(10 + seed % 2))
+            tasks.append(asyncio.create_task(node.generate(**inputs)))
+            await asyncio.sleep(0)
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    outputs = asyncio.run(two_batches())
+    assert all(isinstance(output, comfy.InterruptProcessingException) for output in outputs)
+    assert fake.jobs and all(job.cancelled for job in fake.jobs.values()), "no queued job of either batch is left to run"
+
+
+def test_when_comfyui_cancels_the_items_their_queued_jobs_are_cancelled_at_runcomfy(fake, comfy):
+    fake.behaviour.queue_s = 30.0
+    node = node_object()
+
+    async def cancelled_midway():
+        tasks = []
+        for seed in range(3):
+            tasks.append(asyncio.create_task(node.generate(**node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id="9"))))
+            await asyncio.sleep(0)
+        while fake.submits < 3 or not all(len(fake.requests_to(f"/v1/requests/{rid}/status")) for rid in fake.jobs):
+            await asyncio.sleep(0.02)
+        for task in tasks:  # another node raised: ComfyUI's asyncio.run cancels what is left
+            task.cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    outputs = asyncio.run(cancelled_midway())
+    assert all(isinstance(output, asyncio.CancelledError) for output in outputs)
+    assert all(job.cancelled for job in fake.jobs.values())
+
+
+def test_a_run_that_starts_after_a_batch_planned_is_a_batch_of_its_own(fake, comfy):
+    fake.behaviour.queue_s = 0.5
+    node = node_object()
+
+    async def late():
+        first = [asyncio.create_task(node.generate(**node_inputs(image_1=image_batch(1, 48, 64, seed=s), unique_id="9"))) for s in (1, 2)]
+        while fake.submits < 1:
+            await asyncio.sleep(0.01)
+        latecomer = await asyncio.wait_for(node.generate(**node_inputs(image_1=image_batch(1, 48, 64, seed=3), unique_id="9")), 20)
+        return latecomer, await asyncio.gather(*first)
+
+    latecomer, first = asyncio.run(late())
+    assert latecomer[0].shape[0] == 3 and len(first) == 2 and fake.submits == 3
+
+
+def test_a_stalled_catalog_does_not_hold_a_batch_back(fake, comfy):
+    fake.behaviour.inject("catalog", Fault("stall", seconds=5.0))
+    started = time.monotonic()
+    outputs = run_list([node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id="9") for seed in range(3)])
+    assert all(isinstance(output, tuple) for output in outputs)
+    first_submit = min(r.at for r in fake.requests if r.method == "POST" and r.path.startswith("/v1/models/"))
+    assert first_submit - started < 2.0  # the estimate waits `price_wait_s` (0.5 s), not the lookup's 10 s timeout
+    catalog = [r for r in fake.requests if r.method == "GET" and r.path.startswith("/v1/models/")]
+    assert len(catalog) <= 2, "one lookup, then the failure is remembered"

@@ -12,8 +12,10 @@ from runcomfy_seedream.fake_service import Fault
 @pytest.fixture(autouse=True)
 def fresh_price_cache():
     client._prices.clear()
+    client._price_failures.clear()
     yield
     client._prices.clear()
+    client._price_failures.clear()
 
 
 def test_the_estimate_comes_before_the_submit_and_stays_under_later_messages(fake, comfy):
