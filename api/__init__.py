@@ -16,6 +16,7 @@ from .config import DEFAULT_BASE_URL, Credentials, Limits, resolve_base_url, res
 from .downloads import ImageBatch
 from .errors import (
     AuthenticationError,
+    BatchError,
     ConfigurationError,
     DeadlineExceededError,
     DownloadError,
@@ -35,6 +36,7 @@ from .schema import IMAGE_SIZES, MODEL_ID, EditSequentialRequest
 
 __all__ = [
     "AuthenticationError",
+    "BatchError",
     "CancelResult",
     "ConfigurationError",
     "Credentials",
