@@ -235,8 +235,12 @@ class RunComfySeedream4EditSequential:
             )
         except BaseException as failure:
             error = failure if isinstance(failure, RunComfyError) else StopRequested(f"Interrupted ({type(failure).__name__}).")
+            if isinstance(failure, RunComfyError) and batch.size == 1:
+                # ComfyUI creates the next item of a list in one turn of the loop and it joins in the next: a first item
+                # that fails at once waits for them, so that it fails as part of its batch instead of ending it.
+                for _ in range(2):
+                    await asyncio.sleep(0)
             member.finish(error=error)
-            await asyncio.sleep(0)  # the next item of a list joins first: a failure of the first item is a batch's too
             if batch.size > 1 and isinstance(failure, RunComfyError):
                 await batch.settled()  # the whole batch's outcome, once, instead of the first item's alone
                 failure = batch.outcome() or failure

@@ -217,3 +217,11 @@ def test_a_stalled_catalog_does_not_hold_a_batch_back(fake, comfy):
     assert first_submit - started < 2.0  # the estimate waits `price_wait_s` (0.5 s), not the lookup's 10 s timeout
     catalog = [r for r in fake.requests if r.method == "GET" and r.path.startswith("/v1/models/")]
     assert len(catalog) <= 2, "one lookup, then the failure is remembered"
+
+
+def test_a_first_item_with_bad_input_fails_as_part_of_the_batch_and_the_others_run(fake, comfy):
+    items = [node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id="9") for seed in range(3)]
+    items[0]["prompt"] = "x" * 700
+    outputs = run_list(items)
+    assert isinstance(outputs[0], BatchError) and "item 1" in str(outputs[0]) and "prompt: has 700 characters" in str(outputs[0])
+    assert all(isinstance(output, tuple) for output in outputs[1:]) and fake.submits == 2
