@@ -57,9 +57,6 @@ class Member:
     planned: tuple[str, int] | None = None  # (fingerprint, images charged)
     ended: bool = False
     error: RunComfyError | None = None
-    request_id: str | None = None
-    cost_usd: float | None = None
-    reused: bool = False
     result: GenerationResult | None = None
     _shared: asyncio.Future | None = None  # this item's outcome, for identical items that wait for it
 
@@ -80,15 +77,16 @@ class Member:
         self.batch._changed()
         return asyncio.shield(leader._shared)
 
+    @property
+    def request_id(self) -> str | None:
+        return self.result.request_id if self.result is not None else self.error.request_id if self.error is not None else None
+
     def progress(self, phase: str, fraction: float) -> None:
         self.phase, self.fraction = phase, fraction
         self.batch._changed()
 
     def finish(self, *, error: RunComfyError | None = None, result: GenerationResult | None = None) -> None:
         self.ended, self.error, self.result = True, error, result
-        self.request_id = result.request_id if result is not None else error.request_id if error is not None else None
-        self.cost_usd = result.cost_usd if result is not None else None
-        self.reused = bool(result is not None and result.reused)
         self.phase_when_ended = self.phase
         self.phase = "done" if error is None else "stopped" if isinstance(error, StopRequested) else "failed"
         self.fraction = 1.0
@@ -112,7 +110,6 @@ class Batch:
     _planned: asyncio.Event = field(default_factory=asyncio.Event)
     _settled: asyncio.Event = field(default_factory=asyncio.Event)
     _looking_up: bool = False
-    _estimated: bool = False
     _shown: str = ""
     _stop_reported: bool = False
 
@@ -134,6 +131,11 @@ class Batch:
     def size(self) -> int:
         return len(self.members)
 
+    @property
+    def over(self) -> bool:
+        """Every item has ended."""
+        return all(m.ended for m in self.members)
+
     # --- what the node shows -----------------------------------------------------------------
 
     def fraction(self) -> float:
@@ -145,7 +147,7 @@ class Batch:
             counts[member.phase] = counts.get(member.phase, 0) + 1
         parts = [f"{counts[phase]} {name}" for phase, name in PHASES if counts[phase]]
         line = f"Batch of {self.size}: " + ", ".join(parts)
-        if self._estimated and self.price is not None:
+        if self.price is not None:  # known once every item has planned
             line += f"; estimated cost up to ${self.price.usd_per_image * self.images_charged():.2f}"
         return line
 
@@ -173,14 +175,13 @@ class Batch:
                         self.price = await self.price_lookup()
                     except Exception:  # noqa: BLE001 - no estimate is better than no run
                         self.price = None
-                self._estimated = True
                 self._planned.set()
                 self._changed()
             else:
                 await asyncio.sleep(0.02)
 
     def _member_ended(self) -> None:
-        if all(m.ended for m in self.members):
+        if self.over:
             self._settled.set()
             open_here = Batch._open.get(asyncio.get_running_loop(), {})
             if open_here.get(self.key) is self:
@@ -237,8 +238,9 @@ class Batch:
 
     def summary(self) -> str:
         """The final line of a batch where every item succeeded."""
-        paid = {m.request_id: m.cost_usd for m in self.members if not m.reused and m.request_id}
-        reused = sum(1 for m in self.members if m.reused)
+        results = [m.result for m in self.members if m.result is not None]
+        paid = {r.request_id: r.cost_usd for r in results if not r.reused}
+        reused = sum(1 for r in results if r.reused)
         if not paid:
             return f"Batch of {self.size} done: every item reused saved images (nothing charged now)"
         line = f"Batch of {self.size} done: {len(paid)} job{'s' if len(paid) != 1 else ''}"

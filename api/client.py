@@ -431,6 +431,7 @@ class RunComfyClient:
         while True:
             attempt += 1
             retry_after: float | None = None
+            rate_limited = False
             last_error: ServiceError | None = None
             lost: str | None = None  # a non-idempotent call whose connection failed after it opened
             response: httpx.Response | None = None
@@ -485,12 +486,13 @@ class RunComfyClient:
                         raise last_error
                     problem, busy = f"HTTP {status}", "busy" if status == 429 else "unavailable"
                     if status == 429:
+                        rate_limited = True
                         problem += " (rate limited)" if not idempotent else ""
                         retry_after = parse_retry_after(response.headers.get("Retry-After"))
             delay = policy.delay(attempt, retry_after)
             if policy.gives_up(attempt, waited, delay):
                 raise self._gave_up(action, attempt, problem, last_error, idempotent, request_id)
-            if not idempotent and problem.startswith("HTTP 429"):
+            if not idempotent and rate_limited:
                 pace.back_off_submits(delay)  # every submit of this process waits: one backoff for a whole batch
             if not announce:
                 pass

@@ -215,7 +215,8 @@ async def generate(
     for ref in references:
         check_frame_shape(ref.label, ref.pixels)
     limits = limits or Limits()
-    for note in request.count_notes():  # before any spending, and kept in view until the end
+    count_notes = request.count_notes()
+    for note in count_notes:  # before any spending, and kept in view until the end
         report.pin(note[0].upper() + note[1:], key="count")
 
     # 2. Clean pixels; then, one run at a time per distinct inputs, collect or submit.
@@ -234,17 +235,17 @@ async def generate(
         max_bytes=limits.cache_max_bytes,
     )
     run = _Run(
-        fingerprint,
-        store,
-        report,
-        stop,
-        timing or Timing(),
-        limits,
-        base_url,
-        after_submit,
-        list(request.count_notes()),
-        reference_format,
-        client,
+        fingerprint=fingerprint,
+        store=store,
+        report=report,
+        stop=stop,
+        timing=timing or Timing(),
+        limits=limits,
+        base_url=base_url,
+        after_submit=after_submit,
+        notes=list(count_notes),
+        reference_format=reference_format,
+        client=client,
     )
     if on_planned is not None:  # part of a batch: its estimate first; an identical item's result is shared
         stopped, shared = await run_stoppable(on_planned(fingerprint, request.max_images_sent), stop)

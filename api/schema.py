@@ -370,11 +370,6 @@ class EditSequentialRequest:
         return replace(self, images=(*references, *self.images))
 
     @property
-    def stated_count(self) -> int | None:
-        """The number of images the prompt as written asks for (see `stated_image_count`)."""
-        return stated_image_count(self.prompt)
-
-    @property
     def added_sentence(self) -> str | None:
         """The sentence added to the prompt, if any: only for a set ("auto") whose prompt states no count."""
         if self.count_in_prompt != "add if missing" or self.sequential_image_generation != "auto" or stated_image_counts(self.prompt):

@@ -162,7 +162,7 @@ class RunComfySeedream4EditSequential:
         seed: int,
         optimize_prompt: str,
         sequential_image_generation: str,
-        count_in_prompt: str = COUNT_IN_PROMPT_MODES[0],  # absent from workflows saved before it existed
+        count_in_prompt: str = _DEFAULTS.count_in_prompt,  # absent from workflows saved before it existed
         reference_format: str = REFERENCE_FORMATS[0],  # likewise
         image_urls: str = "",
         unique_id: str | None = None,
@@ -253,11 +253,11 @@ class RunComfySeedream4EditSequential:
 
         member.finish(result=result)
         await _release(batch)
-        batch, image_list = output_tensors(result.images)
-        if member.batch.size > 1:
-            if member.batch.outcome() is None and all(m.ended for m in member.batch.members):
-                show_line(member.batch.summary(), 1.0)
-            return batch, image_list, "\n".join(result.urls), result.request_id
+        images, image_list = output_tensors(result.images)
+        if batch.size > 1:
+            if batch.over and batch.outcome() is None:
+                show_line(batch.summary(), 1.0)
+            return images, image_list, "\n".join(result.urls), result.request_id
         count = len(image_list)
         summary = f"Done: {count} image{'s' if count != 1 else ''}, request {result.request_id}"
         if result.cost_usd is not None and result.reused:
@@ -266,17 +266,17 @@ class RunComfySeedream4EditSequential:
             summary += f", cost ${result.cost_usd:.2f}"
         details = list(result.notes)
         if result.images.padded and not result.images.shrunk:
-            details.append(f"sizes differ: padded onto {batch.shape[2]}x{batch.shape[1]} in the batch; image_list keeps native sizes")
+            details.append(f"sizes differ: padded onto {images.shape[2]}x{images.shape[1]} in the batch; image_list keeps native sizes")
         if details:
             summary += " (" + "; ".join(details) + ")"
         comfy_bridge.send_progress_text("\n".join([summary, *result.warnings]), node_id)
         bar.set(PROGRESS_STEPS)
-        return batch, image_list, "\n".join(result.urls), result.request_id
+        return images, image_list, "\n".join(result.urls), result.request_id
 
 
 async def _release(batch: Batch) -> None:
     """Close the batch's connection pool once its last item has ended."""
-    if all(member.ended for member in batch.members):
+    if batch.over:
         client = batch.resources.pop("client", None)
         if client is not None:
             await client.aclose()
