@@ -127,16 +127,19 @@ class SharedPace:
     (one for the whole batch, not one per item). One per event loop and service address."""
 
     def __init__(self) -> None:
-        self._next_status = 0.0
+        self._last_status = float("-inf")
+        self._status_turns = asyncio.Lock()
         self._submits_not_before = 0.0
 
     async def status_turn(self, interval_s: float) -> None:
+        """Wait until `interval_s` has passed since the last status poll was actually sent, one caller at a time:
+        paced from the real send time, so a late wake-up never shortens the next gap."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        turn = max(now, self._next_status)
-        self._next_status = turn + interval_s
-        if turn > now:
-            await asyncio.sleep(turn - now)
+        async with self._status_turns:
+            wait = self._last_status + interval_s - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._last_status = loop.time()
 
     async def submit_turn(self) -> None:
         loop = asyncio.get_running_loop()

@@ -11,8 +11,12 @@ from helpers import node_inputs, quick_timing, run_node
 from runcomfy_seedream.api.errors import DeadlineExceededError
 
 
-def _stop_and_time(comfy, when):
-    """Press Stop as soon as a progress text matches `when`; return (exception, seconds from Stop to the end)."""
+def _stop_and_count(comfy, fake, when):
+    """Press Stop as soon as a progress text matches `when`; return (exception, status polls the service got after it).
+
+    How soon Stop is noticed is measured in polls, not seconds: the node checks Stop every 0.2 s while the test's
+    poll schedule asks every 0.06 s, so a handful of polls at most fall between the press and the node's reaction,
+    however busy the machine is."""
     pressed_at = []
 
     def trigger(text):
@@ -24,44 +28,43 @@ def _stop_and_time(comfy, when):
     comfy.stop_when = trigger
     with pytest.raises(comfy.InterruptProcessingException) as caught:
         run_node(**node_inputs())
-    return caught.value, time.monotonic() - pressed_at[0]
+    return caught.value, sum(1 for r in fake.requests if r.path.endswith("/status") and r.at > pressed_at[0])
 
 
 def test_stop_while_queued_cancels_the_job_at_runcomfy(fake, comfy):
-    fake.behaviour.queue_s = 5.0
-    error, reaction = _stop_and_time(comfy, lambda t: t.startswith("Queued"))
+    fake.behaviour.queue_s = 60.0
+    error, polls_after = _stop_and_count(comfy, fake, lambda t: t.startswith("Queued"))
     (job,) = fake.jobs.values()
     assert job.cancelled and fake.cancel_calls == 1
     assert "was cancelled at RunComfy before it started generating" in str(error)
-    assert reaction < 1.5
+    assert polls_after <= 10
     assert comfy.progress_texts()[-1] == str(error)
 
 
 def test_stop_while_generating_says_it_may_still_be_charged(fake, comfy):
-    fake.behaviour.run_s = 5.0
-    error, reaction = _stop_and_time(comfy, lambda t: t.startswith("Generating"))
+    fake.behaviour.run_s = 60.0
+    error, polls_after = _stop_and_count(comfy, fake, lambda t: t.startswith("Generating"))
     assert fake.cancel_calls == 0  # a running job cannot be cancelled
     assert "may still be charged" in str(error) and next(iter(fake.jobs)) in str(error)
-    assert reaction < 1.5
+    assert polls_after <= 10
 
 
 def test_stop_while_preparing_sends_nothing(fake, comfy):
-    error, _ = _stop_and_time(comfy, lambda t: t.startswith("Preparing references 0/"))
+    error, _ = _stop_and_count(comfy, fake, lambda t: t.startswith("Preparing references 0/"))
     assert "nothing was sent" in str(error)
     assert fake.requests == []
 
 
 def test_stop_while_encoding_creates_no_job(fake, comfy):
-    error, _ = _stop_and_time(comfy, lambda t: t.startswith("Encoding references 0/"))
+    error, _ = _stop_and_count(comfy, fake, lambda t: t.startswith("Encoding references 0/"))
     assert "nothing is charged" in str(error)
     assert fake.submits == 0
 
 
 def test_stop_during_a_slow_upload_abandons_it_and_nothing_is_created(fake, comfy):
-    fake.behaviour.upload_bytes_per_s = 20_000  # a slow uplink keeps the upload going for seconds
-    error, reaction = _stop_and_time(comfy, lambda t: t.startswith("Submitting"))
+    fake.behaviour.upload_bytes_per_s = 1_000  # a slow uplink keeps the upload going for far longer than the test
+    error, _ = _stop_and_count(comfy, fake, lambda t: t.startswith("Submitting"))
     assert "upload was abandoned before it completed" in str(error) and "nothing is charged" in str(error)
-    assert reaction < 1.5
     assert fake.submits == 0
 
 
@@ -91,10 +94,9 @@ def test_stop_after_the_upload_waits_for_the_id_then_cancels(fake, comfy):
 def test_stop_while_downloading_keeps_the_request_id(fake, comfy):
     from runcomfy_seedream.fake_service import Fault
 
-    fake.behaviour.inject("file", Fault("stall", seconds=3.0))
-    error, reaction = _stop_and_time(comfy, lambda t: t.startswith("Downloading 0/"))
+    fake.behaviour.inject("file", Fault("stall", seconds=60.0))  # the download cannot finish before Stop is noticed
+    error, _ = _stop_and_count(comfy, fake, lambda t: t.startswith("Downloading 0/"))
     assert next(iter(fake.jobs)) in str(error) and "charged" in str(error)
-    assert reaction < 1.5
 
 
 def test_a_job_still_queued_at_the_deadline_is_cancelled(fake, comfy, monkeypatch):
