@@ -8,9 +8,11 @@
             print(event.message)
         result = await job.result()
 
-`generate()` does a whole run from numpy pixels: checks, encoding, one submit, resume, downloads.
+`generate()` does a whole run from numpy pixels: checks, encoding, one submit, resume, downloads;
+`plan()` and `execute()` are its two halves, and `Batch` runs many items in one `Session`.
 """
 
+from .batch import Batch, Item
 from .client import Price, RetryPolicy, RunComfyClient, Timeouts
 from .config import DEFAULT_BASE_URL, Credentials, Limits, resolve_base_url, resolve_credentials
 from .downloads import ImageBatch
@@ -31,11 +33,13 @@ from .errors import (
     StopRequested,
 )
 from .job import CancelResult, Job, JobEvent, JobResult, JobStatus, PollSchedule
-from .pipeline import GenerationResult, Progress, Reference, Timing, generate
+from .pipeline import GenerationResult, Plan, Reference, Session, Timing, execute, generate, plan
+from .progress import Phase, Progress
 from .schema import IMAGE_SIZES, MODEL_ID, EditSequentialRequest
 
 __all__ = [
     "AuthenticationError",
+    "Batch",
     "BatchError",
     "CancelResult",
     "ConfigurationError",
@@ -49,6 +53,7 @@ __all__ = [
     "ImageBatch",
     "InputError",
     "InsufficientBalanceError",
+    "Item",
     "Job",
     "JobCancelledError",
     "JobEvent",
@@ -58,6 +63,8 @@ __all__ = [
     "Limits",
     "MODEL_ID",
     "OutcomeUnknownError",
+    "Phase",
+    "Plan",
     "PollSchedule",
     "Price",
     "Progress",
@@ -67,10 +74,13 @@ __all__ = [
     "RunComfyClient",
     "RunComfyError",
     "ServiceError",
+    "Session",
     "StopRequested",
     "Timeouts",
     "Timing",
+    "execute",
     "generate",
+    "plan",
     "resolve_base_url",
     "resolve_credentials",
 ]

@@ -268,6 +268,7 @@ class RunComfyClient:
         self.on_retry = on_retry
         t = self.timeouts
         self._token = credentials.token  # only to keep it out of what the service echoes back
+        self._owns_pool = True
         self._http = httpx.AsyncClient(
             base_url=self.base_url + "/",
             headers={"Authorization": f"Bearer {credentials.token}", "Accept": "application/json"},
@@ -282,13 +283,16 @@ class RunComfyClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        """Close the connection pool; a `sharing_pool` view leaves it to the client that made it."""
+        if self._owns_pool:
+            await self._http.aclose()
 
     def sharing_pool(self, *, on_retry: RetryNotice | None) -> RunComfyClient:
         """A client on this one's connection pool that announces its retries elsewhere (one run of a batch)."""
         view = object.__new__(RunComfyClient)
         view.__dict__.update(self.__dict__)
         view.on_retry = on_retry
+        view._owns_pool = False
         return view
 
     # --- calls -------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ could hold the request and its headers) as its cause or context.
     ├── OutcomeUnknownError ... the submit may have arrived and no answer came back: may be charged
     ├── JobCancelledError
     ├── DeadlineExceededError . the node stopped waiting (`cancelled`: it cancelled the queued job)
-    ├── StopRequested ......... the user pressed Stop (`cancelled`: the queued job was cancelled)
+    ├── StopRequested ......... the user pressed Stop (`cancelled`: the queued job was cancelled;
+    │                           `finished`: the job was done, running again collects it)
     ├── DownloadError ......... a result file could not be fetched or used (`transient`: try again)
     └── BatchError ............ items of a list failed (`failures`: item number, request id, error each)
 """
@@ -107,9 +108,10 @@ class DeadlineExceededError(RunComfyError):
 class StopRequested(RunComfyError):
     """The user pressed Stop; the message says what happened to the remote job."""
 
-    def __init__(self, message: str, *, request_id: str | None = None, cancelled: bool = False) -> None:
+    def __init__(self, message: str, *, request_id: str | None = None, cancelled: bool = False, finished: bool = False) -> None:
         super().__init__(message, request_id=request_id)
         self.cancelled = cancelled  # the queued job was cancelled at RunComfy: nothing to collect later
+        self.finished = finished  # the job had finished (and is charged): running again collects it for free
 
 
 class DownloadError(RunComfyError):

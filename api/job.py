@@ -1,16 +1,17 @@
 """A RunComfy job from its request id to its result: a handle, in the manner of fal_client's.
 
     job = await client.submit(request)            # or: job = Job.resume(client, request_id)
-    async for event in job.events(): ...           # queued / running / finishing, until the result is known
+    async for event in job.events(): ...           # queued / generating, until the result is known
     result = await job.result()                    # URLs and cost; JobFailedError / JobCancelledError otherwise
     await job.cancel()                             # RunComfy cancels a job only while it is queued
     result = await job.wait(deadline_s=…, should_stop=…, on_event=…)   # all of the above, with Stop and a deadline
 
 Invariants this module owns:
 
-- Stop is checked every 0.2 s in every phase. During the upload an incomplete body is
+- Stop is checked every 0.2 s in every phase (`stop`). During the upload an incomplete body is
   abandoned (no job can exist); after it, a queued job is cancelled remotely and a running
-  one cannot be, and the user is told it may be charged.
+  one cannot be, and the user is told it may be charged. The check is expected to latch
+  (`stop.Latch`): a Stop seen while RunComfy answered the submit is still seen by `wait`.
 - Once the job exists, only the job itself (done, failed, cancelled), Stop or the job's
   deadline ends the wait: status and result reads retry through outages (see `client`).
   A job still queued at the deadline is cancelled, so it costs nothing.
@@ -22,7 +23,6 @@ Invariants this module owns:
 from __future__ import annotations
 
 import asyncio
-import enum
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,20 +30,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import DeadlineExceededError, InputError, JobCancelledError, JobFailedError, OutcomeUnknownError, RunComfyError, StopRequested
+from .progress import Phase, generating_share
+from .stop import StopCheck, Waited, cancel_and_wait, never_stop, wait_watching
 
 if TYPE_CHECKING:
     from .schema import EditSequentialRequest
 
 DEFAULT_DEADLINE_S = 30 * 60  # RunComfy's own nodes wait this long for a set of 15
 CANCEL_WAIT_S = 15.0
-STOP_CHECK_INTERVAL_S = 0.2
 SUCCESS_STATES = frozenset({"succeeded", "completed", "success"})
-
-StopCheck = Callable[[], bool]
-
-
-def never_stop() -> bool:
-    return False
 
 
 @dataclass(frozen=True)
@@ -77,11 +72,12 @@ class CancelResult:
 class JobEvent:
     """Something the user should see while a job runs."""
 
-    phase: str  # submitting | submitted | queued | running | finishing | stopping
+    phase: Phase | None  # None: the phase goes on (a Stop being handled)
     message: str
     request_id: str | None = None
     queue_position: int | None = None
     elapsed_s: float | None = None
+    within: float = 0.0  # how far through `phase`
 
 
 EventSink = Callable[[JobEvent], None]
@@ -128,50 +124,6 @@ class PollSchedule:
         return delay
 
 
-class Waited(enum.Enum):
-    DONE = "done"
-    STOP = "stop"
-    DEADLINE = "deadline"
-
-
-async def wait_watching(task: asyncio.Future, should_stop: StopCheck, *, deadline: float | None = None) -> Waited:
-    """Wait for `task` until it is done, Stop is pressed or `deadline` (loop time) passes, whichever is first.
-    The task is left running on STOP and DEADLINE: the caller decides what to do with it."""
-    loop = asyncio.get_running_loop()
-    while True:
-        if task.done():
-            return Waited.DONE
-        if should_stop():
-            return Waited.STOP
-        timeout = STOP_CHECK_INTERVAL_S
-        if deadline is not None:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return Waited.DEADLINE
-            timeout = min(timeout, remaining)
-        await asyncio.wait({task}, timeout=timeout)
-
-
-async def cancel_and_wait(task: asyncio.Future) -> None:
-    """Cancel a task and wait until it has really finished, discarding its outcome."""
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-
-
-async def run_stoppable(work: Awaitable, should_stop: StopCheck) -> tuple[bool, object]:
-    """(stopped, result) of `work`; when Stop is pressed first, the work is cancelled and result is None."""
-    task = asyncio.ensure_future(work)
-    try:
-        waited = await wait_watching(task, should_stop)
-    except BaseException:
-        await cancel_and_wait(task)
-        raise
-    if waited is Waited.STOP:
-        await cancel_and_wait(task)
-        return True, None
-    return False, task.result()
-
-
 class Job:
     """A request RunComfy has accepted (or may have: see `resume`)."""
 
@@ -184,7 +136,6 @@ class Job:
         self._just_submitted = just_submitted
         self._running_since: float | None = None
         self._result: JobResult | None = None
-        self.stop_pending = False  # Stop was pressed while RunComfy's answer to the submit was awaited
 
     @classmethod
     def resume(cls, service: JobService, request_id: str) -> Job:
@@ -217,18 +168,18 @@ class Job:
             now = time.monotonic()
             if status.state == "in_queue":
                 where = f" (position {status.queue_position})" if status.queue_position is not None else ""
-                yield JobEvent("queued", f"Queued at RunComfy{where}", self.request_id, status.queue_position, now - started)
+                yield JobEvent(Phase.QUEUED, f"Queued at RunComfy{where}", self.request_id, status.queue_position, now - started, 0.4)
             elif status.state == "in_progress":
                 self._running_since = self._running_since or now
                 elapsed = now - self._running_since
-                yield JobEvent("running", f"Generating… {elapsed:.0f} s", self.request_id, None, elapsed)
+                yield JobEvent(Phase.GENERATING, f"Generating… {elapsed:.0f} s", self.request_id, None, elapsed, generating_share(elapsed))
             elif status.state == "cancelled":
                 raise JobCancelledError(
                     "The job was cancelled at RunComfy (not by this node). Run the node again to submit a new job.",
                     request_id=self.request_id,
                 )
             else:
-                yield JobEvent("finishing", "Fetching the result…", self.request_id)
+                yield JobEvent(Phase.GENERATING, "Fetching the result…", self.request_id, within=1.0)
                 if await self._fetch_result():
                     return
             await asyncio.sleep(schedule.next_delay(progressed=progressed))
@@ -274,7 +225,7 @@ class Job:
         either way a job still queued is cancelled, so it costs nothing."""
         emit = on_event or (lambda event: None)
         deadline = asyncio.get_running_loop().time() + deadline_s
-        stop = (lambda: True) if self.stop_pending else should_stop
+        stop = should_stop
 
         async def follow() -> JobResult:
             async for event in self.events(poll_schedule):
@@ -322,7 +273,7 @@ class Job:
                 "so it will finish and may still be charged.",
                 request_id=request_id,
             )
-        emit(JobEvent("stopping", f"Stop pressed: cancelling queued request {request_id}…", request_id))
+        emit(JobEvent(None, f"Stop pressed: cancelling queued request {request_id}…", request_id))
         cancelled, detail = await self._cancel_outcome()
         if cancelled:
             message = f"Stopped. Queued request {request_id} was cancelled at RunComfy before it started generating."
@@ -333,7 +284,7 @@ class Job:
             )
         else:
             message = f"Stopped, but cancelling request {request_id} is unconfirmed ({detail}); it may still run and be charged."
-        emit(JobEvent("stopping", message, request_id))
+        emit(JobEvent(None, message, request_id))
         return StopRequested(message, request_id=request_id, cancelled=bool(cancelled))
 
     async def _deadline_passed(self, deadline_s: float) -> DeadlineExceededError:
@@ -379,7 +330,7 @@ async def submit_watching(
     upload = upload or UploadTracker()
     if should_stop():
         raise StopRequested("Stopped before submitting: nothing was sent and nothing is charged.")
-    emit(JobEvent("submitting", message))
+    emit(JobEvent(Phase.UPLOADING, message, within=0.6))
     task = asyncio.ensure_future(client.submit(request, upload=upload))
     try:
         stopped = await wait_watching(task, should_stop) is Waited.STOP
@@ -394,12 +345,11 @@ async def submit_watching(
                 "Stopped while uploading: the upload was abandoned before it completed, so no job was created and nothing is charged."
             )
         if stopped:
-            emit(JobEvent("stopping", "Stop pressed: waiting for RunComfy to confirm the submit so the job can be cancelled…"))
+            emit(JobEvent(None, "Stop pressed: waiting for RunComfy to confirm the submit so the job can be cancelled…"))
             await asyncio.wait({task})
     except BaseException:
         await cancel_and_wait(task)
         raise
     job = task.result()
-    job.stop_pending = stopped
-    emit(JobEvent("submitted", f"Submitted: request {job.request_id}", request_id=job.request_id))
+    emit(JobEvent(Phase.QUEUED, f"Submitted: request {job.request_id}", request_id=job.request_id))
     return job

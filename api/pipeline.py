@@ -1,12 +1,15 @@
-"""One run, as the node makes it: validate, encode references, submit once, wait, download, assemble,
-and what the user sees meanwhile (`Progress`: a line of text and a fraction of the whole run).
+"""One run, from numpy pixels to an assembled batch of results, and what the runs of one execution share.
 
-Plain Python on numpy arrays, so scripts and tests drive exactly what the ComfyUI node
-drives. Every check runs before anything is encoded or sent. Runs of identical inputs are
-serialised (`resume.ResumeStore.exclusive`), so the second one collects what the first paid
-for. Once a submit may have reached RunComfy, local trouble (disk, cache, assembly) only ever
-adds a warning line: the run goes on. Every wait is set by `Timing`, every memory and disk
-bound by `Limits`.
+    async with Session.open(should_stop=…) as session:     # the account, one connection pool, one Stop
+        planned = await plan(references, request, session, report)   # every check, clean pixels, fingerprint
+        result = await execute(planned, session, report)    # cache → journal → resume or submit → wait
+                                                            #   → download → save → assemble
+
+`generate()` does both for one run. Plain Python on numpy arrays, so scripts and tests drive exactly what the
+ComfyUI node drives. Every check runs before anything is encoded or sent. Runs of identical inputs are
+serialised (`resume.ResumeStore.exclusive`), so the second one collects what the first paid for. Once a
+submit may have reached RunComfy, local trouble (disk, cache, assembly) only ever adds a warning line: the
+run goes on. Every wait is set by `Timing`, every memory and disk bound by `Limits`.
 """
 
 from __future__ import annotations
@@ -14,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,18 +45,8 @@ from .errors import (
     RunComfyError,
     StopRequested,
 )
-from .job import (
-    DEFAULT_DEADLINE_S,
-    Job,
-    JobEvent,
-    JobResult,
-    PollSchedule,
-    StopCheck,
-    UploadTracker,
-    never_stop,
-    run_stoppable,
-    submit_watching,
-)
+from .job import DEFAULT_DEADLINE_S, Job, JobResult, PollSchedule, UploadTracker, submit_watching
+from .progress import Phase, ProgressReporter, ProgressSink
 from .references import (
     REFERENCE_FORMATS,
     EncodedReference,
@@ -67,8 +59,10 @@ from .references import (
 )
 from .resume import UNKNOWN_OUTCOME_HOLD_S, CachedResult, ResumeStore, request_fingerprint
 from .schema import MODEL_ID, EditSequentialRequest, check_choice
+from .stop import Latch, StopCheck, never_stop, stoppable
 
 log = logging.getLogger("runcomfy.seedream")
+NOTHING_SENT = "nothing was sent and nothing is charged."
 
 
 @dataclass(frozen=True)
@@ -106,262 +100,220 @@ class GenerationResult:
     reused: bool = False  # served from the saved copy: nothing was sent
 
 
-@dataclass(frozen=True)
-class Progress:
-    text: str
-    fraction: float  # 0..1 of the whole run
-    phase: str = "preparing"  # preparing | sharing | waiting | uploading | queued | generating | downloading | done
+@dataclass
+class Session:
+    """What the runs of one execution share: the account and service, one connection pool, one Stop that
+    latches, the waits and bounds, the user folder, and one catalog price lookup."""
+
+    credentials: Credentials
+    base_url: str
+    client: RunComfyClient
+    stop: Latch
+    timing: Timing
+    limits: Limits
+    state_dir: Path | None = None
+    after_submit: Callable[[], None] = lambda: None  # once RunComfy holds the references and their copies are freed
+    _price: asyncio.Future | None = field(default=None, repr=False)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls,
+        *,
+        credentials: Credentials | None = None,
+        base_url: str | None = None,
+        should_stop: StopCheck = never_stop,
+        timing: Timing | None = None,
+        limits: Limits | None = None,
+        state_dir: Path | None = None,
+        after_submit: Callable[[], None] = lambda: None,
+    ) -> AsyncIterator[Session]:
+        credentials = credentials or resolve_credentials()
+        base_url = base_url or resolve_base_url()
+        timing = timing or Timing()
+        client = RunComfyClient(
+            credentials,
+            base_url,
+            retry=timing.submit_retry,
+            job_retry=timing.job_retry,
+            timeouts=timing.timeouts,
+            status_interval_s=timing.status_interval_s,
+        )
+        session = cls(credentials, base_url, client, Latch(should_stop), timing, limits or Limits(), state_dir, after_submit)
+        try:
+            yield session
+        finally:
+            if session._price is not None:
+                session._price.cancel()
+            await client.aclose()
+
+    async def price(self) -> Price | None:
+        """The catalog price if it is known within `Timing.price_wait_s`, else None (the lookup goes on)."""
+        if self._price is None:
+            self._price = asyncio.ensure_future(self.client.price())
+        await asyncio.wait({self._price}, timeout=self.timing.price_wait_s)
+        done = self._price.done() and not self._price.cancelled() and self._price.exception() is None
+        return self._price.result() if done else None
 
 
-ProgressSink = Callable[[Progress], None]
+@dataclass
+class Plan:
+    """A run whose inputs passed every check, with its references cleaned: what it would pay for."""
 
-
-class ProgressReporter:
-    """Turns steps and job events into `Progress`, never letting the fraction go backwards. All of a run's
-    warnings share one line ("Warning: …"), kept under every later message with the pinned cost estimate."""
-
-    def __init__(self, sink: ProgressSink | None) -> None:
-        self.sink = sink
-        self.fraction = 0.0
-        self.pinned: dict[str, str] = {}
-        self.phase = "preparing"
-        self._warning_parts: dict[str, str] = {}
+    request: EditSequentialRequest
+    references: list[PreparedReference]
+    reference_format: str
+    fingerprint: str
+    notes: tuple[str, ...]  # what the prompt's count means, shown before paying
 
     @property
-    def warnings(self) -> tuple[str, ...]:
-        return ("Warning: " + "; ".join(self._warning_parts.values()),) if self._warning_parts else ()
-
-    def pin(self, line: str, *, key: str) -> None:
-        """Keep `line` (the cost estimate, what the prompt's count means) under every later message."""
-        self.pinned[key] = line
-        self(line)
-
-    def warn(self, part: str, *, key: str) -> None:
-        """Something the run goes on despite; a part with the same `key` replaces the earlier one."""
-        self._warning_parts[key] = part
-        self(self.warnings[0])
-
-    def __call__(self, text: str, fraction: float | None = None, phase: str | None = None) -> None:
-        self.phase = phase or self.phase
-        if fraction is not None:
-            self.fraction = max(self.fraction, min(1.0, fraction))
-        under = [line for line in (*self.warnings, *self.pinned.values()) if line and line != text]
-        if under:
-            text = "\n".join((text, *under))
-        if self.sink is not None:
-            try:
-                self.sink(Progress(text, self.fraction, self.phase))
-            except Exception:  # noqa: BLE001 - showing progress must never end a run, least of all a paid one
-                log.debug("the progress sink failed", exc_info=True)
-
-    def job_event(self, event: JobEvent) -> None:
-        if event.phase == "running":  # generation time is unknown: approach 0.8 smoothly so the bar keeps moving
-            self(event.message, 0.2 + 0.6 * (1.0 - math.exp(-(event.elapsed_s or 0.0) / 90.0)), "generating")
-        else:
-            fraction = {"submitting": 0.1, "submitted": 0.15, "queued": 0.17, "finishing": 0.8}.get(event.phase)
-            self(event.message, fraction, {"submitted": "queued", "queued": "queued"}.get(event.phase))
+    def images_charged(self) -> int:
+        return self.request.max_images_sent
 
 
 @dataclass
 class _Run:
-    """What one run knows once its inputs are checked."""
+    """One plan being carried out."""
 
-    fingerprint: str
-    store: ResumeStore
+    plan: Plan
+    session: Session
     report: ProgressReporter
-    stop: StopCheck
-    timing: Timing
-    limits: Limits
-    base_url: str
-    after_submit: Callable[[], None]
+    store: ResumeStore
+    client: RunComfyClient  # the session's pool, announcing its retries to this run
     notes: list[str] = field(default_factory=list)
-    reference_format: str = "png"
-    client: RunComfyClient | None = None  # a pool shared with other runs (a batch); None: this run opens its own
+
+    @property
+    def fingerprint(self) -> str:
+        return self.plan.fingerprint
 
 
 async def generate(
     references: Sequence[Reference],
     request: EditSequentialRequest,
     *,
-    credentials: Credentials | None = None,
-    base_url: str | None = None,
-    state_dir: Path | None = None,
     on_progress: ProgressSink | None = None,
-    should_stop: StopCheck | None = None,
-    timing: Timing | None = None,
-    limits: Limits | None = None,
-    after_submit: Callable[[], None] = lambda: None,
     reference_format: str = "png",
-    client: RunComfyClient | None = None,
-    on_planned: Callable[[str, int], Awaitable[Awaitable[GenerationResult] | None]] | None = None,
+    **session_options,
 ) -> GenerationResult:
     """One run: `references` (pixels) are encoded and sent before the URLs in `request.images`.
 
-    With `state_dir`, a paid request is journaled and its result saved on disk (else in memory).
-    `after_submit()` runs once RunComfy holds the references and the encoded copies are freed.
+    `session_options` are those of `Session.open`: credentials, base_url, should_stop, timing, limits,
+    state_dir (a paid request is journaled and its result saved there; None: in memory) and after_submit.
     `reference_format` is "png" (lossless) or "jpeg" (quality 95, far fewer bytes to upload).
-    `client` shares a connection pool between runs; `on_planned(fingerprint, images_charged)` is awaited once the
-    run knows what it would pay for, before it waits for an identical run or submits (a batch's cost estimate);
-    it may answer with an awaitable of an identical run's result, which this run then returns.
     """
-    stop = should_stop or never_stop
     report = ProgressReporter(on_progress)
+    async with Session.open(**session_options) as session:
+        planned = await plan(references, request, session, report, reference_format=reference_format)
+        return await execute(planned, session, report)
 
-    # 1. Everything the user can get wrong, before any work or spending.
-    credentials = credentials or resolve_credentials()
-    base_url = base_url or resolve_base_url()
+
+async def plan(
+    references: Sequence[Reference], request: EditSequentialRequest, session: Session, report: ProgressReporter, *, reference_format: str
+) -> Plan:
+    """Everything the user can get wrong, before any work or spending; then clean pixels and the fingerprint."""
     request = request.validate(encoded_references=len(references))
     check_choice("reference_format", reference_format, REFERENCE_FORMATS)
     for ref in references:
         check_frame_shape(ref.label, ref.pixels)
-    limits = limits or Limits()
-    count_notes = request.count_notes()
-    for note in count_notes:  # before any spending, and kept in view until the end
+    notes = request.count_notes()
+    for note in notes:  # before any spending, and kept in view until the end
         report.pin(note[0].upper() + note[1:], key="count")
-
-    # 2. Clean pixels; then, one run at a time per distinct inputs, collect or submit.
-    prepared = await _prepare(references, stop, report)
+    prepared = await _prepare(references, session.stop, report)
+    encoded_differently = reference_format != "png" and references
     fingerprint = request_fingerprint(
         model_id=MODEL_ID,
-        base_url=base_url,
-        settings=request.settings() | ({"reference_format": reference_format} if reference_format != "png" and references else {}),
+        base_url=session.base_url,
+        settings=request.settings() | ({"reference_format": reference_format} if encoded_differently else {}),
         reference_digests=[p.digest for p in prepared],
         reference_urls=request.urls,
     )
+    return Plan(request, prepared, reference_format, fingerprint, notes)
+
+
+async def execute(planned: Plan, session: Session, report: ProgressReporter) -> GenerationResult:
+    """cache → journal → resume or submit → wait → download → save → assemble, one run per distinct inputs at a time."""
+    limits = session.limits
     store = ResumeStore(
-        state_dir,
+        session.state_dir,
         warn=lambda line: report.warn(line, key="resume store"),
         max_entries=limits.cache_max_entries,
         max_bytes=limits.cache_max_bytes,
     )
-    run = _Run(
-        fingerprint=fingerprint,
-        store=store,
-        report=report,
-        stop=stop,
-        timing=timing or Timing(),
-        limits=limits,
-        base_url=base_url,
-        after_submit=after_submit,
-        notes=list(count_notes),
-        reference_format=reference_format,
-        client=client,
-    )
-    if on_planned is not None:  # part of a batch: its estimate first; an identical item's result is shared
-        stopped, shared = await run_stoppable(on_planned(fingerprint, request.max_images_sent), stop)
-        if stopped:
-            raise StopRequested("Stopped before anything was sent: nothing is charged.")
-        if shared is not None:
-            report("Waiting for an identical item of the list, to share its job and its images…", 0.03, "sharing")
-            stopped, result = await run_stoppable(shared, stop)
-            if stopped:
-                raise StopRequested("Stopped while an identical item of the list ran the job this one shares.")
-            return result
+    run = _Run(planned, session, report, store, session.client.sharing_pool(on_retry=report), list(planned.notes))
     waiting = "Waiting for an identical run of these inputs to finish, to share its result instead of paying twice…"
-    async with store.exclusive(fingerprint, stop, lambda: report(waiting, 0.03, "sharing")):
-        return await _collect_or_submit(run, credentials, request, prepared)
+    async with store.exclusive(planned.fingerprint, session.stop, lambda: report(waiting, Phase.SHARING)):
+        saved, resume_id = await _saved_result(run)
+        if saved is not None:
+            return saved
+        resume_id = resume_id or await _journaled_request(run)
+        result = await _resume(run, resume_id) if resume_id else None
+        if result is None:
+            result = await _settle(run, await _submit(run))
+        files = await _download(run, result)
+        # The journal entry stays: a second record if the saved copy is lost.
+        await store.store_result(run.fingerprint, CachedResult(result.request_id, result.urls, result.cost_usd, files))
+        return await _deliver(run, result, files)
 
 
-async def _collect_or_submit(
-    run: _Run, credentials: Credentials, request: EditSequentialRequest, prepared: list[PreparedReference]
-) -> GenerationResult:
-    report = run.report
-    resume_id: str | None = None
+async def _saved_result(run: _Run) -> tuple[GenerationResult | None, str | None]:
+    """(the saved result, None), or (None, the request id to collect again when the saved files are unusable)."""
     cached = await run.store.cached(run.fingerprint)
-    if cached is not None and not cached.files:
-        resume_id = cached.request_id
-    elif cached is not None:
-        try:
-            images = await _assemble(run, cached.files, "Saved result")
-        except DownloadError as damaged:
-            report.warn(f"the saved images of request {cached.request_id} are damaged ({damaged}); collecting them again", key="saved")
-            await run.store.drop_result(run.fingerprint)
-            resume_id = cached.request_id
-        else:
-            report(f"Reused the saved images of request {cached.request_id}: nothing sent, nothing charged.", 1.0, "done")
-            notes = (f"saved result of request {cached.request_id} reused; change the seed for new images", *run.notes)
-            return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, report.warnings, reused=True)
+    if cached is None:
+        return None, None
+    if not cached.files:
+        return None, cached.request_id
+    try:
+        images = await _assemble(run, cached.files, "Saved result")
+    except DownloadError as damaged:
+        run.report.warn(f"the saved images of request {cached.request_id} are damaged ({damaged}); collecting them again", key="saved")
+        await run.store.drop_result(run.fingerprint)
+        return None, cached.request_id
+    run.report(f"Reused the saved images of request {cached.request_id}: nothing sent, nothing charged.", Phase.DONE)
+    notes = (f"saved result of request {cached.request_id} reused; change the seed for new images", *run.notes)
+    return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, run.report.warnings, reused=True), None
+
+
+async def _journaled_request(run: _Run) -> str | None:
+    """The request these inputs already paid for, by the journal; a submit that got no answer holds them."""
     entry = await run.store.journal_entry(run.fingerprint)
-    if entry is not None and entry.state == "unknown_outcome" and resume_id is None:
+    if entry is not None and entry.state == "unknown_outcome":
         raise OutcomeUnknownError(
             "An earlier submit of exactly these inputs got no answer, so it may be running and charged; to avoid "
             "paying twice it is not sent again. Check your RunComfy dashboard, or change the seed to submit anew "
             f"(this hold ends {UNKNOWN_OUTCOME_HOLD_S // 60} minutes after that submit"
             + (", or when ComfyUI restarts, since the user folder could not keep it)." if entry.only_in_memory else ").")
         )
-    if entry is not None and resume_id is None:
-        resume_id = entry.request_id
+    return entry.request_id if entry is not None else None
 
-    timing = run.timing
-    async with _client_for(run, credentials) as client:
-        price_lookup = asyncio.ensure_future(client.price())
-        try:
-            result = await _resume(client, run, resume_id) if resume_id else None
-            if result is None:
-                price = await _within(price_lookup, timing.price_wait_s)
-                if price is not None:
-                    report.pin(price.estimate(request.max_images_sent), key="cost")
-                async with _upload_turn(run):
-                    encoded = await _encode(run, prepared)
-                    prepared.clear()  # the clean pixels are not needed any more (the caller's list is this one)
-                    job = await _submit(client, run, request, encoded)
-                result = await _settle(run, job)
-                if len(result.urls) < request.max_images_sent:
-                    run.notes.append(f"the model returned {len(result.urls)} of up to {request.max_images_sent} images")
-        finally:
-            price_lookup.cancel()
 
-    # 3. Download, keep a copy, assemble. The journal entry stays: a second record if the copy is lost.
-    files = await _download(run, result)
-    await run.store.store_result(run.fingerprint, CachedResult(result.request_id, result.urls, result.cost_usd, files))
+async def _deliver(run: _Run, result: JobResult, files: list[bytes]) -> GenerationResult:
+    """The downloaded files assembled; a file no image can come from ends the request's records."""
+    max_images = run.plan.request.max_images_sent
+    if len(result.urls) < max_images:
+        run.notes.append(f"the model returned {len(result.urls)} of up to {max_images} images")
     try:
         images = await _assemble(run, files, "Result image")
     except DownloadError as unusable:  # a hostile or broken file: collecting this request again cannot help
         await run.store.drop_result(run.fingerprint)
         await run.store.forget(run.fingerprint)
         raise DownloadError(str(unusable), request_id=result.request_id) from None
-    return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(run.notes), report.warnings)
-
-
-@contextlib.asynccontextmanager
-async def _client_for(run: _Run, credentials: Credentials) -> AsyncIterator[RunComfyClient]:
-    """This run's client: on the batch's shared pool when there is one, else its own."""
-    if run.client is not None:
-        yield run.client.sharing_pool(on_retry=run.report)
-        return
-    timing = run.timing
-    async with RunComfyClient(
-        credentials,
-        run.base_url,
-        retry=timing.submit_retry,
-        job_retry=timing.job_retry,
-        timeouts=timing.timeouts,
-        on_retry=run.report,
-        status_interval_s=timing.status_interval_s,
-    ) as client:
-        yield client
+    return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(run.notes), run.report.warnings)
 
 
 @contextlib.asynccontextmanager
 async def _upload_turn(run: _Run) -> AsyncIterator[None]:
     """Hold one of the process's upload slots (`Limits.max_uploads`) from encoding to RunComfy's answer."""
-    slots = upload_slots(run.limits.max_uploads)
-    if slots.locked():
-        run.report("Waiting for a free upload slot (other runs of this ComfyUI are uploading)…", None, "waiting")
-    stopped, _ = await run_stoppable(slots.acquire(), run.stop)
-    if stopped:
-        raise StopRequested("Stopped while waiting to upload: nothing was sent and nothing is charged.")
-    run.report.phase = "uploading"
+    slots = upload_slots(run.session.limits.max_uploads)
+    if not slots.locked():
+        await slots.acquire()  # a free slot is taken at once, before any other run can look
+    else:
+        run.report("Waiting for a free upload slot (other runs of this ComfyUI are uploading)…", Phase.WAITING)
+        await stoppable(slots.acquire(), run.session.stop, f"Stopped while waiting to upload: {NOTHING_SENT}")
+    run.report.phase = Phase.UPLOADING
     try:
         yield
     finally:
         slots.release()
-
-
-async def _within(task: asyncio.Future[Price | None], seconds: float) -> Price | None:
-    """The task's result if it is ready within `seconds`, else None (it keeps running)."""
-    await asyncio.wait({task}, timeout=seconds)
-    return task.result() if task.done() and not task.cancelled() and task.exception() is None else None
 
 
 async def _prepare(references: Sequence[Reference], stop: StopCheck, report: ProgressReporter) -> list[PreparedReference]:
@@ -369,88 +321,66 @@ async def _prepare(references: Sequence[Reference], stop: StopCheck, report: Pro
 
     def prepared_one(prepared: PreparedReference, done: int) -> None:
         extra = f" ({prepared.label}: {'; '.join(prepared.notes)})" if prepared.notes else ""
-        report(f"Preparing references {done}/{len(references)}{extra}", 0.03 * done / len(references))
+        report(f"Preparing references {done}/{len(references)}{extra}", Phase.PREPARING, done / len(references))
 
     if references:
-        report(f"Preparing references 0/{len(references)}", 0.0)
-    stopped, prepared = await run_stoppable(
-        map_in_threads(lambda ref: prepare_reference(ref.label, ref.pixels), references, on_done=prepared_one), stop
+        report(f"Preparing references 0/{len(references)}", Phase.PREPARING)
+    return await stoppable(
+        map_in_threads(lambda ref: prepare_reference(ref.label, ref.pixels), references, on_done=prepared_one),
+        stop,
+        f"Stopped while preparing the references: {NOTHING_SENT}",
     )
-    if stopped:
-        raise StopRequested("Stopped while preparing the references: nothing was sent and nothing is charged.")
-    return prepared
+
+
+async def _submit(run: _Run) -> Job:
+    """The estimate, then within an upload slot: encode the references and submit once."""
+    request = run.plan.request
+    price = await run.session.price()
+    if price is not None:
+        run.report.pin(price.estimate(request.max_images_sent), key="cost")
+    async with _upload_turn(run):
+        encoded = await _encode(run, run.plan.references)
+        run.plan.references = []  # the clean pixels are not needed any more
+        return await _send(run, request.with_references([e.uri for e in encoded]), _uploading_message(run, encoded))
 
 
 async def _encode(run: _Run, prepared: list[PreparedReference]) -> list[EncodedReference]:
     """Encode every reference in parallel, each within its share of the request body."""
     total = len(prepared)
     report = run.report
-    fmt = run.reference_format.upper()
+    fmt = run.plan.reference_format
 
     def encoded_one(encoded: EncodedReference, done: int) -> None:
         fresh = [note for note in encoded.notes if note.startswith("downscaled")]
         extra = f" ({encoded.label}: {'; '.join(fresh)})" if fresh else ""
-        report(f"Encoding references {done}/{total} as {fmt}{extra}", 0.03 + 0.05 * done / total)
+        report(f"Encoding references {done}/{total} as {fmt.upper()}{extra}", Phase.UPLOADING, 0.4 * done / total)
 
     if total:
-        report(f"Encoding references 0/{total} as {fmt}", 0.03)
-    stopped, encoded = await run_stoppable(
-        encode_references(prepared, max_file_bytes=per_reference_byte_limit(total), fmt=run.reference_format, on_done=encoded_one),
-        run.stop,
+        report(f"Encoding references 0/{total} as {fmt.upper()}", Phase.UPLOADING)
+    encoded = await stoppable(
+        encode_references(prepared, max_file_bytes=per_reference_byte_limit(total), fmt=fmt, on_done=encoded_one),
+        run.session.stop,
+        f"Stopped while encoding the references: {NOTHING_SENT}",
     )
-    if stopped:
-        raise StopRequested("Stopped while encoding the references: nothing was sent and nothing is charged.")
     run.notes.extend(f"{e.label}: {note}" for e in encoded for note in e.notes)
     return encoded
 
 
-async def _settle(run: _Run, job: Job) -> JobResult:
-    """Wait for a job, keeping the journal right: a job that ended without results is forgotten."""
-    try:
-        return await job.wait(
-            deadline_s=run.timing.deadline_s,
-            should_stop=run.stop,
-            on_event=run.report.job_event,
-            poll_schedule=run.timing.poll_schedule(),
-        )
-    except (JobFailedError, JobCancelledError):
-        await run.store.forget(run.fingerprint)
-        raise
-    except (DeadlineExceededError, StopRequested) as ended:
-        if ended.cancelled:
-            await run.store.forget(run.fingerprint)
-        raise
+def _uploading_message(run: _Run, encoded: list[EncodedReference]) -> str:
+    if not encoded:
+        return "Submitting the job to RunComfy…"
+    size = sum(len(e.uri.base64) for e in encoded) / 1e6
+    count = f"{len(encoded)} {run.plan.reference_format.upper()} reference{'s' if len(encoded) != 1 else ''}"
+    return f"Submitting the job to RunComfy: uploading {count}, {size:.1f} MB…"
 
 
-async def _resume(client: RunComfyClient, run: _Run, request_id: str) -> JobResult | None:
-    """Wait for the request these inputs already paid for; None when the service no longer has it."""
-    run.report(f"Resumed request {request_id} (submitted earlier with the same inputs)…", 0.15)
-    run.notes.append(f"resumed request {request_id}")
-    try:
-        return await _settle(run, Job.resume(client, request_id))
-    except (RequestNotFoundError, AuthenticationError) as gone:
-        if isinstance(gone, AuthenticationError) and gone.error_code != "403001":
-            raise
-    await run.store.forget(run.fingerprint)
-    run.notes[-1] = f"request {request_id} is no longer known to RunComfy, so a new one was submitted"
-    run.report(f"Request {request_id} is no longer known to RunComfy; submitting a new one.", 0.1)
-    return None
-
-
-async def _submit(client: RunComfyClient, run: _Run, request: EditSequentialRequest, encoded: list[EncodedReference]) -> Job:
+async def _send(run: _Run, sendable: EditSequentialRequest, message: str) -> Job:
     """Submit once.
 
     Just before the body's last piece is handed over, the inputs are journaled as "outcome unknown": a process
     killed before the answer arrives leaves a hold, not an invitation to pay again. The answer then replaces it:
     the request id, or (a definite refusal, or an upload that broke off) nothing.
     """
-    sendable = request.with_references([e.uri for e in encoded])
-    uploading = "Submitting the job to RunComfy…"
-    if encoded:
-        size = sum(len(e.uri.base64) for e in encoded) / 1e6
-        count = f"{len(encoded)} {run.reference_format.upper()} reference{'s' if len(encoded) != 1 else ''}"
-        uploading = f"Submitting the job to RunComfy: uploading {count}, {size:.1f} MB…"
-    encoded.clear()  # `sendable` holds the only copy of the encoded references: freed once submitted
     unanswered = False
 
     async def sending_last_piece() -> None:
@@ -460,12 +390,12 @@ async def _submit(client: RunComfyClient, run: _Run, request: EditSequentialRequ
 
     try:
         job = await submit_watching(
-            client,
+            run.client,
             sendable,
-            should_stop=run.stop,
+            should_stop=run.session.stop,
             on_event=run.report.job_event,
             upload=UploadTracker(on_last_piece=sending_last_piece),
-            message=uploading,
+            message=message,
         )
     except OutcomeUnknownError:
         await run.store.record_unknown_outcome(run.fingerprint)
@@ -477,34 +407,68 @@ async def _submit(client: RunComfyClient, run: _Run, request: EditSequentialRequ
     del sendable  # the service has the references: the encoded copies are freed while we wait
     await run.store.record_submitted(run.fingerprint, job.request_id)
     try:
-        run.after_submit()
+        run.session.after_submit()
     except Exception as exc:  # noqa: BLE001 - a caller's hook cannot end a paid job
         run.report.warn(f"the after-submit hook failed ({type(exc).__name__})", key="hook")
     return job
 
 
+async def _settle(run: _Run, job: Job) -> JobResult:
+    """Wait for a job, keeping the journal right: a job that ended without results is forgotten."""
+    timing = run.session.timing
+    try:
+        return await job.wait(
+            deadline_s=timing.deadline_s,
+            should_stop=run.session.stop,
+            on_event=run.report.job_event,
+            poll_schedule=timing.poll_schedule(),
+        )
+    except (JobFailedError, JobCancelledError):
+        await run.store.forget(run.fingerprint)
+        raise
+    except (DeadlineExceededError, StopRequested) as ended:
+        if ended.cancelled:  # the queued job was cancelled: nothing is left to collect
+            await run.store.forget(run.fingerprint)
+        raise
+
+
+async def _resume(run: _Run, request_id: str) -> JobResult | None:
+    """Wait for the request these inputs already paid for; None when the service no longer has it."""
+    run.report(f"Resumed request {request_id} (submitted earlier with the same inputs)…", Phase.QUEUED)
+    run.notes.append(f"resumed request {request_id}")
+    try:
+        return await _settle(run, Job.resume(run.client, request_id))
+    except (RequestNotFoundError, AuthenticationError) as gone:
+        if isinstance(gone, AuthenticationError) and gone.error_code != "403001":
+            raise
+    await run.store.forget(run.fingerprint)
+    run.notes[-1] = f"request {request_id} is no longer known to RunComfy, so a new one was submitted"
+    run.report(f"Request {request_id} is no longer known to RunComfy; submitting a new one.")
+    return None
+
+
 async def _download(run: _Run, result: JobResult) -> list[bytes]:
     """Every result file as served, in parallel."""
-    count = len(result.urls)
-    report = run.report
-    report(f"Downloading 0/{count}", 0.8, "downloading")
-    timing = run.timing
+    report, timing = run.report, run.session.timing
+    report(f"Downloading 0/{len(result.urls)}", Phase.DOWNLOADING)
     downloader = ResultDownloader(
-        UrlPolicy.for_base_url(run.base_url),
-        max_bytes=run.limits.max_download_bytes,
+        UrlPolicy.for_base_url(run.session.base_url),
+        max_bytes=run.session.limits.max_download_bytes,
         retry=timing.download_retry,
         read_timeout_s=timing.download_read_timeout_s,
         deadline_s=timing.download_deadline_s,
     )
+    fetching = downloader.fetch_all(
+        result.urls,
+        request_id=result.request_id,
+        on_progress=lambda done, total: report(f"Downloading {done}/{total}", Phase.DOWNLOADING, done / total),
+    )
+    stopped = (
+        f"Stopped while downloading the results of request {result.request_id}; the job itself is finished "
+        "(and charged). Run the node again with the same inputs to collect them without paying again."
+    )
     try:
-        stopped, files = await run_stoppable(
-            downloader.fetch_all(
-                result.urls,
-                request_id=result.request_id,
-                on_progress=lambda done, total: report(f"Downloading {done}/{total}", 0.8 + 0.15 * done / total),
-            ),
-            run.stop,
-        )
+        return await stoppable(fetching, run.session.stop, stopped, request_id=result.request_id, finished=True)
     except DownloadError as failed:
         if failed.transient:
             raise DownloadError(
@@ -514,19 +478,12 @@ async def _download(run: _Run, result: JobResult) -> list[bytes]:
             ) from None
         await run.store.forget(run.fingerprint)  # expired or unusable files: collecting this request again cannot help
         raise
-    if stopped:
-        raise StopRequested(
-            f"Stopped while downloading the results of request {result.request_id}; the job itself is finished "
-            "(and charged). Run the node again with the same inputs to collect them without paying again.",
-            request_id=result.request_id,
-        )
-    return files
 
 
 async def _assemble(run: _Run, files: Sequence[bytes], label: str) -> ImageBatch:
     """The batch of `files` within the memory budget; its notes and warning join the run's."""
     try:
-        assembled = await assemble(files, label=label, max_bytes=run.limits.batch_max_bytes)
+        assembled = await assemble(files, label=label, max_bytes=run.session.limits.batch_max_bytes)
     except MemoryError:
         raise RunComfyError(
             "There is not enough memory to assemble the result images. They are saved: free some memory "

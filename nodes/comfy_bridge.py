@@ -17,7 +17,6 @@ import ctypes.util
 import functools
 import importlib
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -50,14 +49,13 @@ def send_progress_text(text: str, node_id: str | None) -> None:
 class ProgressBar:
     """comfy.utils.ProgressBar when available, otherwise nothing.
 
-    ComfyUI's progress hook raises InterruptProcessingException (and clears the
-    Stop flag) when Stop was pressed; that is remembered in `stop_seen` instead
-    of escaping mid-job, so the job can still be cancelled remotely.
+    ComfyUI's progress hook raises InterruptProcessingException when Stop was pressed, clearing the Stop flag
+    as it does. The exception does not escape mid-job (the job must still be cancelled remotely): the flag is
+    put back, as ComfyUI's own API nodes do, so the run's one Stop check (`processing_interrupted`) sees it.
     """
 
     def __init__(self, total: int, node_id: str | None) -> None:
         self.total = total
-        self.stop_seen = False
         utils = _module("comfy.utils")
         self._bar: Any = None
         if utils is not None and hasattr(utils, "ProgressBar"):
@@ -69,26 +67,26 @@ class ProgressBar:
                 self._bar = None
 
     def set(self, value: int) -> None:
-        if self._bar is not None:
-            try:
-                self._bar.update_absolute(value, self.total)
-            except Exception as exc:  # noqa: BLE001 - progress must never break a paid run
-                if type(exc).__name__ == "InterruptProcessingException":
-                    self.stop_seen = True
-                    global _stops_seen
-                    _stops_seen += 1  # ComfyUI cleared its flag for this bar: every other run of ours must still hear it
-                else:
-                    log.debug("progress bar update failed", exc_info=True)
+        if self._bar is None:
+            return
+        try:
+            self._bar.update_absolute(value, self.total)
+        except Exception as exc:  # noqa: BLE001 - progress must never break a paid run
+            if isinstance(exc, _interrupt_type()):
+                _put_stop_back()
+            else:
+                log.debug("progress bar update failed", exc_info=True)
 
 
-_stops_seen = 0  # Stops that one of our progress bars took from ComfyUI (which clears the flag as it reports it)
+def _interrupt_type() -> type[BaseException] | tuple[()]:
+    exc_type = getattr(_module("comfy.model_management"), "InterruptProcessingException", None)
+    return exc_type if isinstance(exc_type, type) and issubclass(exc_type, BaseException) else ()
 
 
-def stop_watch() -> Callable[[], bool]:
-    """A check that turns True once the user pressed Stop after this call, however many of our runs (two batch
-    nodes, the items of a list) are in flight: ComfyUI's own flag is cleared by the first bar that sees it."""
-    seen_before = _stops_seen
-    return lambda: _stops_seen > seen_before or processing_interrupted()
+def _put_stop_back(value: bool = True) -> None:
+    restore = getattr(_module("comfy.model_management"), "interrupt_current_processing", None)
+    if callable(restore):
+        restore(value)
 
 
 def processing_interrupted() -> bool:
@@ -98,21 +96,12 @@ def processing_interrupted() -> bool:
     return bool(check()) if callable(check) else False
 
 
-def list_position() -> int | None:
-    """The 1-based position of the running call in the list ComfyUI is mapping the node over, if known."""
-    utils = _module("comfy_execution.utils")
-    context = getattr(utils, "get_executing_context", lambda: None)()
-    index = getattr(context, "list_index", None)
-    return index + 1 if isinstance(index, int) else None
-
-
 def interruption(message: str) -> BaseException:
-    """ComfyUI's InterruptProcessingException (a clean "interrupted" in the UI), else a RuntimeError."""
-    mm = _module("comfy.model_management")
-    exc_type = getattr(mm, "InterruptProcessingException", None)
-    if isinstance(exc_type, type) and issubclass(exc_type, BaseException):
-        return exc_type(message)
-    return RuntimeError(message)
+    """ComfyUI's InterruptProcessingException (a clean "interrupted" in the UI), else a RuntimeError. The Stop flag
+    is cleared as this is raised, as ComfyUI's own check clears it when it raises."""
+    _put_stop_back(False)
+    exc_type = _interrupt_type()
+    return exc_type(message) if exc_type else RuntimeError(message)
 
 
 def state_directory() -> Path:

@@ -1,15 +1,13 @@
-"""The ComfyUI node: widgets in, images out. All real work happens in `api.pipeline`."""
+"""The ComfyUI node: widgets in, images out. All real work happens in `api.batch` and `api.pipeline`."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from ..api.batch import Batch
-from ..api.client import RunComfyClient
+from ..api.batch import Batch, Item
 from ..api.config import Limits, resolve_base_url, resolve_credentials
 from ..api.errors import InputError, RunComfyError, StopRequested
-from ..api.pipeline import Progress, Timing, generate
+from ..api.pipeline import GenerationResult, Session, Timing
 from ..api.references import REFERENCE_FORMATS
 from ..api.schema import (
     COUNT_IN_PROMPT_MODES,
@@ -25,7 +23,8 @@ from ..api.schema import (
 from . import comfy_bridge
 from .tensors import output_tensors, reference_frames
 
-OPTIONAL_IMAGE_SOCKETS = tuple(f"image_{i}" for i in range(2, MAX_REFERENCES + 1))
+IMAGE_SOCKETS = tuple(f"image_{i}" for i in range(1, MAX_REFERENCES + 1))
+OPTIONAL_IMAGE_SOCKETS = IMAGE_SOCKETS[1:]
 PROGRESS_STEPS = 100
 _DEFAULTS = EditSequentialRequest(  # the widgets' defaults are the request type's
     "Generate 3 images of this character in different poses, consistent style.", seed=0
@@ -48,7 +47,8 @@ class RunComfySeedream4EditSequential:
     FUNCTION = "generate"
     RETURN_TYPES = ("IMAGE", "IMAGE", "STRING", "STRING")
     RETURN_NAMES = ("images", "image_list", "urls", "request_id")
-    OUTPUT_IS_LIST = (False, True, False, False)
+    INPUT_IS_LIST = True  # a list input is a batch: ComfyUI hands the node every item in one call
+    OUTPUT_IS_LIST = (True, True, True, True)  # per item: a batch, its URLs and its request id; image_list flat
     OUTPUT_TOOLTIPS = (
         "All generated images as one batch. If they differ in size they are centred on the largest canvas "
         "with black borders (never stretched).",
@@ -153,130 +153,86 @@ class RunComfySeedream4EditSequential:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    async def generate(
-        self,
-        image_1: Any,
-        prompt: str,
-        max_images: int,
-        image_size: str,
-        seed: int,
-        optimize_prompt: str,
-        sequential_image_generation: str,
-        count_in_prompt: str = _DEFAULTS.count_in_prompt,  # absent from workflows saved before it existed
-        reference_format: str = REFERENCE_FORMATS[0],  # likewise
-        image_urls: str = "",
-        unique_id: str | None = None,
-        **more_images: Any,
-    ) -> tuple[Any, ...]:
-        node_id = str(unique_id) if unique_id is not None else None
-        credentials = resolve_credentials(settings_file=comfy_bridge.token_file())  # first: a clear error, no work
-        unknown = sorted(set(more_images) - set(OPTIONAL_IMAGE_SOCKETS))
+    async def generate(self, **inputs: Any) -> tuple[list, list, list, list]:
+        """Every input arrives as a list (`INPUT_IS_LIST`): one item per element of the longest, as ComfyUI maps
+        other nodes. Each output is a list with one entry per item; `image_list` holds every image of every item."""
+        values = list_values(inputs)
+        node_id = next((str(v) for v in values.pop("unique_id", []) if v is not None), None)
+        declared = self.INPUT_TYPES()
+        unknown = sorted(set(values) - set(declared["required"]) - set(declared["optional"]))
         if unknown:
             raise InputError(unknown[0], "is not an input of this node.")
-        sockets = [("image_1", image_1)] + [(name, more_images.get(name)) for name in OPTIONAL_IMAGE_SOCKETS]
-        request = EditSequentialRequest(
-            prompt=prompt,
-            max_images=max_images,
-            image_size=image_size,
-            seed=seed,
-            optimize_prompt=optimize_prompt,
-            sequential_image_generation=sequential_image_generation,
-            images=parse_url_lines(image_urls),
-            count_in_prompt=count_in_prompt,
-        )
+        credentials = resolve_credentials(settings_file=comfy_bridge.token_file())  # first: a clear error, no work
         base_url = resolve_base_url()
         comfy_bridge.quiet_status_polls(base_url)
-        timing = self.timing
-        limits = self.limits or Limits.from_env()
+        items = [_item(one) for one in list_items(values)]
+        bar = comfy_bridge.ProgressBar(PROGRESS_STEPS, node_id)
 
-        # The items of a list input run as concurrent calls: they share one line, one bar and one connection pool.
-        should_stop = comfy_bridge.stop_watch()  # any Stop from now on, whichever of our progress bars took it
-        member = Batch.join(f"{node_id}|{id(self)}", comfy_bridge.list_position())  # before the first await
-        batch = member.batch
-        shared = batch.resources
-        if not shared:
-            shared["bar"] = comfy_bridge.ProgressBar(PROGRESS_STEPS, node_id)
-            shared["client"] = client = RunComfyClient(
-                credentials,
-                base_url,
-                retry=timing.submit_retry,
-                job_retry=timing.job_retry,
-                timeouts=timing.timeouts,
-                status_interval_s=timing.status_interval_s,
-            )
-            batch.price_lookup = lambda: asyncio.wait_for(client.price(), timing.price_wait_s)
-            batch.on_change = lambda changed: changed.size > 1 and show_line(changed.line(), changed.fraction())
-        bar = shared["bar"]
-
-        def show_line(text: str, fraction: float) -> None:
+        def show(text: str, fraction: float) -> None:
             comfy_bridge.send_progress_text(text, node_id)
             bar.set(round(fraction * PROGRESS_STEPS))
 
-        def show(progress: Progress) -> None:
-            member.progress(progress.phase, progress.fraction)
-            if batch.size == 1:
-                show_line(progress.text, progress.fraction)
-
-        try:
-            result = await generate(
-                reference_frames(sockets),
-                request,
-                credentials=credentials,
-                base_url=base_url,
-                state_dir=comfy_bridge.state_directory(),
-                on_progress=show,
-                should_stop=lambda: bar.stop_seen or should_stop(),
-                timing=timing,
-                limits=limits,
-                after_submit=comfy_bridge.release_free_memory,
-                reference_format=reference_format,
-                client=shared["client"],
-                on_planned=member.plan,
-            )
-        except BaseException as failure:
-            error = failure if isinstance(failure, RunComfyError) else StopRequested(f"Interrupted ({type(failure).__name__}).")
-            if isinstance(failure, RunComfyError) and batch.size == 1:
-                # ComfyUI creates the next item of a list in one turn of the loop and it joins in the next: a first item
-                # that fails at once waits for them, so that it fails as part of its batch instead of ending it.
-                for _ in range(2):
-                    await asyncio.sleep(0)
-            member.finish(error=error)
-            if batch.size > 1 and isinstance(failure, RunComfyError):
-                await batch.settled()  # the whole batch's outcome, once, instead of the first item's alone
-                failure = batch.outcome() or failure
-            await _release(batch)
-            if isinstance(failure, StopRequested):
-                if batch.size == 1 or batch.report_stop_once():
-                    comfy_bridge.send_progress_text(str(failure), node_id)
-                raise comfy_bridge.interruption(str(failure)) from None
-            raise failure from None
-
-        member.finish(result=result)
-        await _release(batch)
-        images, image_list = output_tensors(result.images)
-        if batch.size > 1:
-            if batch.over and batch.outcome() is None:
-                show_line(batch.summary(), 1.0)
-            return images, image_list, "\n".join(result.urls), result.request_id
-        count = len(image_list)
-        summary = f"Done: {count} image{'s' if count != 1 else ''}, request {result.request_id}"
-        if result.cost_usd is not None and result.reused:
-            summary += f", paid ${result.cost_usd:.2f} when it ran (nothing charged now)"
-        elif result.cost_usd is not None:
-            summary += f", cost ${result.cost_usd:.2f}"
-        details = list(result.notes)
-        if result.images.padded and not result.images.shrunk:
-            details.append(f"sizes differ: padded onto {images.shape[2]}x{images.shape[1]} in the batch; image_list keeps native sizes")
-        if details:
-            summary += " (" + "; ".join(details) + ")"
-        comfy_bridge.send_progress_text("\n".join([summary, *result.warnings]), node_id)
-        bar.set(PROGRESS_STEPS)
-        return images, image_list, "\n".join(result.urls), result.request_id
+        async with Session.open(
+            credentials=credentials,
+            base_url=base_url,
+            should_stop=comfy_bridge.processing_interrupted,
+            timing=self.timing,
+            limits=self.limits or Limits.from_env(),
+            state_dir=comfy_bridge.state_directory(),
+            after_submit=comfy_bridge.release_free_memory,
+        ) as session:
+            try:
+                results = await Batch(items, session, show).run()
+            except StopRequested as stopped:
+                raise comfy_bridge.interruption(str(stopped)) from None
+        return outputs(results)
 
 
-async def _release(batch: Batch) -> None:
-    """Close the batch's connection pool once its last item has ended."""
-    if batch.over:
-        client = batch.resources.pop("client", None)
-        if client is not None:
-            await client.aclose()
+def list_values(inputs: dict[str, Any]) -> dict[str, list]:
+    """Every input as a list, as ComfyUI passes them to a node with `INPUT_IS_LIST`; a value that is not a list (a
+    script calling the node directly) is a list of one."""
+    values = {name: value if isinstance(value, list) else [value] for name, value in inputs.items()}
+    for name, value in values.items():
+        if not value:
+            raise InputError(name, "received an empty list. Connect a node that outputs at least one value.")
+    return values
+
+
+def list_items(values: dict[str, list]) -> list[dict[str, Any]]:
+    """One item per element of the longest list; a shorter list repeats its last element, as ComfyUI does."""
+    count = max((len(value) for value in values.values()), default=1)
+    return [{name: value[min(index, len(value) - 1)] for name, value in values.items()} for index in range(count)]
+
+
+def _item(values: dict[str, Any]) -> Item | RunComfyError:
+    """What one item sends, or why its inputs cannot be used (the item fails, the others run)."""
+    try:
+        request = EditSequentialRequest(
+            prompt=values.get("prompt"),
+            max_images=values.get("max_images"),
+            image_size=values.get("image_size"),
+            seed=values.get("seed"),
+            optimize_prompt=values.get("optimize_prompt"),
+            sequential_image_generation=values.get("sequential_image_generation"),
+            images=parse_url_lines(values.get("image_urls")),
+            count_in_prompt=values.get("count_in_prompt", _DEFAULTS.count_in_prompt),  # absent from workflows saved before it
+        )
+        references = reference_frames([(name, values.get(name)) for name in IMAGE_SOCKETS])
+        return Item(references, request, values.get("reference_format", REFERENCE_FORMATS[0]))  # likewise
+    except RunComfyError as unusable:
+        return unusable
+
+
+def outputs(results: list[GenerationResult]) -> tuple[list, list, list, list]:
+    """The four output lists; identical items share one result, and so one tensor."""
+    images, image_list, urls, request_ids = [], [], [], []
+    converted: dict[int, tuple] = {}
+    for result in results:
+        if id(result) not in converted:
+            converted[id(result)] = output_tensors(result.images)
+        batch, singles = converted[id(result)]
+        images.append(batch)
+        image_list.extend(singles)
+        urls.append("\n".join(result.urls))
+        request_ids.append(result.request_id)
+    return images, image_list, urls, request_ids

@@ -89,6 +89,7 @@ def comfy(monkeypatch) -> ComfyRuntime:
     mm = types.ModuleType("comfy.model_management")
     mm.InterruptProcessingException = InterruptProcessingException
     mm.processing_interrupted = lambda: runtime.interrupted
+    mm.interrupt_current_processing = lambda value=True: setattr(runtime, "interrupted", value)
     comfy_pkg.utils = utils
     comfy_pkg.model_management = mm
     for name, module in {"server": server, "comfy": comfy_pkg, "comfy.utils": utils, "comfy.model_management": mm}.items():

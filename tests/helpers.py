@@ -62,9 +62,30 @@ def node_object(timing: Timing | None = None, limits: Limits | None = None):
 
 
 def run_node(*, timing: Timing | None = None, limits: Limits | None = None, **inputs):
-    """The node called as ComfyUI calls it, with `timing` (short waits by default) and `limits`."""
+    """The node called as ComfyUI calls it, with `timing` (short waits by default) and `limits`: one item, its outputs."""
     node = node_object(timing, limits)
-    return asyncio.run(getattr(node, node.FUNCTION)(**inputs))
+    return single(asyncio.run(getattr(node, node.FUNCTION)(**as_lists(inputs))))
+
+
+def as_lists(inputs: dict) -> dict:
+    """Inputs as ComfyUI passes them to a node with INPUT_IS_LIST: every value a list."""
+    return {name: value if isinstance(value, list) else [value] for name, value in inputs.items()}
+
+
+def per_item(outputs) -> list[tuple]:
+    """The node's output lists as one (images, image_list, urls, request_id) per item."""
+    images, image_list, urls, request_ids = outputs
+    items, start = [], 0
+    for batch, url_lines, request_id in zip(images, urls, request_ids, strict=True):
+        items.append((batch, image_list[start : start + batch.shape[0]], url_lines, request_id))
+        start += batch.shape[0]
+    assert start == len(image_list), "image_list holds every image of every item, in item order"
+    return items
+
+
+def single(outputs) -> tuple:
+    (item,) = per_item(outputs)
+    return item
 
 
 def submitted_payloads(fake) -> list[dict]:
@@ -78,16 +99,26 @@ def data_uri_size(uri: str) -> tuple[int, int]:
         return image.size
 
 
-def run_list(items: list[dict], *, timing: Timing | None = None, limits: Limits | None = None) -> list:
-    """One node called once per list item, as ComfyUI does it: a task per item, each given a chance to start
-    before the next is created, all awaited together. Each entry is the item's outputs or its exception."""
+def list_inputs(items: list[dict]) -> dict:
+    """Per-item inputs as ComfyUI gives a node with INPUT_IS_LIST a list input: one list per input."""
+    names = list(dict.fromkeys(name for item in items for name in item))
+    lists = {name: [item[name] for item in items] for name in names}
+    if "unique_id" in lists:
+        lists["unique_id"] = lists["unique_id"][:1]  # one node
+    return lists
+
+
+def run_list(items: list[dict], *, timing: Timing | None = None, limits: Limits | None = None):
+    """One node called once with a list input of `items`, as ComfyUI does it: the outputs per item, or the one
+    exception the node raised."""
     node = node_object(timing, limits)
 
-    async def all_items():
-        tasks = []
-        for inputs in items:
-            tasks.append(asyncio.create_task(getattr(node, node.FUNCTION)(**inputs)))
-            await asyncio.sleep(0)
-        return await asyncio.gather(*tasks, return_exceptions=True)
+    async def call():
+        return await getattr(node, node.FUNCTION)(**list_inputs(items))
 
-    return asyncio.run(all_items())
+    try:
+        return per_item(asyncio.run(call()))
+    except BaseException as raised:  # noqa: BLE001 - the test looks at it
+        if isinstance(raised, KeyboardInterrupt):
+            raise
+        return raised

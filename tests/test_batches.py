@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import image_batch, node_inputs, node_object, quick_timing, run_list
+from helpers import image_batch, list_inputs, node_inputs, node_object, per_item, quick_timing, run_list, single
 from runcomfy_seedream.api.client import PRICE_LOOKUP_TIMEOUT_S
 from runcomfy_seedream.api.errors import BatchError
 from runcomfy_seedream.fake_service import Fault
@@ -71,13 +71,13 @@ def test_a_429_storm_on_submits_slows_the_whole_batch_once_and_every_item_is_pai
 def test_stop_in_the_middle_of_a_batch_cancels_every_queued_job_and_says_what_happened(fake, comfy):
     fake.behaviour.queue_s = 30.0  # every job stays queued
     comfy.stop_when = lambda text: text.startswith("Batch of 6:") and "4 queued at RunComfy" in text
-    outputs = run_list(
+    stopped = run_list(
         [node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id="9") for seed in range(6)],
         timing=quick_timing(),
     )
-    assert all(isinstance(output, comfy.InterruptProcessingException) for output in outputs)
-    message = str(outputs[0])
-    assert message.startswith("Stopped the batch of 6: ")
+    assert isinstance(stopped, comfy.InterruptProcessingException)
+    message = str(stopped)
+    assert message.startswith("Stopped the batch of 6: ") and comfy.progress_texts()[-1] == message  # said once
     cancelled = sum(job.cancelled for job in fake.jobs.values())
     assert fake.submits >= 4 and cancelled == fake.submits, "every queued job was cancelled"
     assert f"{cancelled} queued jobs cancelled before they started" in message
@@ -88,10 +88,8 @@ def test_stop_in_the_middle_of_a_batch_cancels_every_queued_job_and_says_what_ha
 def test_one_failing_item_is_listed_and_running_again_pays_only_for_it(fake, comfy):
     fake.behaviour.inject("submit", Fault("http", status=422, error_code="422001"))
     items = [node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id="9") for seed in range(4)]
-    outputs = run_list(items)
-    failures = [output for output in outputs if isinstance(output, BaseException)]
-    assert fake.submits == 3 and len(failures) == 4 - sum(isinstance(o, tuple) for o in outputs) == 1
-    error = failures[0]
+    error = run_list(items)
+    assert fake.submits == 3
     assert isinstance(error, BatchError) and len(error.failures) == 1
     assert str(error).startswith("1 of 4 items failed. The other 3 are saved: running the node again collects them")
     assert "item " in str(error) and "HTTP 422" in str(error) or "422" in str(error)
@@ -164,13 +162,11 @@ def test_stop_reaches_every_batch_although_the_first_progress_bar_to_see_it_clea
     nodes = [node_object(), node_object()]
 
     async def two_batches():
-        tasks = []
-        for seed in range(6):
-            node = nodes[seed % 2]
-            inputs = node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id=str(10 + seed % 2))
-            tasks.append(asyncio.create_task(node.generate(**inputs)))
-            await asyncio.sleep(0)
-        return await asyncio.gather(*tasks, return_exceptions=True)
+        lists = [
+            list_inputs([node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id=str(10 + n)) for seed in range(n, 6, 2)])
+            for n in range(2)
+        ]
+        return await asyncio.gather(*(node.generate(**inputs) for node, inputs in zip(nodes, lists, strict=True)), return_exceptions=True)
 
     outputs = asyncio.run(two_batches())
     assert all(isinstance(output, comfy.InterruptProcessingException) for output in outputs)
@@ -182,34 +178,35 @@ def test_when_comfyui_cancels_the_items_their_queued_jobs_are_cancelled_at_runco
     node = node_object()
 
     async def cancelled_midway():
-        tasks = []
-        for seed in range(3):
-            tasks.append(asyncio.create_task(node.generate(**node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id="9"))))
-            await asyncio.sleep(0)
+        items = [node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id="9") for seed in range(3)]
+        task = asyncio.create_task(node.generate(**list_inputs(items)))
         while fake.submits < 3 or not all(len(fake.requests_to(f"/v1/requests/{rid}/status")) for rid in fake.jobs):
             await asyncio.sleep(0.02)
-        for task in tasks:  # another node raised: ComfyUI's asyncio.run cancels what is left
-            task.cancel()
-        return await asyncio.gather(*tasks, return_exceptions=True)
+        task.cancel()  # another node raised: ComfyUI's asyncio.run cancels what is left
+        return await asyncio.gather(task, return_exceptions=True)
 
     outputs = asyncio.run(cancelled_midway())
     assert all(isinstance(output, asyncio.CancelledError) for output in outputs)
     assert all(job.cancelled for job in fake.jobs.values())
 
 
-def test_a_run_that_starts_after_a_batch_planned_is_a_batch_of_its_own(fake, comfy):
+def test_a_run_of_another_node_during_a_batch_is_a_run_of_its_own(fake, comfy):
     fake.behaviour.queue_s = 0.5
-    node = node_object()
+    node, other = node_object(), node_object()
 
-    async def late():
-        first = [asyncio.create_task(node.generate(**node_inputs(image_1=image_batch(1, 48, 64, seed=s), unique_id="9"))) for s in (1, 2)]
+    async def during():
+        items = [node_inputs(image_1=image_batch(1, 48, 64, seed=s), unique_id="9") for s in (1, 2)]
+        batch = asyncio.create_task(node.generate(**list_inputs(items)))
         while fake.submits < 1:
             await asyncio.sleep(0.01)
-        latecomer = await asyncio.wait_for(node.generate(**node_inputs(image_1=image_batch(1, 48, 64, seed=3), unique_id="9")), 20)
-        return latecomer, await asyncio.gather(*first)
+        alone = await other.generate(**node_inputs(image_1=image_batch(1, 48, 64, seed=3), unique_id="8"))
+        return single(alone), per_item(await batch)
 
-    latecomer, first = asyncio.run(late())
-    assert latecomer[0].shape[0] == 3 and len(first) == 2 and fake.submits == 3
+    alone, batch = asyncio.run(during())
+    assert alone[0].shape[0] == 3 and len(batch) == 2 and fake.submits == 3
+    texts_of = {node_id: [text for text, shown in comfy.texts if shown == node_id] for node_id in ("8", "9")}
+    assert texts_of["8"][-1].startswith("Done: 3 images") and not any(t.startswith("Batch of") for t in texts_of["8"])
+    assert texts_of["9"][-1].startswith("Batch of 2 done: 2 jobs")
 
 
 def test_a_stalled_catalog_does_not_hold_a_batch_back(fake, comfy):
@@ -227,6 +224,6 @@ def test_a_stalled_catalog_does_not_hold_a_batch_back(fake, comfy):
 def test_a_first_item_with_bad_input_fails_as_part_of_the_batch_and_the_others_run(fake, comfy):
     items = [node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id="9") for seed in range(3)]
     items[0]["prompt"] = "x" * 700
-    outputs = run_list(items)
-    assert isinstance(outputs[0], BatchError) and "item 1" in str(outputs[0]) and "prompt: has 700 characters" in str(outputs[0])
-    assert all(isinstance(output, tuple) for output in outputs[1:]) and fake.submits == 2
+    error = run_list(items)
+    assert isinstance(error, BatchError) and "item 1" in str(error) and "prompt: has 700 characters" in str(error)
+    assert [number for number, _, _ in error.failures] == [1] and fake.submits == 2

@@ -24,6 +24,7 @@ from runcomfy_seedream.api import (
     StopRequested,
 )
 from runcomfy_seedream.api.job import UploadTracker, submit_watching
+from runcomfy_seedream.api.stop import Latch
 from runcomfy_seedream.fake_service import Fault
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,12 +68,14 @@ def test_a_job_handle_reports_its_life_and_its_result(fake):
     async def scenario():
         async with client_for(fake) as client:
             job = await client.submit(EditSequentialRequest("Generate 2 images of a lighthouse.", max_images=2, images=(URL,)))
-            phases = [event.phase async for event in job.events(QUICK_POLLS)]
-            return job, phases, await job.result()
+            events = [event async for event in job.events(QUICK_POLLS)]
+            return job, events, await job.result()
 
-    job, phases, result = asyncio.run(scenario())
+    job, events, result = asyncio.run(scenario())
+    phases, messages = [event.phase for event in events], [event.message for event in events]
     assert fake.submits == 1 and job.request_id in fake.jobs
-    assert phases[0] == "queued" and "running" in phases and phases[-1] == "finishing"
+    assert phases[0] == "queued" and "generating" in phases and phases[-1] == "generating"
+    assert messages[-1] == "Fetching the result…"
     assert result.state in ("succeeded", "completed") and len(result.urls) == 2
     assert fake.jobs[job.request_id].payload["images"] == [URL]
 
@@ -122,12 +125,14 @@ def test_a_stop_seen_once_while_the_submit_is_answered_still_cancels_the_queued_
             return True
         return False
 
+    stop = Latch(stop_once)  # the one Stop check of a run: once seen, it stays seen
+
     async def scenario():
         async with client_for(fake) as client:
             request = EditSequentialRequest("Generate 1 image.", max_images=1, images=(URL,))
-            job = await submit_watching(client, request, should_stop=stop_once, upload=upload)
+            job = await submit_watching(client, request, should_stop=stop, upload=upload)
             with pytest.raises(StopRequested) as stopped:
-                await job.wait(should_stop=stop_once, poll_schedule=QUICK_POLLS)
+                await job.wait(should_stop=stop, poll_schedule=QUICK_POLLS)
             return job, stopped.value
 
     job, stopped = asyncio.run(scenario())

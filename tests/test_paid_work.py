@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import node_inputs, node_object, quick_timing, run_node
+from helpers import node_inputs, node_object, quick_timing, run_node, single
 from runcomfy_seedream.api import RetryPolicy
 from runcomfy_seedream.api.errors import DeadlineExceededError, OutcomeUnknownError, ServiceError
 from runcomfy_seedream.api.resume import CachedResult, ResumeStore
@@ -50,7 +50,7 @@ def test_identical_runs_at_once_in_one_process_share_one_paid_job(fake, comfy):
         first, second = node_object(), node_object()
         return await asyncio.gather(first.generate(**node_inputs(unique_id="1")), second.generate(**node_inputs(unique_id="2")))
 
-    one, two = asyncio.run(twice())
+    one, two = map(single, asyncio.run(twice()))
     assert fake.submits == 1 and fake.submit_attempts == 1
     assert one[3] == two[3] and bool((one[0] == two[0]).all())
     assert any(t.startswith("Waiting for an identical run") for t in comfy.progress_texts())

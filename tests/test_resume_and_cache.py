@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import node_inputs, node_object, quick_timing, run_node
+from helpers import node_inputs, node_object, quick_timing, run_node, single
 from runcomfy_seedream.api.errors import DeadlineExceededError, OutcomeUnknownError
 from runcomfy_seedream.fake_service import Fault
 
@@ -161,7 +161,7 @@ def test_two_nodes_running_at_once_keep_one_consistent_journal(fake, comfy, tmp_
             nodes[0].generate(**node_inputs(seed=5, unique_id="1")), nodes[1].generate(**node_inputs(seed=6, unique_id="2"))
         )
 
-    first, second = asyncio.run(both())
+    first, second = map(single, asyncio.run(both()))
     journal = json.loads((state_dir(tmp_path) / "journal.json").read_text())
     assert sorted(e["request_id"] for e in journal["entries"].values()) == sorted([first[3], second[3]])  # neither lost
     assert fake.submits == 2 and len(list((state_dir(tmp_path) / "results").iterdir())) == 2

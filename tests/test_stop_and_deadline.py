@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from helpers import node_inputs, quick_timing, run_node
+from helpers import node_inputs, quick_timing, run_node, single
 from runcomfy_seedream.api.errors import DeadlineExceededError
 
 
@@ -125,7 +125,7 @@ def test_two_nodes_run_concurrently_each_with_one_submit(fake, comfy):
         b = NODE_CLASS_MAPPINGS[NODE_ID]()
         return await asyncio.gather(a.generate(**node_inputs(seed=1, unique_id="1")), b.generate(**node_inputs(seed=2, unique_id="2")))
 
-    first, second = asyncio.run(both())
+    first, second = map(single, asyncio.run(both()))
     assert fake.submits == 2
     assert first[3] != second[3]
     assert not bool((first[0] == second[0]).all())  # different seeds, different pictures
