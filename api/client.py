@@ -1,5 +1,26 @@
 """Async HTTP client for the RunComfy Model API: submit, status, result, cancel, and the catalog price.
 
+Every call goes through one send loop (`RunComfyClient._call`): `_send_once` sends one attempt and
+captures what came of it as plain data (an `Attempt`: the answer's status, headers and JSON, or the kind
+of transport failure, and whether the whole body was handed over); `classify`, a pure function, says
+what it means; `retries.with_retries` returns, raises, or waits and sends again. What each outcome means:
+
+    what one attempt came to                  a read (status, result, cancel, catalog)  the submit (paid, no idempotency key)
+    ----------------------------------------  ----------------------------------------  ---------------------------------------------
+    2xx with a JSON object                    done                                      done: its request_id is the job
+    2xx without one                           retry                                     OutcomeUnknownError: accepted, unreadable
+    3xx (redirects are never followed)        as a 2xx                                  ServiceError: not the API; no job
+    429                                       retry; Retry-After is a lower bound       retry; every submit of the process waits
+    502/503/504 without RunComfy's error_code retry                                     OutcomeUnknownError once the whole body was
+                                                                                          sent (ServiceError before: no job)
+    other 5xx, 408, 425, 404 without 404001   retry                                     ServiceError: RunComfy's word; no job
+    any other 4xx, or 404001                  the ServiceError it says (Authentication, the ServiceError it says; no job
+                                                InsufficientBalance, RequestNotFound …)
+    the connection never opened               retry                                     retry: nothing left this machine
+    broken, timed out or undecodable once     retry                                     OutcomeUnknownError once the whole body was
+      the connection opened                                                               sent; ServiceError before: no job
+    retries used up                           the last error, "gave up after N tries"   ServiceError: no job
+
 Invariants this module owns:
 
 - The submit body is JSON sent with a Content-Length, the framing RunComfy's own
@@ -7,37 +28,38 @@ Invariants this module owns:
 - The submit POST costs money and has no idempotency key. It is retried only when it
   provably never arrived (the connection never opened) or was refused (429).
 - "May have been charged" (`OutcomeUnknownError`) is said only when the whole body was
-  handed to the connection and no answer came back: a dropped connection or a timeout
-  after the upload, an answer that cannot be read, or a gateway's 502/503/504 without
-  RunComfy's error code. An upload that broke off part way, a
-  request that could not leave this machine, and every other HTTP answer (401, 411,
-  413, 500 …, even when sent before the body was read) mean no job exists: the error
-  says so and nothing is held.
+  handed to the connection and no answer of RunComfy's came back: a dropped connection or a
+  timeout after the upload, an answer that cannot be read, or a gateway's 502/503/504 without
+  RunComfy's error code. An upload that broke off part way, a request that could not leave
+  this machine, and every other HTTP answer (401, 411, 413, 500 …, even when sent before the
+  body was read) mean no job exists: the error says so and nothing is held.
 - Reads of a paid job (status, result) retry through 429 (with or without
   Retry-After), 5xx, unreadable answers and refused connections with `job_retry`,
   which by default never gives up by itself: the job's deadline ends the wait. Each
   retry is announced ("RunComfy busy (HTTP 429); retrying in 20 s; the job is still running").
-- One send path (`_call`) serves every call; `idempotent=False` (the submit) is what makes a
-  lost answer "may have been charged" instead of a retry. One `RetryPolicy` bounds every retry
-  loop by attempts and by time; `Retry-After` is a lower bound on the next wait, never
-  permission to hammer (`Retry-After: 0` still backs off), and no wait exceeds ~30 s.
+- One `RetryPolicy` (see `retries`) bounds every retry loop by attempts and by time;
+  `Retry-After` is a lower bound on the next wait, never permission to hammer
+  (`Retry-After: 0` still backs off), and no wait exceeds ~30 s.
+- Status polls of a process to one service are paced together (`SharedPace`), and a 429
+  on a submit makes every submit of the process wait (one backoff for a whole batch).
 - The catalog price is looked up in the background and cached per service; a failed or
   slow lookup never blocks or fails a run.
 - No exception raised here has an httpx exception as its cause or context: those hold
-  the request, and the request holds the token.
+  the request, and the request holds the token. `_send_once` turns every httpx exception
+  into plain data before anything is raised.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
+import enum
+import functools
 import json
 import logging
-import random
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -46,6 +68,16 @@ import httpx
 from .config import DEFAULT_BASE_URL, Credentials
 from .errors import InputError, OutcomeUnknownError, RunComfyError, ServiceError, error_from_response
 from .job import CancelResult, Job, JobResult, JobStatus, UploadTracker
+from .retries import (  # RetryPolicy and parse_retry_after are imported from this module too
+    Done,
+    Fail,
+    Retry,
+    RetryHeard,
+    RetryPolicy,
+    Verdict,
+    parse_retry_after,
+    with_retries,
+)
 from .schema import MAX_BODY_BYTES, MODEL_ID, EditSequentialRequest
 
 QUEUED_STATES = frozenset({"in_queue", "queued", "pending"})
@@ -55,62 +87,11 @@ PRICE_TTL_S = 3600.0
 PRICE_LOOKUP_TIMEOUT_S = 10.0
 PRICE_RETRY_AFTER_FAILURE_S = 60.0
 
+SUBMIT_ACTION = "Submitting the job"
 STATUS_INTERVAL_S = 0.22  # all status polls of a process to one service together: under five a second
 
 RetryNotice = Callable[[str], None]
 log = logging.getLogger("runcomfy.seedream")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter, bounded by attempts and by total time spent waiting.
-
-    `max_attempts=None` and `budget_s=None` retry without limit: for reads of a paid job,
-    whose own deadline is what ends the wait.
-    """
-
-    max_attempts: int | None = 8
-    budget_s: float | None = 180.0
-    base_delay_s: float = 0.5
-    max_delay_s: float = 30.0
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Wait before retry number `attempt` (1-based): backoff with +-25% jitter, at least `retry_after`, at most `max_delay_s`."""
-        backoff = min(self.max_delay_s, self.base_delay_s * (2 ** min(attempt - 1, 30))) * random.uniform(0.75, 1.25)
-        if retry_after is not None:
-            backoff = max(backoff, retry_after)
-        return min(backoff, self.max_delay_s)
-
-    def gives_up(self, attempt: int, waited_s: float, next_delay_s: float) -> bool:
-        """True when `attempt` tries were the last, or the next wait would pass the time budget."""
-        if self.max_attempts is not None and attempt >= self.max_attempts:
-            return True
-        return self.budget_s is not None and waited_s + next_delay_s > self.budget_s
-
-    @classmethod
-    def until_deadline(cls, *, base_delay_s: float = 0.5, max_delay_s: float = 30.0) -> RetryPolicy:
-        """Never give up by itself: the caller's deadline (a paid job's) ends the retries."""
-        return cls(max_attempts=None, budget_s=None, base_delay_s=base_delay_s, max_delay_s=max_delay_s)
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date), >= 0; None if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds or seconds == float("inf"):  # NaN, inf
-        return None
-    return max(0.0, seconds)
 
 
 @dataclass(frozen=True)
@@ -242,6 +223,162 @@ def _may_be_charged(action: str, what_happened: str) -> OutcomeUnknownError:
     )
 
 
+def _accepted_unreadable(action: str) -> OutcomeUnknownError:
+    return OutcomeUnknownError(
+        f"{action}: RunComfy accepted it but its answer had no readable request id. The job may "
+        "be running and charged; look for it in your RunComfy dashboard before running again."
+    )
+
+
+# --- the outcome rules: plain data in, a verdict out ------------------------------------------
+
+
+class Transport(enum.Enum):
+    """How an attempt failed without an answer."""
+
+    NOT_CONNECTED = "not connected"  # the connection never opened (or none was free in time): nothing left this machine
+    BROKEN = "broken"  # it opened, then broke or timed out, or the answer could not be read or decoded
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one send of a call came to: an answer (`status`), or a transport `failure`. Plain data, no httpx object."""
+
+    status: int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)  # the answer's, names in lower case
+    body: Any = None  # the answer's decoded JSON; None when it was not JSON
+    retry_after: float | None = None  # seconds, from the answer's Retry-After, read when it arrived
+    failure: Transport | None = None
+    problem: str = ""  # what the failure was, in words that hold neither the request nor the token
+    body_complete: bool = True  # the whole request body was handed to the connection (True for a call without one)
+
+    @classmethod
+    def answered(cls, status: int, headers: Mapping[str, str], body: Any, *, body_complete: bool = True) -> Attempt:
+        plain = {name.lower(): value for name, value in headers.items()}
+        return cls(status, plain, body, parse_retry_after(plain.get("retry-after")), body_complete=body_complete)
+
+    @classmethod
+    def failed(cls, failure: Transport, problem: str, *, body_complete: bool = True) -> Attempt:
+        return cls(failure=failure, problem=problem, body_complete=body_complete)
+
+
+@dataclass(frozen=True)
+class Call:
+    """What the outcome rules need to know about a call."""
+
+    action: str  # how its messages begin: "Submitting the job"
+    idempotent: bool = True  # False for the submit: sent twice, it may be paid twice
+    request_id: str | None = None  # the job it is about (status, result, cancel)
+    redact: str | None = field(default=None, repr=False)  # the token, hidden wherever the service echoes it
+
+    @property
+    def reads_job(self) -> bool:
+        """About a job that exists: retried with `job_retry`, and its retries say the job is still running."""
+        return bool(self.request_id)
+
+
+def classify(call: Call, attempt: Attempt, tries: int = 1) -> Verdict[Mapping[str, Any]]:
+    """What `attempt` (the `tries`-th) of `call` comes to: the one place the module docstring's table lives.
+
+    A pure function of plain data, so the rules can be tested as a table. Each rule has one place: one on
+    error answers (say, any 5xx without RunComfy's error format after the body arrived) in `_answered_error`;
+    one on successful answers (say, a 200 that is plainly not the API, such as text/html, from
+    `attempt.headers`) in `_answered_ok`; a cap on an answer's decoded size is measured by `_send_once`,
+    recorded in `Attempt` and judged here.
+    """
+    if attempt.failure is not None:
+        return _without_answer(call, attempt, tries)
+    status = attempt.status or 0
+    if not call.idempotent and 300 <= status < 400:
+        return Fail(_redirected(call.action, status, attempt.headers.get("location", "")))
+    if status < 400:
+        return _answered_ok(call, attempt, tries)
+    return _answered_error(call, attempt, tries)
+
+
+def _without_answer(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping[str, Any]]:
+    if attempt.failure is Transport.NOT_CONNECTED or call.idempotent:
+        return _retry(call, tries, attempt.problem, "unreachable")
+    if not attempt.body_complete:
+        return Fail(
+            ServiceError(
+                f"{call.action} failed: the upload broke off before the whole request was sent ({attempt.problem}). RunComfy "
+                "cannot have created a job from part of a request, so nothing was charged. Check your connection and run again."
+            )
+        )
+    return Fail(
+        _may_be_charged(call.action, f"the request was sent but the connection failed before RunComfy answered ({attempt.problem})")
+    )
+
+
+def _redirected(action: str, status: int, location: str) -> ServiceError:
+    """A definite answer from something that is not the API (a login page, a proxy): no job."""
+    where = location[:120]
+    return ServiceError(
+        f"{action} failed: the service address answered with a redirect (HTTP {status}"
+        + (f" to {where}" if where else "")
+        + "), as a login page or a proxy does. No job was created and nothing was charged. Check "
+        "RUNCOMFY_MODEL_API_BASE and your network, then run again."
+    )
+
+
+def _answered_ok(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping[str, Any]]:
+    if isinstance(attempt.body, Mapping):
+        return Done(attempt.body)
+    if not call.idempotent:  # accepted, but what was accepted cannot be read
+        return Fail(_accepted_unreadable(call.action))
+    return _retry(call, tries, "an unreadable answer", "not answering properly")
+
+
+def _answered_error(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping[str, Any]]:
+    status = attempt.status or 0
+    error = error_from_response(status, attempt.body, action=call.action, request_id=call.request_id, redact=call.redact)
+    if not call.idempotent and status in GATEWAY_STATUSES and error.error_code is None and attempt.body_complete:
+        return Fail(_may_be_charged(call.action, f"a gateway in front of RunComfy answered HTTP {status} after the whole request was sent"))
+    if status == 429:
+        problem = "HTTP 429" + ("" if call.idempotent else " (rate limited)")
+        return _retry(call, tries, problem, "busy", error, retry_after=attempt.retry_after, rate_limited=True)
+    if call.idempotent and (status >= 500 or status in (408, 425) or (status == 404 and error.error_code != "404001")):
+        return _retry(call, tries, f"HTTP {status}", "unavailable", error)  # a bare 404 is a proxy or an edge in trouble
+    return Fail(error)  # RunComfy's own word
+
+
+def _retry(
+    call: Call,
+    tries: int,
+    problem: str,
+    condition: str,
+    error: ServiceError | None = None,
+    *,
+    retry_after: float | None = None,
+    rate_limited: bool = False,
+) -> Retry:
+    exhausted = _gave_up(call, tries, problem, error)
+    return Retry(problem, exhausted, retry_after=retry_after, condition=condition, rate_limited=rate_limited)
+
+
+def _gave_up(call: Call, tries: int, problem: str, error: ServiceError | None) -> RunComfyError:
+    """What is raised when the policy allows no more tries after this one."""
+    if not call.idempotent:
+        return ServiceError(
+            f"{call.action} failed: RunComfy could not be reached or turned it away ({problem}; {tries} tries). "
+            "No job was created and nothing was charged. Check your connection and run again."
+        )
+    if error is not None:
+        return type(error)(
+            f"{error} (gave up after {tries} tries)", http_status=error.http_status, error_code=error.error_code, request_id=call.request_id
+        )
+    return ServiceError(f"{call.action} failed: lost contact with RunComfy after {tries} tries ({problem}).", request_id=call.request_id)
+
+
+def retry_notice(call: Call, retry: Retry, delay: float) -> str:
+    """What the user is told before a retry's wait of `delay` seconds."""
+    if not call.idempotent:
+        return f"{call.action}: {retry.problem}; trying again in {delay:.0f} s (no job was created, nothing is charged)."
+    still_running = "; the job is still running" if call.reads_job else ""
+    return f"RunComfy {retry.condition} ({retry.problem}); retrying in {delay:.0f} s{still_running}"
+
+
 class RunComfyClient:
     """One authenticated connection pool to the Model API. Use as `async with RunComfyClient(...)`.
 
@@ -324,7 +461,7 @@ class RunComfyClient:
         data = await self._call(
             "POST",
             f"models/{MODEL_ID}",
-            action="Submitting the job",
+            action=SUBMIT_ACTION,
             idempotent=False,
             body=tracked,
             headers={"Content-Type": "application/json", "Content-Length": str(length)},
@@ -332,10 +469,7 @@ class RunComfyClient:
         )
         request_id = data.get("request_id")
         if not isinstance(request_id, str) or not request_id:
-            raise OutcomeUnknownError(
-                "Submitting the job: RunComfy accepted it but its answer had no readable request id. The job may "
-                "be running and charged; look for it in your RunComfy dashboard before running again."
-            )
+            raise _accepted_unreadable(SUBMIT_ACTION)
         return Job(self, request_id, just_submitted=True)
 
     async def status(self, request_id: str) -> JobStatus:
@@ -401,11 +535,7 @@ class RunComfyClient:
         _prices[key] = (time.monotonic(), price)
         return price
 
-    # --- the one send path -------------------------------------------------------------------
-
-    def _notify(self, message: str) -> None:
-        if self.on_retry is not None:
-            self.on_retry(message)
+    # --- the one send loop -------------------------------------------------------------------
 
     async def _call(
         self,
@@ -421,119 +551,60 @@ class RunComfyClient:
         upload: UploadTracker | None = None,
         announce: bool = True,
     ) -> Mapping[str, Any]:
-        """Send one call and return its JSON object, retrying what may be retried.
+        """Send one call and return its JSON object, retrying what `classify` says may be retried.
 
-        Every call is retried when the connection never opened and on 429. An idempotent call is also
-        retried on 5xx, a bare 404, a broken connection and an unreadable answer, with `job_retry` when it
-        reads a job (`request_id`). A non-idempotent call (the submit) is never sent twice once its body
-        may have arrived: a broken connection after the whole body, an unreadable answer or a gateway's
-        502/503/504 is `OutcomeUnknownError`; any other answer is the error it says.
+        `idempotent=False` (the submit) is what makes a lost answer "may have been charged" instead of a retry;
+        a call about a job (`request_id`) retries with `job_retry`, any other with `retry`.
         """
-        policy = self.job_retry if request_id else self.retry
+        call = Call(action, idempotent, request_id, redact=self._token)
+
+        def send() -> Awaitable[Attempt]:
+            return self._send_once(method, path, idempotent=idempotent, params=params, body=body, headers=headers, upload=upload)
+
+        policy = self.job_retry if call.reads_job else self.retry
+        return await with_retries(send, functools.partial(classify, call), policy, on_retry=self._retry_heard(call, announce))
+
+    async def _send_once(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        params: Mapping[str, str] | None,
+        body: Callable[[], AsyncIterator[bytes]] | None,
+        headers: Mapping[str, str] | None,
+        upload: UploadTracker | None,
+    ) -> Attempt:
+        """One attempt, paced and sent, and what came of it. No httpx exception leaves here, and none is kept."""
         pace = shared_pace(self.base_url)
-        t = self.timeouts
-        timeout = None if idempotent else httpx.Timeout(connect=t.connect_s, read=t.submit_read_s, write=t.write_s, pool=t.connect_s)
-        attempt = 0
-        waited = 0.0
-        while True:
-            attempt += 1
-            retry_after: float | None = None
-            rate_limited = False
-            last_error: ServiceError | None = None
-            lost: str | None = None  # a non-idempotent call whose connection failed after it opened
-            response: httpx.Response | None = None
-            options: dict[str, Any] = {"params": params, "headers": headers}
-            if body is not None:
-                options["content"] = body()
-            if timeout is not None:
-                options["timeout"] = timeout
-            if not idempotent:
-                await pace.submit_turn()
-            elif path.endswith("/status"):
-                await pace.status_turn(self.status_interval_s)
-            try:
-                response = await self._http.request(method, path, **options)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                problem, busy = describe_transport_error(exc), "unreachable"  # never opened: nothing arrived
-            except httpx.HTTPError as exc:  # broken, timed out, or an answer that could not be read or decoded
-                problem, busy = describe_transport_error(exc), "unreachable"
-                if not idempotent:
-                    lost = problem
-            if lost is not None:  # raised here, outside the except block, so no httpx exception is attached
-                raise self._lost_submit(action, lost, upload is not None and upload.complete)
-            if response is not None:
-                status = response.status_code
-                if not idempotent and 300 <= status < 400:  # a definite answer from something that is not the API
-                    where = response.headers.get("Location", "")[:120]
-                    raise ServiceError(
-                        f"{action} failed: the service address answered with a redirect (HTTP {status}"
-                        + (f" to {where}" if where else "")
-                        + "), as a login page or a proxy does. No job was created and nothing was charged. Check "
-                        "RUNCOMFY_MODEL_API_BASE and your network, then run again."
-                    )
-                if status < 400:
-                    data = _json_or_none(response)
-                    if isinstance(data, Mapping):
-                        return data
-                    if not idempotent:  # accepted, but what was accepted cannot be read: the caller says so
-                        return {}
-                    problem, busy = "an unreadable answer", "not answering properly"
-                else:
-                    last_error = error_from_response(
-                        status, _json_or_none(response), action=action, request_id=request_id, redact=self._token
-                    )
-                    if not idempotent and status in GATEWAY_STATUSES and last_error.error_code is None:
-                        raise _may_be_charged(
-                            action, f"a gateway in front of RunComfy answered HTTP {status} after the whole request was sent"
-                        )
-                    retryable = status == 429 or (
-                        idempotent and (status >= 500 or status in (408, 425) or (status == 404 and last_error.error_code != "404001"))
-                    )
-                    if not retryable:  # RunComfy's own word (a bare 404 is a proxy or an edge in trouble)
-                        raise last_error
-                    problem, busy = f"HTTP {status}", "busy" if status == 429 else "unavailable"
-                    if status == 429:
-                        rate_limited = True
-                        problem += " (rate limited)" if not idempotent else ""
-                        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            delay = policy.delay(attempt, retry_after)
-            if policy.gives_up(attempt, waited, delay):
-                raise self._gave_up(action, attempt, problem, last_error, idempotent, request_id)
-            if not idempotent and rate_limited:
-                pace.back_off_submits(delay)  # every submit of this process waits: one backoff for a whole batch
-            if not announce:
-                pass
-            elif not idempotent:
-                self._notify(f"{action}: {problem}; trying again in {delay:.0f} s (no job was created, nothing is charged).")
-            else:
-                still_running = "; the job is still running" if request_id else ""
-                self._notify(f"RunComfy {busy} ({problem}); retrying in {delay:.0f} s{still_running}")
-            await asyncio.sleep(delay)
-            waited += delay
-
-    @staticmethod
-    def _lost_submit(action: str, problem: str, body_complete: bool) -> RunComfyError:
-        if not body_complete:
-            return ServiceError(
-                f"{action} failed: the upload broke off before the whole request was sent ({problem}). RunComfy cannot "
-                "have created a job from part of a request, so nothing was charged. Check your connection and run again."
-            )
-        return _may_be_charged(action, f"the request was sent but the connection failed before RunComfy answered ({problem})")
-
-    @staticmethod
-    def _gave_up(
-        action: str, attempt: int, problem: str, last_error: ServiceError | None, idempotent: bool, request_id: str | None
-    ) -> RunComfyError:
+        options: dict[str, Any] = {"params": params, "headers": headers}
+        if body is not None:
+            options["content"] = body()
         if not idempotent:
-            return ServiceError(
-                f"{action} failed: RunComfy could not be reached or turned it away ({problem}; {attempt} tries). "
-                "No job was created and nothing was charged. Check your connection and run again."
-            )
-        if last_error is not None:
-            return type(last_error)(
-                f"{last_error} (gave up after {attempt} tries)",
-                http_status=last_error.http_status,
-                error_code=last_error.error_code,
-                request_id=request_id,
-            )
-        return ServiceError(f"{action} failed: lost contact with RunComfy after {attempt} tries ({problem}).", request_id=request_id)
+            t = self.timeouts
+            options["timeout"] = httpx.Timeout(connect=t.connect_s, read=t.submit_read_s, write=t.write_s, pool=t.connect_s)
+            await pace.submit_turn()
+        elif path.endswith("/status"):
+            await pace.status_turn(self.status_interval_s)
+        try:
+            response = await self._http.request(method, path, **options)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            failure, problem = Transport.NOT_CONNECTED, describe_transport_error(exc)
+        except httpx.HTTPError as exc:  # broken, timed out, or an answer that could not be read or decoded
+            failure, problem = Transport.BROKEN, describe_transport_error(exc)
+        else:
+            complete = upload is None or upload.complete
+            return Attempt.answered(response.status_code, response.headers, _json_or_none(response), body_complete=complete)
+        return Attempt.failed(failure, problem, body_complete=upload is None or upload.complete)
+
+    def _retry_heard(self, call: Call, announce: bool) -> RetryHeard:
+        """What happens before each retry's wait: a submit's 429 holds every submit of the process; the notice."""
+        pace = shared_pace(self.base_url)
+
+        def heard(retry: Retry, delay: float) -> None:
+            if not call.idempotent and retry.rate_limited:
+                pace.back_off_submits(delay)  # every submit of this process waits: one backoff for a whole batch
+            if announce and self.on_retry is not None:
+                self.on_retry(retry_notice(call, retry, delay))
+
+        return heard

@@ -13,6 +13,8 @@ Invariants this module owns:
   overall download deadline; links that answer 403/404/410 are tried `GONE_TRIES` times
   (a fresh link can fail for a moment), then reported as transient: the paid job stays
   journaled, so a re-run asks RunComfy for the result again. Every error carries the request id.
+  These rules live in `classify_download`, a pure function of what one GET came to (`Fetched`);
+  the waiting is `retries.with_retries`, the loop the API client uses too.
 - The batch is float32 [B, H, W, 3] in 0..1. Its canvas is planned from the files' headers
   before any pixel is decoded: the largest height and width of the set. Smaller images are
   centred on black (never stretched); when sizes differ, each is also kept at its native
@@ -40,10 +42,10 @@ import httpx
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .client import RetryPolicy, parse_retry_after
 from .config import DEFAULT_BATCH_BYTES, MAX_DOWNLOAD_BYTES
 from .errors import DownloadError
 from .references import map_in_threads
+from .retries import Done, Fail, Retry, RetryPolicy, Verdict, parse_retry_after, with_retries
 from .schema import is_public_address
 
 MAX_OUTPUT_PIXELS = 40_000_000  # the largest Seedream output is ~4.2 MP; anything far beyond is hostile
@@ -54,6 +56,7 @@ DOWNLOAD_RETRY = RetryPolicy.until_deadline(base_delay_s=0.5, max_delay_s=10.0)
 MAX_REDIRECTS = 5
 SMALL_BATCH_BYTES = 256 * 1024**2  # the second try when the batch could not be allocated
 GONE_TRIES = 3
+LINK_GONE_STATUSES = frozenset({403, 404, 410})  # a link that may have expired (or is not ready yet)
 
 ProgressCallback = Callable[[int, int], None]
 Resolver = Callable[[str, int], Awaitable[list[str]]]  # (host, port) -> IP addresses
@@ -163,6 +166,47 @@ class _LinkUnavailable(DownloadError):
     """403/404/410 on a result link: tried again a few times, then reported (as transient)."""
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """What one GET of a result file came to, as plain data; `classify_download` says what it means."""
+
+    data: bytes | None = None  # the whole file: HTTP 200, within the size cap
+    status: int | None = None  # any other HTTP answer (redirects are followed before this)
+    retry_after: float | None = None  # seconds, from that answer's Retry-After
+    transport: str | None = None  # the network failure's name (a reset, a timeout, a truncated file)
+    refused: DownloadError | None = None  # already decided: a redirect hop's check, the size cap, a redirect loop
+
+
+def classify_download(fetched: Fetched, tries: int, *, label: str, request_id: str | None) -> Verdict[bytes]:
+    """What the `tries`-th GET of a result file comes to (see the module docstring). A pure function."""
+
+    def retry(problem: str, retry_after: float | None = None) -> Retry:
+        exhausted = DownloadError(
+            f"{label} could not be downloaded after {tries} tries ({problem}).", request_id=request_id, transient=True
+        )
+        return Retry(problem, exhausted, retry_after=retry_after)
+
+    if fetched.data is not None:
+        return Done(fetched.data)
+    if fetched.refused is not None:  # a transient one: a DNS hiccup while checking a hop
+        return retry(str(fetched.refused)) if fetched.refused.transient else Fail(fetched.refused)
+    if fetched.transport is not None or fetched.status is None:
+        return retry(fetched.transport or "no answer")
+    status = fetched.status
+    if status in LINK_GONE_STATUSES:
+        gone = _LinkUnavailable(
+            f"{label} is not available (HTTP {status}). A link can fail for a moment right after a job "
+            "finishes, or for good once it expires. If running the node again with the same inputs "
+            "fails the same way, the links have expired: change the seed for a new, charged job.",
+            request_id=request_id,
+            transient=True,  # asking RunComfy for the result again may give working links
+        )
+        return Fail(gone) if tries >= GONE_TRIES else retry(str(gone))
+    if status == 429 or status >= 500:
+        return retry(f"HTTP {status}", fetched.retry_after)
+    return Fail(DownloadError(f"{label} could not be downloaded (HTTP {status}).", request_id=request_id))
+
+
 class ResultDownloader:
     """Downloads result files with bounded parallelism, within one overall deadline."""
 
@@ -228,59 +272,27 @@ class ResultDownloader:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _fetch_bytes(self, http: httpx.AsyncClient, url: str, label: str, request_id: str | None) -> bytes:
-        attempt = 0
-        waited = 0.0
-        while True:
-            attempt += 1
-            retry_after: float | None = None
-            outcome: bytes | DownloadError | str = await self._try_once(http, url, label, request_id)
-            if isinstance(outcome, bytes):
-                return outcome
-            if isinstance(outcome, DownloadError):
-                if not outcome.transient or (isinstance(outcome, _LinkUnavailable) and attempt >= GONE_TRIES):
-                    raise outcome
-                problem = str(outcome)
-            else:
-                problem, _, hint = outcome.partition("|")
-                retry_after = parse_retry_after(hint) if hint else None
-            delay = self.retry.delay(attempt, retry_after)
-            if self.retry.gives_up(attempt, waited, delay):
-                raise DownloadError(
-                    f"{label} could not be downloaded after {attempt} tries ({problem}).", request_id=request_id, transient=True
-                )
-            await asyncio.sleep(delay)
-            waited += delay
+        def classify(fetched: Fetched, tries: int) -> Verdict[bytes]:
+            return classify_download(fetched, tries, label=label, request_id=request_id)
 
-    async def _try_once(self, http: httpx.AsyncClient, url: str, label: str, request_id: str | None) -> bytes | DownloadError | str:
-        """The file, a DownloadError (transient or not), or "problem|Retry-After" for trouble worth retrying."""
-        failure: DownloadError | str
+        return await with_retries(lambda: self._get_once(http, url, label, request_id), classify, self.retry)
+
+    async def _get_once(self, http: httpx.AsyncClient, url: str, label: str, request_id: str | None) -> Fetched:
+        """One GET of the file, and what came of it. No httpx exception leaves here, and none is kept."""
         try:
             async with http.stream("GET", url) as response:
-                status = response.status_code
-                if status == 200:
-                    return await self._read_capped(response, label, request_id)
-                if status in (404, 410, 403):
-                    return _LinkUnavailable(
-                        f"{label} is not available (HTTP {status}). A link can fail for a moment right after a job "
-                        "finishes, or for good once it expires. If running the node again with the same inputs "
-                        "fails the same way, the links have expired: change the seed for a new, charged job.",
-                        request_id=request_id,
-                        transient=True,  # asking RunComfy for the result again may give working links
-                    )
-                if status == 429 or status >= 500:
-                    return f"HTTP {status}|{response.headers.get('Retry-After') or ''}"
-                return DownloadError(f"{label} could not be downloaded (HTTP {status}).", request_id=request_id)
+                if response.status_code == 200:
+                    return Fetched(data=await self._read_capped(response, label, request_id))
+                return Fetched(status=response.status_code, retry_after=parse_retry_after(response.headers.get("Retry-After")))
         except DownloadError as refused:  # from a redirect hop's check or the size cap, with the request id
-            failure = refused
+            return Fetched(refused=refused)
         except httpx.TooManyRedirects:
-            failure = DownloadError(
-                f"{label}: more than {MAX_REDIRECTS} redirects (a redirect loop); not downloaded.", request_id=request_id
-            )
+            loop = DownloadError(f"{label}: more than {MAX_REDIRECTS} redirects (a redirect loop); not downloaded.", request_id=request_id)
+            return Fetched(refused=loop)
         except httpx.TransportError as exc:
-            failure = type(exc).__name__
+            return Fetched(transport=type(exc).__name__)
         except httpx.HTTPError as exc:  # an invalid redirect target and the like
-            failure = DownloadError(f"{label} could not be downloaded ({type(exc).__name__}).", request_id=request_id)
-        return failure
+            return Fetched(refused=DownloadError(f"{label} could not be downloaded ({type(exc).__name__}).", request_id=request_id))
 
     async def _read_capped(self, response: httpx.Response, label: str, request_id: str | None) -> bytes:
         declared = response.headers.get("Content-Length")
