@@ -77,6 +77,8 @@ def run_copy_node(pack, **inputs):
 
 def test_two_copies_register_the_token_route_once_and_comfyui_starts(fake, routes, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="runcomfy.seedream")
+    httpx_log = logging.getLogger("httpx")
+    monkeypatch.setattr(httpx_log, "filters", list(httpx_log.filters))  # the copies' log filters go with them
     first, second = (load_copy(name, monkeypatch) for name in COPIES)
 
     ours = [(route.method, route.path) for route in routes if getattr(route, "path", None) == ROUTE]
