@@ -268,12 +268,6 @@ def stated_image_counts(prompt: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(value for _, value in sorted(found)))
 
 
-def stated_image_count(prompt: str) -> int | None:
-    """The number of images the prompt asks for when it states exactly one (see `stated_image_counts`)."""
-    counts = stated_image_counts(prompt)
-    return counts[0] if len(counts) == 1 else None
-
-
 def _characters(count: int) -> str:
     return f"{count} character{'s' if count != 1 else ''}"
 

@@ -26,6 +26,7 @@ from ..api.errors import AuthenticationError, ConfigurationError, RunComfyError
 ROUTE = "/runcomfy/seedream/token"
 MAX_BODY_BYTES = 4096
 CHECK_TIMEOUT_S = 20.0
+ROUTE_METHODS = ("GET", "HEAD", "POST", "DELETE")  # GET also answers HEAD
 log = logging.getLogger("runcomfy.seedream")
 
 
@@ -124,15 +125,41 @@ def register(routes: Any, token_path: Callable[[], Path]) -> None:
         return web.json_response({"ok": True, "removed": removed, **token_status(token_path())})
 
 
+def registered_by(routes: Any) -> str | None:
+    """The module that already put this route in `routes`, if any. ComfyUI applies the whole table with
+    `app.add_routes` once every pack is loaded, and a path and method added twice make it refuse to start.
+    Two copies of this pack (a manager install beside a manual clone) are different module objects that share
+    only this table, so the table is what tells whether the route is taken."""
+    for route in routes:
+        if getattr(route, "path", None) == ROUTE and str(getattr(route, "method", "")).upper() in ROUTE_METHODS:
+            return getattr(getattr(route, "handler", None), "__module__", None) or "another module"
+    return None
+
+
 def register_with_comfyui(token_path: Callable[[], Path]) -> bool:
-    """Register on PromptServer.instance.routes when running inside ComfyUI; quietly skip otherwise."""
+    """Register on PromptServer.instance.routes when running inside ComfyUI; quietly skip otherwise.
+    Once per process: a second copy of the pack leaves the first one's route in place and says so."""
     server = sys.modules.get("server")  # ComfyUI's, loaded before any pack; never imported from here
     try:
         routes = server.PromptServer.instance.routes
     except Exception:  # noqa: BLE001 - outside ComfyUI there is no server to register with
         return False
-    register(routes, token_path)
-    return True
+    try:
+        owner = registered_by(routes)
+        if owner is None:
+            register(routes, token_path)
+            return True
+    except Exception as failure:  # noqa: BLE001 - a pack must never stop ComfyUI; the node works without the route
+        log.warning("RunComfy Seedream: the API token setting is unavailable (%s: %s)", type(failure).__name__, failure)
+        return False
+    log.warning(
+        "RunComfy Seedream: %s is already served by another copy of this pack (%s); this copy (%s) uses it. "
+        "Keep one of the two folders in custom_nodes.",
+        ROUTE,
+        owner.rsplit(".nodes.", 1)[0],
+        __name__.rsplit(".nodes.", 1)[0],
+    )
+    return False
 
 
 __all__ = ["ROUTE", "register", "register_with_comfyui", "token_status"]

@@ -379,7 +379,3 @@ def test_fault(fake, comfy, tmp_path, name, arrange, expected, words, paid, inpu
     assert len([line for line in shown.splitlines() if line.startswith("Warning")]) <= 1, "at most one warning line"
     assert fake.submits == paid, "jobs paid for"
     assert all(not queue for queue in fake.behaviour.faults.values()), "every injected fault was hit"
-
-
-def test_the_matrix_covers_enough_faults():
-    assert len(MATRIX) >= 35

@@ -122,10 +122,6 @@ def test_bad_input_is_refused_before_anything_is_sent(fake, comfy, monkeypatch, 
         assert secret not in message + repr(caught.value) + caplog.text, "the value is never shown"
 
 
-def test_the_table_covers_enough_hostile_inputs():
-    assert len(CASES) >= 40
-
-
 def test_exactly_one_to_three_is_accepted_as_the_schema_says(fake, comfy):
     images, *_ = run_node(**node_inputs(image_1=image_batch(1, 90, 30)))  # width/height = 0.333 > 0.33
     assert images.shape[0] == 3 and fake.submits == 1

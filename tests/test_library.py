@@ -177,10 +177,20 @@ def test_status_reads_retry_through_429s_and_5xx_with_the_injected_policy(fake):
     assert "HTTP 429" in notices[0]
 
 
-def test_the_request_is_checked_before_anything_is_sent(fake):
-    bad = EditSequentialRequest("x" * 601, images=(URL,))
-    with pytest.raises(InputError, match="prompt: has 601 characters"):
-        bad.validate()
-    with pytest.raises(InputError, match="image_urls line 1"):
-        EditSequentialRequest("Generate 1 image.", images=("http://127.0.0.1/a.png",)).validate()
-    assert fake.submits == 0 and not fake.requests
+@pytest.mark.parametrize(
+    "bad,field,words",
+    [
+        (EditSequentialRequest("x" * 601, images=(URL,)), "prompt", "has 601 characters"),
+        (EditSequentialRequest("Generate 1 image.", images=("http://127.0.0.1/a.png",)), "image_urls line 1", "only public https"),
+    ],
+    ids=["long prompt", "http url"],
+)
+def test_the_request_is_checked_before_anything_is_sent(fake, bad, field, words):
+    async def scenario():
+        async with client_for(fake) as client:
+            await client.submit(bad)
+
+    with pytest.raises(InputError) as caught:
+        asyncio.run(scenario())
+    assert caught.value.field == field and words in str(caught.value)
+    assert fake.submits == 0 and not fake.requests, "nothing reached the service"

@@ -7,46 +7,63 @@ import pytest
 
 from helpers import node_inputs, run_node, submitted_payloads
 from runcomfy_seedream.api.errors import InputError
-from runcomfy_seedream.api.schema import stated_image_count
+from runcomfy_seedream.api.schema import stated_image_counts
 
 RECOGNISED = [
-    ("Generate 4 images of a cat", 4),
-    ("make four pictures of the shop", 4),
-    ("A set of 6 product shots on marble", 6),
-    ("a series of seven frames", 7),
-    ("Fifteen frames of a sunrise", 15),
-    ("three consistent character portraits", 3),
-    ("a 4-panel storyboard", 4),
-    ("one image, please", 1),
-    ("Create 12 variations of the logo", 12),
-    ("2 cats in 3 images", 3),  # the number of cats is not a count of images
-    ("20 photos of the room", 20),
-    ("Generate images of a cat", None),
-    ("two cats in a garden", None),
-    ("a photo of 3 people", None),
-    ("16:9 images of the sea", None),
-    ("2048x2048 images", None),
-    ("1.5 shots of espresso", None),
-    ("Generate 3 consistent character reference images of this girl", 3),  # three words between
-    ("Generate three high-quality, consistent images", 3),
-    ("Make 4 ultra-realistic 3D renders", 4),
-    ("Generate 6 poses of this character", 6),
-    ("a single image of the shop", 1),
-    ("a pair of portraits", 2),
-    ("Generate 800 x 600 images", None),
-    ("16 : 9 images", None),
-    ("16：9 images", None),
-    ("4/5 portraits", None),
-    ("twenty-one images", None),
-    ("Generate 0 images", None),
-    ("Make 2 wide shots and 2 close-up shots", 2),  # the same number twice is one count
-    ("make 3 variations and 2 close-up shots", None),  # two different numbers: the prompt decides, no sentence added
+    ("Generate 4 images of a cat", (4,)),
+    ("make four pictures of the shop", (4,)),
+    ("A set of 6 product shots on marble", (6,)),
+    ("a series of seven frames", (7,)),
+    ("Fifteen frames of a sunrise", (15,)),
+    ("three consistent character portraits", (3,)),
+    ("a 4-panel storyboard", (4,)),
+    ("one image, please", (1,)),
+    ("Create 12 variations of the logo", (12,)),
+    ("2 cats in 3 images", (3,)),  # the number of cats is not a count of images
+    ("20 photos of the room", (20,)),
+    ("Generate images of a cat", ()),
+    ("two cats in a garden", ()),
+    ("a photo of 3 people", ()),
+    ("16:9 images of the sea", ()),
+    ("2048x2048 images", ()),
+    ("1.5 shots of espresso", ()),
+    ("Generate 3 consistent character reference images of this girl", (3,)),  # three words between
+    ("Generate three high-quality, consistent images", (3,)),
+    ("Make 4 ultra-realistic 3D renders", (4,)),
+    ("Generate 6 poses of this character", (6,)),
+    ("a single image of the shop", (1,)),
+    ("a pair of portraits", (2,)),
+    ("Generate 800 x 600 images", ()),
+    ("16 : 9 images", ()),
+    ("16：9 images", ()),
+    ("4/5 portraits", ()),
+    ("twenty-one images", ()),
+    ("Generate 0 images", ()),
+    ("Make 2 wide shots and 2 close-up shots", (2,)),  # the same number twice is one count
+    ("make 3 variations and 2 close-up shots", (3, 2)),  # two different numbers, in order of appearance
+    ("a dozen stills of the product", (12,)),
+    ("a couple of selfies", (2,)),
+    ("a trio of thumbnails", (3,)),
+    ("a collection of 5", (5,)),
+    ("a batch of 8", (8,)),
+    ("a grid of 9 tiles", (9,)),
+    ("a total of 4", (4,)),
+    ("an 8-frame animation", (8,)),
+    ("a 6-image carousel", (6,)),
+    ("Generate 5 IMAGES", (5,)),
+    ("100 images", (100,)),  # stated as asked; max_images decides what is made
+    ("1000 images", ()),  # more than three digits: not read as a count
+    ("sixteen images", ()),  # number words go up to fifteen
+    ("4 very soft warm evening photos", ()),  # four words between: too far apart
+    ("4 of the images", ()),
+    ("5% images", ()),
+    ("Generate 4 images and a set of 4", (4,)),
 ]
 
 
-@pytest.mark.parametrize("prompt,count", RECOGNISED, ids=[row[0] for row in RECOGNISED])
-def test_what_counts_as_a_stated_number_of_images(prompt, count):
-    assert stated_image_count(prompt) == count
+@pytest.mark.parametrize("prompt,counts", RECOGNISED, ids=[row[0] for row in RECOGNISED])
+def test_what_counts_as_a_stated_number_of_images(prompt, counts):
+    assert stated_image_counts(prompt) == counts
 
 
 @pytest.mark.parametrize(
