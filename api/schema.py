@@ -305,8 +305,9 @@ class DataUri:
             raise InputError(label, f"is {self.mime!r}; the model accepts image/png and image/jpeg.")
         if not isinstance(self.base64, bytes) or self.base64.rstrip(b"=").translate(None, _BASE64_ALPHABET):
             raise InputError(label, "is not base64 data; encode the file with base64.b64encode.")
-        if len(self.base64) // 4 * 3 >= MAX_REFERENCE_BYTES + 3:
-            raise InputError(label, f"is {len(self.base64) // 4 * 3 / 1e6:.1f} MB; each file must be under 10 MB. Use a smaller image.")
+        size = len(self.base64) // 4 * 3 - self.base64[-2:].count(b"=")  # the file's bytes, padding taken off
+        if size >= MAX_REFERENCE_BYTES:
+            raise InputError(label, f"is {size:,} bytes; each file must be under 10 MB (10,000,000 bytes). Use a smaller image.")
 
 
 @dataclass(frozen=True)

@@ -367,9 +367,11 @@ def test_validate_returns_the_request_as_sent_plain_ints_and_trimmed_urls():
     [
         (9_999_999, True),
         (10_000_003, False),
-        pytest.param(10_000_000, False, marks=pytest.mark.xfail(strict=True, reason="the check allows up to 3 bytes over 10 MB")),
+        (10_000_000, False),
+        (10_000_001, False),
+        (10_000_002, False),
     ],
-    ids=["10 MB - 1", "10 MB + 3", "10 MB"],
+    ids=["10 MB - 1", "10 MB + 3", "10 MB", "10 MB + 1", "10 MB + 2"],
 )
 def test_a_data_reference_must_be_a_file_under_10_mb(size, accepted):
     request = EditSequentialRequest("Generate 1 image.", max_images=1, images=(DataUri("image/png", base64.b64encode(bytes(size))),))

@@ -18,7 +18,7 @@ aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
-from helpers import NODE_ID, image_batch, node_inputs  # noqa: E402
+from helpers import NODE_ID, as_lists, image_batch, node_inputs, single  # noqa: E402
 from pack_import import PACK_ROOT  # noqa: E402
 from runcomfy_seedream.nodes.token_route import ROUTE  # noqa: E402
 
@@ -72,7 +72,7 @@ def run_copy_node(pack, **inputs):
         download_retry=api.RetryPolicy.until_deadline(base_delay_s=0.01, max_delay_s=0.05),
         status_interval_s=0.0,
     )
-    return asyncio.run(getattr(node, node.FUNCTION)(**inputs))
+    return single(asyncio.run(getattr(node, node.FUNCTION)(**as_lists(inputs))))
 
 
 def test_two_copies_register_the_token_route_once_and_comfyui_starts(fake, routes, monkeypatch, caplog):
