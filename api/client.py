@@ -56,8 +56,6 @@ import enum
 import functools
 import json
 import logging
-import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,13 +77,12 @@ from .retries import (  # RetryPolicy and parse_retry_after are imported from th
     with_retries,
 )
 from .schema import MAX_BODY_BYTES, MODEL_ID, EditSequentialRequest
+from .shared import LOOP_STATE, PRICES
 
 QUEUED_STATES = frozenset({"in_queue", "queued", "pending"})
 RUNNING_STATES = frozenset({"in_progress", "running", "processing"})
 GATEWAY_STATUSES = frozenset({502, 503, 504})  # a proxy's word that the service itself did not answer
-PRICE_TTL_S = 3600.0
 PRICE_LOOKUP_TIMEOUT_S = 10.0
-PRICE_RETRY_AFTER_FAILURE_S = 60.0
 
 SUBMIT_ACTION = "Submitting the job"
 STATUS_INTERVAL_S = 0.22  # all status polls of a process to one service together: under five a second
@@ -102,59 +99,12 @@ class Timeouts:
     write_s: float = 120.0
 
 
-class SharedPace:
-    """What every run of this process shares towards one service: the pace of status polls (one every
-    `status_interval_s` at most, however many jobs are in flight) and the backoff after a 429 on a submit
-    (one for the whole batch, not one per item). One per event loop and service address."""
-
-    def __init__(self) -> None:
-        self._last_status = float("-inf")
-        self._status_turns = asyncio.Lock()
-        self._submits_not_before = 0.0
-
-    async def status_turn(self, interval_s: float) -> None:
-        """Wait until `interval_s` has passed since the last status poll was actually sent, one caller at a time:
-        paced from the real send time, so a late wake-up never shortens the next gap."""
-        loop = asyncio.get_running_loop()
-        async with self._status_turns:
-            wait = self._last_status + interval_s - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self._last_status = loop.time()
-
-    async def submit_turn(self) -> None:
-        loop = asyncio.get_running_loop()
-        while (wait := self._submits_not_before - loop.time()) > 0:
-            await asyncio.sleep(wait)
-
-    def back_off_submits(self, seconds: float) -> None:
-        self._submits_not_before = max(self._submits_not_before, asyncio.get_running_loop().time() + seconds)
-
-
-_paces: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, SharedPace]] = weakref.WeakKeyDictionary()
-_upload_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
-
-
-def shared_pace(base_url: str) -> SharedPace:
-    return _paces.setdefault(asyncio.get_running_loop(), {}).setdefault(base_url.rstrip("/"), SharedPace())
-
-
-def upload_slots(count: int) -> asyncio.Semaphore:
-    """The process's bound on uploads (with their encodes and submits) in flight at once."""
-    return _upload_slots.setdefault(asyncio.get_running_loop(), {}).setdefault(count, asyncio.Semaphore(count))
-
-
 @dataclass(frozen=True)
 class Price:
     usd_per_image: float
 
     def estimate(self, images: int) -> str:
         return f"Estimated cost: up to ${self.usd_per_image * images:.2f} ({images} x ${self.usd_per_image:.3f} per image)"
-
-
-_prices: dict[tuple[str, str], tuple[float, Price]] = {}  # (base URL, model) -> (fetched at, price); never keyed by token
-_price_failures: dict[tuple[str, str], float] = {}  # (base URL, model) -> when a lookup last failed
-_price_lookups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Future]] = weakref.WeakKeyDictionary()
 
 
 def normalise_state(raw: Any) -> str:
@@ -508,18 +458,11 @@ class RunComfyClient:
 
     async def price(self) -> Price | None:
         """The model's catalog price per image, cached for an hour per service; None when it cannot be had."""
-        key = (self.base_url, MODEL_ID)
-        cached = _prices.get(key)
-        if cached is not None and time.monotonic() - cached[0] < PRICE_TTL_S:
-            return cached[1]
-        failed = _price_failures.get(key)
-        if failed is not None and time.monotonic() - failed < PRICE_RETRY_AFTER_FAILURE_S:
-            return None  # many runs at once must not each knock on a catalog that is failing
-        in_flight = _price_lookups.setdefault(asyncio.get_running_loop(), {})
-        lookup = in_flight.get(key)
-        if lookup is None or lookup.done():  # one lookup at a time per service: the runs of a batch share it
-            lookup = in_flight[key] = asyncio.ensure_future(self._look_up_price(key))
-        return await asyncio.shield(lookup)
+        key = (self.base_url, MODEL_ID)  # never the token
+        cached = PRICES.get(key)
+        if cached is not None or PRICES.failed_recently(key):
+            return cached
+        return await asyncio.shield(LOOP_STATE.lookup(("price", key), lambda: self._look_up_price(key)))
 
     async def _look_up_price(self, key: tuple[str, str]) -> Price | None:
         try:
@@ -530,9 +473,9 @@ class RunComfyClient:
             price = Price(float(value))
         except (RunComfyError, asyncio.TimeoutError, KeyError, TypeError, ValueError, RuntimeError) as exc:
             log.debug("price lookup failed: %s", type(exc).__name__)  # RuntimeError: its client was closed meanwhile
-            _price_failures[key] = time.monotonic()
+            PRICES.remember_failure(key)
             return None
-        _prices[key] = (time.monotonic(), price)
+        PRICES.remember(key, price)
         return price
 
     # --- the one send loop -------------------------------------------------------------------
@@ -576,7 +519,7 @@ class RunComfyClient:
         upload: UploadTracker | None,
     ) -> Attempt:
         """One attempt, paced and sent, and what came of it. No httpx exception leaves here, and none is kept."""
-        pace = shared_pace(self.base_url)
+        pace = LOOP_STATE.pace(self.base_url)
         options: dict[str, Any] = {"params": params, "headers": headers}
         if body is not None:
             options["content"] = body()
@@ -599,7 +542,7 @@ class RunComfyClient:
 
     def _retry_heard(self, call: Call, announce: bool) -> RetryHeard:
         """What happens before each retry's wait: a submit's 429 holds every submit of the process; the notice."""
-        pace = shared_pace(self.base_url)
+        pace = LOOP_STATE.pace(self.base_url)
 
         def heard(retry: Retry, delay: float) -> None:
             if not call.idempotent and retry.rate_limited:

@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
-from .resume import DEFAULT_CACHE_BYTES, MAX_CACHED_RESULTS, read_regular_file, write_atomically
+from .files import read_regular_file, write_atomically
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net/v1"
 BASE_URL_ENV = "RUNCOMFY_MODEL_API_BASE"
@@ -154,6 +154,8 @@ MAX_UPLOADS_ENV = "RUNCOMFY_SEEDREAM_MAX_UPLOADS"
 DEFAULT_MAX_UPLOADS = 4  # uploads and submits in flight per process; jobs waiting at RunComfy do not count
 DEFAULT_BATCH_BYTES = 3 * 1024**3  # the output batch and its native copies; the largest real Seedream set needs ~2.1 GiB
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024  # one result file
+MAX_CACHED_RESULTS = 64
+DEFAULT_CACHE_BYTES = 2 * 1024**3  # saved results in the user folder
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .client import STATUS_INTERVAL_S, Price, RetryPolicy, RunComfyClient, Timeouts, upload_slots
+from .client import STATUS_INTERVAL_S, Price, RetryPolicy, RunComfyClient, Timeouts
 from .config import Credentials, Limits, resolve_base_url, resolve_credentials
 from .downloads import (
     DOWNLOAD_DEADLINE_S,
@@ -59,6 +59,7 @@ from .references import (
 )
 from .resume import UNKNOWN_OUTCOME_HOLD_S, CachedResult, ResumeStore, request_fingerprint
 from .schema import MODEL_ID, EditSequentialRequest, check_choice
+from .shared import LOOP_STATE
 from .stop import Latch, StopCheck, never_stop, stoppable
 
 log = logging.getLogger("runcomfy.seedream")
@@ -303,7 +304,7 @@ async def _deliver(run: _Run, result: JobResult, files: list[bytes]) -> Generati
 @contextlib.asynccontextmanager
 async def _upload_turn(run: _Run) -> AsyncIterator[None]:
     """Hold one of the process's upload slots (`Limits.max_uploads`) from encoding to RunComfy's answer."""
-    slots = upload_slots(run.session.limits.max_uploads)
+    slots = LOOP_STATE.upload_slots(run.session.limits.max_uploads)
     if not slots.locked():
         await slots.acquire()  # a free slot is taken at once, before any other run can look
     else:

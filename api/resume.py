@@ -34,9 +34,7 @@ import math
 import os
 import re
 import shutil
-import stat
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,8 +42,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .config import DEFAULT_CACHE_BYTES, MAX_CACHED_RESULTS
 from .errors import StopRequested
-from .job import StopCheck
+from .files import MAX_RESULT_FILE_BYTES, read_json, read_regular_file, write_atomically
+from .shared import MEMORY
+from .stop import StopCheck
 
 try:  # POSIX: cross-process locks; elsewhere runs are serialised within one process only
     import fcntl
@@ -60,8 +61,6 @@ JOURNAL_TTL_S = 48 * 3600  # RunComfy documents no lifetime for requests; two da
 UNKNOWN_OUTCOME_HOLD_S = 3600
 CLOCK_SLACK_S = 24 * 3600
 JOURNAL_LOCK_WAIT_S = 2.0  # another process holding the journal longer (suspended, say) is waited out in memory
-MAX_CACHED_RESULTS = 64
-DEFAULT_CACHE_BYTES = 2 * 1024**3
 LOCK_POLL_S = 0.1
 _FILE_NAME = re.compile(r"^\d{2,3}\.img$")
 
@@ -96,53 +95,6 @@ def _service_origin(base_url: str) -> str:
     port = parts.port if parts.port not in (None, {"https": 443, "http": 80}.get(scheme)) else None
     host = f"[{host}]" if ":" in host else host
     return f"{scheme}://{host}" + (f":{port}" if port else "")
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename over it: readers see old or new, never half.
-    The file is readable only by its owner."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
-MAX_RESULT_FILE_BYTES = 64 * 1024**2  # as for a download
-MAX_STATE_FILE_BYTES = 16 * 1024**2  # a journal or meta.json is a few kB; anything far larger is damage
-
-
-def read_regular_file(path: Path, *, max_bytes: int, follow_symlinks: bool = False) -> bytes:
-    """The bytes of a regular file of at most `max_bytes`. A FIFO, device or folder (and, unless
-    `follow_symlinks`, a symlink) is refused with an OSError, never waited on or read without end."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
-    fd = os.open(path, flags)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        if info.st_size > max_bytes:
-            raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", str(path))
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            return handle.read(max_bytes + 1)[:max_bytes]
-    finally:
-        os.close(fd)
-
-
-def read_json(path: Path) -> Any:
-    """The decoded file, or None when it is missing, not a regular file, unreadable or damaged."""
-    try:
-        return json.loads(read_regular_file(path, max_bytes=MAX_STATE_FILE_BYTES))
-    except (OSError, ValueError, RecursionError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -189,18 +141,6 @@ def _entry_from(fingerprint: str, raw: Any, now: float) -> JournalEntry | None:
     return JournalEntry(fingerprint, state, request_id, at)
 
 
-_memory_journal: dict[tuple[str, str], JournalEntry] = {}  # entries the disk refused, per (folder, fingerprint)
-_memory_results: dict[tuple[str, str], CachedResult] = {}  # results the disk refused (at most a few, for waiters)
-_MEMORY_RESULTS_KEPT = 2
-_process_locks: dict[tuple[str, str], threading.Lock] = {}
-_process_locks_guard = threading.Lock()
-
-
-def _process_lock(key: tuple[str, str]) -> threading.Lock:
-    with _process_locks_guard:
-        return _process_locks.setdefault(key, threading.Lock())
-
-
 class ResumeStore:
     """The resume journal and result cache in one folder (None: nothing is kept on disk, only in memory)."""
 
@@ -241,7 +181,7 @@ class ResumeStore:
     @contextlib.asynccontextmanager
     async def exclusive(self, fingerprint: str, should_stop: StopCheck, on_wait: Callable[[], None]) -> AsyncIterator[None]:
         """Hold the lock of `fingerprint` for the whole run; `on_wait()` once if another run holds it."""
-        process_lock = _process_lock((self._key, fingerprint))
+        process_lock = MEMORY.lock((self._key, fingerprint))
         file_lock: _FileLock | None = None
         waited = False
         try:
@@ -291,7 +231,7 @@ class ResumeStore:
         on_disk = _entry_from(fingerprint, self._read_journal().get(fingerprint), now)
         if on_disk is not None:
             return on_disk
-        remembered = _memory_journal.get((self._key, fingerprint))
+        remembered = MEMORY.journal.get((self._key, fingerprint))
         if remembered is None or _entry_from(fingerprint, remembered.__dict__, now) is None:
             return None
         return dataclasses.replace(remembered, only_in_memory=True)
@@ -299,11 +239,11 @@ class ResumeStore:
     def _change_journal(self, fingerprint: str, entry: JournalEntry | None) -> None:
         key = (self._key, fingerprint)
         if entry is None:
-            _memory_journal.pop(key, None)
+            MEMORY.journal.pop(key, None)
         path = self._journal_path()
         if path is None or self._journal_locked_out:  # no folder, or another process keeps the journal locked
             if entry is not None:
-                _memory_journal[key] = entry
+                MEMORY.journal[key] = entry
             return
         try:
             with _FileLock.hold(self.directory / LOCKS_DIR / "journal.lock", timeout_s=JOURNAL_LOCK_WAIT_S):
@@ -315,10 +255,10 @@ class ResumeStore:
                 newest = dict(sorted(live.items(), key=lambda item: item[1]["at"])[-MAX_JOURNAL_ENTRIES:])
                 write_atomically(path, json.dumps({"version": 1, "entries": newest}, indent=1).encode())
             if entry is not None:
-                _memory_journal.pop(key, None)
+                MEMORY.journal.pop(key, None)
         except Exception as error:  # noqa: BLE001 - local trouble never ends a run: the entry lives on in memory
             if entry is not None:
-                _memory_journal[key] = entry
+                MEMORY.journal[key] = entry
             self._journal_locked_out = isinstance(error, TimeoutError)  # waited once: not again in this run
             self._trouble("save the resume record", error)
 
@@ -350,7 +290,7 @@ class ResumeStore:
         return self.directory / RESULTS_DIR if self.directory is not None else None
 
     def _cached(self, fingerprint: str) -> CachedResult | None:
-        remembered = _memory_results.get((self._key, fingerprint))
+        remembered = MEMORY.result((self._key, fingerprint))
         if remembered is not None:
             return remembered
         root = self._results()
@@ -405,14 +345,12 @@ class ResumeStore:
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-            _memory_results.pop((self._key, fingerprint), None)
+            MEMORY.drop_result((self._key, fingerprint))
             with contextlib.suppress(OSError):  # tidying is best effort: another process may be tidying too
                 self._evict(keep=fingerprint)
         except Exception as error:  # noqa: BLE001 - the images live on in memory instead
             self._trouble("save the images for a free re-run", error)
-            _memory_results[(self._key, fingerprint)] = result
-            while len(_memory_results) > _MEMORY_RESULTS_KEPT:
-                _memory_results.pop(next(iter(_memory_results)))
+            MEMORY.keep_result((self._key, fingerprint), result)
 
     @staticmethod
     def _discard(path: Path) -> None:
@@ -425,7 +363,7 @@ class ResumeStore:
             aside.unlink(missing_ok=True)
 
     def _drop_result(self, fingerprint: str) -> None:
-        _memory_results.pop((self._key, fingerprint), None)
+        MEMORY.drop_result((self._key, fingerprint))
         root = self._results()
         if root is None:
             return

@@ -122,28 +122,27 @@ def token_file() -> Path:
 
 
 class _DropSuccessfulStatusPolls(logging.Filter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.prefixes: set[str] = set()
+    """Drops httpx's INFO line of each successful status poll under one API base."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(name=f"runcomfy-quiet-polls {prefix}")  # the logger's own list tells whether it is there
+        self.prefix = prefix
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
         if len(args) >= 4 and args[0] == "GET" and args[3] == 200:
             url = str(args[1])
-            if url.endswith("/status") and any(url.startswith(prefix) for prefix in self.prefixes):
+            if url.endswith("/status") and url.startswith(self.prefix):
                 return False
         return True
 
 
-_quiet_polls = _DropSuccessfulStatusPolls()
-
-
 def quiet_status_polls(base_url: str) -> None:
-    """Drop httpx's INFO line for each successful status poll under `base_url`."""
-    _quiet_polls.prefixes.add(base_url.rstrip("/") + "/requests/")
+    """Drop httpx's INFO line for each successful status poll under `base_url` (once per base, per process)."""
+    quiet = _DropSuccessfulStatusPolls(base_url.rstrip("/") + "/requests/")
     logger = logging.getLogger("httpx")
-    if _quiet_polls not in logger.filters:
-        logger.addFilter(_quiet_polls)
+    if not any(getattr(known, "name", None) == quiet.name for known in logger.filters):
+        logger.addFilter(quiet)
 
 
 @functools.lru_cache(maxsize=1)

@@ -5,17 +5,15 @@ from __future__ import annotations
 import pytest
 
 from helpers import node_inputs, run_node
-from runcomfy_seedream.api import client
+from runcomfy_seedream.api import shared
 from runcomfy_seedream.fake_service import Fault
 
 
 @pytest.fixture(autouse=True)
 def fresh_price_cache():
-    client._prices.clear()
-    client._price_failures.clear()
+    shared.PRICES.reset()
     yield
-    client._prices.clear()
-    client._price_failures.clear()
+    shared.PRICES.reset()
 
 
 def test_the_estimate_comes_before_the_submit_and_stays_under_later_messages(fake, comfy):

@@ -1,0 +1,154 @@
+"""What one process shares across runs, nodes and batches: four named places, each with a public `reset()`.
+
+- `LOOP_STATE`, per event loop (asyncio objects belong to one loop): the pace towards each service (status
+  polls of every job in flight together, and one backoff for all submits after a 429), the upload slots,
+  and the catalog price lookups in flight.
+- `PRICES`: the catalog price of each service for an hour, and when a lookup last failed.
+- `MEMORY`: what the user folder refused to keep (resume records and a few results, which end with the
+  process), and the run locks that keep identical inputs from being paid for twice at once.
+- `ENCODED`: the latest encoded references (`references.EncodedCache`).
+
+Nothing here is keyed by or holds the token. `reset_all()` empties every place (tests use it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+PRICE_TTL_S = 3600.0
+PRICE_RETRY_AFTER_FAILURE_S = 60.0
+MEMORY_RESULTS_KEPT = 2
+
+
+class SharedPace:
+    """Towards one service: status polls one every `status_interval_s` at most, however many jobs are in flight,
+    and the backoff after a 429 on a submit, one for every submit (a batch's items wait together)."""
+
+    def __init__(self) -> None:
+        self._last_status = float("-inf")
+        self._status_turns = asyncio.Lock()
+        self._submits_not_before = 0.0
+
+    async def status_turn(self, interval_s: float) -> None:
+        """Wait until `interval_s` has passed since the last status poll was actually sent, one caller at a time:
+        paced from the real send time, so a late wake-up never shortens the next gap."""
+        loop = asyncio.get_running_loop()
+        async with self._status_turns:
+            wait = self._last_status + interval_s - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._last_status = loop.time()
+
+    async def submit_turn(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (wait := self._submits_not_before - loop.time()) > 0:
+            await asyncio.sleep(wait)
+
+    def back_off_submits(self, seconds: float) -> None:
+        self._submits_not_before = max(self._submits_not_before, asyncio.get_running_loop().time() + seconds)
+
+
+@dataclass
+class _OneLoop:
+    paces: dict[str, SharedPace] = field(default_factory=dict)
+    slots: dict[int, asyncio.Semaphore] = field(default_factory=dict)
+    lookups: dict[Any, asyncio.Future] = field(default_factory=dict)
+
+
+class LoopState:
+    def __init__(self) -> None:
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _OneLoop] = weakref.WeakKeyDictionary()
+
+    def _here(self) -> _OneLoop:
+        return self._loops.setdefault(asyncio.get_running_loop(), _OneLoop())
+
+    def pace(self, base_url: str) -> SharedPace:
+        return self._here().paces.setdefault(base_url.rstrip("/"), SharedPace())
+
+    def upload_slots(self, count: int) -> asyncio.Semaphore:
+        """The bound on uploads (with their encodes and submits) in flight at once."""
+        return self._here().slots.setdefault(count, asyncio.Semaphore(count))
+
+    def lookup(self, key: Any, start: Callable[[], Awaitable[Any]]) -> asyncio.Future:
+        """The lookup of `key` in flight, or a new one: callers asking at once share one."""
+        lookups = self._here().lookups
+        running = lookups.get(key)
+        if running is None or running.done():
+            running = lookups[key] = asyncio.ensure_future(start())
+        return running
+
+    def reset(self) -> None:
+        self._loops.clear()
+
+
+class PriceCache:
+    def __init__(self) -> None:
+        self._prices: dict[Any, tuple[float, Any]] = {}  # (base URL, model) -> (fetched at, price)
+        self._failures: dict[Any, float] = {}  # (base URL, model) -> when a lookup last failed
+
+    def get(self, key: Any) -> Any | None:
+        cached = self._prices.get(key)
+        return cached[1] if cached is not None and time.monotonic() - cached[0] < PRICE_TTL_S else None
+
+    def failed_recently(self, key: Any) -> bool:
+        """Many runs at once must not each knock on a catalog that is failing."""
+        failed = self._failures.get(key)
+        return failed is not None and time.monotonic() - failed < PRICE_RETRY_AFTER_FAILURE_S
+
+    def remember(self, key: Any, price: Any) -> None:
+        self._prices[key] = (time.monotonic(), price)
+
+    def remember_failure(self, key: Any) -> None:
+        self._failures[key] = time.monotonic()
+
+    def reset(self) -> None:
+        self._prices.clear()
+        self._failures.clear()
+
+
+class MemoryRecords:
+    def __init__(self) -> None:
+        self.journal: dict[tuple[str, str], Any] = {}  # (folder, fingerprint) -> a journal entry the disk refused
+        self._results: dict[tuple[str, str], Any] = {}  # (folder, fingerprint) -> a result the disk refused
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def lock(self, key: tuple[str, str]) -> threading.Lock:
+        """The lock of one fingerprint in one folder, for every thread and task of the process."""
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def result(self, key: tuple[str, str]) -> Any | None:
+        return self._results.get(key)
+
+    def keep_result(self, key: tuple[str, str], result: Any) -> None:
+        """Keep a result the disk refused, for the runs waiting on it; only the latest few (they are images)."""
+        self._results[key] = result
+        while len(self._results) > MEMORY_RESULTS_KEPT:
+            self._results.pop(next(iter(self._results)))
+
+    def drop_result(self, key: tuple[str, str]) -> None:
+        self._results.pop(key, None)
+
+    def reset(self) -> None:
+        self.journal.clear()
+        self._results.clear()
+        with self._guard:
+            self._locks.clear()
+
+
+LOOP_STATE = LoopState()
+PRICES = PriceCache()
+MEMORY = MemoryRecords()
+
+
+def reset_all() -> None:
+    """Forget everything the process shares (between tests; never while a run is going on)."""
+    for place in (LOOP_STATE, PRICES, MEMORY):
+        place.reset()
