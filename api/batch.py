@@ -25,6 +25,7 @@ from .errors import BatchError, RunComfyError, StopRequested
 from .pipeline import GenerationResult, Plan, Reference, Session, execute, plan
 from .progress import Phase, Progress, ProgressReporter
 from .schema import EditSequentialRequest
+from .wording import plural
 
 MAX_LISTED_FAILURES = 10
 
@@ -170,12 +171,12 @@ class Batch:
         reused = sum(1 for r in results if r.reused)
         if not paid:
             return f"Batch of {self.size} done: every item reused saved images (nothing charged now)"
-        line = f"Batch of {self.size} done: {_count(len(paid), 'job')}"
+        line = f"Batch of {self.size} done: {plural(len(paid), 'job')}"
         costs = [c for c in paid.values() if c is not None]
         if costs:
             line += f", cost ${sum(costs):.2f}"
         if reused:
-            line += f"; {_count(reused, 'item')} reused saved images (nothing charged for them now)"
+            line += f"; {plural(reused, 'item')} reused saved images (nothing charged for them now)"
         return line
 
     # --- how it ended ---------------------------------------------------------------------------
@@ -199,7 +200,7 @@ class Batch:
         running = {m.request_id for m in stopped if m.request_id and not m.error.cancelled and not m.error.finished}
         unsent = sum(1 for m in stopped if not m.request_id)
         parts = [
-            f"{_count(len(cancelled), 'queued job')} cancelled before {'it' if len(cancelled) == 1 else 'they'} started"
+            f"{plural(len(cancelled), 'queued job')} cancelled before {'it' if len(cancelled) == 1 else 'they'} started"
             if cancelled
             else "",
             f"{len(running)} already generating may still be charged" if running else "",
@@ -229,7 +230,7 @@ class Batch:
 def done_line(result: GenerationResult) -> str:
     """What a single run says when it is done: images, request, cost, notes, and its warning line."""
     count = result.images.count
-    summary = f"Done: {_count(count, 'image')}, request {result.request_id}"
+    summary = f"Done: {plural(count, 'image')}, request {result.request_id}"
     if result.cost_usd is not None and result.reused:
         summary += f", paid ${result.cost_usd:.2f} when it ran (nothing charged now)"
     elif result.cost_usd is not None:
@@ -249,7 +250,3 @@ async def _all(steps) -> None:
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
-
-
-def _count(count: int, noun: str) -> str:
-    return f"{count} {noun}{'s' if count != 1 else ''}"

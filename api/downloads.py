@@ -42,11 +42,11 @@ import httpx
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .addresses import is_public_address
 from .config import DEFAULT_BATCH_BYTES, MAX_DOWNLOAD_BYTES
 from .errors import DownloadError
 from .references import map_in_threads
 from .retries import Done, Fail, Retry, RetryPolicy, Verdict, parse_retry_after, with_retries
-from .schema import is_public_address
 
 MAX_OUTPUT_PIXELS = 40_000_000  # the largest Seedream output is ~4.2 MP; anything far beyond is hostile
 DEFAULT_CONCURRENCY = 4

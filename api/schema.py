@@ -9,17 +9,17 @@ naming the field, the limit and the fix; nothing is sent when one fails.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import numbers
-import re
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from .addresses import is_private_host
 from .errors import InputError
+from .prompt_count import count_sentence, stated_image_counts
+from .wording import plural, shorten
 
 MODEL_ID = "bytedance/seedream-4-0/edit-sequential"
 
@@ -72,7 +72,7 @@ def check_prompt(text: Any) -> str:
         raise InputError(
             "prompt",
             f"has {len(text)} characters; the model accepts at most {MAX_PROMPT_CHARS}. "
-            f"Shorten it by {_characters(len(text) - MAX_PROMPT_CHARS)}.",
+            f"Shorten it by {plural(len(text) - MAX_PROMPT_CHARS, 'character')}.",
         )
     return text
 
@@ -154,22 +154,22 @@ def check_image_url(label: str, url: Any) -> str:
     except UnicodeEncodeError:
         raise InputError(label, "contains a character that cannot be sent (an unpaired surrogate); retype the URL.") from None
     if any(ch.isspace() for ch in url):
-        raise InputError(label, f"{_shorten(url)!r} contains spaces; put one URL per line.")
+        raise InputError(label, f"{shorten(url)!r} contains spaces; put one URL per line.")
     try:
         parts = urlsplit(url)
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError:
-        raise InputError(label, f"{_shorten(url)!r} is not a valid URL.") from None
+        raise InputError(label, f"{shorten(url)!r} is not a valid URL.") from None
     if parts.scheme.lower() != "https":
         shown = parts.scheme + ":" if parts.scheme else "no scheme"
         raise InputError(
             label,
-            f"{_shorten(url)!r} uses {shown}; only public https:// URLs are accepted "
+            f"{shorten(url)!r} uses {shown}; only public https:// URLs are accepted "
             "(RunComfy fetches the file from its servers). Upload the image somewhere public, or connect it as an IMAGE.",
         )
     if not host:
-        raise InputError(label, f"{_shorten(url)!r} has no host name.")
+        raise InputError(label, f"{shorten(url)!r} has no host name.")
     if parts.username or parts.password:
         raise InputError(label, "contains a user name or password; use a pre-signed or public URL instead.")
     if is_private_host(host):
@@ -178,106 +178,6 @@ def check_image_url(label: str, url: Any) -> str:
             f"points at {host}, which RunComfy's servers cannot reach. Use a public https URL, or connect the image as an IMAGE input.",
         )
     return url
-
-
-def is_private_host(host: str) -> bool:
-    """localhost, .local/.internal names and non-global IP literals: hosts the public internet cannot reach."""
-    lowered = host.lower().rstrip(".")
-    if lowered == "localhost" or lowered.endswith((".localhost", ".local", ".internal")):
-        return True
-    try:
-        address = ipaddress.ip_address(lowered.strip("[]"))
-    except ValueError:
-        address = _numeric_ipv4(lowered)
-        if address is None:
-            return False
-    return not is_public_address(address)
-
-
-def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address | str) -> bool:
-    """A globally routable unicast address. IPv6 forms that embed an IPv4 address (mapped, 6to4, Teredo) are
-    judged by that address; loopback, private, link-local, multicast, reserved and unspecified are not public."""
-    if isinstance(address, str):
-        try:
-            address = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
-        if embedded is not None:
-            return is_public_address(embedded)
-    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_link_local)
-
-
-def _numeric_ipv4(host: str) -> ipaddress.IPv4Address | None:
-    """The address of a numeric host in a form browsers and resolvers accept (2130706433, 127.1, 0x7f.1)."""
-    if not re.fullmatch(r"[0-9a-fx.]+", host) or not any(ch.isdigit() for ch in host):
-        return None
-    try:
-        return ipaddress.IPv4Address(socket.inet_aton(host))
-    except OSError:
-        return None
-
-
-def _shorten(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-_NUMBER_WORDS = ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen").split()
-_QUANTITIES = {"single": 1, "pair of": 2, "couple of": 2, "trio of": 3, "dozen": 12}  # "a single image", "a pair of shots"
-_NUMBER = r"(?<![\w.:×/-])(\d{1,3}|" + "|".join(_NUMBER_WORDS) + r")(?![\w.:×%/])"
-_QUANTITY = r"\ba (" + "|".join(_QUANTITIES) + r")"
-_IMAGE_NOUN = (
-    r"(?:image|picture|pic|photo|photograph|shot|frame|illustration|render|rendering|variation|variant|version|view|"
-    r"panel|scene|portrait|pose|keyframe|still|selfie|thumbnail|angle|option)s?"
-)
-_FILLER_WORD = r"(?:(?!(?:of|in|on|at|with|and|or|for|from|to|the|a|an|per|each)\b)[\w][\w'-]*,?\s+)"
-COUNT_PHRASES = (
-    re.compile(r"(?:" + _NUMBER + "|" + _QUANTITY + r")\s+" + _FILLER_WORD + r"{0,3}" + _IMAGE_NOUN + r"\b", re.I),  # "4 images"
-    re.compile(r"\b(?:set|series|sequence|collection|batch|grid|group|total) of\s+" + _NUMBER, re.I),  # "a set of 6"
-    re.compile(_NUMBER + r"-(?:image|panel|frame|shot|picture|photo|page)\b", re.I),  # "a 4-panel storyboard"
-)
-_RATIO = re.compile(r"\d+\s*[x×:：/]\s*\d+", re.I)  # 16:9, 800 x 600, 4/5: sizes and ratios, never counts
-
-
-def _value(word: str) -> int:
-    word = " ".join(word.lower().split())
-    if word.isdigit():
-        return int(word)
-    return _QUANTITIES[word] if word in _QUANTITIES else _NUMBER_WORDS.index(word) + 1
-
-
-def stated_image_counts(prompt: str) -> tuple[int, ...]:
-    """Every distinct number of images the prompt states, in order of appearance (empty when it states none).
-
-    Recognised (English only): a number in digits or a word from one to fifteen, or "a single / a pair of /
-    a couple of / a trio of / a dozen", in "N images" (also pictures, photos, shots, frames, illustrations,
-    renders, variations, variants, versions, views, panels, scenes, portraits, poses, keyframes, stills,
-    selfies, thumbnails, angles, options; up to three words between, as in "3 consistent character portraits"),
-    "a set / series / sequence / collection / batch / grid / group / total of N", and "an N-panel / N-image /
-    N-frame …". Numbers in ratios, sizes, decimals and hyphenated numbers (16:9, 800 x 600, 1.5,
-    twenty-one) are not counts.
-    """
-    text = _RATIO.sub(" ", prompt)
-    found: list[tuple[int, int]] = []
-    for phrase in COUNT_PHRASES:
-        for match in phrase.finditer(text):
-            word = next(group for group in match.groups() if group)
-            if _value(word) > 0:
-                found.append((match.start(), _value(word)))
-    return tuple(dict.fromkeys(value for _, value in sorted(found)))
-
-
-def _characters(count: int) -> str:
-    return f"{count} character{'s' if count != 1 else ''}"
-
-
-def _images(count: int) -> str:
-    return f"{count} image{'s' if count != 1 else ''}"
-
-
-def count_sentence(count: int) -> str:
-    return f"Generate {_images(count)}."
 
 
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"  # nothing in it needs JSON escaping
@@ -350,7 +250,7 @@ class EditSequentialRequest:
             raise InputError(
                 "prompt",
                 f"has {len(self.prompt)} characters, and adding {added!r} (count_in_prompt) makes {len(self.text)}; the model "
-                f"accepts at most {MAX_PROMPT_CHARS}. Shorten it by {_characters(len(self.text) - MAX_PROMPT_CHARS)}, say the "
+                f"accepts at most {MAX_PROMPT_CHARS}. Shorten it by {plural(len(self.text) - MAX_PROMPT_CHARS, 'character')}, say the "
                 "number of images in it yourself, or set count_in_prompt to 'as written'.",
             )
         check_reference_count(encoded_references + len(self.images), self.max_images, self.sequential_image_generation)
@@ -394,11 +294,11 @@ class EditSequentialRequest:
             return (f"the prompt mentions {listed} images; max_images is {most}: at most {most} will be made and charged",)
         if not counts or counts[0] == most:
             return ()
-        stated = counts[0]
+        asked = f"the prompt asks for {plural(counts[0], 'image')}"
         if self.sequential_image_generation != "auto":
-            return (f"the prompt asks for {_images(stated)}, but sequential_image_generation is disabled: exactly 1 will be made",)
+            return (f"{asked}, but sequential_image_generation is disabled: exactly 1 will be made",)
         charged = f"{most} {'is' if most == 1 else 'are'} charged"
-        return (f"the prompt asks for {_images(stated)}, max_images is {most}: at most {min(stated, most)} will be made and {charged}",)
+        return (f"{asked}, max_images is {most}: at most {min(counts[0], most)} will be made and {charged}",)
 
     @property
     def urls(self) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ import pytest
 
 from helpers import node_inputs, run_node, submitted_payloads
 from runcomfy_seedream.api.errors import InputError
-from runcomfy_seedream.api.schema import stated_image_counts
+from runcomfy_seedream.api.prompt_count import stated_image_counts
 
 RECOGNISED = [
     ("Generate 4 images of a cat", (4,)),

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from runcomfy_seedream.api.addresses import is_private_host, is_public_address
 from runcomfy_seedream.api.errors import InputError
 from runcomfy_seedream.api.references import encode_reference, prepare_reference
 from runcomfy_seedream.api.resume import request_fingerprint
@@ -30,8 +31,6 @@ from runcomfy_seedream.api.schema import (
     check_reference_count,
     check_reference_dimensions,
     check_seed,
-    is_private_host,
-    is_public_address,
 )
 from runcomfy_seedream.fake_service.jobs import check_payload
 
