@@ -245,112 +245,112 @@ class ResumeStore:
             if entry is not None:
                 MEMORY.journal[key] = entry
             return
-        try:
-            with _FileLock.hold(self.directory / LOCKS_DIR / "journal.lock", timeout_s=JOURNAL_LOCK_WAIT_S):
-                now = time.time()
-                live = {fp: raw for fp, raw in self._read_journal().items() if _entry_from(fp, raw, now) is not None}
-                live.pop(fingerprint, None)
-                if entry is not None:
-                    live[fingerprint] = {"state": entry.state, "request_id": entry.request_id, "at": entry.at}
-                newest = dict(sorted(live.items(), key=lambda item: item[1]["at"])[-MAX_JOURNAL_ENTRIES:])
-                write_atomically(path, json.dumps({"version": 1, "entries": newest}, indent=1).encode())
+        with _FileLock.hold(self.directory / LOCKS_DIR / "journal.lock", timeout_s=JOURNAL_LOCK_WAIT_S):
+            now = time.time()
+            live = {fp: raw for fp, raw in self._read_journal().items() if _entry_from(fp, raw, now) is not None}
+            live.pop(fingerprint, None)
             if entry is not None:
-                MEMORY.journal.pop(key, None)
-        except Exception as error:  # noqa: BLE001 - local trouble never ends a run: the entry lives on in memory
-            if entry is not None:
-                MEMORY.journal[key] = entry
-            self._journal_locked_out = isinstance(error, TimeoutError)  # waited once: not again in this run
-            self._trouble("save the resume record", error)
+                live[fingerprint] = {"state": entry.state, "request_id": entry.request_id, "at": entry.at}
+            newest = dict(sorted(live.items(), key=lambda item: item[1]["at"])[-MAX_JOURNAL_ENTRIES:])
+            write_atomically(path, json.dumps({"version": 1, "entries": newest}, indent=1).encode())
+        if entry is not None:
+            MEMORY.journal.pop(key, None)
 
-    async def _tolerant(self, what: str, work: Callable[[], Any], default: Any = None) -> Any:
-        """Run disk work in a thread; anything it raises becomes part of the warning line, never an error."""
+    def _journal_refused(self, fingerprint: str, entry: JournalEntry | None, error: Exception) -> None:
+        """The disk refused a journal change: the entry lives on in memory."""
+        if entry is not None:
+            MEMORY.journal[(self._key, fingerprint)] = entry
+        self._journal_locked_out = isinstance(error, TimeoutError)  # waited once: not again in this run
+
+    async def _tolerant(self, what: str, work: Callable[[], Any], fallback: Callable[[Exception], Any] = lambda error: None) -> Any:
+        """Run disk work in a thread. This is the one place its failures are caught: anything it raises becomes
+        part of the warning line, and `fallback(error)` the answer; never an error."""
         try:
             return await asyncio.to_thread(work)
         except Exception as error:  # noqa: BLE001 - local trouble never ends a run
             self._trouble(what, error)
-            return default
+            return fallback(error)
 
     async def journal_entry(self, fingerprint: str) -> JournalEntry | None:
         return await self._tolerant("read the resume record", lambda: self._journal_entry(fingerprint))
 
     async def record_submitted(self, fingerprint: str, request_id: str) -> None:
-        entry = JournalEntry(fingerprint, "submitted", request_id, time.time())
-        await self._tolerant("save the resume record", lambda: self._change_journal(fingerprint, entry))
+        await self._record(fingerprint, JournalEntry(fingerprint, "submitted", request_id, time.time()))
 
     async def record_unknown_outcome(self, fingerprint: str) -> None:
-        entry = JournalEntry(fingerprint, "unknown_outcome", None, time.time())
-        await self._tolerant("save the resume record", lambda: self._change_journal(fingerprint, entry))
+        await self._record(fingerprint, JournalEntry(fingerprint, "unknown_outcome", None, time.time()))
 
     async def forget(self, fingerprint: str) -> None:
-        await self._tolerant("save the resume record", lambda: self._change_journal(fingerprint, None))
+        await self._record(fingerprint, None)
+
+    async def _record(self, fingerprint: str, entry: JournalEntry | None) -> None:
+        await self._tolerant(
+            "save the resume record",
+            lambda: self._change_journal(fingerprint, entry),
+            lambda error: self._journal_refused(fingerprint, entry, error),
+        )
 
     # --- the result cache --------------------------------------------------------------------
 
     def _results(self) -> Path | None:
         return self.directory / RESULTS_DIR if self.directory is not None else None
 
-    def _cached(self, fingerprint: str) -> CachedResult | None:
+    def _cached(self, fingerprint: str, meta: dict[str, Any]) -> CachedResult | None:
+        """The saved result; `meta` receives its meta.json as soon as it is read (for `_set_aside`)."""
         remembered = MEMORY.result((self._key, fingerprint))
         if remembered is not None:
             return remembered
         root = self._results()
-        if root is None:
+        folder = root / fingerprint if root is not None else None
+        if folder is None or not folder.is_dir() or folder.is_symlink():
             return None
-        folder = root / fingerprint
-        meta: Any = None
-        try:
-            if not folder.is_dir() or folder.is_symlink():
-                return None
-            meta = read_json(folder / "meta.json")
-            names, urls, cost = meta["files"], meta["urls"], meta.get("cost_usd")
-            request_id = meta["request_id"]
-            if not (
-                isinstance(request_id, str)
-                and isinstance(names, list)
-                and names
-                and all(isinstance(name, str) and _FILE_NAME.match(name) for name in names)
-                and isinstance(urls, list)
-                and all(isinstance(url, str) for url in urls)
-                and (cost is None or (isinstance(cost, (int, float)) and not isinstance(cost, bool)))
-            ):
-                raise ValueError("unexpected shape")
-            files = [read_regular_file(folder / name, max_bytes=MAX_RESULT_FILE_BYTES) for name in names]  # never a link
-            # Least recently used goes first. Not through a link (where the platform can tell utime so).
-            os.utime(folder / "meta.json", follow_symlinks=os.utime not in os.supports_follow_symlinks)
-            return CachedResult(request_id, tuple(urls), None if cost is None else float(cost), files)
-        except Exception as error:  # noqa: BLE001 - whatever is wrong with a saved entry, it is set aside
-            self._trouble("read a saved result (it was set aside)", error)
+        meta.update(read_json(folder / "meta.json") or {})
+        names, urls, cost, request_id = meta["files"], meta["urls"], meta.get("cost_usd"), meta["request_id"]
+        if not (
+            isinstance(request_id, str)
+            and isinstance(names, list)
+            and names
+            and all(isinstance(name, str) and _FILE_NAME.match(name) for name in names)
+            and isinstance(urls, list)
+            and all(isinstance(url, str) for url in urls)
+            and (cost is None or (isinstance(cost, (int, float)) and not isinstance(cost, bool)))
+        ):
+            raise ValueError("unexpected shape")
+        files = [read_regular_file(folder / name, max_bytes=MAX_RESULT_FILE_BYTES) for name in names]  # never a link
+        # Least recently used goes first. Not through a link (where the platform can tell utime so).
+        os.utime(folder / "meta.json", follow_symlinks=os.utime not in os.supports_follow_symlinks)
+        return CachedResult(request_id, tuple(urls), None if cost is None else float(cost), files)
+
+    def _set_aside(self, fingerprint: str, meta: dict[str, Any]) -> CachedResult | None:
+        """Whatever is wrong with a saved entry, it is set aside; its request id still lets the run collect the paid
+        job again."""
+        with contextlib.suppress(Exception):
             self._drop_result(fingerprint)
-            request_id = meta.get("request_id") if isinstance(meta, dict) else None
-            # Without usable files the request id still lets the run collect the paid job again.
-            return CachedResult(request_id, (), None, []) if isinstance(request_id, str) and request_id else None
+        request_id = meta.get("request_id")
+        return CachedResult(request_id, (), None, []) if isinstance(request_id, str) and request_id else None
 
     def _store_result(self, fingerprint: str, result: CachedResult) -> None:
         root = self._results()
+        if root is None:
+            raise OSError("no folder for saved results")
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=root))
         try:
-            if root is None:
-                raise OSError("no folder for saved results")
-            root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=root))
-            try:
-                names = [f"{index:02d}.img" for index in range(len(result.files))]
-                for name, data in zip(names, result.files, strict=True):
-                    (staging / name).write_bytes(data)
-                meta = {"request_id": result.request_id, "urls": list(result.urls), "cost_usd": result.cost_usd, "files": names}
-                (staging / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-                target = root / fingerprint
-                if target.exists() or target.is_symlink():
-                    self._discard(target)
-                os.replace(staging, target)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            MEMORY.drop_result((self._key, fingerprint))
-            with contextlib.suppress(OSError):  # tidying is best effort: another process may be tidying too
-                self._evict(keep=fingerprint)
-        except Exception as error:  # noqa: BLE001 - the images live on in memory instead
-            self._trouble("save the images for a free re-run", error)
-            MEMORY.keep_result((self._key, fingerprint), result)
+            names = [f"{index:02d}.img" for index in range(len(result.files))]
+            for name, data in zip(names, result.files, strict=True):
+                (staging / name).write_bytes(data)
+            meta = {"request_id": result.request_id, "urls": list(result.urls), "cost_usd": result.cost_usd, "files": names}
+            (staging / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+            target = root / fingerprint
+            if target.exists() or target.is_symlink():
+                self._discard(target)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        MEMORY.drop_result((self._key, fingerprint))
+        with contextlib.suppress(OSError):  # tidying is best effort: another process may be tidying too
+            self._evict(keep=fingerprint)
 
     @staticmethod
     def _discard(path: Path) -> None:
@@ -397,11 +397,20 @@ class ResumeStore:
             total -= size
 
     async def cached(self, fingerprint: str) -> CachedResult | None:
-        return await self._tolerant("read a saved result (it was set aside)", lambda: self._cached(fingerprint))
+        meta: dict[str, Any] = {}
+        return await self._tolerant(
+            "read a saved result (it was set aside)",
+            lambda: self._cached(fingerprint, meta),
+            lambda error: self._set_aside(fingerprint, meta),
+        )
 
     async def store_result(self, fingerprint: str, result: CachedResult) -> None:
         """Keep the files for a free re-run (in memory, with a warning, when the disk refuses them)."""
-        await self._tolerant("save the images for a free re-run", lambda: self._store_result(fingerprint, result))
+        await self._tolerant(
+            "save the images for a free re-run",
+            lambda: self._store_result(fingerprint, result),
+            lambda error: MEMORY.keep_result((self._key, fingerprint), result),
+        )
 
     async def drop_result(self, fingerprint: str) -> None:
         await self._tolerant("set a damaged saved result aside", lambda: self._drop_result(fingerprint))
