@@ -6,6 +6,10 @@ parallel, downscaled until each fits its share of the 64 MiB body). Works on num
 arrays, so any caller can use it. What was done to an image comes back as notes, data
 for the caller to show.
 
+Encoded references are kept in `ENCODED_REFERENCES`, a process-wide cache bounded by
+encoded bytes: a re-run with the same references and a new seed or prompt sends them
+at once instead of encoding them again.
+
 `map_in_threads` is how every codec step of the package (encoding here, decoding in
 `downloads`) uses all cores without blocking the event loop: PIL's codecs, numpy and
 hashlib release the GIL on large buffers.
@@ -19,7 +23,9 @@ import hashlib
 import io
 import math
 import os
-from collections.abc import Awaitable, Callable, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -170,19 +176,130 @@ def _file_bytes(image: Image.Image, fmt: str, png: PngSettings = DEFAULT_PNG) ->
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class EncodedFile:
+    """What encoding one set of clean pixels produced, whatever the reference is called: the base64 file and
+    the notes of the encoding itself (a downscale), not those of preparing the pixels."""
+
+    uri: DataUri
+    notes: tuple[str, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.uri.base64)
+
+
+ENCODED_CACHE_BYTES = 256 * 2**20
+
+
+class EncodedCache:
+    """The most recently used encoded references of this process, so that a re-run with the same references
+    (a new seed or prompt) starts its upload at once instead of encoding them again.
+
+    An entry is an `EncodedFile`, keyed by everything that decides its bytes: the digest of the clean
+    pixels, the format, the per-file byte limit (a different share of the request body encodes again)
+    and, for PNG, the zlib settings. It holds the base64 file and the notes of its encoding, so that a
+    downscale is reported on every run that sends it; never pixels, labels or credentials.
+
+    At most `max_bytes` of base64 are kept; the least recently used entries go first. Thread-safe
+    (encodes run in worker threads), and two runs that need the same file at once encode it once:
+    the second waits for the first. `clear()` empties it and resets `hits` and `misses`.
+    """
+
+    def __init__(self, max_bytes: int = ENCODED_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[Hashable, EncodedFile] = OrderedDict()
+        self._bytes = 0
+        self._pending: dict[Hashable, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    @property
+    def nbytes(self) -> int:
+        """Base64 bytes held."""
+        with self._lock:
+            return self._bytes
+
+    def clear(self) -> None:
+        """Forget every entry and reset the counts (an encode in flight is kept when it finishes)."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+    def get_or_encode(self, key: Hashable, encode: Callable[[], EncodedFile]) -> EncodedFile:
+        """The entry for `key`, made by `encode()` (outside the lock) when there is none."""
+        while True:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    self._entries.move_to_end(key)
+                    self.hits += 1
+                    return entry
+                pending = self._pending.get(key)
+                if pending is None:
+                    pending = self._pending[key] = threading.Event()
+                    self.misses += 1
+                    break
+            pending.wait()  # another thread is encoding these pixels; then look again
+        try:
+            entry = encode()
+            with self._lock:
+                self._keep(key, entry)
+        finally:
+            with self._lock:
+                del self._pending[key]
+            pending.set()
+        return entry
+
+    def _keep(self, key: Hashable, entry: EncodedFile) -> None:
+        if entry.nbytes > self.max_bytes:
+            return
+        self._entries[key] = entry
+        self._bytes += entry.nbytes
+        while self._bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= evicted.nbytes
+
+
+ENCODED_REFERENCES = EncodedCache()  # the process's cache; `ENCODED_REFERENCES.clear()` empties it
+
+
 def encode_reference(
     prepared: PreparedReference,
     *,
     max_file_bytes: int = MAX_REFERENCE_BYTES - 1,
     fmt: str = "png",
     png: PngSettings = DEFAULT_PNG,
+    cache: EncodedCache | None = ENCODED_REFERENCES,
 ) -> EncodedReference:
-    """Encode one reference as PNG or JPEG (quality 95). Too-large images are downscaled (aspect kept) until they fit; a downscaled
-    size always passes the schema's side and aspect rules, since it is rounded toward the original's aspect."""
-    original = Image.fromarray(prepared.rgb8, mode="RGB")
-    notes = list(prepared.notes)
+    """Encode one reference as PNG or JPEG (quality 95), or take it from `cache` when these pixels were encoded
+    the same way before. Too-large images are downscaled (aspect kept) until they fit; a downscaled size always
+    passes the schema's side and aspect rules, since it is rounded toward the original's aspect."""
     if fmt not in REFERENCE_FORMATS:
         raise InputError("reference_format", f"{fmt!r} is not accepted. Choose one of: {', '.join(REFERENCE_FORMATS)}.")
+
+    def encode() -> EncodedFile:
+        return _encode_file(prepared.rgb8, max_file_bytes, fmt, png)
+
+    if cache is None:
+        encoded = encode()
+    else:
+        encoded = cache.get_or_encode((prepared.digest, fmt, max_file_bytes, png if fmt == "png" else None), encode)
+    return EncodedReference(prepared.label, encoded.uri, prepared.notes + encoded.notes)
+
+
+def _encode_file(rgb8: np.ndarray, max_file_bytes: int, fmt: str, png: PngSettings) -> EncodedFile:
+    original = Image.fromarray(rgb8, mode="RGB")
     scale = min(1.0, MAX_SIDE / max(original.size), _probe_scale(original, max_file_bytes, fmt, png))
     image = original if scale >= 1.0 else original.resize(_scaled(original.size, scale), Image.Resampling.LANCZOS)
     data = _file_bytes(image, fmt, png)
@@ -190,13 +307,14 @@ def encode_reference(
         scale *= math.sqrt(max_file_bytes / len(data)) * 0.95
         image = original.resize(_scaled(original.size, scale), Image.Resampling.LANCZOS)
         data = _file_bytes(image, fmt, png)
+    notes: tuple[str, ...] = ()
     if image.size != original.size:
-        check_reference_dimensions(prepared.label, *image.size)  # cannot fail: `_scaled` keeps the rules
-        notes.append(
+        check_reference_dimensions("reference", *image.size)  # cannot fail: `_scaled` keeps the rules
+        notes = (
             f"downscaled from {original.size[0]}x{original.size[1]} to {image.size[0]}x{image.size[1]} "
-            f"to fit the {MAX_SIDE_EXCLUSIVE} px / {max_file_bytes / 1e6:.1f} MB limits as {fmt.upper()}"
+            f"to fit the {MAX_SIDE_EXCLUSIVE} px / {max_file_bytes / 1e6:.1f} MB limits as {fmt.upper()}",
         )
-    return EncodedReference(prepared.label, DataUri(f"image/{fmt}", base64.b64encode(data)), tuple(notes))
+    return EncodedFile(DataUri(f"image/{fmt}", base64.b64encode(data)), notes)
 
 
 def encode_references(
@@ -206,10 +324,12 @@ def encode_references(
     fmt: str = "png",
     png: PngSettings = DEFAULT_PNG,
     on_done: Callable[[EncodedReference, int], None] | None = None,
+    cache: EncodedCache | None = ENCODED_REFERENCES,
 ) -> Awaitable[list[EncodedReference]]:
-    """Encode every reference in parallel worker threads; `on_done(encoded, count_done)` runs on the loop."""
+    """Encode every reference in parallel worker threads (those in `cache` are not encoded again);
+    `on_done(encoded, count_done)` runs on the loop."""
     return map_in_threads(
-        lambda ref: encode_reference(ref, max_file_bytes=max_file_bytes, fmt=fmt, png=png),
+        lambda ref: encode_reference(ref, max_file_bytes=max_file_bytes, fmt=fmt, png=png, cache=cache),
         prepared,
         on_done=on_done,
         name="runcomfy-encode",

@@ -1,15 +1,27 @@
-"""reference_format: PNG (lossless) or JPEG (quality 95) for slow uplinks; what is sent, what the user sees."""
+"""reference_format: PNG (lossless) or JPEG (quality 95) for slow uplinks; what is sent, what the user sees, and the cache
+of encoded references."""
 
 from __future__ import annotations
 
 import base64
 import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from helpers import image_batch, node_inputs, run_node, submitted_payloads
-from runcomfy_seedream.api.references import encode_reference, prepare_reference
+from runcomfy_seedream.api.references import (
+    ENCODED_REFERENCES,
+    EncodedCache,
+    EncodedFile,
+    encode_reference,
+    prepare_reference,
+)
+from runcomfy_seedream.api.schema import DataUri
 
 
 def photo_like(height: int, width: int) -> np.ndarray:
@@ -54,3 +66,89 @@ def test_a_reference_png_must_downscale_goes_at_full_size_as_jpeg():
     assert decoded(str(jpeg.uri)).size == (1600, 1200) and not jpeg.notes
     full_png = encode_reference(prepared, fmt="png")
     assert len(jpeg.uri.base64) * 3 < len(full_png.uri.base64)  # several times fewer bytes to upload
+
+
+# --- the cache of encoded references -----------------------------------------------------------
+
+
+def test_the_same_pixels_encoded_again_come_from_the_cache_with_their_notes():
+    ENCODED_REFERENCES.clear()
+    pixels = photo_like(1200, 1600)
+    limit = 1_500_000  # small enough that PNG must downscale
+    first = encode_reference(prepare_reference("image_1", pixels), max_file_bytes=limit)
+    again = encode_reference(prepare_reference("image_2", pixels.copy()), max_file_bytes=limit)  # same pixels, another input
+    assert (ENCODED_REFERENCES.hits, ENCODED_REFERENCES.misses) == (1, 1)
+    assert again.uri.base64 is first.uri.base64 and again.label == "image_2"
+    assert any("downscaled" in note for note in again.notes)  # still reported when nothing was encoded
+
+    jpeg = encode_reference(prepare_reference("image_1", pixels), max_file_bytes=limit, fmt="jpeg")
+    other_share = encode_reference(prepare_reference("image_1", pixels), max_file_bytes=limit // 2)
+    other_pixels = encode_reference(prepare_reference("image_1", photo_like(1200, 1599)), max_file_bytes=limit)
+    assert (ENCODED_REFERENCES.hits, ENCODED_REFERENCES.misses) == (1, 4)
+    assert jpeg.uri.mime == "image/jpeg" and decoded(str(other_share.uri)).size < decoded(str(first.uri)).size
+    assert len({id(e.uri.base64) for e in (first, jpeg, other_share, other_pixels)}) == 4
+
+
+def test_the_cache_is_bounded_and_evicts_the_least_recently_used():
+    cache = EncodedCache(max_bytes=3_000)
+    made = []
+
+    def entry(name: str):
+        def encode() -> EncodedFile:
+            made.append(name)
+            return EncodedFile(DataUri("image/png", name.encode() * 1_000))
+
+        return encode
+
+    for name in "abc":
+        cache.get_or_encode(name, entry(name))
+    cache.get_or_encode("a", entry("a"))  # used again: "b" is now the least recently used
+    cache.get_or_encode("d", entry("d"))
+    assert "b" not in cache and all(key in cache for key in "acd")
+    assert cache.nbytes == 3_000 and len(cache) == 3 and made == ["a", "b", "c", "d"]
+    cache.get_or_encode("b", entry("b"))  # encoded again, and "c" goes
+    assert made[-1] == "b" and "c" not in cache and cache.nbytes <= cache.max_bytes
+    assert EncodedCache(max_bytes=10).get_or_encode("big", entry("x")).nbytes == 1_000  # too big to keep: returned, not kept
+    cache.clear()
+    assert len(cache) == 0 and cache.nbytes == 0 and (cache.hits, cache.misses) == (0, 0)
+
+
+def test_runs_needing_the_same_file_at_once_encode_it_once():
+    cache = EncodedCache()
+    calls = []
+    start = threading.Barrier(4)
+
+    def encode() -> EncodedFile:
+        calls.append(1)
+        time.sleep(0.05)  # long enough for the other threads to ask meanwhile (they find it either way)
+        return EncodedFile(DataUri("image/png", b"QUJD"))
+
+    def ask(_):
+        start.wait()
+        return cache.get_or_encode("same", encode)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(ask, range(4)))
+    assert len(calls) == 1 and all(result is results[0] for result in results)
+    assert (cache.hits, cache.misses) == (3, 1)
+
+
+def test_a_failed_encode_is_not_kept_and_the_next_run_tries_again():
+    cache = EncodedCache()
+
+    def broken() -> EncodedFile:
+        raise MemoryError
+
+    with pytest.raises(MemoryError):
+        cache.get_or_encode("k", broken)
+    assert "k" not in cache
+    assert cache.get_or_encode("k", lambda: EncodedFile(DataUri("image/png", b"QUJD"))).uri.base64 == b"QUJD"
+
+
+def test_a_rerun_with_a_new_seed_sends_the_references_without_encoding_them_again(fake, comfy):
+    ENCODED_REFERENCES.clear()
+    run_node(**node_inputs(seed=1))
+    run_node(**node_inputs(seed=2))
+    first, second = submitted_payloads(fake)
+    assert fake.submits == 2 and first["images"] == second["images"]
+    assert (ENCODED_REFERENCES.hits, ENCODED_REFERENCES.misses) == (1, 1)
