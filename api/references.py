@@ -283,8 +283,8 @@ def encode_reference(
     cache: EncodedCache | None = ENCODED_REFERENCES,
 ) -> EncodedReference:
     """Encode one reference as PNG or JPEG (quality 95), or take it from `cache` when these pixels were encoded
-    the same way before. Too-large images are downscaled (aspect kept) until they fit; a downscaled size always
-    passes the schema's side and aspect rules, since it is rounded toward the original's aspect."""
+    the same way before. Too-large images are downscaled (aspect kept) until they fit; `_scaled` keeps every
+    downscaled size within the schema's side and aspect rules."""
     if fmt not in REFERENCE_FORMATS:
         raise InputError("reference_format", f"{fmt!r} is not accepted. Choose one of: {', '.join(REFERENCE_FORMATS)}.")
 
@@ -309,7 +309,6 @@ def _encode_file(rgb8: np.ndarray, max_file_bytes: int, fmt: str, png: PngSettin
         data = _file_bytes(image, fmt, png)
     notes: tuple[str, ...] = ()
     if image.size != original.size:
-        check_reference_dimensions("reference", *image.size)  # cannot fail: `_scaled` keeps the rules
         notes = (
             f"downscaled from {original.size[0]}x{original.size[1]} to {image.size[0]}x{image.size[1]} "
             f"to fit the {MAX_SIDE_EXCLUSIVE} px / {max_file_bytes / 1e6:.1f} MB limits as {fmt.upper()}",

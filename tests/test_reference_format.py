@@ -1,5 +1,5 @@
-"""reference_format: PNG (lossless) or JPEG (quality 95) for slow uplinks; what is sent, what the user sees, and the cache
-of encoded references."""
+"""reference_format: PNG (lossless) or JPEG (quality 95) for slow uplinks; what is sent, what the user sees; the cache of
+encoded references, and the sizes a downscale may produce."""
 
 from __future__ import annotations
 
@@ -18,10 +18,18 @@ from runcomfy_seedream.api.references import (
     ENCODED_REFERENCES,
     EncodedCache,
     EncodedFile,
+    _scaled,
     encode_reference,
     prepare_reference,
 )
-from runcomfy_seedream.api.schema import DataUri
+from runcomfy_seedream.api.schema import (
+    MAX_ASPECT_EXCLUSIVE,
+    MAX_SIDE_EXCLUSIVE,
+    MIN_ASPECT_EXCLUSIVE,
+    MIN_SIDE_EXCLUSIVE,
+    DataUri,
+    check_reference_dimensions,
+)
 
 
 def photo_like(height: int, width: int) -> np.ndarray:
@@ -152,3 +160,30 @@ def test_a_rerun_with_a_new_seed_sends_the_references_without_encoding_them_agai
     first, second = submitted_payloads(fake)
     assert fake.submits == 2 and first["images"] == second["images"]
     assert (ENCODED_REFERENCES.hits, ENCODED_REFERENCES.misses) == (1, 1)
+
+
+# --- downscaled sizes ---------------------------------------------------------------------------
+
+_NEAR_LIMITS = sorted({*range(15, 19), *range(43, 51), *range(133, 138), *range(1998, 2003), *range(5996, 6003), *range(17995, 18002)})
+
+
+def test_downscaled_sizes_always_keep_the_schema_rules():
+    """`_scaled` on sizes near each limit (sides near 15 and 5999, aspects near 1:3 and 3:1), at every scale
+    `encode_reference` may ask for (at most 1, and at most what brings the longer side under 6000 px)."""
+    checked = 0
+    for width in _NEAR_LIMITS:
+        for height in _NEAR_LIMITS:
+            if not MIN_ASPECT_EXCLUSIVE < width / height < MAX_ASPECT_EXCLUSIVE:
+                continue  # refused before encoding
+            fit_side = (MAX_SIDE_EXCLUSIVE - 1) / max(width, height)
+            for scale in (1.0, 0.9999, 0.5, 0.33334, 1 / 3, 0.1, 0.01, 1e-4, fit_side, fit_side * 0.95, fit_side * 0.999):
+                if scale > min(1.0, fit_side):
+                    continue
+                new_w, new_h = _scaled((width, height), scale)
+                check_reference_dimensions("image_1", new_w, new_h)  # sides > 14 px, aspect inside (0.33, 3)
+                assert new_w < MAX_SIDE_EXCLUSIVE and new_h < MAX_SIDE_EXCLUSIVE, (width, height, scale)
+                for side, exact in ((new_w, width * scale), (new_h, height * scale)):
+                    if exact >= MIN_SIDE_EXCLUSIVE + 1:  # else raised to the smallest side allowed
+                        assert abs(side - exact) <= 1.5, (width, height, scale, new_w, new_h)  # rounded, at most a pixel more
+                checked += 1
+    assert checked > 3_000
