@@ -327,7 +327,6 @@ class ImageBatch:
             shrink = math.sqrt(per_image / (height * width))
             height, width = max(1, math.floor(height * shrink)), max(1, math.floor(width * shrink))
         self.sizes = [_fit(size, height, width) for size in sizes]
-        self.fitted = any(fitted != native for fitted, native in zip(self.sizes, sizes, strict=True))
         self.padded = any(size != (height, width) for size in self.sizes)
         self._canvas = np.zeros((self.count, height, width, 3), dtype=np.float32)
         self._natives: list[np.ndarray | None] = [None] * self.count
@@ -411,19 +410,21 @@ async def assemble(files: Sequence[bytes], *, label: str, max_bytes: int = DEFAU
         return batch
 
     warning = None
+    budget = max_bytes
     try:
-        batch = await decode_into(ImageBatch(sizes, max_bytes=max_bytes))
+        batch = await decode_into(ImageBatch(sizes, max_bytes=budget))
     except MemoryError:
         if max_bytes <= SMALL_BATCH_BYTES:
             raise
-        batch = await decode_into(ImageBatch(sizes, max_bytes=SMALL_BATCH_BYTES))
+        budget = SMALL_BATCH_BYTES
+        batch = await decode_into(ImageBatch(sizes, max_bytes=budget))
         warning = "not enough memory for the full-size outputs; they were assembled smaller"
     notes = []
     if batch.shrunk:
         batch_h, batch_w = batch.array().shape[1:3]
         listed = "image_list is scaled down too" if batch.list_shrunk else "image_list keeps native sizes"
         notes.append(
-            f"{len(batch.shrunk)} image(s) scaled down to fit the outputs' {max_bytes // 2**20} MiB memory "
+            f"{len(batch.shrunk)} image(s) scaled down to fit the outputs' {budget // 2**20} MiB memory "
             f"budget ({batch_w}x{batch_h} canvas, aspect kept); {listed}"
         )
     return Assembled(batch, tuple(notes), warning)
