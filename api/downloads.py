@@ -29,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import io
 import math
+import mmap
 import socket
+import sys
 import threading
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
@@ -303,6 +305,27 @@ class ResultDownloader:
 
 _SCALE = np.float32(1.0 / 255.0)
 _BYTES_PER_PIXEL = 3 * 4  # float32 RGB
+_PLAIN_PAGES_FROM = 4 * 2**20  # numpy asks for transparent huge pages from this size on
+_PLAIN_PAGES = sys.platform.startswith("linux") and hasattr(mmap, "MAP_PRIVATE")
+
+
+def _zeroed(shape: tuple[int, ...]) -> np.ndarray:
+    """A zero-filled float32 array for pixels that are written once: on Linux, in ordinary 4 KiB pages.
+
+    numpy marks large arrays for transparent huge pages, and with the common `madvise` setting
+    the kernel may compact memory on the first touch of each one: writing a fresh 600 MiB batch
+    took 0.7-1.2 s on the bench machine, against 0.12-0.21 s in plain pages (the pages of an
+    anonymous private mapping, zeroed by the kernel). Huge pages buy nothing for a buffer written
+    once and read a few times. An array that cannot be had is a `MemoryError`, as from numpy.
+    """
+    nbytes = math.prod(shape) * 4
+    if not _PLAIN_PAGES or nbytes < _PLAIN_PAGES_FROM:
+        return np.zeros(shape, dtype=np.float32)
+    try:
+        buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError as exc:
+        raise MemoryError(f"cannot map {nbytes / 2**20:.0f} MiB for the images") from exc
+    return np.frombuffer(buffer, dtype=np.float32).reshape(shape)  # the array keeps the mapping; unmapped with it
 
 
 class ImageBatch:
@@ -328,7 +351,7 @@ class ImageBatch:
             height, width = max(1, math.floor(height * shrink)), max(1, math.floor(width * shrink))
         self.sizes = [_fit(size, height, width) for size in sizes]
         self.padded = any(size != (height, width) for size in self.sizes)
-        self._canvas = np.zeros((self.count, height, width, 3), dtype=np.float32)
+        self._canvas = _zeroed((self.count, height, width, 3))
         self._natives: list[np.ndarray | None] = [None] * self.count
         self._placed = [False] * self.count
         self._lock = threading.Lock()
@@ -350,7 +373,7 @@ class ImageBatch:
             raise ValueError(f"image {index + 1} is {pixels.shape[1]}x{pixels.shape[0]}, its header said otherwise")
         if self.keeps_natives:  # image_list needs each image apart from the batch
             listed = _resized(pixels, self.list_sizes[index])
-            native = np.empty(listed.shape, dtype=np.float32)
+            native = _zeroed(listed.shape)
             np.multiply(listed, _SCALE, out=native, dtype=np.float32)
             self._natives[index] = native
         np.multiply(_resized(pixels, self.sizes[index]), _SCALE, out=self._slot(index), dtype=np.float32)

@@ -5,6 +5,7 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from runcomfy_seedream.api import ImageBatch
@@ -93,3 +94,16 @@ def test_after_the_low_memory_fallback_the_note_states_the_budget_used(monkeypat
     (note,) = assembled.notes
     assert f"{downloads.SMALL_BATCH_BYTES // 2**20} MiB memory budget" in note and "4096 MiB" not in note
     assert assembled.images.shrunk == [0, 1]
+
+
+def test_a_large_batch_is_black_around_each_image_and_writable_like_any_array():
+    sizes = [(1000, 2000), (500, 1200), (1000, 2000)]  # over 4 MiB: the batch is mapped apart from numpy's heap
+    batch = ImageBatch(sizes)
+    for index, (height, width) in enumerate(sizes):
+        batch.place(index, solid(height, width, 255))
+    array = batch.array()
+    assert array.shape == (3, 1000, 2000, 3) and array.dtype == np.float32 and array.flags.writeable
+    assert np.all(array[1, 250:750, 400:1600] == 1.0) and not array[1, :250].any() and not array[1, :, :400].any()
+    assert np.all(array[0] == 1.0) and batch.native(1).shape == (500, 1200, 3) and np.all(batch.native(1) == 1.0)
+    torch = pytest.importorskip("torch")
+    assert torch.from_numpy(array).sum().item() == 2 * 1000 * 2000 * 3 + 500 * 1200 * 3  # ComfyUI gets it without a copy
