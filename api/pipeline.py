@@ -53,7 +53,6 @@ from .references import (
     PreparedReference,
     check_frame_shape,
     encode_references,
-    map_in_threads,
     per_reference_byte_limit,
     prepare_reference,
 )
@@ -61,6 +60,7 @@ from .resume import UNKNOWN_OUTCOME_HOLD_S, CachedResult, ResumeStore, request_f
 from .schema import MODEL_ID, EditSequentialRequest, check_choice
 from .shared import LOOP_STATE
 from .stop import Latch, StopCheck, never_stop, stoppable
+from .threads import map_in_threads
 
 log = logging.getLogger("runcomfy.seedream")
 NOTHING_SENT = "nothing was sent and nothing is charged."

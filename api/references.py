@@ -6,21 +6,18 @@ parallel, downscaled until each fits its share of the 64 MiB body). Works on num
 arrays, so any caller can use it. What was done to an image comes back as notes, data
 for the caller to show.
 
-`map_in_threads` is how every codec step of the package (encoding here, decoding in
-`downloads`) uses all cores without blocking the event loop: PIL's codecs, numpy and
-hashlib release the GIL on large buffers.
+Encoded references are kept in `shared.ENCODED`, a process-wide cache bounded by
+encoded bytes: a re-run with the same references and a new seed or prompt sends them
+at once instead of encoding them again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import io
 import math
-import os
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -38,39 +35,11 @@ from .schema import (
     DataUri,
     check_reference_dimensions,
 )
+from .shared import ENCODED, EncodedCache
+from .threads import map_in_threads
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-async def map_in_threads(
-    func: Callable[[T], R],
-    items: Sequence[T],
-    *,
-    on_done: Callable[[R, int], None] | None = None,
-    name: str = "runcomfy",
-) -> list[R]:
-    """[func(item) for item in items], computed in parallel; `on_done(result, count_done)` runs on the loop."""
-    if not items:
-        return []
-    loop = asyncio.get_running_loop()
-    done = 0
-    with ThreadPoolExecutor(max_workers=max(1, min(len(items), os.cpu_count() or 1)), thread_name_prefix=name) as pool:
-
-        async def one(item: T) -> R:
-            nonlocal done
-            result = await loop.run_in_executor(pool, func, item)
-            done += 1
-            if on_done is not None:
-                on_done(result, done)
-            return result
-
-        tasks = [asyncio.ensure_future(one(item)) for item in items]
-        try:
-            return list(await asyncio.gather(*tasks))
-        finally:
-            for task in tasks:
-                task.cancel()
 
 
 MAX_SIDE = MAX_SIDE_EXCLUSIVE - 1
@@ -170,19 +139,45 @@ def _file_bytes(image: Image.Image, fmt: str, png: PngSettings = DEFAULT_PNG) ->
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class EncodedFile:
+    """What encoding one set of clean pixels produced, whatever the reference is called: the base64 file and
+    the notes of the encoding itself (a downscale), not those of preparing the pixels."""
+
+    uri: DataUri
+    notes: tuple[str, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.uri.base64)
+
+
 def encode_reference(
     prepared: PreparedReference,
     *,
     max_file_bytes: int = MAX_REFERENCE_BYTES - 1,
     fmt: str = "png",
     png: PngSettings = DEFAULT_PNG,
+    cache: EncodedCache | None = ENCODED,
 ) -> EncodedReference:
-    """Encode one reference as PNG or JPEG (quality 95). Too-large images are downscaled (aspect kept) until they fit; a downscaled
-    size always passes the schema's side and aspect rules, since it is rounded toward the original's aspect."""
-    original = Image.fromarray(prepared.rgb8, mode="RGB")
-    notes = list(prepared.notes)
+    """Encode one reference as PNG or JPEG (quality 95), or take it from `cache` when these pixels were encoded
+    the same way before. Too-large images are downscaled (aspect kept) until they fit; `_scaled` keeps every
+    downscaled size within the schema's side and aspect rules."""
     if fmt not in REFERENCE_FORMATS:
         raise InputError("reference_format", f"{fmt!r} is not accepted. Choose one of: {', '.join(REFERENCE_FORMATS)}.")
+
+    def encode() -> EncodedFile:
+        return _encode_file(prepared.rgb8, max_file_bytes, fmt, png)
+
+    if cache is None:
+        encoded = encode()
+    else:
+        encoded = cache.get_or_encode((prepared.digest, fmt, max_file_bytes, png if fmt == "png" else None), encode)
+    return EncodedReference(prepared.label, encoded.uri, prepared.notes + encoded.notes)
+
+
+def _encode_file(rgb8: np.ndarray, max_file_bytes: int, fmt: str, png: PngSettings) -> EncodedFile:
+    original = Image.fromarray(rgb8, mode="RGB")
     scale = min(1.0, MAX_SIDE / max(original.size), _probe_scale(original, max_file_bytes, fmt, png))
     image = original if scale >= 1.0 else original.resize(_scaled(original.size, scale), Image.Resampling.LANCZOS)
     data = _file_bytes(image, fmt, png)
@@ -190,13 +185,13 @@ def encode_reference(
         scale *= math.sqrt(max_file_bytes / len(data)) * 0.95
         image = original.resize(_scaled(original.size, scale), Image.Resampling.LANCZOS)
         data = _file_bytes(image, fmt, png)
+    notes: tuple[str, ...] = ()
     if image.size != original.size:
-        check_reference_dimensions(prepared.label, *image.size)  # cannot fail: `_scaled` keeps the rules
-        notes.append(
+        notes = (
             f"downscaled from {original.size[0]}x{original.size[1]} to {image.size[0]}x{image.size[1]} "
-            f"to fit the {MAX_SIDE_EXCLUSIVE} px / {max_file_bytes / 1e6:.1f} MB limits as {fmt.upper()}"
+            f"to fit the {MAX_SIDE_EXCLUSIVE} px / {max_file_bytes / 1e6:.1f} MB limits as {fmt.upper()}",
         )
-    return EncodedReference(prepared.label, DataUri(f"image/{fmt}", base64.b64encode(data)), tuple(notes))
+    return EncodedFile(DataUri(f"image/{fmt}", base64.b64encode(data)), notes)
 
 
 def encode_references(
@@ -206,10 +201,12 @@ def encode_references(
     fmt: str = "png",
     png: PngSettings = DEFAULT_PNG,
     on_done: Callable[[EncodedReference, int], None] | None = None,
+    cache: EncodedCache | None = ENCODED,
 ) -> Awaitable[list[EncodedReference]]:
-    """Encode every reference in parallel worker threads; `on_done(encoded, count_done)` runs on the loop."""
+    """Encode every reference in parallel worker threads (those in `cache` are not encoded again);
+    `on_done(encoded, count_done)` runs on the loop."""
     return map_in_threads(
-        lambda ref: encode_reference(ref, max_file_bytes=max_file_bytes, fmt=fmt, png=png),
+        lambda ref: encode_reference(ref, max_file_bytes=max_file_bytes, fmt=fmt, png=png, cache=cache),
         prepared,
         on_done=on_done,
         name="runcomfy-encode",

@@ -6,7 +6,7 @@
 - `PRICES`: the catalog price of each service for an hour, and when a lookup last failed.
 - `MEMORY`: what the user folder refused to keep (resume records and a few results, which end with the
   process), and the run locks that keep identical inputs from being paid for twice at once.
-- `ENCODED`: the latest encoded references (`references.EncodedCache`).
+- `ENCODED`: the latest encoded references, so a re-run with the same references uploads at once.
 
 Nothing here is keyed by or holds the token. `reset_all()` empties every place (tests use it).
 """
@@ -17,7 +17,8 @@ import asyncio
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,12 +144,95 @@ class MemoryRecords:
             self._locks.clear()
 
 
+ENCODED_CACHE_BYTES = 256 * 2**20
+
+
+class EncodedCache:
+    """The most recently used encoded references of this process, so that a re-run with the same references
+    (a new seed or prompt) starts its upload at once instead of encoding them again.
+
+    An entry is a `references.EncodedFile` (anything with `nbytes`), keyed by everything that decides its bytes: the digest of the clean
+    pixels, the format, the per-file byte limit (a different share of the request body encodes again)
+    and, for PNG, the zlib settings. It holds the base64 file and the notes of its encoding, so that a
+    downscale is reported on every run that sends it; never pixels, labels or credentials.
+
+    At most `max_bytes` of base64 are kept; the least recently used entries go first. Thread-safe
+    (encodes run in worker threads), and two runs that need the same file at once encode it once:
+    the second waits for the first. `reset()` empties it and resets `hits` and `misses`.
+    """
+
+    def __init__(self, max_bytes: int = ENCODED_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self._bytes = 0
+        self._pending: dict[Hashable, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    @property
+    def nbytes(self) -> int:
+        """Base64 bytes held."""
+        with self._lock:
+            return self._bytes
+
+    def reset(self) -> None:
+        """Forget every entry and reset the counts (an encode in flight is kept when it finishes)."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+    def get_or_encode(self, key: Hashable, encode: Callable[[], Any]) -> Any:
+        """The entry for `key`, made by `encode()` (outside the lock) when there is none."""
+        while True:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    self._entries.move_to_end(key)
+                    self.hits += 1
+                    return entry
+                pending = self._pending.get(key)
+                if pending is None:
+                    pending = self._pending[key] = threading.Event()
+                    self.misses += 1
+                    break
+            pending.wait()  # another thread is encoding these pixels; then look again
+        try:
+            entry = encode()
+            with self._lock:
+                self._keep(key, entry)
+        finally:
+            with self._lock:
+                del self._pending[key]
+            pending.set()
+        return entry
+
+    def _keep(self, key: Hashable, entry: Any) -> None:
+        if entry.nbytes > self.max_bytes:
+            return
+        self._entries[key] = entry
+        self._bytes += entry.nbytes
+        while self._bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= evicted.nbytes
+
+
 LOOP_STATE = LoopState()
 PRICES = PriceCache()
 MEMORY = MemoryRecords()
+ENCODED = EncodedCache()
 
 
 def reset_all() -> None:
     """Forget everything the process shares (between tests; never while a run is going on)."""
-    for place in (LOOP_STATE, PRICES, MEMORY):
+    for place in (LOOP_STATE, PRICES, MEMORY, ENCODED):
         place.reset()

@@ -1,8 +1,12 @@
 """Results assembled into one batch: centred on the largest canvas, never stretched, within a memory budget."""
 
+import asyncio
+import io
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
+from PIL import Image
 
 from runcomfy_seedream.api import ImageBatch
 
@@ -60,3 +64,46 @@ def test_parallel_placement_loses_nothing():
     for index, size in enumerate(sizes):
         assert batch.native(index).shape[:2] == size
         assert np.allclose(batch.native(index), (index + 1) / 255.0)
+
+
+def test_which_images_were_scaled_down_is_said_once():
+    batch = ImageBatch([(400, 1000), (1000, 400)], max_bytes=2 * 400 * 1000 * 12 + 2 * 500 * 500 * 12)
+    assert batch.shrunk == [0, 1]
+    assert not hasattr(batch, "fitted")  # `shrunk` says it; no second flag to keep in step
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def test_after_the_low_memory_fallback_the_note_states_the_budget_used(monkeypatch):
+    from runcomfy_seedream.api import downloads
+
+    class CrampedBatch(ImageBatch):  # a machine where only the small fallback batch can be allocated
+        def __init__(self, sizes, *, max_bytes):
+            if max_bytes > downloads.SMALL_BATCH_BYTES:
+                raise MemoryError
+            super().__init__(sizes, max_bytes=max_bytes)
+
+    monkeypatch.setattr(downloads, "ImageBatch", CrampedBatch)
+    files = [png(solid(1000, 6000, 90)), png(solid(6000, 1000, 180))]  # 6000x6000 canvases, padded
+    assembled = asyncio.run(downloads.assemble(files, label="Result image", max_bytes=4 * 2**30))
+    assert assembled.warning and "assembled smaller" in assembled.warning
+    (note,) = assembled.notes
+    assert f"{downloads.SMALL_BATCH_BYTES // 2**20} MiB memory budget" in note and "4096 MiB" not in note
+    assert assembled.images.shrunk == [0, 1]
+
+
+def test_a_large_batch_is_black_around_each_image_and_writable_like_any_array():
+    sizes = [(1000, 2000), (500, 1200), (1000, 2000)]  # over 4 MiB: the batch is mapped apart from numpy's heap
+    batch = ImageBatch(sizes)
+    for index, (height, width) in enumerate(sizes):
+        batch.place(index, solid(height, width, 255))
+    array = batch.array()
+    assert array.shape == (3, 1000, 2000, 3) and array.dtype == np.float32 and array.flags.writeable
+    assert np.all(array[1, 250:750, 400:1600] == 1.0) and not array[1, :250].any() and not array[1, :, :400].any()
+    assert np.all(array[0] == 1.0) and batch.native(1).shape == (500, 1200, 3) and np.all(batch.native(1) == 1.0)
+    torch = pytest.importorskip("torch")
+    assert torch.from_numpy(array).sum().item() == 2 * 1000 * 2000 * 3 + 500 * 1200 * 3  # ComfyUI gets it without a copy
