@@ -126,8 +126,10 @@ def _refused(message: str, request_id: str | None) -> DownloadError:
 
 
 def _shown(url: str) -> str:
+    """The URL as a message may show it: no user name or password, no query (it may hold a signature)."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"[:120]  # no query: it may hold a signature
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return f"{parts.scheme}://{host}{parts.path}"[:120]
 
 
 def _probe(data: bytes, label: str, max_pixels: int) -> Image.Image:

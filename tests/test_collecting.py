@@ -109,3 +109,12 @@ def test_a_full_user_folder_says_a_restart_before_collecting_pays_again(fake, co
     run_node(**node_inputs())
     warning = next(line for line in comfy.progress_texts()[-1].splitlines() if line.startswith("Warning"))
     assert "kept in memory only" in warning and "closing ComfyUI before this job is collected means the next run pays again" in warning
+
+
+def test_a_refused_result_link_is_shown_without_its_password_or_signature(fake, comfy):
+    fake.behaviour.result_urls = ["http://user:pw-77f1@cdn.example.com/out.png?X-Amz-Signature=sig-4b2e"]
+    with pytest.raises(DownloadError) as caught:
+        run_node(**node_inputs(max_images=1))
+    message = str(caught.value)
+    assert "only https" in message and "cdn.example.com/out.png" in message
+    assert "pw-77f1" not in message and "sig-4b2e" not in message and "user:" not in message
