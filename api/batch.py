@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .client import Price
-from .errors import BatchError, RunComfyError, StopRequested
+from .errors import BatchError, InputError, RunComfyError, StopRequested
 from .pipeline import GenerationResult, Plan, Reference, Session, execute, plan
 from .progress import Phase, Progress, ProgressReporter
 from .schema import EditSequentialRequest
@@ -79,8 +79,16 @@ class Batch:
         return len(self.members)
 
     async def run(self) -> list[GenerationResult]:
+        try:
+            return await self._run()
+        except RunComfyError as failure:
+            self._show(str(failure), self.fraction())  # what went wrong stays under the node, not the last step
+            raise
+
+    async def _run(self) -> list[GenerationResult]:
         await _all(self._plan(member, item) for member, item in zip(self.members, self.items, strict=True))
         leaders = self._link_identical()
+        self._share_output_memory(leaders)
         if self.size > 1:
             self.price = await self.session.price()  # the batch's estimate, before the first submit
             self._changed()
@@ -89,12 +97,10 @@ class Batch:
             if member.leader is not None:
                 member.end(result=member.leader.result, error=member.leader.error)
         failure = self.outcome()
-        if failure is None:
-            self._show(self.final_line(), 1.0)
-            return [member.result for member in self.members]
-        if isinstance(failure, StopRequested):
-            self._show(str(failure), self.fraction())
-        raise failure
+        if failure is not None:
+            raise failure
+        self._show(self.final_line(), 1.0)
+        return [member.result for member in self.members]
 
     # --- the steps ------------------------------------------------------------------------------
 
@@ -120,6 +126,26 @@ class Batch:
             if leader is not member:
                 member.leader, member.phase = leader, Phase.SHARING
         return list(first.values())
+
+    def _share_output_memory(self, leaders: list[Member]) -> None:
+        """ComfyUI keeps every item's outputs at once: a list's must fit the outputs' memory budget together, checked
+        before anything is sent (a re-run collecting saved results needs the same, so it fits too). Each distinct
+        item may then use its share of the budget. A single run keeps the whole budget, within which its images
+        are fitted as before."""
+        budget = self.session.limits.batch_max_bytes
+        needed = sum(member.plan.output_bytes for member in leaders)
+        if needed > budget and len(leaders) > 1:
+            images = sum(member.plan.images_charged for member in leaders)
+            width, height = max((member.plan.request.output_size for member in leaders), key=lambda size: size[0] * size[1])
+            raise InputError(
+                "max_images",
+                f"the outputs of this list would need {needed / 2**30:.1f} GiB of memory ({plural(len(leaders), 'distinct item')}, "
+                f"up to {plural(images, 'image')} in all, at up to {width}x{height} as float32), over the {budget / 2**30:.1f} GiB "
+                f"budget for outputs. Split the list into smaller ones, lower max_images, or raise RUNCOMFY_SEEDREAM_BATCH_MB "
+                f"(now {budget // 2**20}). Nothing was sent.",
+            )
+        for member in leaders:
+            member.plan.output_budget = budget * member.plan.output_bytes // max(1, needed)
 
     async def _execute(self, member: Member) -> None:
         try:
@@ -167,16 +193,24 @@ class Batch:
         if self.size == 1:
             return done_line(self.members[0].result)
         results = [m.result for m in self.members]
-        paid = {r.request_id: r.cost_usd for r in results if not r.reused}
+        paid = {r.request_id: r.cost_usd for r in results if r.charged_now}  # only what this run submitted
         reused = sum(1 for r in results if r.reused)
+        collected = len({r.request_id for r in results if r.resumed})
+        earlier = [
+            f"{plural(reused, 'item')} reused saved images" if reused else "",
+            f"{plural(collected, 'job')} paid for by an earlier run collected" if collected else "",
+        ]
+        earlier_part = " and ".join(part for part in earlier if part)
         if not paid:
-            return f"Batch of {self.size} done: every item reused saved images (nothing charged now)"
+            if not collected:
+                return f"Batch of {self.size} done: every item reused saved images (nothing charged now)"
+            return f"Batch of {self.size} done: no new job; {earlier_part} (nothing charged now)"
         line = f"Batch of {self.size} done: {plural(len(paid), 'job')}"
         costs = [c for c in paid.values() if c is not None]
         if costs:
             line += f", cost ${sum(costs):.2f}"
-        if reused:
-            line += f"; {plural(reused, 'item')} reused saved images (nothing charged for them now)"
+        if earlier_part:
+            line += f"; {earlier_part} (nothing charged for them now)"
         return line
 
     # --- how it ended ---------------------------------------------------------------------------
@@ -231,8 +265,9 @@ def done_line(result: GenerationResult) -> str:
     """What a single run says when it is done: images, request, cost, notes, and its warning line."""
     count = result.images.count
     summary = f"Done: {plural(count, 'image')}, request {result.request_id}"
-    if result.cost_usd is not None and result.reused:
-        summary += f", paid ${result.cost_usd:.2f} when it ran (nothing charged now)"
+    if not result.charged_now:
+        paid = f"paid ${result.cost_usd:.2f} when it ran" if result.cost_usd is not None else "paid for by an earlier run"
+        summary += f", {paid} (nothing charged now)"
     elif result.cost_usd is not None:
         summary += f", cost ${result.cost_usd:.2f}"
     details = list(result.notes)

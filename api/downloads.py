@@ -83,11 +83,13 @@ class UrlPolicy:
         return cls((parts.scheme.lower(), (parts.hostname or "").lower(), parts.port), resolve)
 
     def _origin(self, url: str, label: str, request_id: str | None = None) -> tuple[str, str, int | None]:
+        if not isinstance(url, str) or any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
+            raise _refused(f"{label}: the service returned a URL with a space or control character in it; not downloaded.", request_id)
         try:
             parts = urlsplit(url)
             return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
         except ValueError:
-            raise DownloadError(f"{label}: the service returned a malformed URL.", request_id=request_id) from None
+            raise _refused(f"{label}: the service returned a malformed URL.", request_id) from None
 
     def check_form(self, url: str, label: str, *, request_id: str | None = None) -> None:
         """Scheme and host, without any network look-up."""
@@ -95,9 +97,9 @@ class UrlPolicy:
         if self.trusted_origin is not None and origin == self.trusted_origin:
             return
         if scheme != "https":
-            raise DownloadError(f"{label}: refusing to download {_shown(url)}: only https result URLs are fetched.", request_id=request_id)
+            raise _refused(f"{label}: refusing to download {_shown(url)}: only https result URLs are fetched.", request_id)
         if not host:
-            raise DownloadError(f"{label}: refusing to download from an empty host.", request_id=request_id)
+            raise _refused(f"{label}: refusing to download from an empty host.", request_id)
 
     async def check(self, url: str, label: str, *, request_id: str | None = None) -> None:
         """`check_form`, then every address the host resolves to must be a public one."""
@@ -113,12 +115,23 @@ class UrlPolicy:
         refused = [address for address in addresses if not is_public_address(address)]
         if refused or not addresses:
             shown = refused[0] if refused else "no address"
-            raise DownloadError(f"{label}: refusing to download from {host} ({shown}): not a public host.", request_id=request_id)
+            raise _refused(
+                f"{label}: refusing to download from {host} ({shown}): not a public host, as seen from this machine "
+                "(a DNS filter that blocks a host answers so).",
+                request_id,
+            )
+
+
+def _refused(message: str, request_id: str | None) -> DownloadError:
+    """This machine will not fetch the file. The job is paid and its result stays collectable: only the fetch was refused."""
+    return DownloadError(message, request_id=request_id, collectable=True)
 
 
 def _shown(url: str) -> str:
+    """The URL as a message may show it: no user name or password, no query (it may hold a signature)."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"[:120]  # no query: it may hold a signature
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return f"{parts.scheme}://{host}{parts.path}"[:120]
 
 
 def _probe(data: bytes, label: str, max_pixels: int) -> Image.Image:
@@ -293,8 +306,8 @@ class ResultDownloader:
             return Fetched(refused=loop)
         except httpx.TransportError as exc:
             return Fetched(transport=type(exc).__name__)
-        except httpx.HTTPError as exc:  # an invalid redirect target and the like
-            return Fetched(refused=DownloadError(f"{label} could not be downloaded ({type(exc).__name__}).", request_id=request_id))
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # an invalid redirect target and the like
+            return Fetched(refused=_refused(f"{label} could not be downloaded ({type(exc).__name__}).", request_id))
 
     async def _read_capped(self, response: httpx.Response, label: str, request_id: str | None) -> bytes:
         declared = response.headers.get("Content-Length")

@@ -18,7 +18,8 @@ could hold the request and its headers) as its cause or context.
     ├── DeadlineExceededError . the node stopped waiting (`cancelled`: it cancelled the queued job)
     ├── StopRequested ......... the user pressed Stop (`cancelled`: the queued job was cancelled;
     │                           `finished`: the job was done, running again collects it)
-    ├── DownloadError ......... a result file could not be fetched or used (`transient`: try again)
+    ├── DownloadError ......... a result file could not be fetched or used (`transient`: try again;
+    │                           `collectable`: running again collects the paid job)
     └── BatchError ............ items of a list failed (`failures`: item number, request id, error each)
 """
 
@@ -117,9 +118,10 @@ class StopRequested(RunComfyError):
 class DownloadError(RunComfyError):
     """A result file could not be fetched or is not a usable image."""
 
-    def __init__(self, message: str, *, request_id: str | None = None, transient: bool = False) -> None:
+    def __init__(self, message: str, *, request_id: str | None = None, transient: bool = False, collectable: bool = False) -> None:
         super().__init__(message, request_id=request_id)
-        self.transient = transient  # network trouble: collecting the same request again may work
+        self.transient = transient  # network trouble: trying again (now, or by running again) may work
+        self.collectable = collectable or transient  # the paid job stays on record: running again collects it
 
 
 class BatchError(RunComfyError):

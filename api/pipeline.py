@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -99,6 +100,12 @@ class GenerationResult:
     notes: tuple[str, ...] = ()  # what the user should know about this result
     warnings: tuple[str, ...] = ()  # local trouble the run went on despite (at most one line)
     reused: bool = False  # served from the saved copy: nothing was sent
+    resumed: bool = False  # collected a request an earlier run paid for: nothing is charged now
+
+    @property
+    def charged_now(self) -> bool:
+        """This run submitted the job (and pays `cost_usd` for it)."""
+        return not (self.reused or self.resumed)
 
 
 @dataclass
@@ -166,10 +173,18 @@ class Plan:
     reference_format: str
     fingerprint: str
     notes: tuple[str, ...]  # what the prompt's count means, shown before paying
+    output_budget: int | None = None  # bytes its outputs may take (its share of a list's); None: `Limits.batch_max_bytes`
 
     @property
     def images_charged(self) -> int:
         return self.request.max_images_sent
+
+    @property
+    def output_bytes(self) -> int:
+        """The memory its outputs take at the requested size: the float32 batch (images of one size share it with
+        image_list)."""
+        width, height = self.request.output_size
+        return self.images_charged * width * height * 3 * 4
 
 
 @dataclass
@@ -248,12 +263,23 @@ async def execute(planned: Plan, session: Session, report: ProgressReporter) -> 
             return saved
         resume_id = resume_id or await _journaled_request(run)
         result = await _resume(run, resume_id) if resume_id else None
+        resumed = result is not None  # paid for by an earlier run: nothing is charged now
         if result is None:
             result = await _settle(run, await _submit(run))
+        result = _at_most_asked(run, result)
         files = await _download(run, result)
         # The journal entry stays: a second record if the saved copy is lost.
         await store.store_result(run.fingerprint, CachedResult(result.request_id, result.urls, result.cost_usd, files))
-        return await _deliver(run, result, files)
+        return dataclasses.replace(await _deliver(run, result, files), resumed=resumed)
+
+
+def _at_most_asked(run: _Run, result: JobResult) -> JobResult:
+    """The result's first `max_images` files (never more than 15): a listing of more is not downloaded or saved."""
+    most = run.plan.request.max_images_sent
+    if len(result.urls) <= most:
+        return result
+    run.notes.append(f"the service listed {len(result.urls)} images for max_images {most}; the first {most} were kept")
+    return dataclasses.replace(result, urls=result.urls[:most])
 
 
 async def _saved_result(run: _Run) -> tuple[GenerationResult | None, str | None]:
@@ -472,19 +498,22 @@ async def _download(run: _Run, result: JobResult) -> list[bytes]:
         return await stoppable(fetching, run.session.stop, stopped, request_id=result.request_id, finished=True)
     except DownloadError as failed:
         if failed.transient:
-            raise DownloadError(
-                f"{failed} Run the node again with the same inputs to collect them without paying again.",
-                request_id=result.request_id,
-                transient=True,
-            ) from None
-        await run.store.forget(run.fingerprint)  # expired or unusable files: collecting this request again cannot help
-        raise
+            again = "Run the node again with the same inputs to collect them without paying again."
+        elif failed.collectable:
+            again = (
+                f"Request {result.request_id} is paid, but this machine refuses to fetch its images. Running the node again "
+                "with the same inputs, once they can be fetched from here, collects them without paying again."
+            )
+        else:
+            await run.store.forget(run.fingerprint)  # unusable files: collecting this request again cannot help
+            raise
+        raise DownloadError(f"{failed} {again}", request_id=result.request_id, transient=failed.transient, collectable=True) from None
 
 
 async def _assemble(run: _Run, files: Sequence[bytes], label: str) -> ImageBatch:
     """The batch of `files` within the memory budget; its notes and warning join the run's."""
     try:
-        assembled = await assemble(files, label=label, max_bytes=run.session.limits.batch_max_bytes)
+        assembled = await assemble(files, label=label, max_bytes=run.plan.output_budget or run.session.limits.batch_max_bytes)
     except MemoryError:
         raise RunComfyError(
             "There is not enough memory to assemble the result images. They are saved: free some memory "

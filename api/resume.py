@@ -158,6 +158,7 @@ class ResumeStore:
         self._warn = warn or (lambda message: None)
         self._troubles: list[tuple[str, str]] = []  # (what could not be done, why)
         self._journal_locked_out = False
+        self._memory_only = False  # a live journal entry the disk refused: it ends with this process
         self._key = str(self.directory.resolve()) if self.directory is not None else "(memory)"
 
     # --- warnings ----------------------------------------------------------------------------
@@ -174,7 +175,13 @@ class ResumeStore:
         listed = [known if one_reason else f"{known} ({why})" for known, why in self._troubles]
         joined = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " or " + listed[-1]
         reason = f" ({reasons.pop()})" if one_reason else ""
-        self._warn(f"could not {joined}{where}{reason}; this run goes on.")
+        memory_only = (
+            " The record of this paid job is kept in memory only: closing ComfyUI before this job is collected"
+            " means the next run pays again."
+            if self._memory_only
+            else ""
+        )
+        self._warn(f"could not {joined}{where}{reason}; this run goes on.{memory_only}")
 
     # --- the run lock ------------------------------------------------------------------------
 
@@ -260,6 +267,7 @@ class ResumeStore:
         """The disk refused a journal change: the entry lives on in memory."""
         if entry is not None:
             MEMORY.journal[(self._key, fingerprint)] = entry
+            self._memory_only = True
         self._journal_locked_out = isinstance(error, TimeoutError)  # waited once: not again in this run
 
     async def _tolerant(self, what: str, work: Callable[[], Any], fallback: Callable[[Exception], Any] = lambda error: None) -> Any:
@@ -268,8 +276,9 @@ class ResumeStore:
         try:
             return await asyncio.to_thread(work)
         except Exception as error:  # noqa: BLE001 - local trouble never ends a run
+            answer = fallback(error)  # first: the warning line says what the fallback did
             self._trouble(what, error)
-            return fallback(error)
+            return answer
 
     async def journal_entry(self, fingerprint: str) -> JournalEntry | None:
         return await self._tolerant("read the resume record", lambda: self._journal_entry(fingerprint))

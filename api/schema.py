@@ -301,6 +301,12 @@ class EditSequentialRequest:
         return (f"{asked}, max_images is {most}: at most {min(counts[0], most)} will be made and {charged}",)
 
     @property
+    def output_size(self) -> tuple[int, int]:
+        """(width, height) of each generated image, as `image_size` names it ("2560:1440 (16:9)")."""
+        width, height = self.image_size.split(" ", 1)[0].split(":")
+        return int(width), int(height)
+
+    @property
     def urls(self) -> tuple[str, ...]:
         return tuple(image for image in self.images if isinstance(image, str))
 

@@ -48,6 +48,7 @@ class FakeBehaviour:
     price_per_image_usd: float = 0.03
     upload_bytes_per_s: float | None = None  # simulated uplink for submit bodies
     result_urls: list[str] | None = None  # serve these result URLs instead of the real files
+    listed_again: int = 0  # the result lists its first image this many more times (a service listing too many)
     refuse_chunked: bool = False  # answer 411 Length Required to a streamed (chunked) submit
     inspect_pixels: bool = True  # decode every reference to check it (benchmarks turn this off to save CPU)
     reuse_renders: bool = False  # render each output size once and serve it for every job (benchmarks)

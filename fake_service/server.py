@@ -495,6 +495,7 @@ class FakeRunComfy:
             return body
         body["status"] = "succeeded"
         urls = [f"{self.origin}/files/{job.request_id}/{i}.png" for i in range(job.image_count)]
+        urls += urls[:1] * self.behaviour.listed_again
         body["output"] = {"images": self.behaviour.result_urls or urls}
         if include_cost:
             body["cost"] = job.cost_usd

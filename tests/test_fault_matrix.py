@@ -235,6 +235,15 @@ MATRIX = [
     ("result file is too large", faults(file=[Fault("body", body=b"x" * 3_000_000)]), DownloadError, ["over the 2 MiB limit"], 1, {}),
     ("result URL on a private host", result_urls("https://10.1.2.3/out.png"), DownloadError, ["not a public host"], 1, {}),
     ("result URL not https", result_urls("http://cdn.example.com/out.png"), DownloadError, ["only https"], 1, {}),
+    (
+        "result URL with a NUL in it",
+        result_urls("https://cdn.example.com/a\x00.png"),
+        DownloadError,
+        ["control character", "is paid"],
+        1,
+        {},
+    ),
+    ("result lists 1000 files for max_images 3", behaviour(listed_again=997), 3, ["the service listed 1000 images"], 1, {}),
     # Reads of a paid job outlast outages: more tries than any fixed count, until the job's deadline.
     (
         "six 429s then four 503s on status",

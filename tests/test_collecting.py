@@ -1,0 +1,120 @@
+"""What a run delivers and what it says it cost: a list's memory checked before anything is sent, a job collected
+again never shown as a new charge, a paid result on a host this machine refuses kept collectable, a result
+listing more files than asked for, and a full user folder that says what a restart would cost."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import image_batch, node_inputs, run_list, run_node
+from runcomfy_seedream.api import Limits
+from runcomfy_seedream.api.errors import DownloadError, InputError
+
+ONE_ITEM_BYTES = 3 * 2560 * 1440 * 3 * 4  # 3 images at the default 2560:1440, float32 RGB: what a list item needs
+
+
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / ".cache" / "runcomfy-seedream"  # HOME is tmp_path in these tests
+
+
+def items(count: int) -> list[dict]:
+    return [node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id="9") for seed in range(count)]
+
+
+def test_a_list_whose_outputs_cannot_fit_is_refused_before_anything_is_sent(fake, comfy):
+    budget = Limits(batch_max_bytes=int(2.5 * ONE_ITEM_BYTES))  # room for two items' outputs, not three
+    refused = run_list(items(3), limits=budget)
+    assert isinstance(refused, InputError) and refused.field == "max_images"
+    message = str(refused)
+    assert "0.4 GiB" in message and "3 distinct items" in message and "9 images" in message and "2560x1440" in message
+    assert "Split the list" in message and "lower max_images" in message and "RUNCOMFY_SEEDREAM_BATCH_MB" in message
+    assert fake.submits == 0 and fake.requests == [] and comfy.progress_texts()[-1] == message  # said under the node too
+
+
+def test_a_list_that_fits_runs_and_its_rerun_collects_within_the_same_budget(fake, comfy):
+    budget = Limits(batch_max_bytes=int(2.5 * ONE_ITEM_BYTES))
+    first = run_list(items(2), limits=budget)
+    assert isinstance(first, list) and fake.submits == 2
+    again = run_list(items(2), limits=budget)  # the saved results: the same outputs, the same check
+    assert isinstance(again, list) and fake.submits == 2
+    assert comfy.progress_texts()[-1] == "Batch of 2 done: every item reused saved images (nothing charged now)"
+    identical = run_list(items(1) * 3, limits=budget)  # three identical items are one job, one set of outputs
+    assert isinstance(identical, list) and fake.submits == 2
+
+
+def test_a_job_collected_again_says_what_it_cost_when_it_ran_and_that_nothing_is_charged_now(fake, comfy, tmp_path):
+    fake.behaviour.price_per_image_usd = 0.02
+    *_, request_id = run_node(**node_inputs())
+    assert comfy.progress_texts()[-1].startswith(f"Done: 3 images, request {request_id}, cost $0.06")
+    shutil.rmtree(state_dir(tmp_path) / "results")  # the saved images evicted; the journal still has the request
+    *_, collected_id = run_node(**node_inputs())
+    final = comfy.progress_texts()[-1]
+    assert collected_id == request_id and fake.submits == 1
+    assert final.startswith(f"Done: 3 images, request {request_id}, paid $0.06 when it ran (nothing charged now)"), final
+    assert "cost $" not in final
+
+
+def test_a_list_collected_again_counts_no_new_job_in_its_total(fake, comfy, tmp_path):
+    fake.behaviour.price_per_image_usd = 0.02
+    run_list(items(2))
+    assert comfy.progress_texts()[-1] == "Batch of 2 done: 2 jobs, cost $0.12"
+    shutil.rmtree(state_dir(tmp_path) / "results")
+    again = run_list(items(2))
+    assert isinstance(again, list) and fake.submits == 2
+    assert comfy.progress_texts()[-1] == "Batch of 2 done: no new job; 2 jobs paid for by an earlier run collected (nothing charged now)"
+
+
+@pytest.mark.parametrize(
+    "url,why",
+    [
+        ("https://10.1.2.3/out.png", "not a public host"),  # what a DNS filter's sinkhole looks like from here
+        ("https://cdn.example.com/out\x00.png", "control character"),
+        ("https://cdn.example.com/out .png", "space"),
+    ],
+    ids=["resolves to a private address", "a NUL in the URL", "a space in the URL"],
+)
+def test_a_paid_result_this_machine_refuses_to_fetch_stays_collectable(fake, comfy, url, why):
+    fake.behaviour.result_urls = [url]
+    with pytest.raises(DownloadError) as caught:
+        run_node(**node_inputs(max_images=1))
+    message = str(caught.value)
+    (request_id,) = fake.jobs
+    assert why in message and request_id in message and caught.value.request_id == request_id
+    assert "is paid" in message and "collects them without paying again" in message
+    assert comfy.progress_texts()[-1] == message  # under the node, not "Downloading 0/1"
+
+    fake.behaviour.result_urls = None  # the host can be reached now: the same inputs collect the paid job
+    images, _, _, collected_id = run_node(**node_inputs(max_images=1))
+    assert collected_id == request_id and fake.submits == 1 and images.shape[0] == 1
+
+
+def test_a_result_listing_more_files_than_asked_for_is_cut_to_max_images(fake, comfy, tmp_path):
+    fake.behaviour.images_returned = 2
+    fake.behaviour.listed_again = 998  # 1000 URLs for max_images 2
+    images, image_list, urls, _ = run_node(**node_inputs(max_images=2))
+    assert images.shape[0] == 2 == len(image_list) == len(urls.splitlines())
+    assert len([r for r in fake.requests if r.path.startswith("/files/")]) == 2, "only two files were downloaded"
+    assert "the service listed 1000 images for max_images 2; the first 2 were kept" in comfy.progress_texts()[-1]
+    (saved,) = (state_dir(tmp_path) / "results").iterdir()
+    assert len(list(saved.glob("*.img"))) == 2
+
+
+def test_a_full_user_folder_says_a_restart_before_collecting_pays_again(fake, comfy, tmp_path):
+    state = state_dir(tmp_path)
+    state.parent.mkdir(parents=True)
+    state.write_text("a file where the folder should be")  # nothing can be written there, as on a full disk
+    run_node(**node_inputs())
+    warning = next(line for line in comfy.progress_texts()[-1].splitlines() if line.startswith("Warning"))
+    assert "kept in memory only" in warning and "closing ComfyUI before this job is collected means the next run pays again" in warning
+
+
+def test_a_refused_result_link_is_shown_without_its_password_or_signature(fake, comfy):
+    fake.behaviour.result_urls = ["http://user:pw-77f1@cdn.example.com/out.png?X-Amz-Signature=sig-4b2e"]
+    with pytest.raises(DownloadError) as caught:
+        run_node(**node_inputs(max_images=1))
+    message = str(caught.value)
+    assert "only https" in message and "cdn.example.com/out.png" in message
+    assert "pw-77f1" not in message and "sig-4b2e" not in message and "user:" not in message
