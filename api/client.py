@@ -11,9 +11,11 @@ what it means; `retries.with_retries` returns, raises, or waits and sends again.
     2xx without one                           retry                                     OutcomeUnknownError: accepted, unreadable
     3xx (redirects are never followed)        as a 2xx                                  ServiceError: not the API; no job
     429                                       retry; Retry-After is a lower bound       retry; every submit of the process waits
-    502/503/504 without RunComfy's error_code retry                                     OutcomeUnknownError once the whole body was
-                                                                                          sent (ServiceError before: no job)
-    other 5xx, 408, 425, 404 without 404001   retry                                     ServiceError: RunComfy's word; no job
+    5xx without a documented error_code       retry                                     OutcomeUnknownError once the whole body was
+      (bare, {"detail": …}, a proxy's code)                                               sent (ServiceError before: no job)
+    5xx with a documented error_code          retry                                     ServiceError: RunComfy's word (500001: retry
+                                                                                          later); no job
+    408, 425, 404 without 404001              retry                                     ServiceError: no job
     any other 4xx, or 404001                  the ServiceError it says (Authentication, the ServiceError it says; no job
                                                 InsufficientBalance, RequestNotFound …)
     the connection never opened               retry                                     retry: nothing left this machine
@@ -29,9 +31,10 @@ Invariants this module owns:
   provably never arrived (the connection never opened) or was refused (429).
 - "May have been charged" (`OutcomeUnknownError`) is said only when the whole body was
   handed to the connection and no answer of RunComfy's came back: a dropped connection or a
-  timeout after the upload, an answer that cannot be read, or a gateway's 502/503/504 without
-  RunComfy's error code. An upload that broke off part way, a request that could not leave
-  this machine, and every other HTTP answer (401, 411, 413, 500 …, even when sent before the
+  timeout after the upload, an answer that cannot be read, or a 5xx without one of RunComfy's
+  documented error codes (a gateway's or proxy's, which may have forwarded the whole request).
+  An upload that broke off part way, a request that could not leave this machine, a 5xx with
+  a documented code (500001 …), and every 4xx (401, 411, 413 …, even when sent before the
   body was read) mean no job exists: the error says so and nothing is held.
 - Reads of a paid job (status, result) retry through 429 (with or without
   Retry-After), 5xx, unreadable answers and refused connections with `job_retry`,
@@ -64,7 +67,7 @@ from urllib.parse import quote
 import httpx
 
 from .config import DEFAULT_BASE_URL, Credentials
-from .errors import InputError, OutcomeUnknownError, RunComfyError, ServiceError, error_from_response
+from .errors import _CODE_MESSAGES, InputError, OutcomeUnknownError, RunComfyError, ServiceError, error_from_response
 from .job import CancelResult, Job, JobResult, JobStatus, UploadTracker
 from .retries import (  # RetryPolicy and parse_retry_after are imported from this module too
     Done,
@@ -81,7 +84,8 @@ from .shared import LOOP_STATE, PRICES
 
 QUEUED_STATES = frozenset({"in_queue", "queued", "pending"})
 RUNNING_STATES = frozenset({"in_progress", "running", "processing"})
-GATEWAY_STATUSES = frozenset({502, 503, 504})  # a proxy's word that the service itself did not answer
+# RunComfy's published error codes (the spec's list): a 5xx that carries one is RunComfy's own word, any other is not.
+DOCUMENTED_CODES = frozenset(_CODE_MESSAGES)
 PRICE_LOOKUP_TIMEOUT_S = 10.0
 
 SUBMIT_ACTION = "Submitting the job"
@@ -283,8 +287,15 @@ def _answered_ok(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping[st
 def _answered_error(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping[str, Any]]:
     status = attempt.status or 0
     error = error_from_response(status, attempt.body, action=call.action, request_id=call.request_id, redact=call.redact)
-    if not call.idempotent and status in GATEWAY_STATUSES and error.error_code is None and attempt.body_complete:
-        return Fail(_may_be_charged(call.action, f"a gateway in front of RunComfy answered HTTP {status} after the whole request was sent"))
+    if not call.idempotent and status >= 500 and error.error_code not in DOCUMENTED_CODES and attempt.body_complete:
+        # Bare, {"detail": …}, a proxy's own code: not RunComfy's answer, and the proxy may have forwarded the whole request.
+        return Fail(
+            _may_be_charged(
+                call.action,
+                f"HTTP {status} came back without RunComfy's documented error format (not RunComfy's answer, as a gateway or "
+                "proxy in front of it gives) after the whole request was sent",
+            )
+        )
     if status == 429:
         problem = "HTTP 429" + ("" if call.idempotent else " (rate limited)")
         return _retry(call, tries, problem, "busy", error, retry_after=attempt.retry_after, rate_limited=True)
