@@ -7,8 +7,11 @@ what it means; `retries.with_retries` returns, raises, or waits and sends again.
 
     what one attempt came to                  a read (status, result, cancel, catalog)  the submit (paid, no idempotency key)
     ----------------------------------------  ----------------------------------------  ---------------------------------------------
-    2xx with a JSON object                    done                                      done: its request_id is the job
-    2xx without one                           retry                                     OutcomeUnknownError: accepted, unreadable
+    2xx with a JSON object (any Content-Type) done                                      done: its request_id is the job
+    2xx HTML (text/html, xhtml) or JSON that  retry                                     ServiceError: not the API (a login page, a
+      is not an object ([], "ok", 5)                                                      captive portal); no job
+    2xx otherwise unreadable (truncated or    retry                                     OutcomeUnknownError: accepted, unreadable
+      undecodable JSON, text/plain, null)
     3xx (redirects are never followed)        as a 2xx                                  ServiceError: not the API; no job
     429                                       retry; Retry-After is a lower bound       retry; every submit of the process waits
     5xx without a documented error_code       retry                                     OutcomeUnknownError once the whole body was
@@ -31,7 +34,8 @@ Invariants this module owns:
   provably never arrived (the connection never opened) or was refused (429).
 - "May have been charged" (`OutcomeUnknownError`) is said only when the whole body was
   handed to the connection and no answer of RunComfy's came back: a dropped connection or a
-  timeout after the upload, an answer that cannot be read, or a 5xx without one of RunComfy's
+  timeout after the upload, an answer that cannot be read (but not one that is plainly not the
+  API, such as a login page: that means no job), or a 5xx without one of RunComfy's
   documented error codes (a gateway's or proxy's, which may have forwarded the whole request).
   An upload that broke off part way, a request that could not leave this machine, a 5xx with
   a documented code (500001 …), and every 4xx (401, 411, 413 …, even when sent before the
@@ -86,6 +90,7 @@ QUEUED_STATES = frozenset({"in_queue", "queued", "pending"})
 RUNNING_STATES = frozenset({"in_progress", "running", "processing"})
 # RunComfy's published error codes (the spec's list): a 5xx that carries one is RunComfy's own word, any other is not.
 DOCUMENTED_CODES = frozenset(_CODE_MESSAGES)
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})  # a page for a browser: never an answer of the API
 PRICE_LOOKUP_TIMEOUT_S = 10.0
 
 SUBMIT_ACTION = "Submitting the job"
@@ -265,6 +270,15 @@ def _without_answer(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping
     )
 
 
+def _not_the_api_error(action: str, status: int, page: str) -> ServiceError:
+    """A definite answer from something that is not the API (a login page, a captive portal): no job."""
+    return ServiceError(
+        f"{action} failed: the service address answered with something that is not the RunComfy API (HTTP {status}, "
+        f"{page}), as a login page or a proxy does. No job was created and nothing was charged. Check "
+        "RUNCOMFY_MODEL_API_BASE and your network, then run again."
+    )
+
+
 def _redirected(action: str, status: int, location: str) -> ServiceError:
     """A definite answer from something that is not the API (a login page, a proxy): no job."""
     where = location[:120]
@@ -276,12 +290,32 @@ def _redirected(action: str, status: int, location: str) -> ServiceError:
     )
 
 
+def _not_the_api(attempt: Attempt) -> str | None:
+    """What a successful answer without a JSON object is when it is plainly not the API's, else None.
+
+    An HTML page (a login or captive-portal page) or valid JSON that is not an object (`[]`, `"ok"`, `5`): a page
+    in front of the API answered, not RunComfy, which answers every call with an object. JSON that is truncated or
+    does not decode, text/plain and a literal `null` (read as no JSON) are not plain enough: they may be RunComfy's
+    answer damaged on the way.
+    """
+    media_type = attempt.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type in HTML_TYPES:
+        return media_type
+    if attempt.body is not None:
+        return "JSON that is not an object"
+    return None
+
+
 def _answered_ok(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping[str, Any]]:
-    if isinstance(attempt.body, Mapping):
+    if isinstance(attempt.body, Mapping):  # whatever its Content-Type says: a mislabelled answer of RunComfy's is still its answer
         return Done(attempt.body)
-    if not call.idempotent:  # accepted, but what was accepted cannot be read
-        return Fail(_accepted_unreadable(call.action))
-    return _retry(call, tries, "an unreadable answer", "not answering properly")
+    page = _not_the_api(attempt)
+    if call.idempotent:
+        problem = "an unreadable answer" if page is None else f"an answer that is not the API ({page})"
+        return _retry(call, tries, problem, "not answering properly")
+    if page is not None:
+        return Fail(_not_the_api_error(call.action, attempt.status or 0, page))
+    return Fail(_accepted_unreadable(call.action))  # accepted, but what was accepted cannot be read
 
 
 def _answered_error(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping[str, Any]]:

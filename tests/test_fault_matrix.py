@@ -216,6 +216,7 @@ def _cancel_every_job(fake):
         fake.cancel(job)
 
 
+LOGIN_PAGE = b"<!doctype html><html><head><title>Sign in</title></head><body><form>...</form></body></html>"
 LARGE_REFERENCE = {"image_1": torch.rand((1, 1400, 1400, 3))}  # a PNG of several MB: larger than socket buffers
 STORM = [Fault("http", status=429, retry_after="0")] * 6
 STORM_NO_HINT = [Fault("http", status=429)] * 3
@@ -367,6 +368,31 @@ MATRIX = [
         faults(submit=[Fault("gateway", status=500, body=b"", content_type="text/plain")]),
         OutcomeUnknownError,
         ["HTTP 500", "may have been charged"],
+        1,
+        {},
+    ),
+    # Something that is plainly not the API answered (a login page, a captive portal): no job, nothing held.
+    (
+        "a login page answers the submit (200 text/html)",
+        faults(submit=[Fault("http", status=200, body=LOGIN_PAGE, content_type="text/html; charset=utf-8")]),
+        ServiceError,
+        ["not the RunComfy API", "nothing was charged", "RUNCOMFY_MODEL_API_BASE"],
+        0,
+        {},
+    ),
+    (
+        "a captive portal answers the submit 200 []",
+        faults(submit=[Fault("http", status=200, body=b"[]")]),
+        ServiceError,
+        ["not the RunComfy"],
+        0,
+        {},
+    ),
+    (
+        "a login page answers status reads (200 text/html)",
+        faults(status=[Fault("http", status=200, body=LOGIN_PAGE, content_type="text/html")] * 2),
+        3,
+        [anywhere("not the API (text/html)")],
         1,
         {},
     ),
