@@ -11,7 +11,8 @@ what it means; `retries.with_retries` returns, raises, or waits and sends again.
     2xx HTML (text/html, xhtml) or JSON that  retry                                     ServiceError: not the API (a login page, a
       is not an object ([], "ok", 5)                                                      captive portal); no job
     2xx otherwise unreadable (truncated or    retry                                     OutcomeUnknownError: accepted, unreadable
-      undecodable JSON, text/plain, null)
+      undecodable JSON, text/plain, null,
+      or not read: see below)
     3xx (redirects are never followed)        as a 2xx                                  ServiceError: not the API; no job
     429                                       retry; Retry-After is a lower bound       retry; every submit of the process waits
     5xx without a documented error_code       retry                                     OutcomeUnknownError once the whole body was
@@ -25,6 +26,9 @@ what it means; `retries.with_retries` returns, raises, or waits and sends again.
     broken, timed out or undecodable once     retry                                     OutcomeUnknownError once the whole body was
       the connection opened                                                               sent; ServiceError before: no job
     retries used up                           the last error, "gave up after N tries"   ServiceError: no job
+
+An answer past `MAX_ANSWER_BYTES` once decoded, or in content codings that were not asked for (two layers,
+brotli, zstd), is not read: it is judged by its status and headers alone, as an answer without JSON.
 
 Invariants this module owns:
 
@@ -47,6 +51,9 @@ Invariants this module owns:
 - One `RetryPolicy` (see `retries`) bounds every retry loop by attempts and by time;
   `Retry-After` is a lower bound on the next wait, never permission to hammer
   (`Retry-After: 0` still backs off), and no wait exceeds ~30 s.
+- No answer is held past `MAX_ANSWER_BYTES` (4 MiB) once decoded: `_send_once` streams it,
+  counts what httpx decodes and stops, so a few KB of gzip that inflate to gigabytes cost
+  what one network read inflates to. Only gzip or deflate, one layer, is decoded.
 - Status polls of a process to one service are paced together (`SharedPace`), and a 429
   on a submit makes every submit of the process wait (one backoff for a whole batch).
 - The catalog price is looked up in the background and cached per service; a failed or
@@ -92,6 +99,12 @@ RUNNING_STATES = frozenset({"in_progress", "running", "processing"})
 DOCUMENTED_CODES = frozenset(_CODE_MESSAGES)
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})  # a page for a browser: never an answer of the API
 PRICE_LOOKUP_TIMEOUT_S = 10.0
+# An answer of the API is a few hundred bytes (a result with 15 URLs a few KB): past this, once decoded, it is not read.
+MAX_ANSWER_BYTES = 4 * 2**20
+# The content codings asked for, one at a time: httpx inflates each network read whole, so one layer of gzip or deflate
+# bounds a read's growth (about 1000 times), and a second layer, brotli or zstd would not.
+ACCEPT_ENCODING = "gzip, deflate"
+_READ_CODINGS = frozenset({"gzip", "deflate"})
 
 SUBMIT_ACTION = "Submitting the job"
 STATUS_INTERVAL_S = 0.22  # all status polls of a process to one service together: under five a second
@@ -153,9 +166,9 @@ def _number_or_none(value: Any, kind: type) -> Any:
         return None
 
 
-def _json_or_none(response: httpx.Response) -> Any:
+def _json_or_none(data: bytes) -> Any:
     try:
-        return response.json()
+        return json.loads(data)
     except (ValueError, RecursionError):  # not JSON, or nested beyond reason
         return None
 
@@ -182,6 +195,29 @@ def _may_be_charged(action: str, what_happened: str) -> OutcomeUnknownError:
     )
 
 
+def refused_codings(content_encoding: str) -> str | None:
+    """The answer's content codings when they are not read at all (more than one, or one not asked for), else None."""
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip() and c.strip().lower() != "identity"]
+    if len(codings) > 1 or (codings and codings[0] not in _READ_CODINGS):
+        return ", ".join(codings)
+    return None
+
+
+async def _read_capped(response: httpx.Response) -> tuple[bytes, str]:
+    """The answer's decoded body, and "" ; or b"" and why it was not read (past `MAX_ANSWER_BYTES` once decoded, codings)."""
+    refused = refused_codings(", ".join(response.headers.get_list("content-encoding", split_commas=True)))
+    if refused is not None:
+        return b"", f"in content codings that were not asked for ({refused})"
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.aiter_bytes():  # decoded: a gzip bomb is counted as what it inflates to
+        total += len(chunk)
+        if total > MAX_ANSWER_BYTES:
+            return b"", f"over the {MAX_ANSWER_BYTES // 2**20} MiB limit once decoded"
+        chunks.append(chunk)
+    return b"".join(chunks), ""
+
+
 def _accepted_unreadable(action: str) -> OutcomeUnknownError:
     return OutcomeUnknownError(
         f"{action}: RunComfy accepted it but its answer had no readable request id. The job may "
@@ -205,16 +241,18 @@ class Attempt:
 
     status: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict)  # the answer's, names in lower case
-    body: Any = None  # the answer's decoded JSON; None when it was not JSON
+    body: Any = None  # the answer's decoded JSON; None when it was not JSON or was not read
     retry_after: float | None = None  # seconds, from the answer's Retry-After, read when it arrived
     failure: Transport | None = None
     problem: str = ""  # what the failure was, in words that hold neither the request nor the token
     body_complete: bool = True  # the whole request body was handed to the connection (True for a call without one)
+    unreadable: str = ""  # why the answer's body was not read ("over the 4 MiB limit once decoded"); "" when it was
 
     @classmethod
-    def answered(cls, status: int, headers: Mapping[str, str], body: Any, *, body_complete: bool = True) -> Attempt:
+    def answered(cls, status: int, headers: Mapping[str, str], body: Any, *, body_complete: bool = True, unreadable: str = "") -> Attempt:
         plain = {name.lower(): value for name, value in headers.items()}
-        return cls(status, plain, body, parse_retry_after(plain.get("retry-after")), body_complete=body_complete)
+        retry_after = parse_retry_after(plain.get("retry-after"))
+        return cls(status, plain, None if unreadable else body, retry_after, body_complete=body_complete, unreadable=unreadable)
 
     @classmethod
     def failed(cls, failure: Transport, problem: str, *, body_complete: bool = True) -> Attempt:
@@ -311,10 +349,15 @@ def _answered_ok(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping[st
         return Done(attempt.body)
     page = _not_the_api(attempt)
     if call.idempotent:
-        problem = "an unreadable answer" if page is None else f"an answer that is not the API ({page})"
+        if page is not None:
+            problem = f"an answer that is not the API ({page})"
+        else:
+            problem = f"an answer {attempt.unreadable}" if attempt.unreadable else "an unreadable answer"
         return _retry(call, tries, problem, "not answering properly")
     if page is not None:
         return Fail(_not_the_api_error(call.action, attempt.status or 0, page))
+    if attempt.unreadable:  # the body had arrived, and what came back was not read: it may hold the job
+        return Fail(_may_be_charged(call.action, f"the answer was {attempt.unreadable}, so it was not read"))
     return Fail(_accepted_unreadable(call.action))  # accepted, but what was accepted cannot be read
 
 
@@ -403,7 +446,7 @@ class RunComfyClient:
         self._owns_pool = True
         self._http = httpx.AsyncClient(
             base_url=self.base_url + "/",
-            headers={"Authorization": f"Bearer {credentials.token}", "Accept": "application/json"},
+            headers={"Authorization": f"Bearer {credentials.token}", "Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING},
             timeout=httpx.Timeout(connect=t.connect_s, read=t.read_s, write=t.write_s, pool=t.connect_s),
             follow_redirects=False,
         )
@@ -575,14 +618,16 @@ class RunComfyClient:
         elif path.endswith("/status"):
             await pace.status_turn(self.status_interval_s)
         try:
-            response = await self._http.request(method, path, **options)
+            async with self._http.stream(method, path, **options) as response:  # streamed, so that no answer is held past the cap
+                data, unreadable = await _read_capped(response)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             failure, problem = Transport.NOT_CONNECTED, describe_transport_error(exc)
         except httpx.HTTPError as exc:  # broken, timed out, or an answer that could not be read or decoded
             failure, problem = Transport.BROKEN, describe_transport_error(exc)
         else:
             complete = upload is None or upload.complete
-            return Attempt.answered(response.status_code, response.headers, _json_or_none(response), body_complete=complete)
+            body = None if unreadable else _json_or_none(data)
+            return Attempt.answered(response.status_code, response.headers, body, body_complete=complete, unreadable=unreadable)
         return Attempt.failed(failure, problem, body_complete=upload is None or upload.complete)
 
     def _retry_heard(self, call: Call, announce: bool) -> RetryHeard:

@@ -396,6 +396,33 @@ MATRIX = [
         1,
         {},
     ),
+    # Answers past the 4 MiB cap once decoded are not read: a read asks again, the submit's outcome is unknown.
+    (
+        "the submit's answer inflates past the cap (gzip)",
+        faults(submit=[Fault("inflating")]),
+        OutcomeUnknownError,
+        ["over the 4 MiB limit once decoded", "may have been charged"],
+        1,
+        {},
+    ),
+    (
+        "the submit's answer is a large plain body",
+        faults(submit=[Fault("oversized", size=6 * 2**20)]),
+        OutcomeUnknownError,
+        ["over the 4 MiB limit", "not sent again"],
+        1,
+        {},
+    ),
+    ("a status answer inflates past the cap (gzip)", faults(status=[Fault("inflating")]), 3, [anywhere("over the 4 MiB limit")], 1, {}),
+    ("a status answer gzipped twice", faults(status=[Fault("inflating", layers=2)]), 3, [anywhere("(gzip, gzip)")], 1, {}),
+    (
+        "a result answer is a large plain body",
+        faults(result=[Fault("oversized", size=6 * 2**20)]),
+        3,
+        [anywhere("an answer over the 4 MiB limit")],
+        1,
+        {},
+    ),
 ]
 
 

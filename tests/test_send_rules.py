@@ -12,7 +12,16 @@ from dataclasses import dataclass
 
 import pytest
 
-from runcomfy_seedream.api.client import Attempt, Call, Transport, classify, retry_notice
+from runcomfy_seedream.api.client import (
+    ACCEPT_ENCODING,
+    MAX_ANSWER_BYTES,
+    Attempt,
+    Call,
+    Transport,
+    classify,
+    refused_codings,
+    retry_notice,
+)
 from runcomfy_seedream.api.downloads import GONE_TRIES, Fetched, classify_download
 from runcomfy_seedream.api.errors import (
     AuthenticationError,
@@ -35,14 +44,17 @@ JOB = {"request_id": "req-1", "status": "in_queue"}
 PAST_DATE = "Wed, 21 Oct 2015 07:28:00 GMT"
 
 
-def answer(status: int, body=None, *, code: str | None = None, body_complete: bool = True, **headers: str) -> Attempt:
-    """An HTTP answer as `_send_once` records it; `code`: RunComfy's error_code in the body; header names with `_`."""
+def answer(status: int, body=None, *, code: str | None = None, body_complete: bool = True, unreadable: str = "", **headers: str) -> Attempt:
+    """An HTTP answer as `_send_once` records it; `code`: RunComfy's error_code in the body; `unreadable`: why its body
+    was not read; header names with `_`."""
     if code is not None:
         body = {"error_code": code, "error_message": "as RunComfy says it"}
     named = {name.replace("_", "-"): value for name, value in headers.items()}
-    return Attempt.answered(status, named, body, body_complete=body_complete)
+    return Attempt.answered(status, named, body, body_complete=body_complete, unreadable=unreadable)
 
 
+OVER_CAP = "over the 4 MiB limit once decoded"  # as `_send_once` records an answer past MAX_ANSWER_BYTES
+STACKED = "in content codings that were not asked for (gzip, gzip)"
 NEVER_CONNECTED = Attempt.failed(Transport.NOT_CONNECTED, "connection problem (ConnectError)", body_complete=False)
 CONNECT_TIMEOUT = Attempt.failed(Transport.NOT_CONNECTED, "no answer in time (ConnectTimeout)", body_complete=False)
 NO_FREE_CONNECTION = Attempt.failed(Transport.NOT_CONNECTED, "no answer in time (PoolTimeout)", body_complete=False)
@@ -87,6 +99,36 @@ ROWS = [
         (),
     ),
     ("200 JSON number on the catalog", CATALOG, answer(200, 3), retry(condition="not answering properly"), ()),
+    # Answers past the size cap (or in codings not asked for) are not read: unreadable, whatever they hold.
+    (
+        "200 over the answer cap on status",
+        STATUS,
+        answer(200, unreadable=OVER_CAP),
+        retry(None, "not answering properly", f"an answer {OVER_CAP}"),
+        (),
+    ),
+    ("200 over the answer cap on the catalog", CATALOG, answer(200, unreadable=OVER_CAP), retry(problem=f"an answer {OVER_CAP}"), ()),
+    ("200 over the answer cap on cancel", CANCEL, answer(200, unreadable=OVER_CAP), retry(), ()),
+    ("200 gzip, gzip on result", RESULT, answer(200, unreadable=STACKED), retry(problem=f"an answer {STACKED}"), ()),
+    (
+        "200 over the answer cap on the submit",
+        SUBMIT,
+        answer(200, unreadable=OVER_CAP, Content_Type="application/json"),
+        OutcomeUnknownError,
+        ["answer was over the 4 MiB limit once decoded", "may have been charged", "not sent again"],
+    ),
+    ("200 gzip, gzip on the submit", SUBMIT, answer(200, unreadable=STACKED), OutcomeUnknownError, ["(gzip, gzip)", "may have been"]),
+    (
+        "200 HTML over the answer cap on the submit",
+        SUBMIT,
+        answer(200, unreadable=OVER_CAP, Content_Type="text/html"),
+        ServiceError,
+        ["text/html"],
+    ),
+    ("502 over the answer cap on the submit", SUBMIT, answer(502, unreadable=OVER_CAP), OutcomeUnknownError, ["HTTP 502"]),
+    ("500 over the answer cap on status", STATUS, answer(500, unreadable=OVER_CAP), retry(None, "unavailable", "HTTP 500"), ()),
+    ("401 over the answer cap on the submit", SUBMIT, answer(401, unreadable=OVER_CAP), AuthenticationError, ["RUNCOMFY_API_TOKEN"]),
+    ("429 over the answer cap on the submit", SUBMIT, answer(429, unreadable=OVER_CAP), retry(None, "busy"), ()),
     # Answers that are plainly not the API (a login page, a captive portal): a page in front of it answered; no job.
     (
         "200 text/html on the submit",
@@ -254,6 +296,9 @@ CHARGE_ROWS = [
     ("timed out waiting for the answer after the whole body", TIMED_OUT_AFTER_BODY, True),
     ("an answer that could not be decoded", UNDECODABLE_AFTER_BODY, True),
     ("200 that is not JSON", answer(200, None), True),
+    ("200 over the answer cap", answer(200, unreadable=OVER_CAP), True),
+    ("200 in stacked content codings", answer(200, unreadable=STACKED), True),
+    ("413 over the answer cap", answer(413, unreadable=OVER_CAP), False),
     ("200 claiming JSON that is truncated", answer(200, None, Content_Type="application/json"), True),
     ("200 JSON that is not an object", answer(200, [JOB]), False),
     ("200 text/html (a login page)", answer(200, None, Content_Type="text/html"), False),
@@ -463,3 +508,31 @@ def test_a_gone_link_is_tried_gone_tries_times_and_a_busy_one_until_it_works():
     busy = [Fetched(status=503), Fetched(status=429, retry_after=0.0), Fetched(transport="ReadError")] * 4
     data, attempts, heard = run_loop([*busy, Fetched(data=b"file")], rules, forever)
     assert data == b"file" and attempts == 13 and len(heard) == 12
+
+
+# --- which answers are read at all ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_encoding,refused",
+    [
+        ("", None),
+        ("identity", None),
+        ("gzip", None),
+        ("GZip", None),
+        ("deflate", None),
+        ("gzip, identity", None),
+        ("gzip, gzip", "gzip, gzip"),  # each layer multiplies what one network read inflates to: never decoded
+        ("deflate,gzip", "deflate, gzip"),
+        ("br", "br"),  # not asked for: httpx would decode it whole, unbounded, where brotli is installed
+        ("zstd", "zstd"),
+        ("x-gzip", "x-gzip"),
+    ],
+)
+def test_answers_are_read_only_in_the_content_codings_asked_for(content_encoding, refused):
+    assert refused_codings(content_encoding) == refused
+    assert ACCEPT_ENCODING == "gzip, deflate"
+
+
+def test_the_answer_cap_is_a_few_mib():
+    assert MAX_ANSWER_BYTES == 4 * 2**20
