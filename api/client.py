@@ -70,6 +70,7 @@ import enum
 import functools
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +107,7 @@ MAX_ANSWER_BYTES = 4 * 2**20
 ACCEPT_ENCODING = "gzip, deflate"
 _READ_CODINGS = frozenset({"gzip", "deflate"})
 
+MAX_QUEUE_POSITION = 1_000_000  # far past any real queue: a larger (or negative) position is a broken answer, not a place
 SUBMIT_ACTION = "Submitting the job"
 STATUS_INTERVAL_S = 0.22  # all status polls of a process to one service together: under five a second
 
@@ -159,11 +161,31 @@ def output_urls(output: Any) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _number_or_none(value: Any, kind: type) -> Any:
+def cost_or_none(value: Any) -> float | None:
+    """The result's `cost` in USD: only a finite number >= 0 is a cost (as for the catalog price); else None, not shown."""
+    if value is None or isinstance(value, bool):
+        return None
     try:
-        return kind(value) if value is not None and not isinstance(value, bool) else None
+        cost = float(value)
     except (TypeError, ValueError, OverflowError):
         return None
+    return cost + 0.0 if math.isfinite(cost) and cost >= 0 else None  # + 0.0: never "$-0.00"
+
+
+def queue_position_or_none(value: Any) -> int | None:
+    """`queue_position`: only a whole number from 0 to `MAX_QUEUE_POSITION` is a place in a queue; else None, not shown."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        value = int(value) if value.is_integer() else None  # NaN and infinities are not whole
+    elif isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, int):
+        return None
+    return value if 0 <= value <= MAX_QUEUE_POSITION else None
 
 
 def _json_or_none(data: bytes) -> Any:
@@ -512,7 +534,7 @@ class RunComfyClient:
 
     async def status(self, request_id: str) -> JobStatus:
         data = await self._call("GET", f"requests/{_path_part(request_id)}/status", action="Checking the job status", request_id=request_id)
-        return JobStatus(request_id, normalise_state(data.get("status")), _number_or_none(data.get("queue_position"), int))
+        return JobStatus(request_id, normalise_state(data.get("status")), queue_position_or_none(data.get("queue_position")))
 
     async def result(self, request_id: str) -> JobResult:
         data = await self._call(
@@ -532,7 +554,7 @@ class RunComfyClient:
             state=normalise_state(data.get("status")),
             urls=output_urls(data.get("output")),
             error=str(error) if error else None,
-            cost_usd=_number_or_none(data.get("cost"), float),
+            cost_usd=cost_or_none(data.get("cost")),
         )
 
     async def cancel(self, request_id: str) -> CancelResult:

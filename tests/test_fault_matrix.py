@@ -423,6 +423,26 @@ MATRIX = [
         1,
         {},
     ),
+    # Numbers the service reports are shown only when they can be true.
+    ("a negative cost in the result", behaviour(result_fields={"cost": -5}), 3, ["Done: 3 images", nowhere("cost $")], 1, {}),
+    ("a NaN cost in the result", behaviour(result_fields={"cost": float("nan")}), 3, ["Done: 3 images", nowhere("cost $")], 1, {}),
+    ("an infinite cost in the result", behaviour(result_fields={"cost": float("inf")}), 3, [nowhere("cost $")], 1, {}),
+    (
+        "a queue position of -5",
+        behaviour(status_fields={"queue_position": -5}, queue_s=0.6),
+        3,
+        [anywhere("Queued at RunComfy"), nowhere("position -5")],
+        1,
+        {},
+    ),
+    (
+        "a queue position of 10**18",
+        behaviour(status_fields={"queue_position": 10**18}, queue_s=0.6),
+        3,
+        [anywhere("Queued at RunComfy"), nowhere("(position 1000000000000000000)")],
+        1,
+        {},
+    ),
 ]
 
 

@@ -8,6 +8,7 @@ retry (with the Retry-After it must honour), or the exception type it raises; `w
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -19,6 +20,8 @@ from runcomfy_seedream.api.client import (
     Call,
     Transport,
     classify,
+    cost_or_none,
+    queue_position_or_none,
     refused_codings,
     retry_notice,
 )
@@ -536,3 +539,55 @@ def test_answers_are_read_only_in_the_content_codings_asked_for(content_encoding
 
 def test_the_answer_cap_is_a_few_mib():
     assert MAX_ANSWER_BYTES == 4 * 2**20
+
+
+# --- numbers the service reports: shown only when they can be true ------------------------------------------------------
+
+COST_ROWS = [
+    ("a cost in USD", 0.09, 0.09),
+    ("nothing charged", 0, 0.0),
+    ("negative zero", -0.0, 0.0),
+    ("a number as text", "0.12", 0.12),
+    ("negative", -5, None),
+    ("NaN", float("nan"), None),
+    ("infinite", float("inf"), None),
+    ("negative infinite", float("-inf"), None),
+    ("NaN as text", "nan", None),
+    ("400 digits", 10**400, None),
+    ("true", True, None),
+    ("absent", None, None),
+    ("words", "free", None),
+    ("an object", {"usd": 1}, None),
+]
+
+
+@pytest.mark.parametrize("name,value,cost", COST_ROWS, ids=[row[0] for row in COST_ROWS])
+def test_only_a_finite_number_of_at_least_zero_is_a_cost(name, value, cost):
+    got = cost_or_none(value)
+    assert got == cost and (got is None or math.copysign(1.0, got) == 1.0)
+
+
+QUEUE_ROWS = [
+    ("first in line", 0, 0),
+    ("a few ahead", 3, 3),
+    ("a whole float", 3.0, 3),
+    ("digits as text", "7", 7),
+    ("the bound", 1_000_000, 1_000_000),
+    ("past the bound", 1_000_001, None),
+    ("negative", -5, None),
+    ("10**18", 10**18, None),
+    ("a fraction", 2.5, None),
+    ("true", True, None),
+    ("NaN", float("nan"), None),
+    ("infinite", float("inf"), None),
+    ("words", "soon", None),
+    ("negative as text", "-1", None),
+    ("absent", None, None),
+    ("a list", [1], None),
+]
+
+
+@pytest.mark.parametrize("name,value,position", QUEUE_ROWS, ids=[row[0] for row in QUEUE_ROWS])
+def test_only_a_whole_number_from_zero_to_a_million_is_a_queue_position(name, value, position):
+    got = queue_position_or_none(value)
+    assert got == position and (got is None or type(got) is int)
