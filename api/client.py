@@ -102,12 +102,12 @@ HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})  # a page for a b
 PRICE_LOOKUP_TIMEOUT_S = 10.0
 # An answer of the API is a few hundred bytes (a result with 15 URLs a few KB): past this, once decoded, it is not read.
 MAX_ANSWER_BYTES = 4 * 2**20
-# The content codings asked for, one at a time: httpx inflates each network read whole, so one layer of gzip or deflate
-# bounds a read's growth (about 1000 times), and a second layer, brotli or zstd would not.
+# The content codings asked for, and the only ones decoded, one layer at most: httpx inflates each network read whole,
+# so one layer of gzip or deflate bounds a read's growth (about 1000 times); a second layer, brotli or zstd would not.
 ACCEPT_ENCODING = "gzip, deflate"
 _READ_CODINGS = frozenset({"gzip", "deflate"})
-
 MAX_QUEUE_POSITION = 1_000_000  # far past any real queue: a larger (or negative) position is a broken answer, not a place
+
 SUBMIT_ACTION = "Submitting the job"
 STATUS_INTERVAL_S = 0.22  # all status polls of a process to one service together: under five a second
 
@@ -309,10 +309,15 @@ def classify(call: Call, attempt: Attempt, tries: int = 1) -> Verdict[Mapping[st
         return _without_answer(call, attempt, tries)
     status = attempt.status or 0
     if not call.idempotent and 300 <= status < 400:
-        return Fail(_redirected(call.action, status, attempt.headers.get("location", "")))
+        return Fail(_redirected(call.action, status, _hidden(call, attempt.headers.get("location", ""))))
     if status < 400:
         return _answered_ok(call, attempt, tries)
     return _answered_error(call, attempt, tries)
+
+
+def _hidden(call: Call, text: str) -> str:
+    """`text` from the answer's headers (a Location, its codings) with the token hidden, should the other side echo it."""
+    return text.replace(call.redact, "<token>") if call.redact else text
 
 
 def _without_answer(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping[str, Any]]:
@@ -374,12 +379,12 @@ def _answered_ok(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping[st
         if page is not None:
             problem = f"an answer that is not the API ({page})"
         else:
-            problem = f"an answer {attempt.unreadable}" if attempt.unreadable else "an unreadable answer"
+            problem = f"an answer {_hidden(call, attempt.unreadable)}" if attempt.unreadable else "an unreadable answer"
         return _retry(call, tries, problem, "not answering properly")
     if page is not None:
         return Fail(_not_the_api_error(call.action, attempt.status or 0, page))
     if attempt.unreadable:  # the body had arrived, and what came back was not read: it may hold the job
-        return Fail(_may_be_charged(call.action, f"the answer was {attempt.unreadable}, so it was not read"))
+        return Fail(_may_be_charged(call.action, f"the answer was {_hidden(call, attempt.unreadable)}, so it was not read"))
     return Fail(_accepted_unreadable(call.action))  # accepted, but what was accepted cannot be read
 
 
