@@ -429,7 +429,7 @@ MATRIX = [
     ("an infinite cost in the result", behaviour(result_fields={"cost": float("inf")}), 3, [nowhere("cost $")], 1, {}),
     (
         "a queue position of -5",
-        behaviour(status_fields={"queue_position": -5}, queue_s=0.6),
+        behaviour(status_fields={"queue_position": -5}, queue_s=0.4),
         3,
         [anywhere("Queued at RunComfy"), nowhere("position -5")],
         1,
@@ -437,7 +437,7 @@ MATRIX = [
     ),
     (
         "a queue position of 10**18",
-        behaviour(status_fields={"queue_position": 10**18}, queue_s=0.6),
+        behaviour(status_fields={"queue_position": 10**18}, queue_s=0.4),
         3,
         [anywhere("Queued at RunComfy"), nowhere("(position 1000000000000000000)")],
         1,
