@@ -7,19 +7,28 @@ what it means; `retries.with_retries` returns, raises, or waits and sends again.
 
     what one attempt came to                  a read (status, result, cancel, catalog)  the submit (paid, no idempotency key)
     ----------------------------------------  ----------------------------------------  ---------------------------------------------
-    2xx with a JSON object                    done                                      done: its request_id is the job
-    2xx without one                           retry                                     OutcomeUnknownError: accepted, unreadable
+    2xx with a JSON object (any Content-Type) done                                      done: its request_id is the job
+    2xx HTML (text/html, xhtml) or JSON that  retry                                     ServiceError: not the API (a login page, a
+      is not an object ([], "ok", 5)                                                      captive portal); no job
+    2xx otherwise unreadable (truncated or    retry                                     OutcomeUnknownError: accepted, unreadable
+      undecodable JSON, text/plain, null,
+      or not read: see below)
     3xx (redirects are never followed)        as a 2xx                                  ServiceError: not the API; no job
     429                                       retry; Retry-After is a lower bound       retry; every submit of the process waits
-    502/503/504 without RunComfy's error_code retry                                     OutcomeUnknownError once the whole body was
-                                                                                          sent (ServiceError before: no job)
-    other 5xx, 408, 425, 404 without 404001   retry                                     ServiceError: RunComfy's word; no job
+    5xx without a documented error_code       retry                                     OutcomeUnknownError once the whole body was
+      (bare, {"detail": …}, a proxy's code)                                               sent (ServiceError before: no job)
+    5xx with a documented error_code          retry                                     ServiceError: RunComfy's word (500001: retry
+                                                                                          later); no job
+    408, 425, 404 without 404001              retry                                     ServiceError: no job
     any other 4xx, or 404001                  the ServiceError it says (Authentication, the ServiceError it says; no job
                                                 InsufficientBalance, RequestNotFound …)
     the connection never opened               retry                                     retry: nothing left this machine
     broken, timed out or undecodable once     retry                                     OutcomeUnknownError once the whole body was
       the connection opened                                                               sent; ServiceError before: no job
     retries used up                           the last error, "gave up after N tries"   ServiceError: no job
+
+An answer past `MAX_ANSWER_BYTES` once decoded, or in content codings that were not asked for (two layers,
+brotli, zstd), is not read: it is judged by its status and headers alone, as an answer without JSON.
 
 Invariants this module owns:
 
@@ -29,9 +38,11 @@ Invariants this module owns:
   provably never arrived (the connection never opened) or was refused (429).
 - "May have been charged" (`OutcomeUnknownError`) is said only when the whole body was
   handed to the connection and no answer of RunComfy's came back: a dropped connection or a
-  timeout after the upload, an answer that cannot be read, or a gateway's 502/503/504 without
-  RunComfy's error code. An upload that broke off part way, a request that could not leave
-  this machine, and every other HTTP answer (401, 411, 413, 500 …, even when sent before the
+  timeout after the upload, an answer that cannot be read (but not one that is plainly not the
+  API, such as a login page: that means no job), or a 5xx without one of RunComfy's
+  documented error codes (a gateway's or proxy's, which may have forwarded the whole request).
+  An upload that broke off part way, a request that could not leave this machine, a 5xx with
+  a documented code (500001 …), and every 4xx (401, 411, 413 …, even when sent before the
   body was read) mean no job exists: the error says so and nothing is held.
 - Reads of a paid job (status, result) retry through 429 (with or without
   Retry-After), 5xx, unreadable answers and refused connections with `job_retry`,
@@ -40,6 +51,9 @@ Invariants this module owns:
 - One `RetryPolicy` (see `retries`) bounds every retry loop by attempts and by time;
   `Retry-After` is a lower bound on the next wait, never permission to hammer
   (`Retry-After: 0` still backs off), and no wait exceeds ~30 s.
+- No answer is held past `MAX_ANSWER_BYTES` (4 MiB) once decoded: `_send_once` streams it,
+  counts what httpx decodes and stops, so a few KB of gzip that inflate to gigabytes cost
+  what one network read inflates to. Only gzip or deflate, one layer, is decoded.
 - Status polls of a process to one service are paced together (`SharedPace`), and a 429
   on a submit makes every submit of the process wait (one backoff for a whole batch).
 - The catalog price is looked up in the background and cached per service; a failed or
@@ -56,6 +70,7 @@ import enum
 import functools
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +79,7 @@ from urllib.parse import quote
 import httpx
 
 from .config import DEFAULT_BASE_URL, Credentials
-from .errors import InputError, OutcomeUnknownError, RunComfyError, ServiceError, error_from_response
+from .errors import _CODE_MESSAGES, InputError, OutcomeUnknownError, RunComfyError, ServiceError, error_from_response
 from .job import CancelResult, Job, JobResult, JobStatus, UploadTracker
 from .retries import (  # RetryPolicy and parse_retry_after are imported from this module too
     Done,
@@ -81,8 +96,17 @@ from .shared import LOOP_STATE, PRICES
 
 QUEUED_STATES = frozenset({"in_queue", "queued", "pending"})
 RUNNING_STATES = frozenset({"in_progress", "running", "processing"})
-GATEWAY_STATUSES = frozenset({502, 503, 504})  # a proxy's word that the service itself did not answer
+# RunComfy's published error codes (the spec's list): a 5xx that carries one is RunComfy's own word, any other is not.
+DOCUMENTED_CODES = frozenset(_CODE_MESSAGES)
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})  # a page for a browser: never an answer of the API
 PRICE_LOOKUP_TIMEOUT_S = 10.0
+# An answer of the API is a few hundred bytes (a result with 15 URLs a few KB): past this, once decoded, it is not read.
+MAX_ANSWER_BYTES = 4 * 2**20
+# The content codings asked for, and the only ones decoded, one layer at most: httpx inflates each network read whole,
+# so one layer of gzip or deflate bounds a read's growth (about 1000 times); a second layer, brotli or zstd would not.
+ACCEPT_ENCODING = "gzip, deflate"
+_READ_CODINGS = frozenset({"gzip", "deflate"})
+MAX_QUEUE_POSITION = 1_000_000  # far past any real queue: a larger (or negative) position is a broken answer, not a place
 
 SUBMIT_ACTION = "Submitting the job"
 STATUS_INTERVAL_S = 0.22  # all status polls of a process to one service together: under five a second
@@ -137,16 +161,36 @@ def output_urls(output: Any) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _number_or_none(value: Any, kind: type) -> Any:
+def cost_or_none(value: Any) -> float | None:
+    """The result's `cost` in USD: only a finite number >= 0 is a cost (as for the catalog price); else None, not shown."""
+    if value is None or isinstance(value, bool):
+        return None
     try:
-        return kind(value) if value is not None and not isinstance(value, bool) else None
+        cost = float(value)
     except (TypeError, ValueError, OverflowError):
         return None
+    return cost + 0.0 if math.isfinite(cost) and cost >= 0 else None  # + 0.0: never "$-0.00"
 
 
-def _json_or_none(response: httpx.Response) -> Any:
+def queue_position_or_none(value: Any) -> int | None:
+    """`queue_position`: only a whole number from 0 to `MAX_QUEUE_POSITION` is a place in a queue; else None, not shown."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        value = int(value) if value.is_integer() else None  # NaN and infinities are not whole
+    elif isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, int):
+        return None
+    return value if 0 <= value <= MAX_QUEUE_POSITION else None
+
+
+def _json_or_none(data: bytes) -> Any:
     try:
-        return response.json()
+        return json.loads(data)
     except (ValueError, RecursionError):  # not JSON, or nested beyond reason
         return None
 
@@ -173,6 +217,29 @@ def _may_be_charged(action: str, what_happened: str) -> OutcomeUnknownError:
     )
 
 
+def refused_codings(content_encoding: str) -> str | None:
+    """The answer's content codings when they are not read at all (more than one, or one not asked for), else None."""
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip() and c.strip().lower() != "identity"]
+    if len(codings) > 1 or (codings and codings[0] not in _READ_CODINGS):
+        return ", ".join(codings)
+    return None
+
+
+async def _read_capped(response: httpx.Response) -> tuple[bytes, str]:
+    """The answer's decoded body, and "" ; or b"" and why it was not read (past `MAX_ANSWER_BYTES` once decoded, codings)."""
+    refused = refused_codings(", ".join(response.headers.get_list("content-encoding", split_commas=True)))
+    if refused is not None:
+        return b"", f"in content codings that were not asked for ({refused})"
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.aiter_bytes():  # decoded: a gzip bomb is counted as what it inflates to
+        total += len(chunk)
+        if total > MAX_ANSWER_BYTES:
+            return b"", f"over the {MAX_ANSWER_BYTES // 2**20} MiB limit once decoded"
+        chunks.append(chunk)
+    return b"".join(chunks), ""
+
+
 def _accepted_unreadable(action: str) -> OutcomeUnknownError:
     return OutcomeUnknownError(
         f"{action}: RunComfy accepted it but its answer had no readable request id. The job may "
@@ -196,16 +263,18 @@ class Attempt:
 
     status: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict)  # the answer's, names in lower case
-    body: Any = None  # the answer's decoded JSON; None when it was not JSON
+    body: Any = None  # the answer's decoded JSON; None when it was not JSON or was not read
     retry_after: float | None = None  # seconds, from the answer's Retry-After, read when it arrived
     failure: Transport | None = None
     problem: str = ""  # what the failure was, in words that hold neither the request nor the token
     body_complete: bool = True  # the whole request body was handed to the connection (True for a call without one)
+    unreadable: str = ""  # why the answer's body was not read ("over the 4 MiB limit once decoded"); "" when it was
 
     @classmethod
-    def answered(cls, status: int, headers: Mapping[str, str], body: Any, *, body_complete: bool = True) -> Attempt:
+    def answered(cls, status: int, headers: Mapping[str, str], body: Any, *, body_complete: bool = True, unreadable: str = "") -> Attempt:
         plain = {name.lower(): value for name, value in headers.items()}
-        return cls(status, plain, body, parse_retry_after(plain.get("retry-after")), body_complete=body_complete)
+        retry_after = parse_retry_after(plain.get("retry-after"))
+        return cls(status, plain, None if unreadable else body, retry_after, body_complete=body_complete, unreadable=unreadable)
 
     @classmethod
     def failed(cls, failure: Transport, problem: str, *, body_complete: bool = True) -> Attempt:
@@ -240,10 +309,15 @@ def classify(call: Call, attempt: Attempt, tries: int = 1) -> Verdict[Mapping[st
         return _without_answer(call, attempt, tries)
     status = attempt.status or 0
     if not call.idempotent and 300 <= status < 400:
-        return Fail(_redirected(call.action, status, attempt.headers.get("location", "")))
+        return Fail(_redirected(call.action, status, _hidden(call, attempt.headers.get("location", ""))))
     if status < 400:
         return _answered_ok(call, attempt, tries)
     return _answered_error(call, attempt, tries)
+
+
+def _hidden(call: Call, text: str) -> str:
+    """`text` from the answer's headers (a Location, its codings) with the token hidden, should the other side echo it."""
+    return text.replace(call.redact, "<token>") if call.redact else text
 
 
 def _without_answer(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping[str, Any]]:
@@ -261,6 +335,15 @@ def _without_answer(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping
     )
 
 
+def _not_the_api_error(action: str, status: int, page: str) -> ServiceError:
+    """A definite answer from something that is not the API (a login page, a captive portal): no job."""
+    return ServiceError(
+        f"{action} failed: the service address answered with something that is not the RunComfy API (HTTP {status}, "
+        f"{page}), as a login page or a proxy does. No job was created and nothing was charged. Check "
+        "RUNCOMFY_MODEL_API_BASE and your network, then run again."
+    )
+
+
 def _redirected(action: str, status: int, location: str) -> ServiceError:
     """A definite answer from something that is not the API (a login page, a proxy): no job."""
     where = location[:120]
@@ -272,19 +355,51 @@ def _redirected(action: str, status: int, location: str) -> ServiceError:
     )
 
 
+def _not_the_api(attempt: Attempt) -> str | None:
+    """What a successful answer without a JSON object is when it is plainly not the API's, else None.
+
+    An HTML page (a login or captive-portal page) or valid JSON that is not an object (`[]`, `"ok"`, `5`): a page
+    in front of the API answered, not RunComfy, which answers every call with an object. JSON that is truncated or
+    does not decode, text/plain and a literal `null` (read as no JSON) are not plain enough: they may be RunComfy's
+    answer damaged on the way.
+    """
+    media_type = attempt.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type in HTML_TYPES:
+        return media_type
+    if attempt.body is not None:
+        return "JSON that is not an object"
+    return None
+
+
 def _answered_ok(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping[str, Any]]:
-    if isinstance(attempt.body, Mapping):
+    if isinstance(attempt.body, Mapping):  # whatever its Content-Type says: a mislabelled answer of RunComfy's is still its answer
         return Done(attempt.body)
-    if not call.idempotent:  # accepted, but what was accepted cannot be read
-        return Fail(_accepted_unreadable(call.action))
-    return _retry(call, tries, "an unreadable answer", "not answering properly")
+    page = _not_the_api(attempt)
+    if call.idempotent:
+        if page is not None:
+            problem = f"an answer that is not the API ({page})"
+        else:
+            problem = f"an answer {_hidden(call, attempt.unreadable)}" if attempt.unreadable else "an unreadable answer"
+        return _retry(call, tries, problem, "not answering properly")
+    if page is not None:
+        return Fail(_not_the_api_error(call.action, attempt.status or 0, page))
+    if attempt.unreadable:  # the body had arrived, and what came back was not read: it may hold the job
+        return Fail(_may_be_charged(call.action, f"the answer was {_hidden(call, attempt.unreadable)}, so it was not read"))
+    return Fail(_accepted_unreadable(call.action))  # accepted, but what was accepted cannot be read
 
 
 def _answered_error(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping[str, Any]]:
     status = attempt.status or 0
     error = error_from_response(status, attempt.body, action=call.action, request_id=call.request_id, redact=call.redact)
-    if not call.idempotent and status in GATEWAY_STATUSES and error.error_code is None and attempt.body_complete:
-        return Fail(_may_be_charged(call.action, f"a gateway in front of RunComfy answered HTTP {status} after the whole request was sent"))
+    if not call.idempotent and status >= 500 and error.error_code not in DOCUMENTED_CODES and attempt.body_complete:
+        # Bare, {"detail": …}, a proxy's own code: not RunComfy's answer, and the proxy may have forwarded the whole request.
+        return Fail(
+            _may_be_charged(
+                call.action,
+                f"HTTP {status} came back without RunComfy's documented error format (not RunComfy's answer, as a gateway or "
+                "proxy in front of it gives) after the whole request was sent",
+            )
+        )
     if status == 429:
         problem = "HTTP 429" + ("" if call.idempotent else " (rate limited)")
         return _retry(call, tries, problem, "busy", error, retry_after=attempt.retry_after, rate_limited=True)
@@ -358,7 +473,7 @@ class RunComfyClient:
         self._owns_pool = True
         self._http = httpx.AsyncClient(
             base_url=self.base_url + "/",
-            headers={"Authorization": f"Bearer {credentials.token}", "Accept": "application/json"},
+            headers={"Authorization": f"Bearer {credentials.token}", "Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING},
             timeout=httpx.Timeout(connect=t.connect_s, read=t.read_s, write=t.write_s, pool=t.connect_s),
             follow_redirects=False,
         )
@@ -424,7 +539,7 @@ class RunComfyClient:
 
     async def status(self, request_id: str) -> JobStatus:
         data = await self._call("GET", f"requests/{_path_part(request_id)}/status", action="Checking the job status", request_id=request_id)
-        return JobStatus(request_id, normalise_state(data.get("status")), _number_or_none(data.get("queue_position"), int))
+        return JobStatus(request_id, normalise_state(data.get("status")), queue_position_or_none(data.get("queue_position")))
 
     async def result(self, request_id: str) -> JobResult:
         data = await self._call(
@@ -444,7 +559,7 @@ class RunComfyClient:
             state=normalise_state(data.get("status")),
             urls=output_urls(data.get("output")),
             error=str(error) if error else None,
-            cost_usd=_number_or_none(data.get("cost"), float),
+            cost_usd=cost_or_none(data.get("cost")),
         )
 
     async def cancel(self, request_id: str) -> CancelResult:
@@ -530,14 +645,16 @@ class RunComfyClient:
         elif path.endswith("/status"):
             await pace.status_turn(self.status_interval_s)
         try:
-            response = await self._http.request(method, path, **options)
+            async with self._http.stream(method, path, **options) as response:  # streamed, so that no answer is held past the cap
+                data, unreadable = await _read_capped(response)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             failure, problem = Transport.NOT_CONNECTED, describe_transport_error(exc)
         except httpx.HTTPError as exc:  # broken, timed out, or an answer that could not be read or decoded
             failure, problem = Transport.BROKEN, describe_transport_error(exc)
         else:
             complete = upload is None or upload.complete
-            return Attempt.answered(response.status_code, response.headers, _json_or_none(response), body_complete=complete)
+            body = None if unreadable else _json_or_none(data)
+            return Attempt.answered(response.status_code, response.headers, body, body_complete=complete, unreadable=unreadable)
         return Attempt.failed(failure, problem, body_complete=upload is None or upload.complete)
 
     def _retry_heard(self, call: Call, announce: bool) -> RetryHeard:

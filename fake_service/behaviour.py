@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -11,11 +12,18 @@ class Fault:
     """One injected misbehaviour, used up by the next matching request.
 
     kind:
-      "http"     answer `status` (with optional Retry-After) without doing the work
+      "http"     answer `status` (with optional Retry-After) without doing the work: `body` as `content_type` when
+                 given (a login page, a JSON array), else an error object with `error_code` (500001 for a 5xx unless
+                 given) and `message`
       "early"    (submit) answer `status` before reading the body, then close: a proxy that refuses early
-      "gateway"  (submit) create the job, then answer `status`: a gateway that gave up waiting for the service
+      "gateway"  (submit) create the job, then answer `status`: `body` as `content_type` when given, else an error
+                 object with `error_code` when given (none by default): a gateway or proxy in front of the service
       "answer_first" (submit) answer `status` at once, then read and drop the body: a proxy that refuses politely
       "undecodable"  answer 200 with `Content-Encoding: gzip` and a body that is not gzip (a submit is created first)
+      "inflating"    answer 200 with the true answer behind `size` bytes of JSON whitespace, gzipped `layers` times
+                     (`Content-Encoding: gzip`, or `gzip, gzip`): a few KB that decode to `size` (a submit is created first)
+      "oversized"    answer 200 with the true answer behind `size` bytes of JSON whitespace, not compressed
+                     (a submit is created first)
       "drop"     close the connection without answering (a submit is created first: bytes arrived)
       "garbage"  answer 200 with truncated JSON (a submit is created first)
       "stall"    wait `seconds` before handling the request (a submit is created first)
@@ -30,6 +38,9 @@ class Fault:
     error_code: str | None = None
     body: bytes | None = None
     message: str | None = None  # the error_message of an "http" answer
+    content_type: str = "application/json"  # of `body`, for "http" and "gateway"
+    size: int = 64 * 2**20  # decoded size of an "inflating" or "oversized" answer
+    layers: int = 1  # times an "inflating" answer is gzipped
 
 
 @dataclass
@@ -52,6 +63,8 @@ class FakeBehaviour:
     refuse_chunked: bool = False  # answer 411 Length Required to a streamed (chunked) submit
     inspect_pixels: bool = True  # decode every reference to check it (benchmarks turn this off to save CPU)
     reuse_renders: bool = False  # render each output size once and serve it for every job (benchmarks)
+    status_fields: dict[str, Any] = field(default_factory=dict)  # replace /status's own while queued: {"queue_position": -5}
+    result_fields: dict[str, Any] = field(default_factory=dict)  # replace a successful result's own: {"cost": float("nan")}
     faults: dict[str, list[Fault]] = field(default_factory=dict)  # endpoint -> faults, used in order
     outage: tuple[float, Fault, frozenset[str]] | None = None  # (until, fault, endpoints): every matching request fails
     unanswered: int = 0  # requests answered by an outage (not by an injected fault)

@@ -12,6 +12,7 @@ import json
 import re
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,24 @@ MODEL_PATH = "/v1/models/bytedance/seedream-4-0/edit-sequential"
 _REQUEST_PATH = re.compile(r"^/v1/requests/([^/]+)/(status|result|cancel)$")
 _FILE_PATH = re.compile(r"^/files/([^/]+)/(\d+)\.png$")
 _UPLOAD_CHUNK = 64 * 1024
+_SHAPED = frozenset({"inflating", "oversized"})  # faults that change how the true answer is sent, once the work is done
+_PADDING: dict[int, tuple[bytes, Any]] = {}  # size -> (gzip of that much whitespace so far, the compressor's state)
+_PADDING_LOCK = threading.Lock()
+
+
+def _gzip_behind_whitespace(data: bytes, size: int) -> bytes:
+    """gzip of `size` bytes of JSON whitespace, then `data`: the whitespace is compressed once per size."""
+    with _PADDING_LOCK:
+        if size not in _PADDING:
+            squeeze = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            spaces, head, left = b" " * min(size, 2**20), [], size
+            while left > 0:
+                head.append(squeeze.compress(spaces[:left]))
+                left -= min(left, len(spaces))
+            _PADDING[size] = (b"".join(head), squeeze)
+        head, squeeze = _PADDING[size]
+        squeeze = squeeze.copy()
+    return head + squeeze.compress(data) + squeeze.flush()
 
 
 @dataclass(frozen=True)
@@ -44,15 +63,31 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- plumbing ----------------------------------------------------------------------------
 
-    def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
+    def _send_raw(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        self._send_raw(status, json.dumps(body).encode(), "application/json", headers)
+
+    def _reply(self, status: int, body: Any, fault: Fault | None) -> None:
+        """The true answer: as JSON, or shaped by an "inflating" or "oversized" `fault`."""
+        if fault is None or fault.kind not in _SHAPED:
+            self._send_json(status, body)
+            return
+        data = json.dumps(body).encode()
+        if fault.kind == "oversized":
+            self._send_raw(status, b" " * fault.size + data, "application/json")
+            return
+        data = _gzip_behind_whitespace(data, fault.size)
+        for _ in range(fault.layers - 1):
+            data = zlib.compress(data, 6, wbits=16 + zlib.MAX_WBITS)
+        self._send_raw(status, data, "application/json", {"Content-Encoding": ", ".join(["gzip"] * fault.layers)})
 
     def _error(self, status: int, code: str | None, message: str, headers: dict[str, str] | None = None) -> None:
         body: dict[str, Any] = {"error_message": message}
@@ -118,10 +153,15 @@ class _Handler(BaseHTTPRequestHandler):
         """Act out a pre-handling fault; True when the request is finished with."""
         if fault is None:
             return False
-        if fault.kind == "http":
+        if fault.kind in ("http", "gateway"):
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
-            code = fault.error_code or ("500001" if fault.status >= 500 else None)
-            self._error(fault.status, code, fault.message or f"injected HTTP {fault.status}", headers)
+            if fault.body is not None:
+                self._send_raw(fault.status, fault.body, fault.content_type, headers)
+            elif fault.kind == "gateway":  # not the service's own answer: its error code only when given
+                self._error(fault.status, fault.error_code, fault.message or f"gateway answered HTTP {fault.status}", headers)
+            else:
+                code = fault.error_code or ("500001" if fault.status >= 500 else None)
+                self._error(fault.status, code, fault.message or f"injected HTTP {fault.status}", headers)
             return True
         if fault.kind == "drop":
             self._drop()
@@ -187,11 +227,14 @@ class _Handler(BaseHTTPRequestHandler):
         match = _REQUEST_PATH.match(path)
         if match and match.group(2) == "cancel":
             self._read_body()
-            if self._authorised() is None or self._apply_fault(fake.behaviour.take_fault("cancel")):
+            if self._authorised() is None:
+                return
+            fault = fake.behaviour.take_fault("cancel")
+            if self._apply_fault(fault):
                 return
             job = self._job_or_404(unquote(match.group(1)))
             if job is not None:
-                self._send_json(202, fake.cancel(job))
+                self._reply(202, fake.cancel(job), fault)
             return
         self._error(404, None, "Not found")
 
@@ -216,18 +259,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, "400002", "Insufficient balance")
             return
         job.body_bytes, job.upload_s, job.processing_s = len(body), upload_s, time.monotonic() - received
-        if fault is not None:  # the job exists (it reached the service), but the answer goes wrong
+        if fault is not None and fault.kind not in _SHAPED:  # the job exists (it reached the service), but the answer goes wrong
             if fault.kind == "stall":
                 time.sleep(fault.seconds)
-            elif fault.kind == "gateway":
-                self._error(fault.status, None, f"gateway answered HTTP {fault.status}")
-                return
             else:
                 self._apply_fault(fault)
                 return
         base = fake.base_url
         rid = job.request_id
-        self._send_json(
+        self._reply(
             200,
             {
                 "request_id": rid,
@@ -235,6 +275,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "result_url": f"{base}/requests/{rid}/result",
                 "cancel_url": f"{base}/requests/{rid}/cancel",
             },
+            fault,
         )
 
     def do_GET(self) -> None:  # noqa: N802
@@ -254,15 +295,17 @@ class _Handler(BaseHTTPRequestHandler):
         if self._authorised() is None:
             return
         if path == MODEL_PATH:
-            if not self._apply_fault(fake.behaviour.take_fault("catalog")):
-                self._send_json(200, fake.catalog())
+            fault = fake.behaviour.take_fault("catalog")
+            if not self._apply_fault(fault):
+                self._reply(200, fake.catalog(), fault)
             return
         match = _REQUEST_PATH.match(path)
         if not match or match.group(2) == "cancel":
             self._error(404, None, "Not found")
             return
         kind = match.group(2)
-        if self._apply_fault(fake.behaviour.take_fault(kind)):
+        fault = fake.behaviour.take_fault(kind)
+        if self._apply_fault(fault):
             return
         job = self._job_or_404(unquote(match.group(1)))
         if job is None:
@@ -270,9 +313,9 @@ class _Handler(BaseHTTPRequestHandler):
         if job.owner_token != self.headers["Authorization"][7:]:
             self._error(403, "403001", "Request belongs to another user")
         elif kind == "status":
-            self._send_json(200, fake.status_body(job))
+            self._reply(200, fake.status_body(job), fault)
         else:
-            self._send_json(200, fake.result_body(job, include_cost="include_cost=true" in query))
+            self._reply(200, fake.result_body(job, include_cost="include_cost=true" in query), fault)
 
     def _job_or_404(self, request_id: str) -> Job | None:
         job = self.server.fake.jobs.get(request_id)
@@ -481,6 +524,8 @@ class FakeRunComfy:
         }
         if position is not None:
             body["queue_position"] = position
+        if state == "in_queue":
+            body.update(self.behaviour.status_fields)
         return body
 
     def result_body(self, job: Job, *, include_cost: bool) -> dict[str, Any]:
@@ -499,6 +544,7 @@ class FakeRunComfy:
         body["output"] = {"images": self.behaviour.result_urls or urls}
         if include_cost:
             body["cost"] = job.cost_usd
+        body.update(self.behaviour.result_fields)
         return body
 
     def catalog(self) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 Every row runs the node end to end against the local fake service. "expected" is the number
 of images the node returns, or the error it raises; "paid" is the number of jobs the service
 created (each one is charged). A row's `arrange(fake, comfy, state)` sets the trouble up; it
-may run the node once itself first (a run that left something behind).
+may run the node once itself first (a run that left something behind). Its words must be in
+the last text (or the error); an `anywhere(...)` word in some progress text (a retry notice),
+a `nowhere(...)` word in no progress text and not in the error.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ from runcomfy_seedream.fake_service import Fault
 
 TIMING = quick_timing(download_read_timeout_s=0.75)
 LIMITS = Limits(max_download_bytes=2 * 1024 * 1024)
+
+
+class anywhere(str):  # noqa: N801 - reads as a word of a row
+    """Words that must be in some progress text, not only the last (a retry notice, a queue position)."""
+
+
+class nowhere(str):  # noqa: N801
+    """Words that must be in no progress text and not in the error."""
 
 
 def _bomb() -> bytes:
@@ -206,6 +216,7 @@ def _cancel_every_job(fake):
         fake.cancel(job)
 
 
+LOGIN_PAGE = b"<!doctype html><html><head><title>Sign in</title></head><body><form>...</form></body></html>"
 LARGE_REFERENCE = {"image_1": torch.rand((1, 1400, 1400, 3))}  # a PNG of several MB: larger than socket buffers
 STORM = [Fault("http", status=429, retry_after="0")] * 6
 STORM_NO_HINT = [Fault("http", status=429)] * 3
@@ -344,6 +355,103 @@ MATRIX = [
     ("a saved cost of 400 digits", after_a_first_run(_huge_cost), 3, ["set aside", "resumed request"], 1, {}),
     ("another process keeps the journal locked", state_trouble(_journal_locked), 3, ["save the resume record"], 1, {}),
     ("a 20 MB journal.json", state_trouble(_huge_journal), 3, None, 1, {}),
+    # A 5xx that is not RunComfy's own error, once the submit arrived: it may have made the job.
+    (
+        "a proxy answers the arrived submit 500 {detail: internal error}",
+        faults(submit=[Fault("gateway", status=500, body=b'{"detail": "internal error"}')]),
+        OutcomeUnknownError,
+        ["HTTP 500", "may have been charged"],
+        1,
+        {},
+    ),
+    (
+        "a proxy answers the arrived submit 502 with a code that is not RunComfy's",
+        faults(submit=[Fault("gateway", status=502, error_code="UPSTREAM_RESET")]),
+        OutcomeUnknownError,
+        ["HTTP 502", "not sent again"],
+        1,
+        {},
+    ),
+    (
+        "a proxy answers the arrived submit 500 with no body",
+        faults(submit=[Fault("gateway", status=500, body=b"", content_type="text/plain")]),
+        OutcomeUnknownError,
+        ["HTTP 500", "may have been charged"],
+        1,
+        {},
+    ),
+    # Something that is plainly not the API answered (a login page, a captive portal): no job, nothing held.
+    (
+        "a login page answers the submit (200 text/html)",
+        faults(submit=[Fault("http", status=200, body=LOGIN_PAGE, content_type="text/html; charset=utf-8")]),
+        ServiceError,
+        ["not the RunComfy API", "nothing was charged", "RUNCOMFY_MODEL_API_BASE"],
+        0,
+        {},
+    ),
+    (
+        "a captive portal answers the submit 200 []",
+        faults(submit=[Fault("http", status=200, body=b"[]")]),
+        ServiceError,
+        ["not the RunComfy"],
+        0,
+        {},
+    ),
+    (
+        "a login page answers status reads (200 text/html)",
+        faults(status=[Fault("http", status=200, body=LOGIN_PAGE, content_type="text/html")] * 2),
+        3,
+        [anywhere("not the API (text/html)")],
+        1,
+        {},
+    ),
+    # Answers past the 4 MiB cap once decoded are not read: a read asks again, the submit's outcome is unknown.
+    (
+        "the submit's answer inflates past the cap (gzip)",
+        faults(submit=[Fault("inflating")]),
+        OutcomeUnknownError,
+        ["over the 4 MiB limit once decoded", "may have been charged"],
+        1,
+        {},
+    ),
+    (
+        "the submit's answer is a large plain body",
+        faults(submit=[Fault("oversized", size=6 * 2**20)]),
+        OutcomeUnknownError,
+        ["over the 4 MiB limit", "not sent again"],
+        1,
+        {},
+    ),
+    ("a status answer inflates past the cap (gzip)", faults(status=[Fault("inflating")]), 3, [anywhere("over the 4 MiB limit")], 1, {}),
+    ("a status answer gzipped twice", faults(status=[Fault("inflating", layers=2)]), 3, [anywhere("(gzip, gzip)")], 1, {}),
+    (
+        "a result answer is a large plain body",
+        faults(result=[Fault("oversized", size=6 * 2**20)]),
+        3,
+        [anywhere("an answer over the 4 MiB limit")],
+        1,
+        {},
+    ),
+    # Numbers the service reports are shown only when they can be true.
+    ("a negative cost in the result", behaviour(result_fields={"cost": -5}), 3, ["Done: 3 images", nowhere("cost $")], 1, {}),
+    ("a NaN cost in the result", behaviour(result_fields={"cost": float("nan")}), 3, ["Done: 3 images", nowhere("cost $")], 1, {}),
+    ("an infinite cost in the result", behaviour(result_fields={"cost": float("inf")}), 3, [nowhere("cost $")], 1, {}),
+    (
+        "a queue position of -5",
+        behaviour(status_fields={"queue_position": -5}, queue_s=0.4),
+        3,
+        [anywhere("Queued at RunComfy"), nowhere("position -5")],
+        1,
+        {},
+    ),
+    (
+        "a queue position of 10**18",
+        behaviour(status_fields={"queue_position": 10**18}, queue_s=0.4),
+        3,
+        [anywhere("Queued at RunComfy"), nowhere("(position 1000000000000000000)")],
+        1,
+        {},
+    ),
 ]
 
 
@@ -383,8 +491,14 @@ def test_fault(fake, comfy, tmp_path, name, arrange, expected, words, paid, inpu
             assert next(iter(fake.jobs)) in shown, "the request id is reported"
         if paid == 0:
             assert not isinstance(caught.value, OutcomeUnknownError) and "may have been" not in shown
+    texts = [*comfy.progress_texts(), shown]
     for word in words or ():
-        assert word in shown, f"{word!r} missing from: {shown}"
+        if isinstance(word, nowhere):
+            assert not [text for text in texts if word in text], f"{word!r} shown"
+        elif isinstance(word, anywhere):
+            assert [text for text in texts if word in text], f"{word!r} never shown in: {texts}"
+        else:
+            assert word in shown, f"{word!r} missing from: {shown}"
     assert len([line for line in shown.splitlines() if line.startswith("Warning")]) <= 1, "at most one warning line"
     assert fake.submits == paid, "jobs paid for"
     assert all(not queue for queue in fake.behaviour.faults.values()), "every injected fault was hit"

@@ -6,6 +6,7 @@ import asyncio
 import re
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,27 @@ def test_the_request_is_checked_before_anything_is_sent(fake, bad, field, words)
         asyncio.run(scenario())
     assert caught.value.field == field and words in str(caught.value)
     assert fake.submits == 0 and not fake.requests, "nothing reached the service"
+
+
+def test_a_status_answer_that_inflates_far_past_the_cap_is_never_held_whole(fake):
+    """The kind of answer that got ComfyUI killed: about 130 KB of gzip that inflate to 128 MiB (or, gzipped twice, a
+    few KB). Reading stops past the cap, so memory stays near what one network read inflates to, however far the
+    answer would go; gzip twice over is not decoded at all."""
+    fake.behaviour.queue_s = 10.0
+    size = 128 * 2**20
+    notices: list[str] = []
+
+    async def scenario():
+        async with client_for(fake, on_retry=notices.append) as client:
+            job = await client.submit(EditSequentialRequest("Generate 2 images of a lighthouse.", max_images=2, images=(URL,)))
+            fake.behaviour.inject("status", Fault("inflating", size=size), Fault("inflating", size=size, layers=2))
+            tracemalloc.start()
+            try:
+                return await client.status(job.request_id), tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+
+    status, peak = asyncio.run(scenario())
+    assert status.state == "in_queue"
+    assert peak < 192 * 2**20, f"{peak / 2**20:.0f} MiB at the peak"  # about twice what one 64 KB read of gzip inflates to
+    assert len(notices) == 2 and "over the 4 MiB limit" in notices[0] and "(gzip, gzip)" in notices[1]

@@ -8,11 +8,23 @@ retry (with the Retry-After it must honour), or the exception type it raises; `w
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 
 import pytest
 
-from runcomfy_seedream.api.client import Attempt, Call, Transport, classify, retry_notice
+from runcomfy_seedream.api.client import (
+    ACCEPT_ENCODING,
+    MAX_ANSWER_BYTES,
+    Attempt,
+    Call,
+    Transport,
+    classify,
+    cost_or_none,
+    queue_position_or_none,
+    refused_codings,
+    retry_notice,
+)
 from runcomfy_seedream.api.downloads import GONE_TRIES, Fetched, classify_download
 from runcomfy_seedream.api.errors import (
     AuthenticationError,
@@ -35,14 +47,17 @@ JOB = {"request_id": "req-1", "status": "in_queue"}
 PAST_DATE = "Wed, 21 Oct 2015 07:28:00 GMT"
 
 
-def answer(status: int, body=None, *, code: str | None = None, body_complete: bool = True, **headers: str) -> Attempt:
-    """An HTTP answer as `_send_once` records it; `code`: RunComfy's error_code in the body; header names with `_`."""
+def answer(status: int, body=None, *, code: str | None = None, body_complete: bool = True, unreadable: str = "", **headers: str) -> Attempt:
+    """An HTTP answer as `_send_once` records it; `code`: RunComfy's error_code in the body; `unreadable`: why its body
+    was not read; header names with `_`."""
     if code is not None:
         body = {"error_code": code, "error_message": "as RunComfy says it"}
     named = {name.replace("_", "-"): value for name, value in headers.items()}
-    return Attempt.answered(status, named, body, body_complete=body_complete)
+    return Attempt.answered(status, named, body, body_complete=body_complete, unreadable=unreadable)
 
 
+OVER_CAP = "over the 4 MiB limit once decoded"  # as `_send_once` records an answer past MAX_ANSWER_BYTES
+STACKED = "in content codings that were not asked for (gzip, gzip)"
 NEVER_CONNECTED = Attempt.failed(Transport.NOT_CONNECTED, "connection problem (ConnectError)", body_complete=False)
 CONNECT_TIMEOUT = Attempt.failed(Transport.NOT_CONNECTED, "no answer in time (ConnectTimeout)", body_complete=False)
 NO_FREE_CONNECTION = Attempt.failed(Transport.NOT_CONNECTED, "no answer in time (PoolTimeout)", body_complete=False)
@@ -69,9 +84,80 @@ ROWS = [
     ("201 JSON on the submit", SUBMIT, answer(201, JOB), JOB, ()),
     # Answers that cannot be read: a read asks again, a submit was accepted and may be running.
     ("200 unreadable on status", STATUS, answer(200, None), retry(condition="not answering properly", problem="an unreadable answer"), ()),
-    ("200 JSON array on result", RESULT, answer(200, [1, 2]), retry(problem="an unreadable answer"), ()),
+    (
+        "200 JSON array on result",
+        RESULT,
+        answer(200, [1, 2]),
+        retry(problem="an answer that is not the API (JSON that is not an object)"),
+        (),
+    ),
     ("200 unreadable on the submit", SUBMIT, answer(200, None), OutcomeUnknownError, ["accepted it", "may be running"]),
-    ("200 JSON string on the submit", SUBMIT, answer(200, "ok"), OutcomeUnknownError, ["no readable request id"]),
+    ("200 claiming JSON, truncated, on the submit", SUBMIT, answer(200, None, Content_Type="application/json"), OutcomeUnknownError, []),
+    ("200 text/plain, not JSON, on the submit", SUBMIT, answer(200, None, Content_Type="text/plain"), OutcomeUnknownError, []),
+    (
+        "200 text/html on status",
+        STATUS,
+        answer(200, None, Content_Type="text/html"),
+        retry(None, "not answering properly", "an answer that is not the API (text/html)"),
+        (),
+    ),
+    ("200 JSON number on the catalog", CATALOG, answer(200, 3), retry(condition="not answering properly"), ()),
+    # Answers past the size cap (or in codings not asked for) are not read: unreadable, whatever they hold.
+    (
+        "200 over the answer cap on status",
+        STATUS,
+        answer(200, unreadable=OVER_CAP),
+        retry(None, "not answering properly", f"an answer {OVER_CAP}"),
+        (),
+    ),
+    ("200 over the answer cap on the catalog", CATALOG, answer(200, unreadable=OVER_CAP), retry(problem=f"an answer {OVER_CAP}"), ()),
+    ("200 over the answer cap on cancel", CANCEL, answer(200, unreadable=OVER_CAP), retry(), ()),
+    ("200 gzip, gzip on result", RESULT, answer(200, unreadable=STACKED), retry(problem=f"an answer {STACKED}"), ()),
+    (
+        "200 over the answer cap on the submit",
+        SUBMIT,
+        answer(200, unreadable=OVER_CAP, Content_Type="application/json"),
+        OutcomeUnknownError,
+        ["answer was over the 4 MiB limit once decoded", "may have been charged", "not sent again"],
+    ),
+    ("200 gzip, gzip on the submit", SUBMIT, answer(200, unreadable=STACKED), OutcomeUnknownError, ["(gzip, gzip)", "may have been"]),
+    (
+        "200 HTML over the answer cap on the submit",
+        SUBMIT,
+        answer(200, unreadable=OVER_CAP, Content_Type="text/html"),
+        ServiceError,
+        ["text/html"],
+    ),
+    ("502 over the answer cap on the submit", SUBMIT, answer(502, unreadable=OVER_CAP), OutcomeUnknownError, ["HTTP 502"]),
+    ("500 over the answer cap on status", STATUS, answer(500, unreadable=OVER_CAP), retry(None, "unavailable", "HTTP 500"), ()),
+    ("401 over the answer cap on the submit", SUBMIT, answer(401, unreadable=OVER_CAP), AuthenticationError, ["RUNCOMFY_API_TOKEN"]),
+    ("429 over the answer cap on the submit", SUBMIT, answer(429, unreadable=OVER_CAP), retry(None, "busy"), ()),
+    # Answers that are plainly not the API (a login page, a captive portal): a page in front of it answered; no job.
+    (
+        "200 text/html on the submit",
+        SUBMIT,
+        answer(200, None, Content_Type="text/html; charset=utf-8"),
+        ServiceError,
+        ["not the RunComfy API (HTTP 200, text/html)", "No job was created and nothing was charged", "RUNCOMFY_MODEL_API_BASE"],
+    ),
+    (
+        "200 application/xhtml+xml on the submit",
+        SUBMIT,
+        answer(200, None, Content_Type="application/xhtml+xml"),
+        ServiceError,
+        ["application/xhtml+xml"],
+    ),
+    (
+        "200 JSON array on the submit",
+        SUBMIT,
+        answer(200, []),
+        ServiceError,
+        ["not the RunComfy API (HTTP 200, JSON that is not an object)"],
+    ),
+    ("200 JSON string on the submit", SUBMIT, answer(200, "ok"), ServiceError, ["not the RunComfy API", "nothing was charged"]),
+    ("200 JSON number on the submit", SUBMIT, answer(200, 5), ServiceError, ["not the RunComfy API"]),
+    ("202 text/html on the submit", SUBMIT, answer(202, None, Content_Type="TEXT/HTML"), ServiceError, ["HTTP 202"]),
+    ("200 text/html holding the job on the submit (mislabelled)", SUBMIT, answer(200, JOB, Content_Type="text/html"), JOB, ()),
     # 429: always refused, so always retried; Retry-After is the least wait, 0 included.
     ("429 with Retry-After: 20 on status", STATUS, answer(429, Retry_After="20"), retry(20.0, "busy", "HTTP 429"), ()),
     ("429 with Retry-After: 0 on status", STATUS, answer(429, Retry_After="0"), retry(0.0, "busy"), ()),
@@ -88,9 +174,29 @@ ROWS = [
     ("502 bare on status", STATUS, answer(502), retry(), ()),
     ("504 bare on the catalog", CATALOG, answer(504), retry(), ()),
     ("500 on cancel", CANCEL, answer(500), retry(), ()),
-    ("500 bare on the submit", SUBMIT, answer(500), ServiceError, ["server error"]),
     ("500 with 500001 on the submit", SUBMIT, answer(500, code="500001"), ServiceError, ["server error", "500001"]),
-    ("501 bare on the submit", SUBMIT, answer(501), ServiceError, ["server error"]),
+    ("500 with RunComfy's 400002 on the submit", SUBMIT, answer(500, code="400002"), InsufficientBalanceError, ["400002"]),
+    # Any other 5xx to a submit whose body arrived is not RunComfy's word: the job may exist.
+    ("500 bare on the submit after the body", SUBMIT, answer(500), OutcomeUnknownError, ["HTTP 500", "may have been charged"]),
+    (
+        "500 {detail} on the submit after the body",
+        SUBMIT,
+        answer(500, {"detail": "internal error"}),
+        OutcomeUnknownError,
+        ["HTTP 500", "not RunComfy's", "not sent again"],
+    ),
+    ("500 with an undocumented code on the submit", SUBMIT, answer(500, code="500"), OutcomeUnknownError, ["HTTP 500"]),
+    ("502 with a proxy's own code on the submit", SUBMIT, answer(502, code="UPSTREAM_RESET"), OutcomeUnknownError, ["HTTP 502"]),
+    ("501 bare on the submit after the body", SUBMIT, answer(501), OutcomeUnknownError, ["HTTP 501"]),
+    ("507 HTML on the submit after the body", SUBMIT, answer(507, Content_Type="text/html"), OutcomeUnknownError, ["HTTP 507"]),
+    (
+        "500 {detail} on the submit before the body was all sent",
+        SUBMIT,
+        answer(500, {"detail": "internal error"}, body_complete=False),
+        ServiceError,
+        ["server error", "internal error"],
+    ),
+    ("500 {detail} on status", STATUS, answer(500, {"detail": "internal error"}), retry(None, "unavailable", "HTTP 500"), ()),
     ("502 bare on the submit after the body", SUBMIT, answer(502), OutcomeUnknownError, ["gateway", "HTTP 502", "not sent again"]),
     ("503 bare on the submit after the body", SUBMIT, answer(503), OutcomeUnknownError, ["HTTP 503", "may have been charged"]),
     ("504 bare on the submit after the body", SUBMIT, answer(504), OutcomeUnknownError, ["HTTP 504", "may have been charged"]),
@@ -126,6 +232,20 @@ ROWS = [
         answer(302, Location="https://login.example.com/sso"),
         ServiceError,
         ["to https://login.example.com/sso", "nothing was charged"],
+    ),
+    (
+        "302 to a Location holding the token",
+        SUBMIT,
+        answer(302, Location=f"https://login.example.com/?t={TOKEN}"),
+        ServiceError,
+        ["<token>"],
+    ),
+    (
+        "200 in codings that echo the token, on the submit",
+        SUBMIT,
+        answer(200, unreadable=f"in content codings that were not asked for ({TOKEN})"),
+        OutcomeUnknownError,
+        ["<token>"],
     ),
     ("301 without a Location on the submit", SUBMIT, answer(301), ServiceError, ["redirect (HTTP 301)", "RUNCOMFY_MODEL_API_BASE"]),
     ("307 on the submit, even with JSON", SUBMIT, answer(307, JOB), ServiceError, ["redirect (HTTP 307"]),
@@ -193,7 +313,12 @@ CHARGE_ROWS = [
     ("timed out waiting for the answer after the whole body", TIMED_OUT_AFTER_BODY, True),
     ("an answer that could not be decoded", UNDECODABLE_AFTER_BODY, True),
     ("200 that is not JSON", answer(200, None), True),
-    ("200 JSON that is not an object", answer(200, [JOB]), True),
+    ("200 over the answer cap", answer(200, unreadable=OVER_CAP), True),
+    ("200 in stacked content codings", answer(200, unreadable=STACKED), True),
+    ("413 over the answer cap", answer(413, unreadable=OVER_CAP), False),
+    ("200 claiming JSON that is truncated", answer(200, None, Content_Type="application/json"), True),
+    ("200 JSON that is not an object", answer(200, [JOB]), False),
+    ("200 text/html (a login page)", answer(200, None, Content_Type="text/html"), False),
     ("gateway 502 after the whole body", answer(502), True),
     ("gateway 503 after the whole body", answer(503), True),
     ("gateway 504 after the whole body", answer(504), True),
@@ -201,8 +326,12 @@ CHARGE_ROWS = [
     ("gateway 502 before the whole body was sent", answer(502, body_complete=False), False),
     ("503 with RunComfy's error_code", answer(503, code="500001"), False),
     ("504 with RunComfy's error_code", answer(504, code="500001"), False),
-    ("500 bare (RunComfy's own server error)", answer(500), False),
+    ("500 bare after the whole body", answer(500), True),
+    ("500 {detail} after the whole body", answer(500, {"detail": "internal error"}), True),
+    ("502 with a code that is not RunComfy's", answer(502, code="UPSTREAM_RESET"), True),
+    ("500 {detail} before the whole body was sent", answer(500, {"detail": "internal error"}, body_complete=False), False),
     ("500 with RunComfy's error_code", answer(500, code="500001"), False),
+    ("500 with RunComfy's 400002", answer(500, code="400002"), False),
     ("connection broken mid-upload", BROKEN_MID_UPLOAD, False),
     ("write timeout mid-upload", TIMED_OUT_MID_UPLOAD, False),
     ("connection never opened", NEVER_CONNECTED, False),
@@ -396,3 +525,83 @@ def test_a_gone_link_is_tried_gone_tries_times_and_a_busy_one_until_it_works():
     busy = [Fetched(status=503), Fetched(status=429, retry_after=0.0), Fetched(transport="ReadError")] * 4
     data, attempts, heard = run_loop([*busy, Fetched(data=b"file")], rules, forever)
     assert data == b"file" and attempts == 13 and len(heard) == 12
+
+
+# --- which answers are read at all ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_encoding,refused",
+    [
+        ("", None),
+        ("identity", None),
+        ("gzip", None),
+        ("GZip", None),
+        ("deflate", None),
+        ("gzip, identity", None),
+        ("gzip, gzip", "gzip, gzip"),  # each layer multiplies what one network read inflates to: never decoded
+        ("deflate,gzip", "deflate, gzip"),
+        ("br", "br"),  # not asked for: httpx would decode it whole, unbounded, where brotli is installed
+        ("zstd", "zstd"),
+        ("x-gzip", "x-gzip"),
+    ],
+)
+def test_answers_are_read_only_in_the_content_codings_asked_for(content_encoding, refused):
+    assert refused_codings(content_encoding) == refused
+    assert ACCEPT_ENCODING == "gzip, deflate"
+
+
+def test_the_answer_cap_is_a_few_mib():
+    assert MAX_ANSWER_BYTES == 4 * 2**20
+
+
+# --- numbers the service reports: shown only when they can be true ------------------------------------------------------
+
+COST_ROWS = [
+    ("a cost in USD", 0.09, 0.09),
+    ("nothing charged", 0, 0.0),
+    ("negative zero", -0.0, 0.0),
+    ("a number as text", "0.12", 0.12),
+    ("negative", -5, None),
+    ("NaN", float("nan"), None),
+    ("infinite", float("inf"), None),
+    ("negative infinite", float("-inf"), None),
+    ("NaN as text", "nan", None),
+    ("400 digits", 10**400, None),
+    ("true", True, None),
+    ("absent", None, None),
+    ("words", "free", None),
+    ("an object", {"usd": 1}, None),
+]
+
+
+@pytest.mark.parametrize("name,value,cost", COST_ROWS, ids=[row[0] for row in COST_ROWS])
+def test_only_a_finite_number_of_at_least_zero_is_a_cost(name, value, cost):
+    got = cost_or_none(value)
+    assert got == cost and (got is None or math.copysign(1.0, got) == 1.0)
+
+
+QUEUE_ROWS = [
+    ("first in line", 0, 0),
+    ("a few ahead", 3, 3),
+    ("a whole float", 3.0, 3),
+    ("digits as text", "7", 7),
+    ("the bound", 1_000_000, 1_000_000),
+    ("past the bound", 1_000_001, None),
+    ("negative", -5, None),
+    ("10**18", 10**18, None),
+    ("a fraction", 2.5, None),
+    ("true", True, None),
+    ("NaN", float("nan"), None),
+    ("infinite", float("inf"), None),
+    ("words", "soon", None),
+    ("negative as text", "-1", None),
+    ("absent", None, None),
+    ("a list", [1], None),
+]
+
+
+@pytest.mark.parametrize("name,value,position", QUEUE_ROWS, ids=[row[0] for row in QUEUE_ROWS])
+def test_only_a_whole_number_from_zero_to_a_million_is_a_queue_position(name, value, position):
+    got = queue_position_or_none(value)
+    assert got == position and (got is None or type(got) is int)

@@ -12,6 +12,7 @@ from runcomfy_seedream.api.errors import (
     InsufficientBalanceError,
     JobFailedError,
     OutcomeUnknownError,
+    ServiceError,
 )
 from runcomfy_seedream.fake_service import Fault
 
@@ -113,3 +114,13 @@ def test_the_submit_has_a_content_length_and_is_never_chunked(fake, comfy):
     (submit,) = [r for r in fake.requests_to("/v1/models/") if r.method == "POST"]
     assert int(submit.headers["Content-Length"]) == next(iter(fake.jobs.values())).body_bytes
     assert "Transfer-Encoding" not in submit.headers
+
+
+def test_a_login_page_answering_the_submit_holds_nothing(fake, comfy):
+    fake.behaviour.inject("submit", Fault("http", status=200, body=b"<html><title>Sign in</title></html>", content_type="text/html"))
+    with pytest.raises(ServiceError) as caught:
+        run_node(**node_inputs())
+    assert not isinstance(caught.value, OutcomeUnknownError) and "nothing was charged" in str(caught.value)
+    assert fake.submits == 0
+    images, *_ = run_node(**node_inputs())  # the same inputs again at once: nothing was held
+    assert images.shape[0] == 3 and fake.submits == 1
