@@ -94,6 +94,28 @@ def same_origin(headers: Any, host: str | None, scheme: str) -> bool:
     return True
 
 
+def parsed_token(raw: bytes) -> str | None:
+    """The token in a {"token": "..."} body; None for anything else, however it is malformed or nested."""
+    try:
+        return plausible_token(json.loads(raw).get("token"))
+    except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, or nested past the parser's depth
+        return None
+
+
+async def read_capped(content: Any, cap: int) -> bytes:
+    """The body, reading at most cap + 1 bytes: a result longer than `cap` means it is too large. A chunked body
+    (no Content-Length) arrives in pieces, and one read returns only what has arrived, so read until the end."""
+    pieces: list[bytes] = []
+    size = 0
+    while size <= cap:
+        piece = await content.read(cap + 1 - size)
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)
+
+
 def plausible_token(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
@@ -149,15 +171,12 @@ def register(routes: Any, token_path: Callable[[], Path]) -> None:
             return refused
         if request.content_type != "application/json":
             return refuse(415, "Send the token as JSON.")
-        if request.content_length is None or request.content_length > MAX_BODY_BYTES:
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             return refuse(413, "Request too large.")
-        raw = await request.content.read(MAX_BODY_BYTES + 1)
+        raw = await read_capped(request.content, MAX_BODY_BYTES)  # a chunked body has no Content-Length
         if len(raw) > MAX_BODY_BYTES:
             return refuse(413, "Request too large.")
-        try:
-            token = plausible_token(json.loads(raw).get("token"))
-        except (ValueError, AttributeError):
-            token = None
+        token = parsed_token(raw)
         if token is None:
             return refuse(400, NOT_A_TOKEN)
         ok, message = await check_with_service(token, resolve_base_url())

@@ -190,6 +190,41 @@ def test_a_name_is_served_only_once_it_is_configured(fake, no_env_token, token_p
 
 
 @pytest.mark.parametrize(
+    "raw",
+    [b"[" * 4000, b"[" * 2000 + b"]" * 2000, b'{"token": ' + b"[" * 3990 + b"}", b'{"token": ' + b"[" * 2000 + b"]" * 2000 + b"}"],
+    ids=["open lists", "closed lists", "token of open lists", "token of closed lists"],
+)
+def test_a_deeply_nested_body_is_refused_as_not_a_token_without_a_traceback(fake, no_env_token, token_path, caplog, raw):
+    assert len(raw) <= 4096
+    status, text = call(token_path, "POST", raw=raw)
+    assert status == 400, text
+    assert "does not look like a RunComfy API token" in json.loads(text)["error"]
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage() or "RecursionError" in r.getMessage()]
+    assert not token_path.exists()
+
+
+def test_a_small_chunked_body_is_accepted(fake, no_env_token, token_path):
+    body = json.dumps({"token": GOOD}).encode()
+    status, text = call(token_path, "POST", chunks=[body[:7], body[7:20], body[20:]])
+    assert status == 200, text
+    assert find_credentials(settings_file=token_path).token == GOOD
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b'{"token": "' + b"x" * 3000, b"x" * 3000 + b'"}'],
+        [json.dumps({"token": GOOD}).encode(), b" " * 5000],  # a good token first, then more than the cap
+    ],
+    ids=["too large in two chunks", "a good start, too large in all"],
+)
+def test_a_chunked_body_over_the_cap_is_refused(fake, no_env_token, token_path, chunks):
+    status, text = call(token_path, "POST", chunks=chunks)
+    assert status == 413, text
+    assert not token_path.exists()
+
+
+@pytest.mark.parametrize(
     "host",
     ["evil.example", "evil.example:8188", "localhost.evil.example", "127.0.0.1.evil.example", "evillocalhost", "", "[evil"],
 )
