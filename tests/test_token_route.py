@@ -233,3 +233,14 @@ def test_names_an_attacker_can_point_at_this_machine_are_not_reachable_hosts(hos
 
     assert not reachable_host(host, {})
     assert reachable_host(None, {})  # no Host header: no browser sent it
+
+
+def test_a_damaged_token_file_is_reported_by_where_and_saving_again_repairs_it(fake, no_env_token, token_path):
+    token_path.parent.mkdir(parents=True)
+    token_path.write_text('["rc_listed_token_0123456789"]')
+    status, text = call(token_path, "GET")
+    data = json.loads(text)
+    assert status == 200 and data["configured"] is False
+    assert str(token_path) in data["detail"] and "JSON list" in data["detail"] and "rc_listed" not in text
+    assert call(token_path, "POST", body={"token": GOOD})[0] == 200
+    assert json.loads(call(token_path, "GET")[1])["source"] == "settings"
