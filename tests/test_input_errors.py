@@ -193,3 +193,34 @@ def test_a_huge_reference_is_downscaled_to_fit_and_the_user_is_told(fake, comfy)
     width, height = data_uri_size(payload["images"][0])
     assert width < 6000 and abs(width / height - 7000 / 2400) < 0.01
     assert any("downscaled from 7000x2400" in t for t in comfy.progress_texts())
+
+
+@pytest.mark.parametrize(
+    "url,shown",
+    [
+        ("javascript:alert(1)", "uses javascript:;"),
+        ("JavaScript:alert(1)", "uses JavaScript:;"),
+        ("javascript://%0aalert(1)", "uses javascript://;"),
+        ("data:image/png;base64,AAAA", "uses data:;"),
+        ("file:///etc/passwd", "uses file://;"),
+        ("ftp://files.example.com/a.png", "uses ftp://;"),
+        ("http://example.com/a.png", "uses http://;"),
+        ("HTTP://example.com/a.png", "uses HTTP://;"),
+        ("example.com/a.png", "uses no scheme;"),
+    ],
+)
+def test_a_refused_scheme_is_shown_as_it_was_typed(url, shown):
+    from runcomfy_seedream.api.schema import check_image_url
+
+    with pytest.raises(InputError) as caught:
+        check_image_url("image_urls line 1", url)
+    assert shown in str(caught.value), str(caught.value)
+    assert "only public https:// URLs" in str(caught.value)
+
+
+def test_a_long_scheme_is_shortened_in_the_message():
+    from runcomfy_seedream.api.schema import check_image_url
+
+    with pytest.raises(InputError) as caught:
+        check_image_url("image_urls line 1", "x" * 300 + ":payload")
+    assert len(str(caught.value)) < 400 and "x" * 30 not in str(caught.value).split("uses ")[1]
