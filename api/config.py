@@ -7,11 +7,14 @@ workflow or PNG metadata.
 Invariant: a token is checked where it is read. It is printable ASCII, 8 to 512
 characters, with no whitespace or control characters; anything else is a
 `ConfigurationError` naming the source (never the value) before any work, so a
-malformed token can never reach an HTTP library, its logs or its exceptions.
+malformed token can never reach an HTTP library, its logs or its exceptions. A token
+file that is there but holds no usable token (too large, malformed, empty, no "token"
+entry) is a `ConfigurationError` naming the file and what is wrong, never its contents.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Mapping
@@ -79,44 +82,99 @@ def cli_token_files(env: Mapping[str, str]) -> list[Path]:
     return list(dict.fromkeys(candidates))
 
 
+class _FileProblem(Exception):
+    """A token file exists but holds no usable token; the text says why, never what is in it."""
+
+
+_JSON_KINDS = {list: "a JSON list", int: "a JSON number", float: "a JSON number", bool: "a JSON true/false", type(None): "JSON null"}
+
+
 def _token_from_file(path: Path) -> str | None:
+    """The token in `path`, None when there is no such file; `_FileProblem` when it exists but holds none."""
     try:
-        # Symlinks are followed (dotfile managers use them); -sig: editors on Windows add a BOM.
-        raw = read_regular_file(path, max_bytes=TOKEN_FILE_MAX_BYTES, follow_symlinks=True).decode("utf-8-sig").strip()
-    except (OSError, ValueError):  # missing, not a regular file, or not text: no token here
+        # Symlinks are followed (dotfile managers use them).
+        data = read_regular_file(path, max_bytes=TOKEN_FILE_MAX_BYTES, follow_symlinks=True)
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as failure:
+        if failure.errno == errno.EFBIG:
+            raise _FileProblem(f"is larger than {TOKEN_FILE_MAX_BYTES // 1024} KiB, far more than a token") from None
+        if failure.errno == errno.EINVAL:
+            raise _FileProblem("is not a regular file (a folder or a device?)") from None
+        if isinstance(failure, PermissionError):
+            raise _FileProblem("cannot be read (permission denied)") from None
+        raise _FileProblem(f"cannot be read ({type(failure).__name__}, errno {failure.errno})") from None
+    try:
+        raw = data.decode("utf-8-sig").strip()  # -sig: editors on Windows add a BOM
+    except UnicodeDecodeError:
+        raise _FileProblem("is not UTF-8 text") from None
     if not raw:
-        return None
+        raise _FileProblem("is empty")
     try:
-        data = json.loads(raw)
+        value = json.loads(raw)
     except (json.JSONDecodeError, RecursionError):
+        if raw.startswith(("{", "[", '"')):
+            raise _FileProblem("is malformed: it is not valid JSON") from None
         return raw  # a bare token; checked by Credentials like any other
-    if isinstance(data, str):
-        return data.strip() or None
-    if isinstance(data, dict):
-        for key in _TOKEN_FILE_KEYS:
-            value = data.get(key)
-            if isinstance(value, str) and value.strip():
-                return value.strip()
-    return None
+    if isinstance(value, dict):
+        present = [key for key in _TOKEN_FILE_KEYS if key in value]
+        for key in present:
+            if isinstance(value[key], str) and value[key].strip():
+                return value[key].strip()
+        if not present:
+            raise _FileProblem('has no "token" entry')
+        unusable = "not text" if not isinstance(value[present[0]], str) else "empty"
+        raise _FileProblem(f'is malformed: its "{present[0]}" entry is {unusable}')
+    if isinstance(value, str):
+        if not value.strip():
+            raise _FileProblem("is empty (an empty JSON string)")
+        return value.strip()
+    raise _FileProblem(f"is malformed: it holds {_JSON_KINDS.get(type(value), 'something else')}")
+
+
+def _file_credentials(path: Path, source: str, kind: str, where: str, fix: str) -> Credentials | None:
+    try:
+        token = _token_from_file(path)
+    except _FileProblem as problem:
+        raise ConfigurationError(
+            f'The RunComfy API token file {where} {problem}; it should hold only {{"token": "..."}}. {fix} Nothing was sent.'
+        ) from None
+    return None if token is None else Credentials(token, source, kind)
 
 
 def find_credentials(env: Mapping[str, str] | None = None, settings_file: Path | None = None) -> Credentials | None:
     """The token from RUNCOMFY_API_TOKEN, else RUNCOMFY_TOKEN, else the one saved from ComfyUI's settings
-    (`settings_file`), else RunComfy's CLI token file; None when there is none."""
+    (`settings_file`), else RunComfy's CLI token file; None when there is none.
+
+    The first source that is there is the one used: a token file that exists but holds no usable token
+    (too large, malformed, empty, no "token" entry) is a `ConfigurationError` naming the file, not passed
+    over for the next source (that could be another account's token). An environment variable is looked
+    at first, so it wins over damaged files, as over good ones."""
     env = os.environ if env is None else env
     for name in TOKEN_ENV_VARS:
         value = (env.get(name) or "").strip()
         if value:
             return Credentials(value, f"environment variable {name}", "env")
     if settings_file is not None:
-        token = _token_from_file(settings_file)
-        if token:
-            return Credentials(token, "ComfyUI settings (RunComfy > API token)", "settings")
+        found = _file_credentials(
+            settings_file,
+            "ComfyUI settings (RunComfy > API token)",
+            "settings",
+            f"saved from ComfyUI's settings ({settings_file})",
+            "Save the token again in ComfyUI's Settings > RunComfy > API token (that replaces the file), or delete the file.",
+        )
+        if found is not None:
+            return found
     for path in cli_token_files(env):
-        token = _token_from_file(path)
-        if token:
-            return Credentials(token, f"token file {path}", "cli")
+        found = _file_credentials(
+            path,
+            f"token file {path}",
+            "cli",
+            str(path),
+            "Put your token from your RunComfy account in it in that form, or delete the file.",
+        )
+        if found is not None:
+            return found
     return None
 
 

@@ -162,7 +162,10 @@ def check_image_url(label: str, url: Any) -> str:
     except ValueError:
         raise InputError(label, f"{shorten(url)!r} is not a valid URL.") from None
     if parts.scheme.lower() != "https":
-        shown = parts.scheme + ":" if parts.scheme else "no scheme"
+        # As typed ("JavaScript:", "file://"): urlsplit lower-cases the scheme and drops the slashes.
+        start = url.lower().find(parts.scheme.lower() + ":") if parts.scheme else -1
+        end = start + len(parts.scheme) + 1
+        shown = shorten(url[start:end] + ("//" if url.startswith("//", end) else ""), 24) if start >= 0 else "no scheme"
         raise InputError(
             label,
             f"{shorten(url)!r} uses {shown}; only public https:// URLs are accepted "

@@ -2,12 +2,14 @@
 of a guest in a long-running ComfyUI process.
 
 The pack imports and runs without ComfyUI (scripts, tests); inside ComfyUI these reach
-its progress text, progress bar and Stop button. Two things keep the process healthy:
+its progress text, progress bar and Stop button. Three things keep the process healthy:
 httpx logs every request at INFO and a long job is polled hundreds of times, so successful
 status polls of our API base are dropped from that log (every other request, ours and other
-packs', is logged as before); and freed memory is handed back to the OS between the phases of
-a run, since glibc keeps freed heap pages mapped and the process would otherwise look as big as
-its largest past phase for as long as ComfyUI runs.
+packs', is logged as before); httpx logs each request's whole URL, and a result link can carry
+a user name and password or a signed query, so no URL in httpx's lines keeps a user name or
+password, and our own requests show "?…" for their query; and freed memory is handed back to
+the OS between the phases of a run, since glibc keeps freed heap pages mapped and the process
+would otherwise look as big as its largest past phase for as long as ComfyUI runs.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import ctypes.util
 import functools
 import importlib
 import logging
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..api.config import default_state_dir
 
@@ -137,8 +141,75 @@ class _DropSuccessfulStatusPolls(logging.Filter):
         return True
 
 
+_PACKAGE = __name__.rsplit(".nodes.", 1)[0]  # this copy's package: ComfyUI names it after its folder
+_HIDE_URL_SECRETS = "runcomfy-hide-url-secrets"
+
+
+class _HideUrlSecrets(logging.Filter):
+    """Rewrites the URLs in httpx's lines: no user name or password in any of them, and "?…" for the query of
+    our own requests (result links are signed in their query: X-Amz-Signature=…). Other packs' queries are
+    theirs and stay as they are. A request is ours when one of the calling frames belongs to a copy of this
+    pack; one filter serves every copy, which adds its package to `packages`."""
+
+    def __init__(self) -> None:
+        super().__init__(name=_HIDE_URL_SECRETS)  # the logger's own list tells whether it is there
+        self.packages: tuple[str, ...] = ()  # replaced whole, never changed in place: read from any thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.args, tuple) or not record.args:
+            return True
+        try:
+            args = tuple(self._shown(arg) for arg in record.args)
+        except Exception:  # noqa: BLE001 - a log filter must never break a request; a line not shown is no leak
+            return False
+        if args != record.args:
+            record.args = args
+        return True
+
+    def _shown(self, arg: Any) -> Any:
+        if not isinstance(arg, str) and type(arg).__name__ != "URL":  # httpx.URL, or a URL already made text
+            return arg
+        text = str(arg)
+        if "://" not in text or ("@" not in text and "?" not in text):
+            return arg
+        parts = urlsplit(text)
+        host = parts.netloc.rpartition("@")[2]
+        if parts.query and self._ours():
+            return f"{parts.scheme}://{host}{parts.path}?…"
+        if host == parts.netloc:
+            return arg
+        return f"{parts.scheme}://{host}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+
+    def _ours(self) -> bool:
+        """True when the line is logged by a request one of this pack's copies made (its frames are in the stack;
+        an awaiting coroutine's frame is, too). The filter's own frames, in this module, do not count."""
+        packages, mine = self.packages, globals()
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_globals is not mine:
+                name = frame.f_globals.get("__name__") or ""
+                if any(name == package or name.startswith(package + ".") for package in packages):
+                    return True
+            frame = frame.f_back
+        return False
+
+
+def hide_url_secrets() -> None:
+    """Install `_HideUrlSecrets` on httpx's logger, once per process whatever the number of copies of this pack."""
+    logger = logging.getLogger("httpx")
+    guard = next((known for known in logger.filters if getattr(known, "name", None) == _HIDE_URL_SECRETS), None)
+    if guard is None:
+        guard = _HideUrlSecrets()
+        logger.addFilter(guard)
+    packages = getattr(guard, "packages", None)
+    if isinstance(packages, tuple) and _PACKAGE not in packages:
+        guard.packages = (*packages, _PACKAGE)
+
+
 def quiet_status_polls(base_url: str) -> None:
-    """Drop httpx's INFO line for each successful status poll under `base_url` (once per base, per process)."""
+    """Drop httpx's INFO line for each successful status poll under `base_url` (once per base, per process),
+    and keep credentials out of the URLs in its other lines (`hide_url_secrets`)."""
+    hide_url_secrets()
     quiet = _DropSuccessfulStatusPolls(base_url.rstrip("/") + "/requests/")
     logger = logging.getLogger("httpx")
     if not any(getattr(known, "name", None) == quiet.name for known in logger.filters):

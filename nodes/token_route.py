@@ -5,16 +5,22 @@ POST   /runcomfy/seedream/token  {"token": "..."} -> checked against RunComfy, t
 DELETE /runcomfy/seedream/token  -> forget the stored token (environment variables keep working)
 
 Only same-origin JSON requests are accepted, and bodies are capped, so another web
-page open in the browser cannot set or probe the token.
+page open in the browser cannot set or probe the token. Requests are answered only when
+the browser reached this ComfyUI under a name it can be reached under: localhost (and
+*.localhost), an IP address, or a name listed in RUNCOMFY_SEEDREAM_ALLOWED_HOSTS. A
+DNS-rebinding page (its own name pointed at 127.0.0.1) sends a matching Origin and Host,
+so comparing the two is not enough; its name is not on that list.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +33,8 @@ ROUTE = "/runcomfy/seedream/token"
 MAX_BODY_BYTES = 4096
 CHECK_TIMEOUT_S = 20.0
 ROUTE_METHODS = ("GET", "HEAD", "POST", "DELETE")  # GET also answers HEAD
+ALLOWED_HOSTS_ENV = "RUNCOMFY_SEEDREAM_ALLOWED_HOSTS"
+NOT_A_TOKEN = "That does not look like a RunComfy API token (8-512 visible characters, no spaces)."
 log = logging.getLogger("runcomfy.seedream")
 
 
@@ -41,6 +49,39 @@ def token_status(token_path: Path) -> dict[str, Any]:
     return status
 
 
+def host_name(host_header: str) -> str:
+    """The name or address in a Host header, without its port or brackets, lower case, no trailing dot."""
+    host = host_header.strip().lower()
+    if host.startswith("["):  # [::1]:8188
+        host = host[1 : host.find("]")] if "]" in host else host[1:]
+    elif host.count(":") == 1:  # name:port or 1.2.3.4:port (a bare IPv6 address has several colons)
+        host = host.partition(":")[0]
+    return host[:-1] if host.endswith(".") else host
+
+
+def allowed_hosts(env: Mapping[str, str] | None = None) -> frozenset[str]:
+    """The extra names the user reaches this ComfyUI under (RUNCOMFY_SEEDREAM_ALLOWED_HOSTS, comma-separated)."""
+    env = os.environ if env is None else env
+    return frozenset(filter(None, (host_name(name) for name in (env.get(ALLOWED_HOSTS_ENV) or "").split(","))))
+
+
+def reachable_host(host_header: str | None, env: Mapping[str, str] | None = None) -> bool:
+    """True when the browser reached this ComfyUI under a name an attacker cannot point at their own server:
+    localhost and *.localhost (browsers resolve those to loopback themselves), an IP address (the address
+    is the server: this machine's loopback or LAN address, as with --listen), or a name the user listed.
+    A request without a Host header comes from no browser, so no web page can send it."""
+    if host_header is None:
+        return True
+    host = host_name(host_header)
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host in allowed_hosts(env)
+
+
 def same_origin(headers: Any, host: str | None, scheme: str) -> bool:
     """True unless the browser says the request comes from another site."""
     fetch_site = headers.get("Sec-Fetch-Site")
@@ -49,8 +90,30 @@ def same_origin(headers: Any, host: str | None, scheme: str) -> bool:
     origin = headers.get("Origin")
     if origin:
         parts = urlsplit(origin)
-        return parts.netloc == host and parts.scheme in (scheme, "http", "https")
+        return parts.netloc.lower() == (host or "").lower() and parts.scheme in (scheme, "http", "https")
     return True
+
+
+def parsed_token(raw: bytes) -> str | None:
+    """The token in a {"token": "..."} body; None for anything else, however it is malformed or nested."""
+    try:
+        return plausible_token(json.loads(raw).get("token"))
+    except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, or nested past the parser's depth
+        return None
+
+
+async def read_capped(content: Any, cap: int) -> bytes:
+    """The body, reading at most cap + 1 bytes: a result longer than `cap` means it is too large. A chunked body
+    (no Content-Length) arrives in pieces, and one read returns only what has arrived, so read until the end."""
+    pieces: list[bytes] = []
+    size = 0
+    while size <= cap:
+        piece = await content.read(cap + 1 - size)
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)
 
 
 def plausible_token(value: Any) -> str | None:
@@ -81,32 +144,41 @@ def register(routes: Any, token_path: Callable[[], Path]) -> None:
     def refuse(status: int, message: str) -> web.Response:
         return web.json_response({"ok": False, "error": message}, status=status)
 
-    def origin_ok(request: web.Request) -> bool:
-        return same_origin(request.headers, request.host, request.scheme)
+    def refusal(request: web.Request) -> web.Response | None:
+        """403 for a request another site could have made; None when it may be answered."""
+        host = request.headers.get("Host")
+        if not reachable_host(host):
+            shown = host_name(host or "")[:80]
+            return refuse(
+                403,
+                f"The RunComfy token setting only answers when ComfyUI is opened at localhost or an IP address, and this "
+                f"page was opened as {shown!r}. If that is how you reach this ComfyUI, add the name to the environment "
+                f"variable {ALLOWED_HOSTS_ENV} (comma-separated names, e.g. {ALLOWED_HOSTS_ENV}={shown}) and restart ComfyUI.",
+            )
+        if not same_origin(request.headers, host, request.scheme):
+            return refuse(403, "Cross-site requests are not accepted.")
+        return None
 
     @routes.get(ROUTE)
     async def get_token_status(request: web.Request) -> web.Response:
-        if not origin_ok(request):
-            return refuse(403, "Cross-site requests are not accepted.")
+        if (refused := refusal(request)) is not None:
+            return refused
         return web.json_response({"ok": True, **token_status(token_path())})
 
     @routes.post(ROUTE)
     async def set_token(request: web.Request) -> web.Response:
-        if not origin_ok(request):
-            return refuse(403, "Cross-site requests are not accepted.")
+        if (refused := refusal(request)) is not None:
+            return refused
         if request.content_type != "application/json":
             return refuse(415, "Send the token as JSON.")
-        if request.content_length is None or request.content_length > MAX_BODY_BYTES:
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             return refuse(413, "Request too large.")
-        raw = await request.content.read(MAX_BODY_BYTES + 1)
+        raw = await read_capped(request.content, MAX_BODY_BYTES)  # a chunked body has no Content-Length
         if len(raw) > MAX_BODY_BYTES:
             return refuse(413, "Request too large.")
-        try:
-            token = plausible_token(json.loads(raw).get("token"))
-        except (ValueError, AttributeError):
-            token = None
+        token = parsed_token(raw)
         if token is None:
-            return refuse(400, "That does not look like a RunComfy API token (8-512 visible characters, no spaces).")
+            return refuse(400, NOT_A_TOKEN)
         ok, message = await check_with_service(token, resolve_base_url())
         if not ok:
             return refuse(400, message)
@@ -119,8 +191,8 @@ def register(routes: Any, token_path: Callable[[], Path]) -> None:
 
     @routes.delete(ROUTE)
     async def forget_token(request: web.Request) -> web.Response:
-        if not origin_ok(request):
-            return refuse(403, "Cross-site requests are not accepted.")
+        if (refused := refusal(request)) is not None:
+            return refused
         removed = await asyncio.to_thread(delete_token, token_path())
         return web.json_response({"ok": True, "removed": removed, **token_status(token_path())})
 

@@ -78,6 +78,11 @@ CASES = [
     ),
     ("CLI token file with a line break", {"_cli_token": "first-half\nsecond-half"}, ConfigurationError, ["token file", "line break"]),
     ("settings token with a space", {"_settings_token": "from settings 123"}, ConfigurationError, ["ComfyUI settings", "space"]),
+    ("CLI token file over 64 KiB", {"_cli_file": b'{"token": "' + b"t" * 70_000 + b'"}'}, CONFIG, ["token.json", "larger than 64 KiB"]),
+    ("CLI token file a JSON list", {"_cli_file": b'["rc_listed_token_123"]'}, CONFIG, ["token.json", "malformed", "JSON list"]),
+    ("CLI token file empty", {"_cli_file": b""}, CONFIG, ["token.json", "is empty"]),
+    ("CLI token file without a token", {"_cli_file": b'{"user": "rc_other_entry_123"}'}, CONFIG, ["token.json", 'no "token" entry']),
+    ("settings token file malformed", {"_settings_file": b'{"token": "rc_cut_off_123'}, CONFIG, ["api_token.json", "not valid JSON"]),
     ("cache size not a number", {"_env": {"RUNCOMFY_SEEDREAM_CACHE_MB": "lots"}}, ConfigurationError, ["RUNCOMFY_SEEDREAM_CACHE_MB"]),
     (
         "batch budget of zero",
@@ -103,6 +108,14 @@ def _arrange(changes: dict, monkeypatch, tmp_path) -> tuple[dict, list[str]]:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"token": token}))
             secrets.append(token)
+    for key, path in (("_cli_file", tmp_path / ".config" / "runcomfy" / "token.json"), ("_settings_file", None)):
+        if key in changes:  # a file as it was found, whatever is in it
+            data = changes.pop(key)
+            path = path or tmp_path / ".cache" / "runcomfy-seedream" / "secrets" / "api_token.json"
+            monkeypatch.setenv("RUNCOMFY_API_TOKEN", "")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            secrets.append(data.decode("latin-1").strip('{}[]"'))
     return changes, [s for s in secrets if len(s) > 4]
 
 
@@ -180,3 +193,34 @@ def test_a_huge_reference_is_downscaled_to_fit_and_the_user_is_told(fake, comfy)
     width, height = data_uri_size(payload["images"][0])
     assert width < 6000 and abs(width / height - 7000 / 2400) < 0.01
     assert any("downscaled from 7000x2400" in t for t in comfy.progress_texts())
+
+
+@pytest.mark.parametrize(
+    "url,shown",
+    [
+        ("javascript:alert(1)", "uses javascript:;"),
+        ("JavaScript:alert(1)", "uses JavaScript:;"),
+        ("javascript://%0aalert(1)", "uses javascript://;"),
+        ("data:image/png;base64,AAAA", "uses data:;"),
+        ("file:///etc/passwd", "uses file://;"),
+        ("ftp://files.example.com/a.png", "uses ftp://;"),
+        ("http://example.com/a.png", "uses http://;"),
+        ("HTTP://example.com/a.png", "uses HTTP://;"),
+        ("example.com/a.png", "uses no scheme;"),
+    ],
+)
+def test_a_refused_scheme_is_shown_as_it_was_typed(url, shown):
+    from runcomfy_seedream.api.schema import check_image_url
+
+    with pytest.raises(InputError) as caught:
+        check_image_url("image_urls line 1", url)
+    assert shown in str(caught.value), str(caught.value)
+    assert "only public https:// URLs" in str(caught.value)
+
+
+def test_a_long_scheme_is_shortened_in_the_message():
+    from runcomfy_seedream.api.schema import check_image_url
+
+    with pytest.raises(InputError) as caught:
+        check_image_url("image_urls line 1", "x" * 300 + ":payload")
+    assert len(str(caught.value)) < 400 and "x" * 30 not in str(caught.value).split("uses ")[1]

@@ -96,3 +96,90 @@ def test_status_polls_do_not_flood_the_console_but_other_requests_are_logged(fak
     assert any("/edit-sequential" in line for line in lines) and any("/result" in line for line in lines)
     assert not any(line.split('"')[0].rstrip().endswith("/status") for line in lines)
     assert len([r for r in fake.requests if r.path.endswith("/status")]) >= 3  # it did poll
+
+
+PASSWORD = "pw-5e3a1c"  # in a result link's userinfo
+SIGNATURE = "sig-9d27b4"  # in a result link's signed query
+
+
+def signed_result_link(fake, run=run_node) -> str:
+    """A result link with a user name and password and a signed query, served by the fake (its origin is the API
+    base's, so it may be plain http): the file of a job that already finished."""
+    run(**node_inputs(max_images=1, seed=1))
+    (finished,) = fake.jobs
+    return f"http://user:{PASSWORD}@127.0.0.1:{fake.port}/files/{finished}/0.png?X-Amz-Signature={SIGNATURE}&X-Amz-Expires=300"
+
+
+def test_result_links_are_logged_without_their_password_or_signature(fake, comfy, caplog):
+    caplog.set_level(logging.DEBUG)  # every library's logging, httpx and httpcore included
+    link = signed_result_link(fake)
+    fake.behaviour.result_urls = [link]
+    caplog.clear()
+    images, *_ = run_node(**node_inputs(max_images=1, seed=2))
+    assert images.shape[0] == 1
+    assert any(SIGNATURE in r.path for r in fake.requests_to("/files/"))  # fetched with its signature
+    for record in caplog.records:
+        logged = record.getMessage() + repr(record.args)
+        assert PASSWORD not in logged and SIGNATURE not in logged, logged
+    path = link.split("@", 1)[1].split("?")[0]
+    downloads = [r.getMessage() for r in caplog.records if r.name == "httpx" and path in r.getMessage()]
+    assert downloads and all(f"http://{path}?… " in line and "user" not in line for line in downloads), downloads
+    api_calls = [r.getMessage() for r in caplog.records if r.name == "httpx" and "/result" in r.getMessage()]
+    assert api_calls and all("include_cost" not in line for line in api_calls)  # our API calls' queries are hidden too
+
+
+def test_other_requests_keep_their_query_but_never_a_password(fake, comfy, caplog):
+    import httpx
+
+    run_node(**node_inputs(max_images=1))  # the node keeps httpx's log as described
+    caplog.set_level(logging.INFO, logger="httpx")
+    line = 'HTTP Request: %s %s "%s %d %s"'
+    httpx_log = logging.getLogger("httpx")
+    httpx_log.info(line, "GET", httpx.URL("https://api.other.example/v2/items?page=2&sort=name"), "HTTP/1.1", 200, "OK")
+    httpx_log.info(line, "GET", httpx.URL(f"https://me:{PASSWORD}@api.other.example/v2/items?page=3"), "HTTP/1.1", 200, "OK")
+    httpx_log.info(line, "POST", f"https://me:{PASSWORD}@[2001:db8::1]:8443/x", "HTTP/1.1", 201, "Created")
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpx"][-3:]
+    assert lines == [
+        'HTTP Request: GET https://api.other.example/v2/items?page=2&sort=name "HTTP/1.1 200 OK"',
+        'HTTP Request: GET https://api.other.example/v2/items?page=3 "HTTP/1.1 200 OK"',
+        'HTTP Request: POST https://[2001:db8::1]:8443/x "HTTP/1.1 201 Created"',
+    ]
+
+
+def load_copy(name: str, monkeypatch):
+    """The pack imported from this repository under `name`, as ComfyUI imports a custom_nodes folder; every
+    module it adds to sys.modules is removed again after the test."""
+    import importlib.util
+    import sys
+
+    from pack_import import PACK_ROOT
+
+    before = set(sys.modules)
+    try:
+        spec = importlib.util.spec_from_file_location(name, PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        for added in set(sys.modules) - before:
+            monkeypatch.setitem(sys.modules, added, sys.modules.pop(added))  # absent when set: the undo deletes it
+
+
+def test_one_url_filter_serves_both_copies_of_the_pack(fake, comfy, monkeypatch, caplog):
+    from test_two_copies import run_copy_node
+
+    copies = ("runcomfy_seedream_from_manager", "runcomfy_seedream_from_git")
+    httpx_log = logging.getLogger("httpx")
+    monkeypatch.setattr(httpx_log, "filters", [])  # a fresh process; the copies' filters go with it
+    caplog.set_level(logging.INFO, logger="httpx")
+    first, second = (load_copy(name, monkeypatch) for name in copies)
+    fake.behaviour.result_urls = [signed_result_link(fake, run=lambda **inputs: run_copy_node(first, **inputs))]
+    caplog.clear()
+    run_copy_node(second, **node_inputs(max_images=1, seed=2))  # the second copy's request, the first copy's filter
+
+    guards = [known for known in httpx_log.filters if known.name == "runcomfy-hide-url-secrets"]
+    assert len(guards) == 1 and sorted(guards[0].packages) == sorted(copies)
+    lines = [record.getMessage() for record in caplog.records if record.name == "httpx"]
+    assert any("/files/" in line and "?… " in line for line in lines), lines
+    assert not any(PASSWORD in line or SIGNATURE in line for line in lines), lines

@@ -17,7 +17,7 @@ async function fetchStatus() {
 }
 
 function describe(status) {
-  if (!status || !status.ok) return "Token status unknown.";
+  if (!status || !status.ok) return status?.error ?? "Token status unknown."; // e.g. a host name to allow
   if (status.configured) return `A token is configured ${SOURCES[status.source] ?? ""}.`;
   return status.detail ?? "No token configured yet."; // e.g. a malformed token: where it is, never what it is
 }
@@ -93,6 +93,7 @@ function openTokenDialog(onChange) {
   remove.onclick = async () => {
     const response = await api.fetchApi(ROUTE, { method: "DELETE" });
     const result = await response.json();
+    if (!result.ok) { message.textContent = describe(result); return; }
     message.textContent = (result.removed ? "Saved token removed. " : "No saved token. ") + describe(result);
     onChange?.();
   };
