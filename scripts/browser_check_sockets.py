@@ -6,10 +6,16 @@ Python Playwright. It starts nothing itself. To run it against the local fake se
     python scripts/fake_service.py --port 8770 --queue-seconds 1 --run-seconds 2 --output-scale 0.25
     RUNCOMFY_MODEL_API_BASE=http://127.0.0.1:8770/v1 RUNCOMFY_API_TOKEN=fake-runcomfy-token \
         python main.py --cpu --port 8190          # in ComfyUI; its input/ must hold example.png
-    python scripts/browser_check_sockets.py http://127.0.0.1:8190 [--chromium /usr/bin/chromium] [--json out.json]
+    python scripts/browser_check_sockets.py http://127.0.0.1:8190 [--vue-nodes] [--chromium /usr/bin/chromium] [--json out.json]
+
+It runs with the classic node design, or with --vue-nodes in "Nodes 2.0" (setting Comfy.VueNodes.Enabled, the
+nodes are DOM elements); either way it sets the setting for its session and puts it back afterwards. In Nodes 2.0
+each step also compares the image sockets the node's element shows with the node's inputs.
 
 Steps (each prints the image sockets the node shows, `*` = connected, and whether every link still targets
-the input that owns it): a new node; connect image_1; connect image_2 by dragging with the mouse; connect
+the input that owns it): a new node; connect image_1; connect image_2 by dragging with the mouse (the canvas is
+first moved so both nodes are in the middle of it, and each end of the drag must be reachable: the canvas, or in
+Nodes 2.0 the slot's element, is what is under the point, not a bar drawn over the canvas); connect
 image_3; disconnect image_2 (a middle socket stays); disconnect image_3; connect all ten; disconnect image_10;
 leave image_1 and image_5; export (app.graph.serialize and app.graphToPrompt); reload the export; load the
 pack's own example workflows as saved (all ten sockets) and a variant whose only second link goes to image_5;
@@ -64,23 +70,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--json", help="also write everything seen to this file")
     parser.add_argument("--screenshot", help="save a screenshot of the node after the reload to this PNG")
+    parser.add_argument("--vue-nodes", action="store_true", help='run in "Nodes 2.0" (Comfy.VueNodes.Enabled = true)')
     args = parser.parse_args(argv)
 
     record: dict = {"steps": []}
     failures: list[str] = []
 
-    with comfy_page(args.url, args.chromium) as page:
+    with comfy_page(args.url, args.chromium, vue_nodes=args.vue_nodes) as page:
+        frontend = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ ?? 'unknown'")
+        design = "Nodes 2.0" if page.evaluate("() => __rc.vueNodes()") else "classic nodes"
+        record["frontend"], record["design"] = frontend, design
+        print(f"frontend {frontend}, {design}")
 
         def step(name: str, want: list[str] | None, settle_ms: int = 150) -> list[str]:
             page.wait_for_timeout(settle_ms)  # the extension looks at the sockets once LiteGraph is done
-            seen = page.evaluate("() => __rc.ours().map(__rc.sockets)")
+            seen, drawn = page.evaluate("() => [__rc.ours().map(__rc.sockets), __rc.ours().map(__rc.shownSockets)]")
             problems = page.evaluate("() => __rc.linksConsistent()")
-            ok = not problems and (want is None or all(s == want for s in seen))
-            record["steps"].append({"step": name, "sockets": seen, "expected": want, "link_problems": problems})
+            # Nodes 2.0: the node's element shows the same image sockets as the node has, in the same order
+            mismatch = [d for s, d in zip(seen, drawn, strict=True) if d is not None and d != [n.rstrip("*") for n in s]]
+            as_wanted = want is None or all(s == want for s in seen)
+            ok = not problems and not mismatch and as_wanted
+            record["steps"].append({"step": name, "sockets": seen, "shown": drawn, "expected": want, "link_problems": problems})
             shown = seen if len(seen) != 1 else seen[0]
-            print(f"{'ok ' if ok else 'BAD'} {name}: {shown}" + (f" expected {want}" if not ok and want else ""))
+            print(f"{'ok ' if ok else 'BAD'} {name}: {shown}" + (f" expected {want}" if not as_wanted else ""))
             for problem in problems:
                 print(f"    link problem: {problem}")
+            for d in mismatch:
+                print(f"    the node's element shows {d}")
             if not ok:
                 failures.append(name)
             return seen
@@ -127,23 +143,35 @@ def main(argv: list[str] | None = None) -> int:
         page.evaluate(connect, [0, "image_1"])
         step("connect image_1", expected(1, shown=2))
 
-        # image_2 by hand: drag from LoadImage #2's IMAGE output onto the socket
+        # image_2 by hand: drag from LoadImage #2's IMAGE output onto the socket, where a person could reach both
         page.wait_for_timeout(200)
-        points = page.evaluate(
+        page.evaluate("async () => { await __rc.centre([__t.loads[1], __t.seed]); }")
+        page.wait_for_timeout(200)
+        ends = page.evaluate(
             f"""() => {{
               const at = {at};
-              const rect = app.canvas.canvas.getBoundingClientRect();
-              const screen = (p) => {{ const c = app.canvas.ds.convertOffsetToCanvas(p); return [rect.left + c[0], rect.top + c[1]]; }};
-              return [screen(__t.loads[1].getConnectionPos(false, 0)), screen(__t.seed.getConnectionPos(true, at('image_2')))];
+              return [__rc.slotPoint(__t.loads[1], false, 0), __rc.slotPoint(__t.seed, true, at('image_2'))];
             }}"""
         )
-        (x0, y0), (x1, y1) = points
-        page.mouse.move(x0, y0)
-        page.mouse.down()
-        page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=8)
-        page.mouse.move(x1, y1, steps=8)
-        page.mouse.up()
-        step("connect image_2 by mouse drag", expected(1, 2, shown=3), settle_ms=300)
+        record["drag"] = ends
+        unreachable = [
+            f"{label} ({end['x']:.1f}, {end['y']:.1f}) is under {end['under']}, not {end['expected']}"
+            if end["x"] is not None
+            else f"{label}: {end['under']}"
+            for label, end in zip(("start", "end"), ends, strict=True)
+            if not end["ok"]
+        ]
+        if unreachable:
+            print("BAD connect image_2 by mouse drag: not dragged, " + "; ".join(unreachable))
+            failures.append("connect image_2 by mouse drag")
+        else:
+            (x0, y0), (x1, y1) = [(end["x"], end["y"]) for end in ends]
+            page.mouse.move(x0, y0)
+            page.mouse.down()
+            page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=8)
+            page.mouse.move(x1, y1, steps=8)
+            page.mouse.up()
+            step("connect image_2 by mouse drag", expected(1, 2, shown=3), settle_ms=300)
 
         page.evaluate(connect, [2, "image_3"])
         step("connect image_3", expected(1, 2, 3, shown=4))
@@ -193,13 +221,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.screenshot:
             page.mouse.move(5, 500)
             box = page.evaluate(
-                """() => {
+                """async () => {
                   const node = __rc.ours()[0];
                   app.canvas.ds.scale = 1;
-                  app.canvas.ds.offset = [40 - node.pos[0], 80 - node.pos[1]];
-                  app.canvas.setDirty(true, true);
+                  await __rc.centre([node]);  // clear of the bars a newer frontend draws over the canvas's edges
+                  const element = __rc.vueNodes() ? __rc.nodeElement(node) : null;
+                  if (element) {
+                    const r = element.getBoundingClientRect();
+                    return [r.left - 40, r.top - 40, r.width + 80, r.height + 80];
+                  }
+                  const title = LiteGraph.NODE_TITLE_HEIGHT;
                   const rect = app.canvas.canvas.getBoundingClientRect();
-                  return [rect.left, rect.top, node.size[0] + 80, node.size[1] + 120];
+                  const [x, y] = app.canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - title]);
+                  return [rect.left + x - 40, rect.top + y - 40, node.size[0] + 80, node.size[1] + title + 80];
                 }"""
             )
             page.wait_for_timeout(300)

@@ -23,6 +23,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
+VUE_NODES = "Comfy.VueNodes.Enabled"
+
 # Helpers installed in the page. `__rc.queue()` presses Queue the way the UI does and resolves when that run
 # ends, with the texts this pack's node showed under itself.
 PAGE_HELPERS = r"""
@@ -56,6 +58,54 @@ PAGE_HELPERS = r"""
       }
       return problems;
     },
+    // Nodes 2.0 (Comfy.VueNodes.Enabled): the nodes are DOM elements, each slot a dot with data-slot-key.
+    vueNodes: () => !!app.extensionManager?.setting?.get("Comfy.VueNodes.Enabled"),
+    nodeElement: (node) => document.querySelector(`[data-node-id="${node.id}"]`),
+    // The image sockets a Nodes 2.0 node shows, in the order shown (null with classic nodes).
+    shownSockets: (node) => {
+      if (!__rc.vueNodes()) return null;
+      const element = __rc.nodeElement(node);
+      if (!element) return [];
+      return [...element.querySelectorAll(".lg-slot--input")]
+        .map((slot) => slot.textContent.trim())
+        .filter((name) => /^image_\d+$/.test(name));
+    },
+    describe: (element) => {
+      if (!element) return "nothing";
+      const classes = (element.getAttribute("class") ?? "").trim().split(/\s+/).filter(Boolean);
+      return [element.tagName, ...classes.slice(0, 3)].join(".");
+    },
+    // Move the canvas (same zoom) so these nodes sit in the middle of it, away from the bars drawn over its edges.
+    centre: async (nodes) => {
+      const title = LiteGraph.NODE_TITLE_HEIGHT ?? 30;
+      const left = Math.min(...nodes.map((n) => n.pos[0])), right = Math.max(...nodes.map((n) => n.pos[0] + n.size[0]));
+      const top = Math.min(...nodes.map((n) => n.pos[1] - title)), bottom = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
+      const rect = app.canvas.canvas.getBoundingClientRect();
+      const ds = app.canvas.ds;
+      ds.offset = [rect.width / 2 / ds.scale - (left + right) / 2, rect.height / 2 / ds.scale - (top + bottom) / 2];
+      app.canvas.setDirty(true, true);
+      for (let i = 0; i < 3; i++) await new Promise((r) => requestAnimationFrame(r));
+    },
+    // Where on the screen a person would press to grab this slot, and whether that is what is under the point:
+    // the canvas with classic nodes (LiteGraph finds the slot), the slot's own element in Nodes 2.0.
+    slotPoint: (node, isInput, index) => {
+      let x, y;
+      if (__rc.vueNodes()) {
+        const key = `${node.id}-${isInput ? "in" : "out"}-${index}`;
+        const dot = __rc.nodeElement(node)?.querySelector(`[data-slot-key="${key}"]`);
+        if (!dot) return { x: null, y: null, ok: false, under: `no element with data-slot-key ${key}` };
+        const r = dot.getBoundingClientRect();
+        [x, y] = [r.left + r.width / 2, r.top + r.height / 2];
+        const under = document.elementFromPoint(x, y);
+        const reached = !!under && under.closest(".lg-slot") === dot.closest(".lg-slot");
+        return { x, y, ok: reached, under: __rc.describe(under), expected: "slot " + key };
+      }
+      const rect = app.canvas.canvas.getBoundingClientRect();
+      const c = app.canvas.ds.convertOffsetToCanvas(node.getConnectionPos(isInput, index));
+      [x, y] = [rect.left + c[0], rect.top + c[1]];
+      const under = document.elementFromPoint(x, y);
+      return { x, y, ok: under === app.canvas.canvas, under: __rc.describe(under), expected: "the canvas" };
+    },
     queue: (timeoutMs = 180000) => new Promise((resolve) => {
       const start = texts.length;
       let timer = null;
@@ -82,8 +132,18 @@ PAGE_HELPERS = r"""
 
 
 @contextlib.contextmanager
-def comfy_page(url: str, chromium: str = "/usr/bin/chromium", viewport: tuple[int, int] = (1600, 1000)) -> Iterator[Any]:
-    """A page with ComfyUI loaded, the first-run template dialog closed and `window.__rc` installed."""
+def comfy_page(
+    url: str,
+    chromium: str = "/usr/bin/chromium",
+    viewport: tuple[int, int] = (1600, 1000),
+    vue_nodes: bool | None = None,
+) -> Iterator[Any]:
+    """A page with ComfyUI loaded, the first-run template dialog closed and `window.__rc` installed.
+
+    vue_nodes True or False turns the Nodes 2.0 design (setting Comfy.VueNodes.Enabled) on or off for the
+    session and puts the setting back as it was afterwards; None leaves it as the server has it. Raises
+    RuntimeError if the frontend does not know the setting.
+    """
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright, tempfile.TemporaryDirectory(prefix="comfy-chromium-") as profile:
@@ -94,16 +154,30 @@ def comfy_page(url: str, chromium: str = "/usr/bin/chromium", viewport: tuple[in
             args=CHROMIUM_ARGS,
             viewport={"width": viewport[0], "height": viewport[1]},
         )
+        restore = None
         try:
             page = context.new_page()
+            ready = "window.app && window.app.graph && window.LiteGraph && window.comfyAPI"
             page.goto(url)
-            page.wait_for_function("window.app && window.app.graph && window.LiteGraph && window.comfyAPI", timeout=60_000)
+            page.wait_for_function(ready, timeout=60_000)
             page.evaluate(
                 "async () => { const s = app.extensionManager?.setting; if (s) { await s.set('Comfy.TutorialCompleted', true); } }"
             )
+            if vue_nodes is not None:
+                before = page.evaluate(f"() => app.extensionManager?.setting?.get({VUE_NODES!r}) ?? null")
+                if before is None:
+                    raise RuntimeError(f"this frontend has no setting {VUE_NODES}")
+                if before != vue_nodes:
+                    page.evaluate(f"async (on) => {{ await app.extensionManager.setting.set({VUE_NODES!r}, on); }}", vue_nodes)
+                    restore = before
+                    page.reload()  # start from a page that was drawn with that design from the first frame
+                    page.wait_for_function(ready, timeout=60_000)
             page.wait_for_timeout(1500)
             page.keyboard.press("Escape")  # the "Get started with a template" dialog of a first visit
             page.evaluate(PAGE_HELPERS)
             yield page
         finally:
+            if restore is not None:
+                with contextlib.suppress(Exception):
+                    page.evaluate(f"async (on) => {{ await app.extensionManager.setting.set({VUE_NODES!r}, on); }}", restore)
             context.close()
