@@ -7,7 +7,7 @@ from typing import Any
 from ..api.collect import collect_all
 from ..api.config import Limits
 from ..api.pipeline import Timing
-from .seedream_edit_sequential import RunComfySeedream4EditSequential, run_in_comfy
+from .seedream_edit_sequential import SEEDREAM_SEARCH_ALIASES, RunComfySeedream4EditSequential, run_in_comfy
 
 
 class RunComfyResultByRequestId:
@@ -17,6 +17,7 @@ class RunComfyResultByRequestId:
     limits: Limits | None = None  # memory and disk bounds; None: the defaults, or the environment's
 
     CATEGORY = "RunComfy/Seedream"
+    SEARCH_ALIASES = list(SEEDREAM_SEARCH_ALIASES)
     FUNCTION = "collect"
     RETURN_TYPES = RunComfySeedream4EditSequential.RETURN_TYPES
     RETURN_NAMES = RunComfySeedream4EditSequential.RETURN_NAMES

@@ -27,6 +27,8 @@ from .tensors import output_tensors, reference_frames
 IMAGE_SOCKETS = tuple(f"image_{i}" for i in range(1, MAX_REFERENCES + 1))
 OPTIONAL_IMAGE_SOCKETS = IMAGE_SOCKETS[1:]
 PROGRESS_STEPS = 100
+# What ComfyUI's node search also finds the pack's Seedream nodes by (read by current ComfyUI, ignored by older)
+SEEDREAM_SEARCH_ALIASES = ("seedream", "bytedance", "runcomfy", "sequential", "storyboard", "character sheet", "image set")
 _DEFAULTS = EditSequentialRequest(  # the widgets' defaults are the request type's
     "Generate 3 images of this character in different poses, consistent style.", seed=0
 )
@@ -45,6 +47,7 @@ class RunComfySeedream4EditSequential:
     limits: Limits | None = None  # memory and disk bounds; None: the defaults, or the environment's
 
     CATEGORY = "RunComfy/Seedream"
+    SEARCH_ALIASES = list(SEEDREAM_SEARCH_ALIASES)
     FUNCTION = "generate"
     RETURN_TYPES = ("IMAGE", "IMAGE", "STRING", "STRING")
     RETURN_NAMES = ("images", "image_list", "urls", "request_id")

@@ -282,3 +282,10 @@ def test_every_node_is_registered_with_a_name_and_a_help_page():
     for node_id in NODE_CLASS_MAPPINGS:
         assert node_id.startswith("RunComfy") and node_id in NODE_DISPLAY_NAME_MAPPINGS
         assert (ROOT / "web" / "docs" / f"{node_id}.md").is_file(), node_id
+
+
+def test_both_seedream_nodes_are_found_by_the_same_search_words():
+    words = ["seedream", "bytedance", "runcomfy", "sequential", "storyboard", "character sheet", "image set"]
+    assert NODE_CLASS_MAPPINGS["RunComfySeedream4EditSequential"].SEARCH_ALIASES == words
+    assert NODE_CLASS_MAPPINGS[BY_ID].SEARCH_ALIASES == words
+    assert NODE_CLASS_MAPPINGS["RunComfyPromptLines"].SEARCH_ALIASES == ["runcomfy", "prompt list", "lines"]
