@@ -1,10 +1,10 @@
-"""A companion node: the images of a job collected by its request id, free. All real work is `api.collect`'s."""
+"""A companion node: the images of a job collected by its request id, free. All real work is `api.collection` and `api.pipeline.collect`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..api.collect import collect_all
+from ..api.collection import collect_all
 from ..api.config import Limits
 from ..api.pipeline import Timing
 from .seedream_edit_sequential import SEEDREAM_SEARCH_ALIASES, RunComfySeedream4EditSequential, run_in_comfy

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import node_inputs, per_item, quick_timing, run_node
-from runcomfy_seedream.api import Credentials, EditSequentialRequest, Limits, RunComfyClient, Session
+from runcomfy_seedream.api import Credentials, EditSequentialRequest, Limits, RunComfyClient, Session, collect
 from runcomfy_seedream.api.errors import (
     BatchError,
     DeadlineExceededError,
@@ -19,7 +19,6 @@ from runcomfy_seedream.api.errors import (
     JobFailedError,
     RequestNotFoundError,
 )
-from runcomfy_seedream.api.pipeline import collect
 from runcomfy_seedream.api.progress import ProgressReporter
 from runcomfy_seedream.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
