@@ -9,11 +9,13 @@
         result = await job.result()
 
 `generate()` does a whole run from numpy pixels: checks, encoding, one submit, resume, downloads;
-`plan()` and `execute()` are its two halves, and `Batch` runs many items in one `Session`.
+`plan()` and `execute()` are its two halves, and `Batch` runs many items in one `Session`. `collect()` collects a
+request made elsewhere by its id (free: never submitted, never cancelled); `collect_all()` a list of them.
 """
 
 from .batch import Batch, Item
 from .client import Price, RetryPolicy, RunComfyClient, Timeouts
+from .collection import collect_all
 from .config import DEFAULT_BASE_URL, Credentials, Limits, resolve_base_url, resolve_credentials
 from .downloads import ImageBatch
 from .errors import (
@@ -33,7 +35,7 @@ from .errors import (
     StopRequested,
 )
 from .job import CancelResult, Job, JobEvent, JobResult, JobStatus, PollSchedule
-from .pipeline import GenerationResult, Plan, Reference, Session, Timing, execute, generate, plan
+from .pipeline import GenerationResult, Plan, Reference, Session, Timing, collect, execute, generate, plan
 from .progress import Phase, Progress
 from .schema import IMAGE_SIZES, MODEL_ID, EditSequentialRequest
 
@@ -78,6 +80,8 @@ __all__ = [
     "StopRequested",
     "Timeouts",
     "Timing",
+    "collect",
+    "collect_all",
     "execute",
     "generate",
     "plan",

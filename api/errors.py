@@ -84,7 +84,11 @@ class RequestNotFoundError(ServiceError):
 
 
 class JobFailedError(ServiceError):
-    """The job ran and the service reports it failed."""
+    """The job ran and the service reports it failed (`reason`: what went wrong, in the service's words or ours)."""
+
+    def __init__(self, message: str, *, reason: str | None = None, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.reason = reason
 
 
 class JobCancelledError(RunComfyError):

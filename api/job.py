@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 from .errors import DeadlineExceededError, InputError, JobCancelledError, JobFailedError, OutcomeUnknownError, RunComfyError, StopRequested
 from .progress import Phase, generating_share
 from .stop import StopCheck, Waited, cancel_and_wait, never_stop, wait_watching
+from .wording import shorten
 
 if TYPE_CHECKING:
     from .schema import EditSequentialRequest
@@ -39,6 +40,32 @@ if TYPE_CHECKING:
 DEFAULT_DEADLINE_S = 30 * 60  # RunComfy's own nodes wait this long for a set of 15
 CANCEL_WAIT_S = 15.0
 SUCCESS_STATES = frozenset({"succeeded", "completed", "success"})
+
+
+MAX_REQUEST_ID_CHARS = 200  # RunComfy documents no format; its ids are UUIDs, far shorter
+_WHERE_IDS_ARE = "Paste the id of the job to collect: the request_id output of the Seedream node, or the id in your RunComfy dashboard."
+
+
+def check_request_id(value: object, *, field: str = "request_id") -> str:
+    """A request id as typed or connected, trimmed. RunComfy documents no format, so only what cannot be one is
+    refused (before anything is sent): nothing, several words, a link or path, control characters, a runaway paste."""
+    if not isinstance(value, str):
+        raise InputError(field, f"must be text (a request id), not {type(value).__name__}. {_WHERE_IDS_ARE}")
+    text = value.strip()
+    if not text:
+        raise InputError(field, f"is empty. {_WHERE_IDS_ARE}")
+    shown = repr(shorten(text, 60))
+    if len(text) > MAX_REQUEST_ID_CHARS:
+        problem = f"is {len(text)} characters long"
+    elif any(char.isspace() for char in text):
+        problem = "has a space or line break in it (one id per node, or connect a list)"
+    elif any(not char.isprintable() for char in text):
+        problem = "has a control character in it"
+    elif "/" in text or "\\" in text:
+        problem = "looks like a link or a path"
+    else:
+        return text
+    raise InputError(field, f"{shown} is not a RunComfy request id: it {problem}. {_WHERE_IDS_ARE}")
 
 
 @dataclass(frozen=True)
@@ -193,6 +220,7 @@ class Job:
                 raise JobFailedError(
                     "RunComfy reports the job finished but returned no images. Try a clearer prompt that states how many images to make.",
                     request_id=self.request_id,
+                    reason="it finished but returned no images",
                 )
             self._result = result
             return True
@@ -201,6 +229,7 @@ class Job:
                 f"RunComfy reports the generation failed: {result.error or 'no reason given'}. "
                 "Adjust the prompt or references and run again.",
                 request_id=self.request_id,
+                reason=result.error or "no reason given",
             )
         if result.state == "cancelled":
             raise JobCancelledError("The job was cancelled at RunComfy.", request_id=self.request_id)
@@ -220,9 +249,11 @@ class Job:
         should_stop: StopCheck = never_stop,
         on_event: EventSink | None = None,
         poll_schedule: PollSchedule | None = None,
+        leave_running: bool = False,
     ) -> JobResult:
         """The result, unless Stop is pressed (`StopRequested`) or `deadline_s` passes (`DeadlineExceededError`);
-        either way a job still queued is cancelled, so it costs nothing."""
+        either way a job still queued is cancelled, so it costs nothing. With `leave_running` (a job somebody
+        else submitted) nothing is ever cancelled: the wait ends and the job goes on."""
         emit = on_event or (lambda event: None)
         deadline = asyncio.get_running_loop().time() + deadline_s
         stop = should_stop
@@ -238,7 +269,7 @@ class Job:
             waited = await wait_watching(task, stop, deadline=deadline)
         except asyncio.CancelledError:  # the caller is going away (ComfyUI ending the prompt): a queued job goes too
             await cancel_and_wait(task)
-            if self.state in (None, "in_queue"):
+            if self.state in (None, "in_queue") and not leave_running:
                 await self._cancel_outcome()
             raise
         except BaseException:
@@ -247,9 +278,21 @@ class Job:
         if waited is Waited.DONE:
             return task.result()
         await cancel_and_wait(task)
+        if leave_running:
+            raise self._left_running(stopped=waited is Waited.STOP, deadline_s=deadline_s)
         if waited is Waited.STOP:
             raise await self._stopped(emit)
         raise await self._deadline_passed(deadline_s)
+
+    def _left_running(self, *, stopped: bool, deadline_s: float) -> RunComfyError:
+        """The wait for a job somebody else submitted ended; the job was not cancelled and goes on."""
+        request_id = self.request_id
+        again = f"request {request_id} goes on at RunComfy; run this node again to collect it."
+        if stopped:
+            return StopRequested(f"Stopped waiting; {again}", request_id=request_id)
+        return DeadlineExceededError(
+            f"Request {request_id} did not finish within {_minutes(deadline_s)}: stopped waiting; {again}", request_id=request_id
+        )
 
     async def _cancel_outcome(self) -> tuple[bool | None, str]:
         """(True: cancelled, False: RunComfy refused, None: unknown; what happened)."""
@@ -288,7 +331,7 @@ class Job:
         return StopRequested(message, request_id=request_id, cancelled=bool(cancelled))
 
     async def _deadline_passed(self, deadline_s: float) -> DeadlineExceededError:
-        minutes = f"{deadline_s / 60:.0f} min" if deadline_s >= 60 else f"{deadline_s:.0f} s"
+        minutes = _minutes(deadline_s)
         if self.state in (None, "in_queue") and (await self._cancel_outcome())[0]:
             return DeadlineExceededError(
                 f"Request {self.request_id} was still queued after {minutes}, so it was cancelled before it started generating. "
@@ -300,6 +343,10 @@ class Job:
             f"Request {self.request_id} did not finish within {minutes}; the node stopped waiting. It may still finish and be charged.",
             request_id=self.request_id,
         )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 class Submitter(Protocol):

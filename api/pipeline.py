@@ -5,11 +5,12 @@
         result = await execute(planned, session, report)    # cache → journal → resume or submit → wait
                                                             #   → download → save → assemble
 
-`generate()` does both for one run. Plain Python on numpy arrays, so scripts and tests drive exactly what the
-ComfyUI node drives. Every check runs before anything is encoded or sent. Runs of identical inputs are
-serialised (`resume.ResumeStore.exclusive`), so the second one collects what the first paid for. Once a
-submit may have reached RunComfy, local trouble (disk, cache, assembly) only ever adds a warning line: the
-run goes on. Every wait is set by `Timing`, every memory and disk bound by `Limits`.
+`generate()` does both for one run. `collect(request_id, session, report)` is the other kind of run: a request
+made elsewhere, collected by its id (never submitted, never cancelled). Plain Python on numpy arrays, so scripts
+and tests drive exactly what the ComfyUI node drives. Every check runs before anything is encoded or sent. Runs
+of identical inputs are serialised (`resume.ResumeStore.exclusive`), so the second one collects what the first
+paid for. Once a submit may have reached RunComfy, local trouble (disk, cache, assembly) only ever adds a
+warning line: the run goes on. Every wait is set by `Timing`, every memory and disk bound by `Limits`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from .errors import (
     RunComfyError,
     StopRequested,
 )
-from .job import DEFAULT_DEADLINE_S, Job, JobResult, PollSchedule, UploadTracker, submit_watching
+from .job import DEFAULT_DEADLINE_S, Job, JobResult, PollSchedule, UploadTracker, check_request_id, submit_watching
 from .progress import Phase, ProgressReporter, ProgressSink
 from .references import (
     REFERENCE_FORMATS,
@@ -57,8 +58,8 @@ from .references import (
     per_reference_byte_limit,
     prepare_reference,
 )
-from .resume import UNKNOWN_OUTCOME_HOLD_S, CachedResult, ResumeStore, request_fingerprint
-from .schema import MODEL_ID, EditSequentialRequest, check_choice
+from .resume import UNKNOWN_OUTCOME_HOLD_S, CachedResult, ResumeStore, collection_fingerprint, request_fingerprint
+from .schema import MAX_IMAGES_LIMIT, MODEL_ID, EditSequentialRequest, check_choice
 from .shared import LOOP_STATE
 from .stop import Latch, StopCheck, never_stop, stoppable
 from .threads import map_in_threads
@@ -189,18 +190,36 @@ class Plan:
 
 @dataclass
 class _Run:
-    """One plan being carried out."""
+    """One run being carried out: a plan's, or (no plan: nothing to submit) a request collected by its id."""
 
-    plan: Plan
+    fingerprint: str  # what its saved result, journal entry and run lock are keyed by
     session: Session
     report: ProgressReporter
     store: ResumeStore
     client: RunComfyClient  # the session's pool, announcing its retries to this run
+    plan: Plan | None = None
+    output_budget: int | None = None  # bytes its outputs may take; None: `Limits.batch_max_bytes`
     notes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def start(
+        cls, fingerprint: str, session: Session, report: ProgressReporter, *, plan: Plan | None = None, output_budget: int | None = None
+    ) -> _Run:
+        """The run with its store (the session's folder, within the cache bounds) and its view of the session's pool."""
+        limits = session.limits
+        store = ResumeStore(
+            session.state_dir,
+            warn=lambda line: report.warn(line, key="resume store"),
+            max_entries=limits.cache_max_entries,
+            max_bytes=limits.cache_max_bytes,
+        )
+        notes = list(plan.notes) if plan is not None else []
+        return cls(fingerprint, session, report, store, session.client.sharing_pool(on_retry=report), plan, output_budget, notes)
+
     @property
-    def fingerprint(self) -> str:
-        return self.plan.fingerprint
+    def most_images(self) -> int:
+        """The most result images it keeps: what the plan sends as max_images, else the most the model makes."""
+        return self.plan.request.max_images_sent if self.plan is not None else MAX_IMAGES_LIMIT
 
 
 async def generate(
@@ -248,14 +267,8 @@ async def plan(
 
 async def execute(planned: Plan, session: Session, report: ProgressReporter) -> GenerationResult:
     """cache → journal → resume or submit → wait → download → save → assemble, one run per distinct inputs at a time."""
-    limits = session.limits
-    store = ResumeStore(
-        session.state_dir,
-        warn=lambda line: report.warn(line, key="resume store"),
-        max_entries=limits.cache_max_entries,
-        max_bytes=limits.cache_max_bytes,
-    )
-    run = _Run(planned, session, report, store, session.client.sharing_pool(on_retry=report), list(planned.notes))
+    run = _Run.start(planned.fingerprint, session, report, plan=planned, output_budget=planned.output_budget)
+    store = run.store
     waiting = "Waiting for an identical run of these inputs to finish, to share its result instead of paying twice…"
     async with store.exclusive(planned.fingerprint, session.stop, lambda: report(waiting, Phase.SHARING)):
         saved, resume_id = await _saved_result(run)
@@ -273,12 +286,59 @@ async def execute(planned: Plan, session: Session, report: ProgressReporter) -> 
         return dataclasses.replace(await _deliver(run, result, files), resumed=resumed)
 
 
+async def collect(request_id: str, session: Session, report: ProgressReporter, *, output_budget: int | None = None) -> GenerationResult:
+    """A request made anywhere (another machine, RunComfy's own site, before a user folder was lost) collected by
+    its id: saved copy → wait → download → save → assemble. Free: nothing is ever submitted, and Stop or the
+    deadline end the wait without cancelling the job, which is not this run's to cancel. The saved copy is keyed
+    by the request id (`collection_fingerprint`), in the same store and within the same bounds as a run's.
+    `output_budget`: bytes its outputs may take (None: `Limits.batch_max_bytes`)."""
+    request_id = check_request_id(request_id)
+    fingerprint = collection_fingerprint(model_id=MODEL_ID, base_url=session.base_url, request_id=request_id)
+    run = _Run.start(fingerprint, session, report, output_budget=output_budget)
+    waiting = f"Waiting for another run collecting request {request_id} to finish, to share its result…"
+    async with run.store.exclusive(fingerprint, session.stop, lambda: report(waiting, Phase.SHARING)):
+        saved, _ = await _saved_result(run)  # saved files that are unusable: collected again below
+        if saved is not None:
+            return saved
+        result = _at_most_asked(run, await _collected(run, request_id))
+        files = await _download(run, result)
+        await run.store.store_result(fingerprint, CachedResult(result.request_id, result.urls, result.cost_usd, files))
+        return dataclasses.replace(await _deliver(run, result, files), resumed=True)
+
+
+async def _collected(run: _Run, request_id: str) -> JobResult:
+    """The result of a request submitted elsewhere, waited for while it is queued or running; when RunComfy
+    cannot give one, what that means for the person collecting it."""
+    run.report(f"Collecting request {request_id} from RunComfy (free: nothing is submitted)…")  # its state: once RunComfy says
+    try:
+        return await _wait(run, Job.resume(run.client, request_id), leave_running=True)
+    except RequestNotFoundError as gone:
+        raise RequestNotFoundError(
+            f"RunComfy does not know request {request_id}: the id may be mistyped, the request may have expired, or it was "
+            "made at another service address (RUNCOMFY_MODEL_API_BASE). Check the id in your RunComfy dashboard. Nothing is charged.",
+            http_status=gone.http_status,
+            error_code=gone.error_code,
+            request_id=request_id,
+        ) from None
+    except JobFailedError as failed:
+        raise JobFailedError(
+            f"Request {request_id} failed at RunComfy ({failed.reason or failed}), so it has no images to collect. Nothing is charged now.",
+            reason=failed.reason,
+            request_id=request_id,
+        ) from None
+    except JobCancelledError:
+        raise JobCancelledError(
+            f"Request {request_id} was cancelled at RunComfy, so it has no images to collect.", request_id=request_id
+        ) from None
+
+
 def _at_most_asked(run: _Run, result: JobResult) -> JobResult:
     """The result's first `max_images` files (never more than 15): a listing of more is not downloaded or saved."""
-    most = run.plan.request.max_images_sent
+    most = run.most_images
     if len(result.urls) <= most:
         return result
-    run.notes.append(f"the service listed {len(result.urls)} images for max_images {most}; the first {most} were kept")
+    asked = f" for max_images {most}" if run.plan is not None else ""
+    run.notes.append(f"the service listed {len(result.urls)} images{asked}; the first {most} were kept")
     return dataclasses.replace(result, urls=result.urls[:most])
 
 
@@ -296,7 +356,8 @@ async def _saved_result(run: _Run) -> tuple[GenerationResult | None, str | None]
         await run.store.drop_result(run.fingerprint)
         return None, cached.request_id
     run.report(f"Reused the saved images of request {cached.request_id}: nothing sent, nothing charged.", Phase.DONE)
-    notes = (f"saved result of request {cached.request_id} reused; change the seed for new images", *run.notes)
+    new_images = "; change the seed for new images" if run.plan is not None else ""
+    notes = (f"saved result of request {cached.request_id} reused{new_images}", *run.notes)
     return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, run.report.warnings, reused=True), None
 
 
@@ -315,9 +376,8 @@ async def _journaled_request(run: _Run) -> str | None:
 
 async def _deliver(run: _Run, result: JobResult, files: list[bytes]) -> GenerationResult:
     """The downloaded files assembled; a file no image can come from ends the request's records."""
-    max_images = run.plan.request.max_images_sent
-    if len(result.urls) < max_images:
-        run.notes.append(f"the model returned {len(result.urls)} of up to {max_images} images")
+    if run.plan is not None and len(result.urls) < run.most_images:  # a request collected by its id: unknown
+        run.notes.append(f"the model returned {len(result.urls)} of up to {run.most_images} images")
     try:
         images = await _assemble(run, files, "Result image")
     except DownloadError as unusable:  # a hostile or broken file: collecting this request again cannot help
@@ -440,16 +500,22 @@ async def _send(run: _Run, sendable: EditSequentialRequest, message: str) -> Job
     return job
 
 
+async def _wait(run: _Run, job: Job, *, leave_running: bool = False) -> JobResult:
+    """Wait for a job with the run's Stop, deadline and poll schedule (`leave_running`: never cancel it)."""
+    timing = run.session.timing
+    return await job.wait(
+        deadline_s=timing.deadline_s,
+        should_stop=run.session.stop,
+        on_event=run.report.job_event,
+        poll_schedule=timing.poll_schedule(),
+        leave_running=leave_running,
+    )
+
+
 async def _settle(run: _Run, job: Job) -> JobResult:
     """Wait for a job, keeping the journal right: a job that ended without results is forgotten."""
-    timing = run.session.timing
     try:
-        return await job.wait(
-            deadline_s=timing.deadline_s,
-            should_stop=run.session.stop,
-            on_event=run.report.job_event,
-            poll_schedule=timing.poll_schedule(),
-        )
+        return await _wait(run, job)
     except (JobFailedError, JobCancelledError):
         await run.store.forget(run.fingerprint)
         raise
@@ -513,7 +579,7 @@ async def _download(run: _Run, result: JobResult) -> list[bytes]:
 async def _assemble(run: _Run, files: Sequence[bytes], label: str) -> ImageBatch:
     """The batch of `files` within the memory budget; its notes and warning join the run's."""
     try:
-        assembled = await assemble(files, label=label, max_bytes=run.plan.output_budget or run.session.limits.batch_max_bytes)
+        assembled = await assemble(files, label=label, max_bytes=run.output_budget or run.session.limits.batch_max_bytes)
     except MemoryError:
         raise RunComfyError(
             "There is not enough memory to assemble the result images. They are saved: free some memory "

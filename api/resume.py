@@ -87,6 +87,13 @@ def request_fingerprint(
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
+def collection_fingerprint(*, model_id: str, base_url: str, request_id: str) -> str:
+    """The name of "request `request_id` of this model at this service, collected by its id". Its material has
+    other keys than `request_fingerprint`'s, so it names no set of inputs (and no set of inputs names it)."""
+    material = {"model": model_id, "service": _service_origin(base_url), "collect_request_id": request_id}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
 def _service_origin(base_url: str) -> str:
     """scheme://host[:port] however it was spelled: case, default ports and trailing dots do not make another service."""
     parts = urlsplit(base_url.strip())

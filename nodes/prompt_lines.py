@@ -14,6 +14,7 @@ class RunComfyPromptLines:
     """Splits a multiline text into a list of prompts: blank lines and lines starting with # are skipped."""
 
     CATEGORY = "RunComfy/Seedream"
+    SEARCH_ALIASES = ["runcomfy", "prompt list", "lines"]  # read by current ComfyUI's node search, ignored by older
     FUNCTION = "split"
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("prompts",)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..api.batch import Batch, Item
+from ..api.batch import Batch, Item, LineSink
 from ..api.config import Limits, resolve_base_url, resolve_credentials
 from ..api.errors import InputError, RunComfyError, StopRequested
 from ..api.pipeline import GenerationResult, Session, Timing
@@ -26,6 +27,8 @@ from .tensors import output_tensors, reference_frames
 IMAGE_SOCKETS = tuple(f"image_{i}" for i in range(1, MAX_REFERENCES + 1))
 OPTIONAL_IMAGE_SOCKETS = IMAGE_SOCKETS[1:]
 PROGRESS_STEPS = 100
+# What ComfyUI's node search also finds the pack's Seedream nodes by (read by current ComfyUI, ignored by older)
+SEEDREAM_SEARCH_ALIASES = ("seedream", "bytedance", "runcomfy", "sequential", "storyboard", "character sheet", "image set")
 _DEFAULTS = EditSequentialRequest(  # the widgets' defaults are the request type's
     "Generate 3 images of this character in different poses, consistent style.", seed=0
 )
@@ -44,6 +47,7 @@ class RunComfySeedream4EditSequential:
     limits: Limits | None = None  # memory and disk bounds; None: the defaults, or the environment's
 
     CATEGORY = "RunComfy/Seedream"
+    SEARCH_ALIASES = list(SEEDREAM_SEARCH_ALIASES)
     FUNCTION = "generate"
     RETURN_TYPES = ("IMAGE", "IMAGE", "STRING", "STRING")
     RETURN_NAMES = ("images", "image_list", "urls", "request_id")
@@ -156,36 +160,49 @@ class RunComfySeedream4EditSequential:
     async def generate(self, **inputs: Any) -> tuple[list, list, list, list]:
         """Every input arrives as a list (`INPUT_IS_LIST`): one item per element of the longest, as ComfyUI maps
         other nodes. Each output is a list with one entry per item; `image_list` holds every image of every item."""
-        values = list_values(inputs)
-        node_id = next((str(v) for v in values.pop("unique_id", []) if v is not None), None)
-        declared = self.INPUT_TYPES()
-        unknown = sorted(set(values) - set(declared["required"]) - set(declared["optional"]))
-        if unknown:
-            raise InputError(unknown[0], "is not an input of this node.")
-        credentials = resolve_credentials(settings_file=comfy_bridge.token_file())  # first: a clear error, no work
-        base_url = resolve_base_url()
-        comfy_bridge.quiet_status_polls(base_url)
-        items = [_item(one) for one in list_items(values)]
-        bar = comfy_bridge.ProgressBar(PROGRESS_STEPS, node_id)
 
-        def show(text: str, fraction: float) -> None:
-            comfy_bridge.send_progress_text(text, node_id)
-            bar.set(round(fraction * PROGRESS_STEPS))
+        async def run(values: dict[str, list], session: Session, show: LineSink) -> list[GenerationResult]:
+            return await Batch([_item(one) for one in list_items(values)], session, show).run()
 
-        async with Session.open(
-            credentials=credentials,
-            base_url=base_url,
-            should_stop=comfy_bridge.processing_interrupted,
-            timing=self.timing,
-            limits=self.limits or Limits.from_env(),
-            state_dir=comfy_bridge.state_directory(),
-            after_submit=comfy_bridge.release_free_memory,
-        ) as session:
-            try:
-                results = await Batch(items, session, show).run()
-            except StopRequested as stopped:
-                raise comfy_bridge.interruption(str(stopped)) from None
-        return outputs(results)
+        return await run_in_comfy(self, inputs, run)
+
+
+NodeWork = Callable[[dict[str, list], Session, LineSink], Awaitable[list[GenerationResult]]]
+
+
+async def run_in_comfy(node: Any, inputs: dict[str, Any], work: NodeWork) -> tuple[list, list, list, list]:
+    """What each of the pack's RunComfy nodes does around its `work(values, session, show)`, as ComfyUI calls it:
+    every input a list, an unknown input refused, the token first (a clear error, no work), ComfyUI's progress
+    text, bar and Stop (which latches in the Session), and the outputs as lists."""
+    values = list_values(inputs)
+    node_id = next((str(v) for v in values.pop("unique_id", []) if v is not None), None)
+    declared = node.INPUT_TYPES()
+    unknown = sorted(set(values) - set(declared["required"]) - set(declared.get("optional", {})))
+    if unknown:
+        raise InputError(unknown[0], "is not an input of this node.")
+    credentials = resolve_credentials(settings_file=comfy_bridge.token_file())  # first: a clear error, no work
+    base_url = resolve_base_url()
+    comfy_bridge.quiet_status_polls(base_url)
+    bar = comfy_bridge.ProgressBar(PROGRESS_STEPS, node_id)
+
+    def show(text: str, fraction: float) -> None:
+        comfy_bridge.send_progress_text(text, node_id)
+        bar.set(round(fraction * PROGRESS_STEPS))
+
+    async with Session.open(
+        credentials=credentials,
+        base_url=base_url,
+        should_stop=comfy_bridge.processing_interrupted,
+        timing=node.timing,
+        limits=node.limits or Limits.from_env(),
+        state_dir=comfy_bridge.state_directory(),
+        after_submit=comfy_bridge.release_free_memory,
+    ) as session:
+        try:
+            results = await work(values, session, show)
+        except StopRequested as stopped:
+            raise comfy_bridge.interruption(str(stopped)) from None
+    return outputs(results)
 
 
 def list_values(inputs: dict[str, Any]) -> dict[str, list]:
