@@ -28,6 +28,7 @@ from .schema import EditSequentialRequest
 from .wording import plural
 
 MAX_LISTED_FAILURES = 10
+MAX_LIST_JOBS = 1000  # distinct items of one list: every job in flight keeps its record (`resume.MAX_JOURNAL_ENTRIES`)
 
 LineSink = Callable[[str, float], None]  # (text under the node, fraction of the bar)
 
@@ -82,7 +83,7 @@ class Batch:
         try:
             return await self._run()
         except RunComfyError as failure:
-            self._show(str(failure), self.fraction())  # what went wrong stays under the node, not the last step
+            self._show(self._with_warning(str(failure)), self.fraction())  # what went wrong stays under the node
             raise
 
     async def _run(self) -> list[GenerationResult]:
@@ -99,7 +100,7 @@ class Batch:
         failure = self.outcome()
         if failure is not None:
             raise failure
-        self._show(self.final_line(), 1.0)
+        self._show(self._with_warning(self.final_line()), 1.0)
         return [member.result for member in self.members]
 
     # --- the steps ------------------------------------------------------------------------------
@@ -132,6 +133,12 @@ class Batch:
         before anything is sent (a re-run collecting saved results needs the same, so it fits too). Each distinct
         item may then use its share of the budget. A single run keeps the whole budget, within which its images
         are fitted as before."""
+        if len(leaders) > MAX_LIST_JOBS:
+            raise InputError(
+                "images",
+                f"this list has {len(leaders)} distinct items; one run takes at most {MAX_LIST_JOBS} (each is a paid job, and "
+                "each must keep its record until it is collected). Split the list. Nothing was sent.",
+            )
         budget = self.session.limits.batch_max_bytes
         needed = sum(member.plan.output_bytes for member in leaders)
         if needed > budget and len(leaders) > 1:
@@ -172,8 +179,16 @@ class Batch:
         self.on_line(text, fraction)
 
     def _changed(self) -> None:
-        if self.size > 1 and (line := self.line()) != self._shown:
+        if self.size > 1 and (line := self._with_warning(self.line())) != self._shown:
             self._show(line, self.fraction())
+
+    def _with_warning(self, text: str) -> str:
+        """`text` with the one warning line of the batch's local trouble under it (what the items' runs warned of,
+        each said once), as a single run keeps its own under every message."""
+        parts = dict.fromkeys(
+            line.removeprefix("Warning: ") for member in self.members if member.reporter is not None for line in member.reporter.warnings
+        )
+        return "\n".join([text, "Warning: " + "; ".join(parts)]) if parts and "\nWarning: " not in f"\n{text}" else text
 
     def fraction(self) -> float:
         return sum(m.fraction for m in self.members) / max(1, self.size)
@@ -207,8 +222,10 @@ class Batch:
             return f"Batch of {self.size} done: no new job; {earlier_part} (nothing charged now)"
         line = f"Batch of {self.size} done: {plural(len(paid), 'job')}"
         costs = [c for c in paid.values() if c is not None]
-        if costs:
+        if costs and len(costs) == len(paid):
             line += f", cost ${sum(costs):.2f}"
+        elif costs:
+            line += f", cost ${sum(costs):.2f} for {len(costs)} of them ({len(paid) - len(costs)} did not report a cost)"
         if earlier_part:
             line += f"; {earlier_part} (nothing charged for them now)"
         return line
@@ -229,16 +246,19 @@ class Batch:
 
     def _stopped(self, stopped: list[Member], failed: list[Member]) -> StopRequested:
         """What Stop did to each job (identical items share one job, counted once)."""
-        done = sum(1 for m in self.members if m.error is None or m.error.finished)
+        saved = sum(1 for m in self.members if m.error is None)
+        finished = sum(1 for m in stopped if m.error.finished)  # done at RunComfy, not downloaded yet
         cancelled = {m.request_id for m in stopped if m.error.cancelled}
         running = {m.request_id for m in stopped if m.request_id and not m.error.cancelled and not m.error.finished}
         unsent = sum(1 for m in stopped if not m.request_id)
+        collect = "run the node again to collect them without paying"
         parts = [
             f"{plural(len(cancelled), 'queued job')} cancelled before {'it' if len(cancelled) == 1 else 'they'} started"
             if cancelled
             else "",
-            f"{len(running)} already generating may still be charged" if running else "",
-            f"{done} done and saved (run the node again to collect them without paying)" if done else "",
+            f"{len(running)} not cancelled (already generating, or the cancel was not confirmed) may still be charged" if running else "",
+            f"{saved} done and saved" + ("" if finished else f" ({collect})") if saved else "",
+            f"{finished} finished at RunComfy but not downloaded ({collect})" if finished else "",
             f"{unsent} not sent" if unsent else "",
             f"{len(failed)} failed" if failed else "",
         ]

@@ -303,6 +303,7 @@ class Job:
         except RunComfyError as exc:
             return None, f"the cancel request failed: {exc}"
         if answer.cancelled:
+            self.state = "cancelled"
             return True, ""
         if answer.outcome == "not_cancellable":
             return False, ""

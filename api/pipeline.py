@@ -523,6 +523,10 @@ async def _settle(run: _Run, job: Job) -> JobResult:
         if ended.cancelled:  # the queued job was cancelled: nothing is left to collect
             await run.store.forget(run.fingerprint)
         raise
+    except asyncio.CancelledError:  # ComfyUI ended the prompt; the job cancelled its queued request on the way out
+        if job.state == "cancelled":
+            await run.store.forget(run.fingerprint)
+        raise
 
 
 async def _resume(run: _Run, request_id: str) -> JobResult | None:

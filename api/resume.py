@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .client import cost_or_none
 from .config import DEFAULT_CACHE_BYTES, MAX_CACHED_RESULTS
 from .errors import StopRequested
 from .files import MAX_RESULT_FILE_BYTES, read_json, read_regular_file, write_atomically
@@ -56,7 +57,8 @@ except ImportError:  # pragma: no cover - Windows
 JOURNAL_NAME = "journal.json"
 RESULTS_DIR = "results"
 LOCKS_DIR = "locks"
-MAX_JOURNAL_ENTRIES = 200
+MAX_JOURNAL_ENTRIES = 2000  # every job in flight must fit: twice the distinct items of a list (`batch.MAX_LIST_JOBS`)
+FORGOTTEN = "forgotten"  # a tombstone in memory: the disk could not delete the entry
 JOURNAL_TTL_S = 48 * 3600  # RunComfy documents no lifetime for requests; two days is plenty for a resume
 UNKNOWN_OUTCOME_HOLD_S = 3600
 CLOCK_SLACK_S = 24 * 3600
@@ -158,10 +160,12 @@ class ResumeStore:
         warn: Warn | None = None,
         max_entries: int = MAX_CACHED_RESULTS,
         max_bytes: int = DEFAULT_CACHE_BYTES,
+        max_journal_entries: int = MAX_JOURNAL_ENTRIES,
     ) -> None:
         self.directory = Path(directory) if directory is not None else None
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        self.max_journal_entries = max_journal_entries
         self._warn = warn or (lambda message: None)
         self._troubles: list[tuple[str, str]] = []  # (what could not be done, why)
         self._journal_locked_out = False
@@ -241,12 +245,15 @@ class ResumeStore:
         return entries if isinstance(entries, dict) else {}
 
     def _journal_entry(self, fingerprint: str) -> JournalEntry | None:
+        """The newer of the entry on disk and the one the disk refused (kept in memory): a request id that came back
+        after the disk filled up outranks the "outcome unknown" written before it, and a forgotten entry the disk
+        could not delete stays forgotten."""
         now = time.time()
         on_disk = _entry_from(fingerprint, self._read_journal().get(fingerprint), now)
-        if on_disk is not None:
-            return on_disk
         remembered = MEMORY.journal.get((self._key, fingerprint))
-        if remembered is None or _entry_from(fingerprint, remembered.__dict__, now) is None:
+        if remembered is None or (on_disk is not None and on_disk.at > remembered.at):
+            return on_disk
+        if remembered.state == FORGOTTEN or _entry_from(fingerprint, remembered.__dict__, now) is None:
             return None
         return dataclasses.replace(remembered, only_in_memory=True)
 
@@ -265,15 +272,15 @@ class ResumeStore:
             live.pop(fingerprint, None)
             if entry is not None:
                 live[fingerprint] = {"state": entry.state, "request_id": entry.request_id, "at": entry.at}
-            newest = dict(sorted(live.items(), key=lambda item: item[1]["at"])[-MAX_JOURNAL_ENTRIES:])
+            newest = dict(sorted(live.items(), key=lambda item: item[1]["at"])[-self.max_journal_entries :])
             write_atomically(path, json.dumps({"version": 1, "entries": newest}, indent=1).encode())
         if entry is not None:
             MEMORY.journal.pop(key, None)
 
     def _journal_refused(self, fingerprint: str, entry: JournalEntry | None, error: Exception) -> None:
-        """The disk refused a journal change: the entry lives on in memory."""
+        """The disk refused a journal change: the entry lives on in memory (a forgotten one as a tombstone)."""
+        MEMORY.journal[(self._key, fingerprint)] = entry or JournalEntry(fingerprint, FORGOTTEN, None, time.time())
         if entry is not None:
-            MEMORY.journal[(self._key, fingerprint)] = entry
             self._memory_only = True
         self._journal_locked_out = isinstance(error, TimeoutError)  # waited once: not again in this run
 
@@ -329,13 +336,13 @@ class ResumeStore:
             and all(isinstance(name, str) and _FILE_NAME.match(name) for name in names)
             and isinstance(urls, list)
             and all(isinstance(url, str) for url in urls)
-            and (cost is None or (isinstance(cost, (int, float)) and not isinstance(cost, bool)))
+            and (cost is None or cost_or_none(cost) is not None)  # a cost that cannot be true is damage
         ):
             raise ValueError("unexpected shape")
         files = [read_regular_file(folder / name, max_bytes=MAX_RESULT_FILE_BYTES) for name in names]  # never a link
         # Least recently used goes first. Not through a link (where the platform can tell utime so).
         os.utime(folder / "meta.json", follow_symlinks=os.utime not in os.supports_follow_symlinks)
-        return CachedResult(request_id, tuple(urls), None if cost is None else float(cost), files)
+        return CachedResult(request_id, tuple(urls), cost_or_none(cost), files)
 
     def _set_aside(self, fingerprint: str, meta: dict[str, Any]) -> CachedResult | None:
         """Whatever is wrong with a saved entry, it is set aside; its request id still lets the run collect the paid

@@ -40,10 +40,11 @@ def reference_frames(inputs: Sequence[tuple[str, object]]) -> list[Reference]:
             )
         if not tensor.is_floating_point():
             raise InputError(name, f"has dtype {tensor.dtype}; an IMAGE holds floats in 0..1.")
-        array = tensor.detach().to("cpu", copy=False)
-        if array.dtype != torch.float32:
-            array = array.float()
-        pixels = array.numpy()
+        try:
+            array = tensor.detach().to("cpu", copy=False)
+            pixels = (array if array.dtype == torch.float32 else array.float()).numpy()
+        except Exception as unreadable:  # noqa: BLE001 - a tensor without data here (a meta tensor, a broken device)
+            raise InputError(name, f"could not be read ({type(unreadable).__name__}). Connect an ordinary IMAGE output to it.") from None
         batch = pixels.shape[0]
         for index in range(batch):
             label = name if batch == 1 else f"{name} frame {index + 1}"

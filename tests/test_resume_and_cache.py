@@ -128,6 +128,7 @@ def test_a_failed_job_is_not_resumed(fake, comfy):
 
 
 def test_the_journal_stays_small_and_holds_no_secret(fake, comfy, tmp_path):
+    from runcomfy_seedream.api.batch import MAX_LIST_JOBS
     from runcomfy_seedream.api.resume import MAX_JOURNAL_ENTRIES, ResumeStore
 
     secret = "rc_live_SECRET_in_env_9d8c"
@@ -142,15 +143,17 @@ def test_the_journal_stays_small_and_holds_no_secret(fake, comfy, tmp_path):
     written = "".join(p.read_text(errors="replace") for p in state_dir(tmp_path).rglob("*") if p.is_file())
     assert next(iter(fake.jobs)) in path.read_text()  # the paid request was journaled
     assert secret not in written and "SECRET" not in written
-    store = ResumeStore(state_dir(tmp_path))
+    limit = 200  # the bound is a parameter; the default (MAX_JOURNAL_ENTRIES) is larger than any list's jobs in flight
+    store = ResumeStore(state_dir(tmp_path), max_journal_entries=limit)
 
     async def many():
-        for index in range(MAX_JOURNAL_ENTRIES + 25):
+        for index in range(limit + 25):
             await store.record_submitted(f"fp{index}", f"req{index}")
 
     asyncio.run(many())
     entries = json.loads(path.read_text())["entries"]
-    assert len(entries) == MAX_JOURNAL_ENTRIES and "fp0" not in entries and f"fp{MAX_JOURNAL_ENTRIES + 24}" in entries
+    assert len(entries) == limit and "fp0" not in entries and f"fp{limit + 24}" in entries
+    assert MAX_JOURNAL_ENTRIES >= 2 * MAX_LIST_JOBS
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
 

@@ -1,0 +1,176 @@
+"""When trouble comes together: what the records keep (many jobs in flight, a disk that fills between two writes, a
+forget the disk refuses, a prompt ComfyUI cancels) and what the texts say (a batch's warnings, Stop in a list with a
+failed item, jobs that did not report a cost, a saved cost that cannot be true, a tensor that cannot be read)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import image_batch, node_inputs, node_object, run_list, run_node
+from runcomfy_seedream.api import GenerationResult, ImageBatch, StopRequested
+from runcomfy_seedream.api.batch import Batch
+from runcomfy_seedream.api.errors import BatchError, InputError
+from runcomfy_seedream.api.resume import ResumeStore
+
+
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / ".cache" / "runcomfy-seedream"  # HOME is tmp_path in these tests
+
+
+def block_the_disk(state: Path) -> None:
+    """From now on the journal cannot be written (its lock folder is a file), as when the disk fills up."""
+    locks = state / "locks"
+    if locks.is_dir():
+        for lock in locks.iterdir():
+            lock.unlink()
+        locks.rmdir()
+    locks.write_text("in the way")
+
+
+def test_every_job_of_a_long_list_in_flight_keeps_its_record(tmp_path):
+    store = ResumeStore(tmp_path)
+
+    async def in_flight():
+        for index in range(205):  # more than the 200 the journal used to keep, all of them just submitted
+            await store.record_submitted(f"fp{index}", f"req{index}")
+        return [await store.journal_entry(f"fp{index}") for index in (0, 204)]
+
+    oldest, newest = asyncio.run(in_flight())
+    assert oldest.request_id == "req0" and newest.request_id == "req204"
+    assert len(json.loads((tmp_path / "journal.json").read_text())["entries"]) == 205
+
+
+def test_a_request_id_that_came_back_after_the_disk_filled_outranks_the_hold_written_before(tmp_path):
+    store = ResumeStore(tmp_path)
+
+    async def scenario():
+        await store.record_unknown_outcome("fp")  # on disk, just before the last piece of the upload
+        block_the_disk(tmp_path)
+        await store.record_submitted("fp", "req-1")  # RunComfy answered; the disk refuses: kept in memory
+        return await store.journal_entry("fp")
+
+    entry = asyncio.run(scenario())
+    assert entry.state == "submitted" and entry.request_id == "req-1" and entry.only_in_memory
+
+
+def test_a_forget_the_disk_refuses_still_forgets(tmp_path):
+    store = ResumeStore(tmp_path)
+
+    async def scenario():
+        await store.record_submitted("fp", "req-1")
+        block_the_disk(tmp_path)
+        await store.forget("fp")  # the job was cancelled; the stale entry stays on disk
+        return await store.journal_entry("fp")
+
+    assert asyncio.run(scenario()) is None
+
+
+def test_a_prompt_comfyui_cancels_while_queued_is_forgotten_and_the_next_run_submits(fake, comfy):
+    fake.behaviour.queue_s = 30.0
+    node = node_object()
+
+    async def cancelled_while_queued():
+        task = asyncio.create_task(node.generate(**node_inputs()))
+        while not fake.jobs or not fake.requests_to(f"/v1/requests/{next(iter(fake.jobs))}/status"):
+            await asyncio.sleep(0.02)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(cancelled_while_queued())
+    assert fake.cancel_calls == 1 and all(job.cancelled for job in fake.jobs.values())
+    fake.behaviour.queue_s = 0.05
+    images, *_ = run_node(**node_inputs())
+    assert images.shape[0] == 3 and fake.submits == 2  # not "cancelled at RunComfy (not by this node)"
+
+
+def test_a_batch_shows_its_items_local_trouble_and_says_a_restart_pays_again(fake, comfy, tmp_path):
+    state = state_dir(tmp_path)
+    state.parent.mkdir(parents=True)
+    state.write_text("a file where the folder should be")
+    outputs = run_list([node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id="9") for seed in range(2)])
+    assert isinstance(outputs, list)
+    final = comfy.progress_texts()[-1]
+    assert final.startswith("Batch of 2 done: 2 jobs")
+    warning = final.splitlines()[-1]
+    assert (
+        warning.startswith("Warning: could not") and "closing ComfyUI before this job is collected means the next run pays again" in warning
+    )
+    assert sum(line.startswith("Warning") for line in final.splitlines()) == 1  # one line for the batch
+
+
+def test_stop_in_a_list_with_a_failed_item_says_what_happened_to_each_job(fake, comfy):
+    fake.behaviour.queue_s = 30.0
+    items = [node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id="9") for seed in range(3)]
+    items[0]["prompt"] = "x" * 700
+    comfy.stop_when = lambda text: text.startswith("Batch of 3:") and "2 queued at RunComfy" in text
+    stopped = run_list(items)
+    assert isinstance(stopped, comfy.InterruptProcessingException)
+    assert str(stopped) == "Stopped the batch of 3: 2 queued jobs cancelled before they started; 1 failed."
+    assert all(job.cancelled for job in fake.jobs.values()) and fake.submits == 2
+
+
+def test_a_single_run_s_last_text_keeps_its_warning_line(fake, comfy, tmp_path):
+    state = state_dir(tmp_path)
+    state.parent.mkdir(parents=True)
+    state.write_text("a file where the folder should be")
+    fake.behaviour.run_s = 30.0
+    comfy.stop_when = lambda text: text.startswith("Generating")
+    with pytest.raises(comfy.InterruptProcessingException):
+        run_node(**node_inputs())
+    last = comfy.progress_texts()[-1]
+    assert last.startswith("Stopped. Request") and "means the next run pays again" in last.splitlines()[-1]
+
+
+def test_a_saved_cost_that_cannot_be_true_is_set_aside_not_shown(fake, comfy, tmp_path):
+    run_node(**node_inputs())
+    (saved,) = (state_dir(tmp_path) / "results").iterdir()
+    meta = json.loads((saved / "meta.json").read_text())
+    (saved / "meta.json").write_text(json.dumps(meta | {"cost_usd": -5.0}))
+    run_node(**node_inputs())
+    final = comfy.progress_texts()[-1]
+    assert "$-5" not in final and "set aside" in final and "resumed request" in final and fake.submits == 1
+
+
+def test_an_item_whose_tensor_cannot_be_read_fails_alone(fake, comfy):
+    unreadable = torch.empty((1, 48, 64, 3), device="meta")
+    items = [node_inputs(image_1=image, unique_id="9") for image in (unreadable, image_batch(1, 48, 64))]
+    failed = run_list(items)
+    assert isinstance(failed, BatchError) and [number for number, _, _ in failed.failures] == [1]
+    assert "image_1: could not be read" in str(failed) and fake.submits == 1
+
+
+def _batch_of(*ends) -> Batch:
+    """A batch whose members ended as given: a result, or an error (the texts are pure functions of that)."""
+    batch = Batch([InputError("image_1", "unused")] * len(ends), session=None, on_line=lambda text, fraction: None)
+    images = ImageBatch([(4, 4)])
+    images.place(0, np.zeros((4, 4, 3), dtype=np.uint8))
+    for member, end in zip(batch.members, ends, strict=True):
+        if isinstance(end, BaseException):
+            member.end(error=end)
+        else:
+            member.end(result=GenerationResult(end[0], ("https://x/1.png",), images, end[1]))
+    return batch
+
+
+def test_a_batch_total_says_when_a_job_did_not_report_its_cost():
+    line = _batch_of(("r1", 0.09), ("r2", None), ("r3", 0.09)).final_line()
+    assert line == "Batch of 3 done: 3 jobs, cost $0.18 for 2 of them (1 did not report a cost)"
+
+
+def test_stop_says_which_jobs_were_not_cancelled_and_which_finished_without_being_downloaded():
+    batch = _batch_of(
+        StopRequested("cancel unconfirmed", request_id="r1"),
+        StopRequested("stopped while downloading", request_id="r2", finished=True),
+        ("r3", 0.09),
+    )
+    assert str(batch.outcome()) == (
+        "Stopped the batch of 3: 1 not cancelled (already generating, or the cancel was not confirmed) may still be "
+        "charged; 1 done and saved; 1 finished at RunComfy but not downloaded (run the node again to collect them "
+        "without paying)."
+    )
