@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import io
+import sys
 
 import numpy as np
 import torch
 from PIL import Image
 
+from pack_import import PACK_ROOT
 from runcomfy_seedream.api import Limits, PollSchedule, RetryPolicy, Timing
 from runcomfy_seedream.nodes import NODE_CLASS_MAPPINGS
 
@@ -122,3 +125,18 @@ def run_list(items: list[dict], *, timing: Timing | None = None, limits: Limits 
         if isinstance(raised, KeyboardInterrupt):
             raise
         return raised
+
+
+def load_copy(name: str, monkeypatch):
+    """The pack imported from this repository under `name`, as ComfyUI imports a custom_nodes folder; every
+    module it adds to sys.modules is removed again after the test."""
+    before = set(sys.modules)
+    try:
+        spec = importlib.util.spec_from_file_location(name, PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        for added in set(sys.modules) - before:
+            monkeypatch.setitem(sys.modules, added, sys.modules.pop(added))  # absent when set: the undo deletes it

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import NODE_ID, node_inputs, run_node
+from helpers import NODE_ID, load_copy, node_inputs, run_node
 from runcomfy_seedream.api.errors import RunComfyError
 from runcomfy_seedream.fake_service import Fault
 from runcomfy_seedream.nodes import NODE_CLASS_MAPPINGS
@@ -144,26 +144,6 @@ def test_other_requests_keep_their_query_but_never_a_password(fake, comfy, caplo
         'HTTP Request: GET https://api.other.example/v2/items?page=3 "HTTP/1.1 200 OK"',
         'HTTP Request: POST https://[2001:db8::1]:8443/x "HTTP/1.1 201 Created"',
     ]
-
-
-def load_copy(name: str, monkeypatch):
-    """The pack imported from this repository under `name`, as ComfyUI imports a custom_nodes folder; every
-    module it adds to sys.modules is removed again after the test."""
-    import importlib.util
-    import sys
-
-    from pack_import import PACK_ROOT
-
-    before = set(sys.modules)
-    try:
-        spec = importlib.util.spec_from_file_location(name, PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        for added in set(sys.modules) - before:
-            monkeypatch.setitem(sys.modules, added, sys.modules.pop(added))  # absent when set: the undo deletes it
 
 
 def test_one_url_filter_serves_both_copies_of_the_pack(fake, comfy, monkeypatch, caplog):

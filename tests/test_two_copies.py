@@ -7,7 +7,6 @@ ComfyUI itself: its route table, applied with `app.add_routes` once every pack i
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import logging
 import sys
@@ -18,26 +17,10 @@ aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
-from helpers import NODE_ID, as_lists, image_batch, node_inputs, single  # noqa: E402
-from pack_import import PACK_ROOT  # noqa: E402
+from helpers import NODE_ID, as_lists, image_batch, load_copy, node_inputs, single  # noqa: E402
 from runcomfy_seedream.nodes.token_route import ROUTE  # noqa: E402
 
 COPIES = ("comfyui_runcomfy_seedream", "runcomfy_seedream_clone")  # as a manager and a manual clone would be named
-
-
-def load_copy(name: str, monkeypatch):
-    """The pack imported from this repository under `name`, as ComfyUI imports a custom_nodes folder.
-    Every module it adds to sys.modules is removed again after the test."""
-    before = set(sys.modules)
-    try:
-        spec = importlib.util.spec_from_file_location(name, PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        for added in set(sys.modules) - before:
-            monkeypatch.setitem(sys.modules, added, sys.modules[added])  # undone by deleting it: it was not there
 
 
 @pytest.fixture
