@@ -146,8 +146,8 @@ class Batch:
             width, height = max((member.plan.request.output_size for member in leaders), key=lambda size: size[0] * size[1])
             raise InputError(
                 "max_images",
-                f"the outputs of this list would need {needed / 2**30:.1f} GiB of memory ({plural(len(leaders), 'distinct item')}, "
-                f"up to {plural(images, 'image')} in all, at up to {width}x{height} as float32), over the {budget / 2**30:.1f} GiB "
+                f"the outputs of this list would need {-(-needed // 2**20):,} MiB of memory ({plural(len(leaders), 'distinct item')}, "
+                f"up to {plural(images, 'image')} in all, at up to {width}x{height} as float32), over the {budget // 2**20:,} MiB "
                 f"budget for outputs. Split the list into smaller ones, lower max_images, or raise RUNCOMFY_SEEDREAM_BATCH_MB "
                 f"(now {budget // 2**20}). Nothing was sent.",
             )

@@ -29,7 +29,13 @@ def test_a_list_whose_outputs_cannot_fit_is_refused_before_anything_is_sent(fake
     refused = run_list(items(3), limits=budget)
     assert isinstance(refused, InputError) and refused.field == "max_images"
     message = str(refused)
-    assert "0.4 GiB" in message and "3 distinct items" in message and "9 images" in message and "2560x1440" in message
+    assert (
+        "would need 380 MiB" in message
+        and "over the 316 MiB budget" in message
+        and "3 distinct items" in message
+        and "9 images" in message
+        and "2560x1440" in message
+    )
     assert "Split the list" in message and "lower max_images" in message and "RUNCOMFY_SEEDREAM_BATCH_MB" in message
     assert fake.submits == 0 and fake.requests == [] and comfy.progress_texts()[-1] == message  # said under the node too
 
