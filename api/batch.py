@@ -54,6 +54,7 @@ class Member:
     result: GenerationResult | None = None
     error: RunComfyError | None = None
     reporter: ProgressReporter | None = None
+    output_budget: int | None = None  # its share of the outputs' memory budget, once the list is known to fit
 
     @property
     def request_id(self) -> str | None:
@@ -152,11 +153,11 @@ class Batch:
                 f"(now {budget // 2**20}). Nothing was sent.",
             )
         for member in leaders:
-            member.plan.output_budget = budget * member.plan.output_bytes // max(1, needed)
+            member.output_budget = budget * member.plan.output_bytes // max(1, needed)
 
     async def _execute(self, member: Member) -> None:
         try:
-            member.end(result=await execute(member.plan, self.session, member.reporter))
+            member.end(result=await execute(member.plan, self.session, member.reporter, output_budget=member.output_budget))
         except RunComfyError as error:
             member.end(error=error)
         self._changed()

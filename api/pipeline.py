@@ -174,7 +174,6 @@ class Plan:
     reference_format: str
     fingerprint: str
     notes: tuple[str, ...]  # what the prompt's count means, shown before paying
-    output_budget: int | None = None  # bytes its outputs may take (its share of a list's); None: `Limits.batch_max_bytes`
 
     @property
     def images_charged(self) -> int:
@@ -265,9 +264,10 @@ async def plan(
     return Plan(request, prepared, reference_format, fingerprint, notes)
 
 
-async def execute(planned: Plan, session: Session, report: ProgressReporter) -> GenerationResult:
-    """cache → journal → resume or submit → wait → download → save → assemble, one run per distinct inputs at a time."""
-    run = _Run.start(planned.fingerprint, session, report, plan=planned, output_budget=planned.output_budget)
+async def execute(planned: Plan, session: Session, report: ProgressReporter, *, output_budget: int | None = None) -> GenerationResult:
+    """cache → journal → resume or submit → wait → download → save → assemble, one run per distinct inputs at a time.
+    `output_budget`: bytes its outputs may take (its share of a list's; None: `Limits.batch_max_bytes`)."""
+    run = _Run.start(planned.fingerprint, session, report, plan=planned, output_budget=output_budget)
     store = run.store
     waiting = "Waiting for an identical run of these inputs to finish, to share its result instead of paying twice…"
     async with store.exclusive(planned.fingerprint, session.stop, lambda: report(waiting, Phase.SHARING)):
