@@ -18,6 +18,7 @@ const STATES = {
   failed: "failed",
   cancelled: "cancelled",
   unknown: "outcome unknown",
+  dropped: "not submitted",
 };
 
 function el(tag, props = {}, children = []) {
