@@ -290,8 +290,7 @@ async def plan(
 async def would_pay(planned: Plan, session: Session) -> bool:
     """Whether running `planned` would submit a job: no saved result and no journaled request of these inputs (a
     request that turns out to be gone is admitted when it is found to be)."""
-    store = session.store(lambda line: None)  # the run itself reports the store's trouble
-    return await store.cached(planned.fingerprint) is None and await store.journal_entry(planned.fingerprint) is None
+    return not await session.store(lambda line: None).holds(planned.fingerprint)  # the run reports the store's trouble
 
 
 async def execute(planned: Plan, session: Session, report: ProgressReporter, *, output_budget: int | None = None) -> GenerationResult:

@@ -105,6 +105,13 @@ def _service_origin(base_url: str) -> str:
     return f"{scheme}://{host}" + (f":{port}" if port else "")
 
 
+def _quietly(work: Callable[[str], Any], fingerprint: str) -> Any:
+    try:
+        return work(fingerprint)
+    except Exception:  # noqa: BLE001 - a question, never a reason to warn or fail
+        return None
+
+
 @dataclass(frozen=True)
 class JournalEntry:
     fingerprint: str
@@ -417,6 +424,17 @@ class ResumeStore:
             shutil.rmtree(folder, ignore_errors=True)
             count -= 1
             total -= size
+
+    def _holds(self, fingerprint: str) -> bool:
+        if MEMORY.result((self._key, fingerprint)) is not None or self._journal_entry(fingerprint) is not None:
+            return True
+        root = self._results()
+        return root is not None and (root / fingerprint / "meta.json").is_file()
+
+    async def holds(self, fingerprint: str) -> bool:
+        """Whether these inputs have a saved result or a journaled request (read only: nothing is set aside or
+        warned of; a store that cannot be read holds nothing)."""
+        return bool(await asyncio.to_thread(_quietly, self._holds, fingerprint))
 
     async def cached(self, fingerprint: str) -> CachedResult | None:
         meta: dict[str, Any] = {}

@@ -252,7 +252,7 @@ class Spending:
             if self.limits.per_day_usd is not None:
                 await asyncio.to_thread(self.ledger.unkeep, candidates.values())
                 raise SpendingLimitError(_unknown_day(str(trouble), self.limits)) from None
-            warn(f"{trouble}: this run's jobs are recorded in memory only")
+            warn(f"{trouble}: only this ComfyUI counts this run's jobs in today's spending, until it closes")
             reserved = list(candidates.values())
         if damage:
             warn(f"{damage[0]}: today's total leaves those lines out")
@@ -296,7 +296,7 @@ class Spending:
         try:
             await asyncio.to_thread(self.ledger.write, [entry])
         except LedgerUnavailable as trouble:
-            warn(f"{trouble}: kept in memory only, so other ComfyUI processes and the next start do not count this job")
+            warn(f"{trouble}: only this ComfyUI counts this job in today's spending, until it closes")
         except Exception as failure:  # noqa: BLE001 - a paid job goes on whatever the ledger does
             warn(f"the spending ledger could not be updated ({type(failure).__name__})")
 
