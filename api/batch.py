@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 from .client import Price
 from .errors import BatchError, InputError, RunComfyError, StopRequested
-from .pipeline import GenerationResult, Plan, Reference, Session, execute, plan
+from .ledger import Totals
+from .pipeline import GenerationResult, Plan, Reference, Session, execute, plan, would_pay
 from .progress import Phase, Progress, ProgressReporter
 from .schema import EditSequentialRequest
 from .wording import plural
@@ -91,6 +92,7 @@ class Batch:
         await _all(self._plan(member, item) for member, item in zip(self.members, self.items, strict=True))
         leaders = self._link_identical()
         self._share_output_memory(leaders)
+        await self._admit(leaders)
         if self.size > 1:
             self.price = await self.session.price()  # the batch's estimate, before the first submit
             self._changed()
@@ -101,7 +103,7 @@ class Batch:
         failure = self.outcome()
         if failure is not None:
             raise failure
-        self._show(self._with_warning(self.final_line()), 1.0)
+        self._show(self._with_warning(self.final_line(await self.session.spending.today())), 1.0)
         return [member.result for member in self.members]
 
     # --- the steps ------------------------------------------------------------------------------
@@ -155,6 +157,14 @@ class Batch:
         for member in leaders:
             member.output_budget = budget * member.plan.output_bytes // max(1, needed)
 
+    async def _admit(self, leaders: list[Member]) -> None:
+        """The spending limits, before anything is encoded: every distinct item that would submit a job is reserved
+        at once, or the run is refused (`SpendingLimitError`) and nothing is sent. Items collecting paid work
+        (a saved result, a journaled request, an identical run in progress) cost nothing and are never refused."""
+        paying = [member.plan.job for member in leaders if await would_pay(member.plan, self.session)]
+        warn = leaders[0].reporter.warn if leaders else (lambda line: None)
+        await self.session.spending.admit(paying, self.session.usd_per_image, lambda line: warn(line, key="ledger"))
+
     async def _execute(self, member: Member) -> None:
         try:
             member.end(result=await execute(member.plan, self.session, member.reporter, output_budget=member.output_budget))
@@ -205,9 +215,13 @@ class Batch:
         """Images the batch may be charged for: each distinct input once."""
         return sum(m.plan.images_charged for m in self.members if m.plan is not None and m.leader is None)
 
-    def final_line(self) -> str:
+    def final_line(self, today: Totals | None = None) -> str:
+        """What the batch says when every item is done; `today`: the day's spending over every process."""
         if self.size == 1:
-            return done_line(self.members[0].result)
+            return done_line(self.members[0].result, today)
+        return self._batch_done() + (f" (today: {today.line()})" if today is not None and today.jobs else "")
+
+    def _batch_done(self) -> str:
         results = [m.result for m in self.members]
         paid = {r.request_id: r.cost_usd for r in results if r.charged_now}  # only what this run submitted
         reused = sum(1 for r in results if r.reused)
@@ -282,8 +296,8 @@ class Batch:
         )
 
 
-def done_line(result: GenerationResult) -> str:
-    """What a single run says when it is done: images, request, cost, notes, and its warning line."""
+def done_line(result: GenerationResult, today: Totals | None = None) -> str:
+    """What a single run says when it is done: images, request, cost, the day's spending, notes, and its warning line."""
     count = result.images.count
     summary = f"Done: {plural(count, 'image')}, request {result.request_id}"
     if not result.charged_now:
@@ -297,6 +311,8 @@ def done_line(result: GenerationResult) -> str:
         details.append(f"sizes differ: padded onto {width}x{height} in the batch; image_list keeps native sizes")
     if details:
         summary += " (" + "; ".join(details) + ")"
+    if today is not None and today.jobs:
+        summary += f" (today: {today.line()})"
     return "\n".join([summary, *result.warnings])
 
 

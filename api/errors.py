@@ -8,6 +8,7 @@ could hold the request and its headers) as its cause or context.
     RunComfyError
     ├── InputError ............ a value breaks the schema; nothing was sent
     ├── ConfigurationError .... token or base URL missing or unusable; nothing was sent
+    ├── SpendingLimitError .... the run would break a spending limit, or the limit cannot be checked; nothing was sent
     ├── ServiceError .......... the service answered with an error (http_status, error_code)
     │   ├── AuthenticationError
     │   ├── InsufficientBalanceError
@@ -53,6 +54,10 @@ class InputError(RunComfyError):
 
 class ConfigurationError(RunComfyError):
     """The token or base URL is missing or unusable. Nothing was sent."""
+
+
+class SpendingLimitError(RunComfyError):
+    """The run would spend more than a limit allows, or a limit cannot be checked. Nothing was sent."""
 
 
 class ServiceError(RunComfyError):

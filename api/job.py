@@ -309,6 +309,18 @@ class Job:
             return False, ""
         return None, f"RunComfy answered {answer.outcome or 'nothing clear'}"
 
+    async def cancel_queued(self) -> tuple[bool | None, str]:
+        """Cancel the job while it is queued: (True: cancelled, False: it had started, None: unconfirmed) and what
+        that means, in the words the node and the jobs panel both use."""
+        cancelled, detail = await self._cancel_outcome()
+        if cancelled:
+            return True, f"Queued request {self.request_id} was cancelled at RunComfy before it started generating."
+        if cancelled is False:
+            return False, (
+                f"Request {self.request_id} had already started, so RunComfy could not cancel it; it will finish and may still be charged."
+            )
+        return None, f"Cancelling request {self.request_id} is unconfirmed ({detail}); it may still run and be charged."
+
     async def _stopped(self, emit: EventSink) -> StopRequested:
         request_id = self.request_id
         if self.state not in (None, "in_queue"):
@@ -318,16 +330,8 @@ class Job:
                 request_id=request_id,
             )
         emit(JobEvent(None, f"Stop pressed: cancelling queued request {request_id}…", request_id))
-        cancelled, detail = await self._cancel_outcome()
-        if cancelled:
-            message = f"Stopped. Queued request {request_id} was cancelled at RunComfy before it started generating."
-        elif cancelled is False:
-            message = (
-                f"Stopped. Request {request_id} had already started, so RunComfy could not cancel it; "
-                "it will finish and may still be charged."
-            )
-        else:
-            message = f"Stopped, but cancelling request {request_id} is unconfirmed ({detail}); it may still run and be charged."
+        cancelled, said = await self.cancel_queued()
+        message = f"Stopped. {said}" if cancelled is not None else f"Stopped, but {said[0].lower()}{said[1:]}"
         emit(JobEvent(None, message, request_id))
         return StopRequested(message, request_id=request_id, cancelled=bool(cancelled))
 

@@ -47,7 +47,8 @@ from .errors import (
     RunComfyError,
     StopRequested,
 )
-from .job import DEFAULT_DEADLINE_S, Job, JobResult, PollSchedule, UploadTracker, check_request_id, submit_watching
+from .job import DEFAULT_DEADLINE_S, Job, JobEvent, JobResult, PollSchedule, UploadTracker, check_request_id, submit_watching
+from .ledger import Ledger, LedgerEntry
 from .progress import Phase, ProgressReporter, ProgressSink
 from .references import (
     REFERENCE_FORMATS,
@@ -61,6 +62,7 @@ from .references import (
 from .resume import UNKNOWN_OUTCOME_HOLD_S, CachedResult, ResumeStore, collection_fingerprint, request_fingerprint
 from .schema import MAX_IMAGES_LIMIT, MODEL_ID, EditSequentialRequest, check_choice
 from .shared import LOOP_STATE
+from .spending import JobPlan, Spending, SpendingLimits
 from .stop import Latch, StopCheck, never_stop, stoppable
 from .threads import map_in_threads
 
@@ -81,6 +83,7 @@ class Timing:
     download_read_timeout_s: float = DOWNLOAD_READ_TIMEOUT_S
     download_deadline_s: float = DOWNLOAD_DEADLINE_S
     price_wait_s: float = 0.5  # how long the submit may wait for the catalog price; then it goes without an estimate
+    limit_price_wait_s: float = 20.0  # how long a run under a spending limit waits for the price (a limit needs one)
     status_interval_s: float = STATUS_INTERVAL_S  # the least time between two status polls of this process
 
 
@@ -120,6 +123,7 @@ class Session:
     stop: Latch
     timing: Timing
     limits: Limits
+    spending: Spending
     state_dir: Path | None = None
     after_submit: Callable[[], None] = lambda: None  # once RunComfy holds the references and their copies are freed
     _price: asyncio.Future | None = field(default=None, repr=False)
@@ -136,10 +140,15 @@ class Session:
         limits: Limits | None = None,
         state_dir: Path | None = None,
         after_submit: Callable[[], None] = lambda: None,
+        spending_limits: SpendingLimits | None = None,
+        node_id: str | None = None,
+        prompt_id: str | None = None,
     ) -> AsyncIterator[Session]:
         credentials = credentials or resolve_credentials()
         base_url = base_url or resolve_base_url()
         timing = timing or Timing()
+        limits_of_spending = spending_limits or SpendingLimits.resolve()  # the environment's, when set
+        spending = Spending(limits_of_spending, Ledger(state_dir), service=base_url.rstrip("/"), node_id=node_id, prompt_id=prompt_id)
         client = RunComfyClient(
             credentials,
             base_url,
@@ -148,21 +157,33 @@ class Session:
             timeouts=timing.timeouts,
             status_interval_s=timing.status_interval_s,
         )
-        session = cls(credentials, base_url, client, Latch(should_stop), timing, limits or Limits(), state_dir, after_submit)
+        session = cls(credentials, base_url, client, Latch(should_stop), timing, limits or Limits(), spending, state_dir, after_submit)
         try:
             yield session
         finally:
             if session._price is not None:
                 session._price.cancel()
             await client.aclose()
+            await spending.close(lambda line: log.warning("RunComfy Seedream: %s", line))
 
-    async def price(self) -> Price | None:
-        """The catalog price if it is known within `Timing.price_wait_s`, else None (the lookup goes on)."""
+    async def price(self, *, wait_s: float | None = None) -> Price | None:
+        """The catalog price if it is known within `wait_s` (default `Timing.price_wait_s`), else None (the lookup
+        goes on)."""
         if self._price is None:
             self._price = asyncio.ensure_future(self.client.price())
-        await asyncio.wait({self._price}, timeout=self.timing.price_wait_s)
+        await asyncio.wait({self._price}, timeout=self.timing.price_wait_s if wait_s is None else wait_s)
         done = self._price.done() and not self._price.cancelled() and self._price.exception() is None
         return self._price.result() if done else None
+
+    async def usd_per_image(self) -> float | None:
+        """The price per image for the spending gate: under a limit, waited for up to `Timing.limit_price_wait_s`."""
+        price = await self.price(wait_s=self.timing.limit_price_wait_s if self.spending.limits.any else None)
+        return price.usd_per_image if price is not None else None
+
+    def store(self, warn: Callable[[str], None]) -> ResumeStore:
+        """The resume store of the session's folder, within the cache bounds."""
+        limits = self.limits
+        return ResumeStore(self.state_dir, warn=warn, max_entries=limits.cache_max_entries, max_bytes=limits.cache_max_bytes)
 
 
 @dataclass
@@ -178,6 +199,11 @@ class Plan:
     @property
     def images_charged(self) -> int:
         return self.request.max_images_sent
+
+    @property
+    def job(self) -> JobPlan:
+        """What its job would be, for the spending gate and the ledger."""
+        return JobPlan(self.fingerprint, self.images_charged, self.request.prompt)
 
     @property
     def output_bytes(self) -> int:
@@ -205,15 +231,12 @@ class _Run:
         cls, fingerprint: str, session: Session, report: ProgressReporter, *, plan: Plan | None = None, output_budget: int | None = None
     ) -> _Run:
         """The run with its store (the session's folder, within the cache bounds) and its view of the session's pool."""
-        limits = session.limits
-        store = ResumeStore(
-            session.state_dir,
-            warn=lambda line: report.warn(line, key="resume store"),
-            max_entries=limits.cache_max_entries,
-            max_bytes=limits.cache_max_bytes,
-        )
+        store = session.store(lambda line: report.warn(line, key="resume store"))
         notes = list(plan.notes) if plan is not None else []
         return cls(fingerprint, session, report, store, session.client.sharing_pool(on_retry=report), plan, output_budget, notes)
+
+    def warn_ledger(self, line: str) -> None:
+        self.report.warn(line, key="ledger")
 
     @property
     def most_images(self) -> int:
@@ -264,6 +287,12 @@ async def plan(
     return Plan(request, prepared, reference_format, fingerprint, notes)
 
 
+async def would_pay(planned: Plan, session: Session) -> bool:
+    """Whether running `planned` would submit a job: no saved result and no journaled request of these inputs (a
+    request that turns out to be gone is admitted when it is found to be)."""
+    return not await session.store(lambda line: None).holds(planned.fingerprint)  # the run reports the store's trouble
+
+
 async def execute(planned: Plan, session: Session, report: ProgressReporter, *, output_budget: int | None = None) -> GenerationResult:
     """cache → journal → resume or submit → wait → download → save → assemble, one run per distinct inputs at a time.
     `output_budget`: bytes its outputs may take (its share of a list's; None: `Limits.batch_max_bytes`)."""
@@ -301,6 +330,7 @@ async def collect(request_id: str, session: Session, report: ProgressReporter, *
         if saved is not None:
             return saved
         result = _at_most_asked(run, await _collected(run, request_id))
+        await _settled(run, result.request_id, "done", images=len(result.urls), cost_usd=result.cost_usd)  # if it is ours
         files = await _download(run, result)
         await run.store.store_result(fingerprint, CachedResult(result.request_id, result.urls, result.cost_usd, files))
         return dataclasses.replace(await _deliver(run, result, files), resumed=True)
@@ -420,15 +450,24 @@ async def _prepare(references: Sequence[Reference], stop: StopCheck, report: Pro
 
 
 async def _submit(run: _Run) -> Job:
-    """The estimate, then within an upload slot: encode the references and submit once."""
-    request = run.plan.request
+    """The estimate and the spending gate (a reservation within the limits, or nothing is sent), then within an
+    upload slot: encode the references and submit once."""
+    request, spending = run.plan.request, run.session.spending
     price = await run.session.price()
     if price is not None:
         run.report.pin(price.estimate(request.max_images_sent), key="cost")
-    async with _upload_turn(run):
-        encoded = await _encode(run, run.plan.references)
-        run.plan.references = []  # the clean pixels are not needed any more
-        return await _send(run, request.with_references([e.uri for e in encoded]), _uploading_message(run, encoded))
+    entry = await spending.ticket(run.plan.job, run.session.usd_per_image, run.warn_ledger)
+    sending = False
+    try:
+        async with _upload_turn(run):
+            encoded = await _encode(run, run.plan.references)
+            run.plan.references = []  # the clean pixels are not needed any more
+            sending = True
+            return await _send(run, entry, request.with_references([e.uri for e in encoded]), _uploading_message(run, encoded))
+    except BaseException:
+        if not sending:  # stopped or failed before anything was sent: the reservation was never used
+            await spending.dropped(entry, run.warn_ledger)
+        raise
 
 
 async def _encode(run: _Run, prepared: list[PreparedReference]) -> list[EncodedReference]:
@@ -461,7 +500,7 @@ def _uploading_message(run: _Run, encoded: list[EncodedReference]) -> str:
     return f"Submitting the job to RunComfy: uploading {count}, {size:.1f} MB…"
 
 
-async def _send(run: _Run, sendable: EditSequentialRequest, message: str) -> Job:
+async def _send(run: _Run, entry: LedgerEntry, sendable: EditSequentialRequest, message: str) -> Job:
     """Submit once.
 
     Just before the body's last piece is handed over, the inputs are journaled as "outcome unknown": a process
@@ -486,13 +525,23 @@ async def _send(run: _Run, sendable: EditSequentialRequest, message: str) -> Job
         )
     except OutcomeUnknownError:
         await run.store.record_unknown_outcome(run.fingerprint)
+        await run.session.spending.outcome_unknown(entry, run.warn_ledger)
         raise
-    except RunComfyError:
+    except RunComfyError as refused:
         if unanswered:  # RunComfy answered, or the upload broke off: no job exists
             await run.store.forget(run.fingerprint)
+        await run.session.spending.dropped(entry, run.warn_ledger, f"not submitted: {type(refused).__name__}")
+        raise
+    except asyncio.CancelledError:  # ComfyUI ended the prompt mid-submit
+        await (
+            run.session.spending.outcome_unknown(entry, run.warn_ledger)
+            if unanswered
+            else run.session.spending.dropped(entry, run.warn_ledger)
+        )
         raise
     del sendable  # the service has the references: the encoded copies are freed while we wait
     await run.store.record_submitted(run.fingerprint, job.request_id)
+    await run.session.spending.submitted(entry, job.request_id, run.warn_ledger)
     try:
         run.session.after_submit()
     except Exception as exc:  # noqa: BLE001 - a caller's hook cannot end a paid job
@@ -503,30 +552,49 @@ async def _send(run: _Run, sendable: EditSequentialRequest, message: str) -> Job
 async def _wait(run: _Run, job: Job, *, leave_running: bool = False) -> JobResult:
     """Wait for a job with the run's Stop, deadline and poll schedule (`leave_running`: never cancel it)."""
     timing = run.session.timing
+
+    def heard(event: JobEvent) -> None:
+        run.report.job_event(event)
+        run.session.spending.heard(event, run.warn_ledger)
+
     return await job.wait(
         deadline_s=timing.deadline_s,
         should_stop=run.session.stop,
-        on_event=run.report.job_event,
+        on_event=heard,
         poll_schedule=timing.poll_schedule(),
         leave_running=leave_running,
     )
 
 
 async def _settle(run: _Run, job: Job) -> JobResult:
-    """Wait for a job, keeping the journal right: a job that ended without results is forgotten."""
+    """Wait for a job, keeping the journal and the ledger right: a job that ended without results is forgotten."""
     try:
-        return await _wait(run, job)
-    except (JobFailedError, JobCancelledError):
+        result = await _wait(run, job)
+    except JobFailedError as failed:
         await run.store.forget(run.fingerprint)
+        await _settled(run, job.request_id, "failed", detail=failed.reason or str(failed))
+        raise
+    except JobCancelledError:
+        await run.store.forget(run.fingerprint)
+        await _settled(run, job.request_id, "cancelled")
         raise
     except (DeadlineExceededError, StopRequested) as ended:
         if ended.cancelled:  # the queued job was cancelled: nothing is left to collect
             await run.store.forget(run.fingerprint)
+            await _settled(run, job.request_id, "cancelled")
         raise
     except asyncio.CancelledError:  # ComfyUI ended the prompt; the job cancelled its queued request on the way out
         if job.state == "cancelled":
             await run.store.forget(run.fingerprint)
+            await _settled(run, job.request_id, "cancelled")
         raise
+    await _settled(run, result.request_id, "done", images=min(len(result.urls), run.most_images), cost_usd=result.cost_usd)
+    return result
+
+
+async def _settled(run: _Run, request_id: str, status: str, **what) -> None:
+    """The ledger learns what became of a job; nothing it does can end the run."""
+    await run.session.spending.settled(request_id, status, run.warn_ledger, **what)
 
 
 async def _resume(run: _Run, request_id: str) -> JobResult | None:

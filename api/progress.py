@@ -82,7 +82,8 @@ class ProgressReporter:
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        return ("Warning: " + "; ".join(self._warning_parts.values()),) if self._warning_parts else ()
+        parts = sorted(self._warning_parts.items(), key=lambda part: part[0] == "ledger")  # paid work's trouble first
+        return ("Warning: " + "; ".join(part for _, part in parts),) if parts else ()
 
     def pin(self, line: str, *, key: str) -> None:
         """Keep `line` under every later message."""

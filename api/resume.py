@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import json
 import math
@@ -45,7 +44,7 @@ from urllib.parse import urlsplit
 from .client import cost_or_none
 from .config import DEFAULT_CACHE_BYTES, MAX_CACHED_RESULTS
 from .errors import StopRequested
-from .files import MAX_RESULT_FILE_BYTES, read_json, read_regular_file, write_atomically
+from .files import MAX_RESULT_FILE_BYTES, FileLock, read_json, read_regular_file, write_atomically
 from .shared import MEMORY
 from .stop import StopCheck
 
@@ -104,6 +103,13 @@ def _service_origin(base_url: str) -> str:
     port = parts.port if parts.port not in (None, {"https": 443, "http": 80}.get(scheme)) else None
     host = f"[{host}]" if ":" in host else host
     return f"{scheme}://{host}" + (f":{port}" if port else "")
+
+
+def _quietly(work: Callable[[str], Any], fingerprint: str) -> Any:
+    try:
+        return work(fingerprint)
+    except Exception:  # noqa: BLE001 - a question, never a reason to warn or fail
+        return None
 
 
 @dataclass(frozen=True)
@@ -200,7 +206,7 @@ class ResumeStore:
     async def exclusive(self, fingerprint: str, should_stop: StopCheck, on_wait: Callable[[], None]) -> AsyncIterator[None]:
         """Hold the lock of `fingerprint` for the whole run; `on_wait()` once if another run holds it."""
         process_lock = MEMORY.lock((self._key, fingerprint))
-        file_lock: _FileLock | None = None
+        file_lock: FileLock | None = None
         waited = False
         try:
             while True:
@@ -223,15 +229,15 @@ class ResumeStore:
                 file_lock.release()
                 process_lock.release()
 
-    def _try_file_lock(self, fingerprint: str) -> _FileLock | None:
+    def _try_file_lock(self, fingerprint: str) -> FileLock | None:
         """The lock (a no-op one when the folder cannot hold locks), or None while another process holds it."""
         if self.directory is None or fcntl is None:
-            return _FileLock(None, None)
+            return FileLock(None, None)
         try:
-            return _FileLock.try_acquire(self.directory / LOCKS_DIR / f"{fingerprint}.lock")
+            return FileLock.try_acquire(self.directory / LOCKS_DIR / f"{fingerprint}.lock")
         except OSError as error:
             self._trouble("take the lock that keeps another ComfyUI from paying for the same inputs", error)
-            return _FileLock(None, None)
+            return FileLock(None, None)
 
     # --- the journal -------------------------------------------------------------------------
 
@@ -266,7 +272,7 @@ class ResumeStore:
             if entry is not None:
                 MEMORY.journal[key] = entry
             return
-        with _FileLock.hold(self.directory / LOCKS_DIR / "journal.lock", timeout_s=JOURNAL_LOCK_WAIT_S):
+        with FileLock.hold(self.directory / LOCKS_DIR / "journal.lock", timeout_s=JOURNAL_LOCK_WAIT_S):
             now = time.time()
             live = {fp: raw for fp, raw in self._read_journal().items() if _entry_from(fp, raw, now) is not None}
             live.pop(fingerprint, None)
@@ -419,6 +425,17 @@ class ResumeStore:
             count -= 1
             total -= size
 
+    def _holds(self, fingerprint: str) -> bool:
+        if MEMORY.result((self._key, fingerprint)) is not None or self._journal_entry(fingerprint) is not None:
+            return True
+        root = self._results()
+        return root is not None and (root / fingerprint / "meta.json").is_file()
+
+    async def holds(self, fingerprint: str) -> bool:
+        """Whether these inputs have a saved result or a journaled request (read only: nothing is set aside or
+        warned of; a store that cannot be read holds nothing)."""
+        return bool(await asyncio.to_thread(_quietly, self._holds, fingerprint))
+
     async def cached(self, fingerprint: str) -> CachedResult | None:
         meta: dict[str, Any] = {}
         return await self._tolerant(
@@ -437,62 +454,3 @@ class ResumeStore:
 
     async def drop_result(self, fingerprint: str) -> None:
         await self._tolerant("set a damaged saved result aside", lambda: self._drop_result(fingerprint))
-
-
-class _FileLock:
-    """An exclusive `flock` on a lock file that is removed on release.
-
-    After locking, the path must still name the locked file: otherwise a releasing holder
-    removed it in between, and the lock is taken again on the new file.
-    """
-
-    def __init__(self, path: Path | None, fd: int | None) -> None:
-        self.path = path
-        self.fd = fd
-
-    @classmethod
-    def try_acquire(cls, path: Path) -> _FileLock | None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return None
-            except BaseException:
-                os.close(fd)
-                raise
-            try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                return cls(path, fd)
-            os.close(fd)
-
-    @classmethod
-    @contextlib.contextmanager
-    def hold(cls, path: Path, *, timeout_s: float):
-        """Wait (in a worker thread) up to `timeout_s` for the lock, else TimeoutError; a no-op where file
-        locks do not exist. Bounded, so a suspended process holding it cannot hang a run."""
-        lock = cls(None, None)
-        if fcntl is not None:
-            give_up = time.monotonic() + timeout_s
-            while (found := cls.try_acquire(path)) is None:
-                if time.monotonic() > give_up:
-                    raise TimeoutError(errno.ETIMEDOUT, "another process keeps the journal locked")
-                time.sleep(0.02)
-            lock = found
-        try:
-            yield lock
-        finally:
-            lock.release()
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)  # still ours: nobody can hold it, and later lockers re-check the path
-        os.close(self.fd)  # closing releases the flock
-        self.fd = None

@@ -4,8 +4,8 @@
   polls of every job in flight together, and one backoff for all submits after a 429), the upload slots,
   and the catalog price lookups in flight.
 - `PRICES`: the catalog price of each service for an hour, and when a lookup last failed.
-- `MEMORY`: what the user folder refused to keep (resume records and a few results, which end with the
-  process), and the run locks that keep identical inputs from being paid for twice at once.
+- `MEMORY`: what the user folder refused to keep (resume records, ledger entries and a few results, which end
+  with the process), the catalog prices last seen, and the run locks that keep identical inputs from being paid for twice at once.
 - `ENCODED`: the latest encoded references, so a re-run with the same references uploads at once.
 
 Nothing here is keyed by or holds the token. `reset_all()` empties every place (tests use it).
@@ -119,6 +119,9 @@ class MemoryRecords:
         self._results: dict[tuple[str, str], Any] = {}  # (folder, fingerprint) -> a result the disk refused
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
+        self.ledger: dict[str, dict[str, Any]] = {}  # folder -> ledger entries the disk refused (or no folder's)
+        self.last_prices: dict[str, tuple[float, float]] = {}  # service -> (catalog price, when it was seen)
+        self.live: dict[str, tuple[str, int | None]] = {}  # request id -> (queued/generating, queue position) of jobs in flight
 
     def lock(self, key: tuple[str, str]) -> threading.Lock:
         """The lock of one fingerprint in one folder, for every thread and task of the process."""
@@ -140,6 +143,9 @@ class MemoryRecords:
     def reset(self) -> None:
         self.journal.clear()
         self._results.clear()
+        self.ledger.clear()
+        self.last_prices.clear()
+        self.live.clear()
         with self._guard:
             self._locks.clear()
 

@@ -120,6 +120,18 @@ def state_directory() -> Path:
     return default_state_dir()
 
 
+def spending_file() -> Path:
+    """Where the spending limits set in ComfyUI's settings are kept."""
+    return state_directory() / "spending_limits.json"
+
+
+def prompt_id() -> str | None:
+    """The id of the prompt ComfyUI is executing, for the ledger; None outside ComfyUI."""
+    server = _module("server")
+    value = getattr(getattr(getattr(server, "PromptServer", None), "instance", None), "last_prompt_id", None)
+    return value if isinstance(value, str) else None
+
+
 def token_file() -> Path:
     """Where a token entered in ComfyUI's settings dialog is kept (owner-only)."""
     return state_directory() / "secrets" / "api_token.json"

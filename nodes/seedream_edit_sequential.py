@@ -21,6 +21,7 @@ from ..api.schema import (
     SEQUENTIAL_MODES,
     EditSequentialRequest,
 )
+from ..api.spending import SpendingLimits
 from . import comfy_bridge
 from .tensors import output_tensors, reference_frames
 
@@ -172,7 +173,7 @@ NodeWork = Callable[[dict[str, list], Session, LineSink], Awaitable[list[Generat
 
 async def run_in_comfy(node: Any, inputs: dict[str, Any], work: NodeWork) -> tuple[list, list, list, list]:
     """What each of the pack's RunComfy nodes does around its `work(values, session, show)`, as ComfyUI calls it:
-    every input a list, an unknown input refused, the token first (a clear error, no work), ComfyUI's progress
+    every input a list, an unknown input refused, the token and spending limits first (a clear error, no work), ComfyUI's progress
     text, bar and Stop (which latches in the Session), and the outputs as lists."""
     values = list_values(inputs)
     node_id = next((str(v) for v in values.pop("unique_id", []) if v is not None), None)
@@ -182,6 +183,7 @@ async def run_in_comfy(node: Any, inputs: dict[str, Any], work: NodeWork) -> tup
         raise InputError(unknown[0], "is not an input of this node.")
     credentials = resolve_credentials(settings_file=comfy_bridge.token_file())  # first: a clear error, no work
     base_url = resolve_base_url()
+    spending_limits = SpendingLimits.resolve(comfy_bridge.spending_file())
     comfy_bridge.quiet_status_polls(base_url)
     bar = comfy_bridge.ProgressBar(PROGRESS_STEPS, node_id)
 
@@ -197,6 +199,9 @@ async def run_in_comfy(node: Any, inputs: dict[str, Any], work: NodeWork) -> tup
         limits=node.limits or Limits.from_env(),
         state_dir=comfy_bridge.state_directory(),
         after_submit=comfy_bridge.release_free_memory,
+        spending_limits=spending_limits,
+        node_id=node_id,
+        prompt_id=comfy_bridge.prompt_id(),
     ) as session:
         try:
             results = await work(values, session, show)

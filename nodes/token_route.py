@@ -137,27 +137,33 @@ async def check_with_service(token: str, base_url: str) -> tuple[bool, str]:
         await client.aclose()
 
 
+def refusal(request: Any) -> Any:
+    """403 for a request another site could have made; None when it may be answered (every route of the pack)."""
+    from aiohttp import web
+
+    host = request.headers.get("Host")
+    if not reachable_host(host):
+        shown = host_name(host or "")[:80]
+        return web.json_response(
+            {
+                "ok": False,
+                "error": f"The RunComfy settings and jobs panel only answer when ComfyUI is opened at localhost or an IP "
+                f"address, and this page was opened as {shown!r}. If that is how you reach this ComfyUI, add the name to the "
+                f"environment variable {ALLOWED_HOSTS_ENV} (comma-separated names, e.g. {ALLOWED_HOSTS_ENV}={shown}) and restart ComfyUI.",
+            },
+            status=403,
+        )
+    if not same_origin(request.headers, host, request.scheme):
+        return web.json_response({"ok": False, "error": "Cross-site requests are not accepted."}, status=403)
+    return None
+
+
 def register(routes: Any, token_path: Callable[[], Path]) -> None:
     """Add the route to ComfyUI's aiohttp route table (PromptServer.instance.routes)."""
     from aiohttp import web
 
     def refuse(status: int, message: str) -> web.Response:
         return web.json_response({"ok": False, "error": message}, status=status)
-
-    def refusal(request: web.Request) -> web.Response | None:
-        """403 for a request another site could have made; None when it may be answered."""
-        host = request.headers.get("Host")
-        if not reachable_host(host):
-            shown = host_name(host or "")[:80]
-            return refuse(
-                403,
-                f"The RunComfy token setting only answers when ComfyUI is opened at localhost or an IP address, and this "
-                f"page was opened as {shown!r}. If that is how you reach this ComfyUI, add the name to the environment "
-                f"variable {ALLOWED_HOSTS_ENV} (comma-separated names, e.g. {ALLOWED_HOSTS_ENV}={shown}) and restart ComfyUI.",
-            )
-        if not same_origin(request.headers, host, request.scheme):
-            return refuse(403, "Cross-site requests are not accepted.")
-        return None
 
     @routes.get(ROUTE)
     async def get_token_status(request: web.Request) -> web.Response:
@@ -208,9 +214,10 @@ def registered_by(routes: Any) -> str | None:
     return None
 
 
-def register_with_comfyui(token_path: Callable[[], Path]) -> bool:
-    """Register on PromptServer.instance.routes when running inside ComfyUI; quietly skip otherwise.
-    Once per process: a second copy of the pack leaves the first one's route in place and says so."""
+def register_with_comfyui(token_path: Callable[[], Path], *more: Callable[[Any], None]) -> bool:
+    """Register on PromptServer.instance.routes when running inside ComfyUI; quietly skip otherwise. `more`: the
+    pack's other routes, each `register(routes)`, put in with the token route. Once per process: a second copy of
+    the pack leaves the first one's routes in place and says so."""
     server = sys.modules.get("server")  # ComfyUI's, loaded before any pack; never imported from here
     try:
         routes = server.PromptServer.instance.routes
@@ -220,9 +227,11 @@ def register_with_comfyui(token_path: Callable[[], Path]) -> bool:
         owner = registered_by(routes)
         if owner is None:
             register(routes, token_path)
+            for register_more in more:
+                register_more(routes)
             return True
     except Exception as failure:  # noqa: BLE001 - a pack must never stop ComfyUI; the node works without the route
-        log.warning("RunComfy Seedream: the API token setting is unavailable (%s: %s)", type(failure).__name__, failure)
+        log.warning("RunComfy Seedream: the settings and jobs panel are unavailable (%s: %s)", type(failure).__name__, failure)
         return False
     log.warning(
         "RunComfy Seedream: %s is already served by another copy of this pack (%s); this copy (%s) uses it. "

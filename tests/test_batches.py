@@ -50,7 +50,7 @@ def test_a_list_with_duplicates_pays_once_per_distinct_input_answers_every_item_
     estimate = "estimated cost up to $0.72"  # 8 distinct inputs x 3 images x $0.03: duplicates are not counted twice
     assert all(estimate in line for line in lines[:-1] if "queued at RunComfy" in line or "uploading" in line)
     assert any("waiting to upload" in line for line in lines)
-    assert lines[-1] == "Batch of 24 done: 8 jobs, cost $0.72"
+    assert lines[-1] == "Batch of 24 done: 8 jobs, cost $0.72 (today: $0.72 over 8 jobs)"
     first_of = {}
     for item, output in zip(order, outputs, strict=True):  # identical items share one decoded result, not copies
         assert output[0].data_ptr() == first_of.setdefault(item, output[0].data_ptr())

@@ -46,7 +46,7 @@ def test_a_list_that_fits_runs_and_its_rerun_collects_within_the_same_budget(fak
     assert isinstance(first, list) and fake.submits == 2
     again = run_list(items(2), limits=budget)  # the saved results: the same outputs, the same check
     assert isinstance(again, list) and fake.submits == 2
-    assert comfy.progress_texts()[-1] == "Batch of 2 done: every item reused saved images (nothing charged now)"
+    assert comfy.progress_texts()[-1] == "Batch of 2 done: every item reused saved images (nothing charged now) (today: $0.18 over 2 jobs)"
     identical = run_list(items(1) * 3, limits=budget)  # three identical items are one job, one set of outputs
     assert isinstance(identical, list) and fake.submits == 2
 
@@ -66,11 +66,14 @@ def test_a_job_collected_again_says_what_it_cost_when_it_ran_and_that_nothing_is
 def test_a_list_collected_again_counts_no_new_job_in_its_total(fake, comfy, tmp_path):
     fake.behaviour.price_per_image_usd = 0.02
     run_list(items(2))
-    assert comfy.progress_texts()[-1] == "Batch of 2 done: 2 jobs, cost $0.12"
+    assert comfy.progress_texts()[-1] == "Batch of 2 done: 2 jobs, cost $0.12 (today: $0.12 over 2 jobs)"
     shutil.rmtree(state_dir(tmp_path) / "results")
     again = run_list(items(2))
     assert isinstance(again, list) and fake.submits == 2
-    assert comfy.progress_texts()[-1] == "Batch of 2 done: no new job; 2 jobs paid for by an earlier run collected (nothing charged now)"
+    assert (
+        comfy.progress_texts()[-1]
+        == "Batch of 2 done: no new job; 2 jobs paid for by an earlier run collected (nothing charged now) (today: $0.12 over 2 jobs)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -99,7 +99,7 @@ def test_a_batch_runs_each_distinct_item_once_and_reports_one_line(fake, tmp_pat
 
     results = asyncio.run(batch())
     assert fake.submits == 2 and results[0] is results[2] and results[1] is not results[0]
-    assert lines[-1] == ("Batch of 3 done: 2 jobs, cost $0.08", 1.0)
+    assert lines[-1] == ("Batch of 3 done: 2 jobs, cost $0.08 (today: $0.08 over 2 jobs)", 1.0)
     assert any("estimated cost up to $0.08" in text for text, _ in lines)  # 2 distinct items x 2 images x $0.02
     assert all(text.startswith("Batch of 3") for text, _ in lines)
 

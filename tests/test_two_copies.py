@@ -66,6 +66,8 @@ def test_two_copies_register_the_token_route_once_and_comfyui_starts(fake, route
 
     ours = [(route.method, route.path) for route in routes if getattr(route, "path", None) == ROUTE]
     assert sorted(ours) == [("DELETE", ROUTE), ("GET", ROUTE), ("POST", ROUTE)]
+    panel = [(route.method, route.path) for route in routes if getattr(route, "path", "").startswith("/runcomfy/seedream/jobs")]
+    assert len(panel) == len(set(panel)) == 3  # the jobs panel's routes, once
     status, answer = serve_get(routes)  # raised "method HEAD is already registered" before
     assert status == 200 and answer["ok"] is True and answer["source"] == "env"
 

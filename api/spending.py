@@ -1,0 +1,376 @@
+"""Spending limits, and the gate every submit passes: no job is submitted without a reservation within them.
+
+    limits = SpendingLimits.resolve(saved_file)        # RUNCOMFY_SEEDREAM_MAX_USD_PER_RUN / _PER_DAY win when set
+    spending = Spending(limits, Ledger(state_dir), service=…, node_id=…, prompt_id=…)
+    await spending.admit(jobs, price, warn)             # a list: every distinct item that would pay, all or none
+    entry = await spending.ticket(job, price, warn)     # just before encoding: its reservation, or one made now
+    await spending.submitted(entry, request_id, warn)   # or .outcome_unknown(entry, …), .dropped(entry, …)
+    await spending.settled(request_id, status, …)       # done, failed, cancelled: what it cost
+    await spending.close(warn)                          # reservations never used are dropped
+
+"Per run" is one execution (one `pipeline.Session`): a single job or a whole list. "Per day" is today's local
+calendar day over every process sharing the user folder: what finished jobs cost, the estimates of those that
+may still run or be charged, the live reservations of other runs, and this run's estimate. The daily check and
+the reservation happen under the ledger's lock, so two processes racing under the limit cannot both spend the
+same headroom. An estimate is the catalog price × `max_images` of each distinct item, once.
+
+Decisions:
+- A price that cannot be looked up, with a limit set: the last catalog price seen within 24 hours; with none, the
+  run is refused. A limit that cannot be checked is not a limit.
+- A daily limit and a ledger that cannot be fully read or written: new jobs are refused, and the message says
+  how to repair it (collecting paid work is unaffected). Without a daily limit: one warning line, the run goes on.
+- Collecting paid work (a resumed request, a saved result, an identical run in progress) passes no gate: it is
+  never refused. An item found to need a job only later (its earlier request expired) is admitted then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigurationError, SpendingLimitError
+from .files import read_json, write_atomically
+from .ledger import (
+    FINAL,
+    IN_FLIGHT,
+    RANK,
+    Ledger,
+    LedgerEntry,
+    LedgerUnavailable,
+    LedgerView,
+    Totals,
+    last_price,
+    remember_price,
+    run_alive,
+    today_totals,
+)
+from .shared import MEMORY
+from .wording import plural
+
+if TYPE_CHECKING:
+    from .job import JobEvent
+
+PER_RUN_ENV = "RUNCOMFY_SEEDREAM_MAX_USD_PER_RUN"
+PER_DAY_ENV = "RUNCOMFY_SEEDREAM_MAX_USD_PER_DAY"
+SETTING = "Settings → RunComfy → Spending limit"
+LAST_PRICE_MAX_AGE_S = 24 * 3600.0
+MAX_LIMIT_USD = 1_000_000.0
+NOTHING_SENT = "Nothing was sent."
+
+Warn = Callable[[str], None]
+PriceLookup = Callable[[], Awaitable[float | None]]  # the catalog price per image, or None when it cannot be had
+
+
+def limit_value(name: str, value: Any) -> float | None:
+    """A limit in USD (None or "": no limit); ValueError naming `name` when it is not an amount from 0 up."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        amount = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        amount = math.nan
+    if isinstance(value, bool) or not math.isfinite(amount) or not 0 <= amount <= MAX_LIMIT_USD:
+        raise ValueError(
+            f"{name} must be an amount in US dollars from 0 to {MAX_LIMIT_USD:,.0f} (empty: no limit), not {str(value)[:40]!r}"
+        )
+    return amount
+
+
+@dataclass(frozen=True)
+class SpendingLimits:
+    """The most one run and one day may spend, in USD; None: no limit. `sources` says where each came from."""
+
+    per_run_usd: float | None = None
+    per_day_usd: float | None = None
+    sources: Mapping[str, str] = field(default_factory=dict)  # "per_run_usd"/"per_day_usd" -> SETTING or an env name
+
+    @property
+    def any(self) -> bool:
+        return self.per_run_usd is not None or self.per_day_usd is not None
+
+    @classmethod
+    def resolve(cls, saved_file: Path | None = None, env: Mapping[str, str] | None = None) -> SpendingLimits:
+        """The environment's limits where set, else the saved setting's. A malformed variable is a
+        `ConfigurationError` naming it (nothing is sent); a damaged settings file counts as no setting."""
+        env = os.environ if env is None else env
+        saved = read_saved(saved_file)
+        values: dict[str, float | None] = {}
+        sources: dict[str, str] = {}
+        for key, variable in (("per_run_usd", PER_RUN_ENV), ("per_day_usd", PER_DAY_ENV)):
+            if (env.get(variable) or "").strip():
+                try:
+                    values[key] = limit_value(variable, env[variable])
+                except ValueError as bad:
+                    raise ConfigurationError(f"{bad}. Fix or unset the environment variable and restart ComfyUI. {NOTHING_SENT}") from None
+                sources[key] = variable
+            elif saved.get(key) is not None:
+                values[key], sources[key] = saved[key], SETTING
+        return cls(values.get("per_run_usd"), values.get("per_day_usd"), sources)
+
+    def where(self, key: str) -> str:
+        source = self.sources.get(key, SETTING)
+        variable = PER_RUN_ENV if key == "per_run_usd" else PER_DAY_ENV
+        if source == SETTING:
+            return f"{SETTING}, or {variable}"
+        return f"set by {source}, which wins over {SETTING}"
+
+
+def read_saved(path: Path | None) -> dict[str, float | None]:
+    """The limits saved from ComfyUI's settings; a missing or damaged file holds none."""
+    raw = read_json(path) if path is not None else None
+    saved: dict[str, float | None] = {}
+    for key in ("per_run_usd", "per_day_usd"):
+        try:
+            saved[key] = limit_value(key, raw.get(key)) if isinstance(raw, dict) else None
+        except ValueError:
+            saved[key] = None
+    return saved
+
+
+def save_limits(path: Path, per_run_usd: float | None, per_day_usd: float | None) -> None:
+    write_atomically(path, json.dumps({"per_run_usd": per_run_usd, "per_day_usd": per_day_usd}).encode())
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What a job would be, for its estimate and its ledger entry."""
+
+    fingerprint: str
+    max_images: int
+    prompt: str
+
+
+def describe(jobs: Sequence[JobPlan], usd_per_image: float) -> str:
+    """'$4.50 (10 jobs × up to 15 images × $0.030)', or '… (3 jobs, up to 9 images in all × $0.030)'."""
+    images = sum(job.max_images for job in jobs)
+    usd = images * usd_per_image
+    if len({job.max_images for job in jobs}) == 1:
+        each = jobs[0].max_images
+        how = f"{plural(len(jobs), 'job')} × up to {plural(each, 'image')} × ${usd_per_image:.3f}"
+    else:
+        how = f"{plural(len(jobs), 'job')}, up to {images} images in all × ${usd_per_image:.3f}"
+    return f"${usd:.2f} ({how})"
+
+
+def over_per_run(limits: SpendingLimits, already_usd: float, jobs: Sequence[JobPlan], usd_per_image: float) -> str | None:
+    """Why these jobs break the limit per run (after `already_usd` this run reserved); None when they fit."""
+    if limits.per_run_usd is None:
+        return None
+    usd = already_usd + sum(job.max_images for job in jobs) * usd_per_image
+    if usd <= limits.per_run_usd + 1e-9:
+        return None
+    before = f" on top of ${already_usd:.2f} this run already reserved" if already_usd else ""
+    return (
+        f"This run may cost up to {describe(jobs, usd_per_image)}{before}; your limit per run is ${limits.per_run_usd:.2f} "
+        f"({limits.where('per_run_usd')}). Lower max_images, split the list, or raise the limit. {NOTHING_SENT}"
+    )
+
+
+def over_per_day(limits: SpendingLimits, today: Totals, jobs: Sequence[JobPlan], usd_per_image: float) -> str | None:
+    """Why these jobs break the daily limit after what `today` spent; None when they fit."""
+    if limits.per_day_usd is None:
+        return None
+    usd = today.usd + sum(job.max_images for job in jobs) * usd_per_image
+    if usd <= limits.per_day_usd + 1e-9:
+        return None
+    running = f", of which up to ${today.in_flight_usd:.2f} is still running or reserved" if today.in_flight_usd else ""
+    return (
+        f"Today's spending is {today.line()}{running}, and this run may cost up to {describe(jobs, usd_per_image)}: "
+        f"${usd:.2f} in all, over your daily limit of ${limits.per_day_usd:.2f} ({limits.where('per_day_usd')}). "
+        f"The day is your local calendar day. Lower max_images, run fewer items, or raise the limit. {NOTHING_SENT}"
+    )
+
+
+class Spending:
+    """One run's spending (one execution of a node): its limits, its reservations and the user folder's ledger."""
+
+    def __init__(
+        self, limits: SpendingLimits, ledger: Ledger, *, service: str, node_id: str | None = None, prompt_id: str | None = None
+    ) -> None:
+        self.limits = limits
+        self.ledger = ledger
+        self.service = service
+        self.node_id = node_id
+        self.prompt_id = prompt_id
+        self.run_usd = 0.0  # what this run reserved, as estimated
+        self._reserved: dict[str, LedgerEntry] = {}  # fingerprint -> reservation not used yet
+        self._mine: dict[str, LedgerEntry] = {}  # request id -> the latest snapshot of a job this run wrote
+        self._lock = asyncio.Lock()
+        self._writes: set[asyncio.Future] = set()
+
+    async def admit(self, jobs: Sequence[JobPlan], price: PriceLookup, warn: Warn) -> None:
+        """Reserve every job in `jobs` within the limits, all or none (`SpendingLimitError`: nothing reserved).
+        A job identical to one in flight (another run's live reservation or job with its fingerprint) is free: it
+        will share that run's result, so it is neither counted nor reserved."""
+        async with self._lock:
+            await self._admit([job for job in jobs if job.fingerprint not in self._reserved], price, warn, share_identical=True)
+
+    async def ticket(self, job: JobPlan, price: PriceLookup, warn: Warn) -> LedgerEntry:
+        """The job's reservation, just before anything is encoded: the one made for it, or one made now within the
+        limits (`SpendingLimitError`: nothing is sent)."""
+        async with self._lock:
+            if job.fingerprint not in self._reserved:  # found to need a job only now: it pays, whoever else runs it
+                await self._admit([job], price, warn, share_identical=False)
+            return self._reserved.pop(job.fingerprint)
+
+    async def _admit(self, jobs: list[JobPlan], price: PriceLookup, warn: Warn, *, share_identical: bool) -> None:
+        if not jobs:
+            return
+        usd_per_image = await self._price(price)
+        if usd_per_image is not None and (refusal := over_per_run(self.limits, self.run_usd, jobs, usd_per_image)):
+            raise SpendingLimitError(refusal)
+        candidates = {job.fingerprint: self._reservation(job, usd_per_image) for job in jobs}
+        damage: list[str] = []
+
+        def decide(view: LedgerView) -> list[LedgerEntry]:
+            """Under the ledger's lock: what to reserve, or the refusal."""
+            now = time.time()
+            busy = (
+                {e.fingerprint for e in view.entries if e.counted_usd(now, run_alive) and e.status in IN_FLIGHT}
+                if share_identical
+                else set()
+            )
+            paying = [job for job in jobs if job.fingerprint not in busy]
+            if (problem := view.damage()) is not None:
+                if self.limits.per_day_usd is not None and paying:
+                    raise SpendingLimitError(_unknown_day(problem, self.limits))
+                damage.append(problem)
+            if usd_per_image is not None and (refusal := over_per_day(self.limits, today_totals(view.entries, now), paying, usd_per_image)):
+                raise SpendingLimitError(refusal)
+            return [candidates[job.fingerprint] for job in paying]
+
+        try:
+            reserved = await asyncio.to_thread(self.ledger.write, [], decide)
+        except LedgerUnavailable as trouble:
+            if self.limits.per_day_usd is not None:
+                await asyncio.to_thread(self.ledger.unkeep, candidates.values())
+                raise SpendingLimitError(_unknown_day(str(trouble), self.limits)) from None
+            warn(f"{trouble}: only this ComfyUI counts this run's jobs in today's spending, until it closes")
+            reserved = list(candidates.values())
+        if damage:
+            warn(f"{damage[0]}: today's total leaves those lines out")
+        for entry in reserved:
+            self._reserved[entry.fingerprint] = entry
+            self.run_usd += entry.estimate_usd or 0.0
+
+    def _reservation(self, job: JobPlan, usd_per_image: float | None) -> LedgerEntry:
+        return LedgerEntry.reserve(
+            fingerprint=job.fingerprint,
+            max_images=job.max_images,
+            estimate_usd=round(usd_per_image * job.max_images, 6) if usd_per_image is not None else None,
+            prompt=job.prompt,
+            node_id=self.node_id,
+            prompt_id=self.prompt_id,
+        )
+
+    async def _price(self, price: PriceLookup) -> float | None:
+        """The catalog price per image; with a limit set, the last one seen within 24 hours when the catalog fails,
+        and a refusal when there is none."""
+        usd = await price()
+        if usd is not None:
+            await asyncio.to_thread(remember_price, self.ledger.folder, self.service, usd)
+            return usd
+        if not self.limits.any:
+            return None
+        usd = await asyncio.to_thread(last_price, self.ledger.folder, self.service, LAST_PRICE_MAX_AGE_S)
+        if usd is None:
+            raise SpendingLimitError(
+                "Your spending limit cannot be checked: RunComfy's price for this model could not be read, and none was "
+                f"seen in the last 24 hours. Try again in a minute, or clear the limit ({SETTING}, {PER_RUN_ENV}, "
+                f"{PER_DAY_ENV}). {NOTHING_SENT}"
+            )
+        return usd
+
+    # --- what became of a job: recorded, never in the way of paid work ------------------------------
+
+    async def _record(self, entry: LedgerEntry, warn: Warn) -> None:
+        if entry.request_id:
+            self._mine[entry.request_id] = entry
+        try:
+            await asyncio.to_thread(self.ledger.write, [entry])
+        except LedgerUnavailable as trouble:
+            warn(f"{trouble}: only this ComfyUI counts this job in today's spending, until it closes")
+        except Exception as failure:  # noqa: BLE001 - a paid job goes on whatever the ledger does
+            warn(f"the spending ledger could not be updated ({type(failure).__name__})")
+
+    async def submitted(self, entry: LedgerEntry, request_id: str, warn: Warn) -> None:
+        await self._record(entry.changed(status="queued", request_id=request_id), warn)
+
+    async def outcome_unknown(self, entry: LedgerEntry, warn: Warn) -> None:
+        await self._record(entry.changed(status="unknown", detail="the submit got no answer: it may be running and charged"), warn)
+
+    async def dropped(self, entry: LedgerEntry, warn: Warn, detail: str = "not submitted") -> None:
+        await self._record(entry.changed(status="dropped", detail=detail), warn)
+
+    def heard(self, event: JobEvent, warn: Warn) -> None:
+        """A job's live state for the jobs panel (its queue position lives in memory only); the ledger learns once
+        that it started generating."""
+        status = {"queued": "queued", "generating": "generating"}.get(getattr(event.phase, "value", None))
+        if event.request_id is None or status is None:
+            return
+        MEMORY.live[event.request_id] = (status, event.queue_position)
+        entry = self._mine.get(event.request_id)
+        if status == "generating" and entry is not None and entry.status == "queued":
+            self._mine[event.request_id] = entry.changed(status="generating")  # written once, in the background
+            task = asyncio.ensure_future(self._record(self._mine[event.request_id], warn))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def settled(
+        self,
+        request_id: str,
+        status: str,
+        warn: Warn,
+        *,
+        images: int | None = None,
+        cost_usd: float | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """What became of a job (this run's, or one an earlier run submitted and this one collected)."""
+        entry = self._mine.get(request_id)
+        if entry is None:
+            try:
+                entry = (await asyncio.to_thread(self.ledger.read)).by_request(request_id)
+            except Exception:  # noqa: BLE001 - reading the ledger cannot end a paid job
+                entry = None
+        if status in FINAL:
+            MEMORY.live.pop(request_id, None)
+        if entry is None or RANK[status] < RANK[entry.status] or (entry.status == status and status not in FINAL):
+            return  # never back from an ending to a live state (a late write), never the same live state twice
+        changes: dict[str, Any] = {"status": status, "detail": detail}
+        if images is not None:
+            changes["images"] = images
+        if cost_usd is not None:
+            changes["cost_usd"] = cost_usd
+        await self._record(entry.changed(**changes), warn)
+
+    async def close(self, warn: Warn) -> None:
+        """Drop the reservations this run never used (its items were collected, reused or failed before submitting)."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+        for entry in list(self._reserved.values()):
+            await self.dropped(entry, warn)
+        self._reserved.clear()
+
+    async def today(self) -> Totals | None:
+        """Today's totals over every process, or None when the ledger cannot be read."""
+        try:
+            view = await asyncio.to_thread(self.ledger.read)
+        except Exception:  # noqa: BLE001
+            return None
+        return None if view.problem else today_totals(view.entries)
+
+
+def _unknown_day(problem: str, limits: SpendingLimits) -> str:
+    return (
+        f"Your daily spending limit cannot be checked: {problem}. Repair or delete the unreadable lines (or move the "
+        f"file away to start a new ledger), free the disk or fix the folder's permissions, or clear the daily limit "
+        f"({limits.where('per_day_usd')}). Collecting jobs already paid for still works. {NOTHING_SENT}"
+    )

@@ -1,0 +1,219 @@
+"""The server routes behind the RunComfy jobs panel (ComfyUI's sidebar) and the "Spending limit" setting.
+
+GET  /runcomfy/seedream/jobs                      -> today's and this month's totals, the limits, the newest jobs
+GET  /runcomfy/seedream/jobs/{request_id}/thumbnail -> a small PNG of the job's first saved image
+POST /runcomfy/seedream/jobs/{request_id}/cancel  -> cancel a queued job of the ledger, worded as the node words it
+GET  /runcomfy/seedream/spending                  -> the limits in effect, the saved setting, which variables win
+POST /runcomfy/seedream/spending {"per_run_usd": 2, "per_day_usd": null} -> save the setting
+
+They keep the token route's rules (`token_route.refusal`): answered only for a host this ComfyUI can be reached
+under and a same-origin request, writes only as capped JSON, and no answer holds the token. The ledger holds no
+token, and the cancel reads it on the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..api.client import RunComfyClient
+from ..api.config import resolve_base_url, resolve_credentials
+from ..api.errors import RunComfyError
+from ..api.job import Job, check_request_id
+from ..api.ledger import Ledger, LedgerEntry, LedgerUnavailable, month_totals, today_totals
+from ..api.resume import ResumeStore
+from ..api.shared import MEMORY
+from ..api.spending import PER_DAY_ENV, PER_RUN_ENV, SpendingLimits, limit_value, read_saved, save_limits
+from .token_route import MAX_BODY_BYTES, read_capped, refusal
+
+JOBS_ROUTE = "/runcomfy/seedream/jobs"
+SPENDING_ROUTE = "/runcomfy/seedream/spending"
+ROUTES = (JOBS_ROUTE, f"{JOBS_ROUTE}/{{request_id}}/thumbnail", f"{JOBS_ROUTE}/{{request_id}}/cancel", SPENDING_ROUTE)
+JOBS_SHOWN = 100
+THUMBNAIL_PX = 128
+CANCEL_TIMEOUT_S = 30.0
+
+
+def job_row(entry: LedgerEntry, has_thumbnail: bool) -> dict[str, Any]:
+    """One job as the panel shows it; a job in flight here carries its live state and queue position."""
+    status, position = entry.status, None
+    live = MEMORY.live.get(entry.request_id or "")
+    if live is not None and entry.status in ("queued", "generating"):
+        status, position = live
+    return {
+        "entry": entry.entry,
+        "request_id": entry.request_id,
+        "status": status,
+        "queue_position": position,
+        "time": entry.time,
+        "images": entry.images,
+        "max_images": entry.max_images,
+        "estimate_usd": entry.estimate_usd,
+        "cost_usd": entry.cost_usd,
+        "prompt": entry.prompt,
+        "node_id": entry.node_id,
+        "prompt_id": entry.prompt_id,
+        "thumbnail": f"{JOBS_ROUTE}/{entry.request_id}/thumbnail" if has_thumbnail and entry.request_id else None,
+        "cancellable": status == "queued" and entry.request_id is not None,
+        "detail": entry.detail,
+    }
+
+
+def jobs_answer(state_dir: Path, spending_file: Path) -> dict[str, Any]:
+    """Blocking: what GET /jobs answers."""
+    view = Ledger(state_dir).read()
+    now = time.time()
+    today, month = today_totals(view.entries, now), month_totals(view.entries, now)
+    try:
+        limits: SpendingLimits | None = SpendingLimits.resolve(spending_file)
+    except RunComfyError:
+        limits = None
+    shown = [entry for entry in view.entries if entry.status != "dropped"][:JOBS_SHOWN]
+    results = state_dir / "results"
+    return {
+        "ok": True,
+        "today": {"usd": round(today.usd, 4), "jobs": today.jobs, "day": time.strftime("%Y-%m-%d", time.localtime(now))},
+        "month": {"usd": round(month.usd, 4), "jobs": month.jobs, "month": time.strftime("%Y-%m", time.localtime(now))},
+        "limits": {"per_run_usd": limits.per_run_usd, "per_day_usd": limits.per_day_usd} if limits else None,
+        "warning": view.damage(),
+        "jobs": [job_row(e, e.status == "done" and bool(e.fingerprint) and (results / e.fingerprint).is_dir()) for e in shown],
+    }
+
+
+def thumbnail(state_dir: Path, request_id: str) -> bytes | None:
+    """Blocking: a PNG of at most THUMBNAIL_PX of the job's first saved image, or None."""
+    from PIL import Image
+
+    entry = Ledger(state_dir).read().by_request(request_id)
+    if entry is None or not entry.fingerprint:
+        return None
+    cached = asyncio.run(ResumeStore(state_dir, warn=lambda line: None).cached(entry.fingerprint))
+    if cached is None or not cached.files:
+        return None
+    try:
+        with Image.open(io.BytesIO(cached.files[0])) as image:
+            image.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))
+            small = image.convert("RGB")
+            small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            out = io.BytesIO()
+            small.save(out, format="PNG")
+            return out.getvalue()
+    except Exception:  # noqa: BLE001 - a file no thumbnail can come from has none
+        return None
+
+
+def spending_answer(spending_file: Path) -> dict[str, Any]:
+    try:
+        limits = SpendingLimits.resolve(spending_file)
+        effective: dict[str, Any] = {"per_run_usd": limits.per_run_usd, "per_day_usd": limits.per_day_usd}
+        problem = None
+    except RunComfyError as bad:
+        effective, problem = {"per_run_usd": None, "per_day_usd": None}, str(bad)
+    env = {
+        "per_run_usd": PER_RUN_ENV if (os.environ.get(PER_RUN_ENV) or "").strip() else None,
+        "per_day_usd": PER_DAY_ENV if (os.environ.get(PER_DAY_ENV) or "").strip() else None,
+    }
+    return {"ok": True, **effective, "saved": read_saved(spending_file), "env": env, "error": problem}
+
+
+async def cancel_queued(state_dir: Path, token_file: Path, request_id: str) -> tuple[int, dict[str, Any]]:
+    """Cancel a queued job of the ledger at RunComfy, as Stop does; the ledger learns the outcome."""
+    entry = await asyncio.to_thread(lambda: Ledger(state_dir).read().by_request(request_id))
+    if entry is None:
+        return 404, {"ok": False, "error": f"Request {request_id} is not in this ComfyUI's ledger."}
+    if entry.status not in ("queued", "unknown"):
+        return 409, {"ok": False, "error": f"Request {request_id} is {entry.status}, not queued: there is nothing to cancel."}
+    try:
+        credentials = resolve_credentials(settings_file=token_file)
+    except RunComfyError as missing:
+        return 400, {"ok": False, "error": str(missing)}
+    async with RunComfyClient(credentials, resolve_base_url()) as client:
+        try:
+            cancelled, message = await asyncio.wait_for(Job.resume(client, request_id).cancel_queued(), CANCEL_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            cancelled, message = (
+                None,
+                f"Cancelling request {request_id} is unconfirmed (no answer in time); it may still run and be charged.",
+            )
+    if cancelled:
+        try:
+            await asyncio.to_thread(Ledger(state_dir).write, [entry.changed(status="cancelled", detail="cancelled from the jobs panel")])
+        except LedgerUnavailable as trouble:
+            message += f" ({trouble})"
+    return 200, {"ok": True, "cancelled": bool(cancelled), "message": message}
+
+
+def register(routes: Any, state_dir: Callable[[], Path], token_file: Callable[[], Path], spending_file: Callable[[], Path]) -> None:
+    """Add the panel's and the setting's routes to ComfyUI's aiohttp route table."""
+    from aiohttp import web
+
+    def refuse(status: int, message: str) -> web.Response:
+        return web.json_response({"ok": False, "error": message}, status=status)
+
+    def request_id_of(request: web.Request) -> str | None:
+        try:
+            return check_request_id(request.match_info["request_id"])
+        except RunComfyError:
+            return None
+
+    @routes.get(JOBS_ROUTE)
+    async def list_jobs(request: web.Request) -> web.Response:
+        if (refused := refusal(request)) is not None:
+            return refused
+        return web.json_response(await asyncio.to_thread(jobs_answer, state_dir(), spending_file()))
+
+    @routes.get(ROUTES[1])
+    async def job_thumbnail(request: web.Request) -> web.Response:
+        if (refused := refusal(request)) is not None:
+            return refused
+        request_id = request_id_of(request)
+        png = await asyncio.to_thread(thumbnail, state_dir(), request_id) if request_id else None
+        if png is None:
+            return refuse(404, "No saved image for this job.")
+        return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+    @routes.post(ROUTES[2])
+    async def cancel_job(request: web.Request) -> web.Response:
+        if (refused := refusal(request)) is not None:
+            return refused
+        if request.content_type != "application/json":
+            return refuse(415, "Send the request as JSON.")
+        if len(await read_capped(request.content, MAX_BODY_BYTES)) > MAX_BODY_BYTES:
+            return refuse(413, "Request too large.")
+        request_id = request_id_of(request)
+        if request_id is None:
+            return refuse(400, "That is not a RunComfy request id.")
+        status, answer = await cancel_queued(state_dir(), token_file(), request_id)
+        return web.json_response(answer, status=status)
+
+    @routes.get(SPENDING_ROUTE)
+    async def get_spending(request: web.Request) -> web.Response:
+        if (refused := refusal(request)) is not None:
+            return refused
+        return web.json_response(await asyncio.to_thread(spending_answer, spending_file()))
+
+    @routes.post(SPENDING_ROUTE)
+    async def set_spending(request: web.Request) -> web.Response:
+        if (refused := refusal(request)) is not None:
+            return refused
+        if request.content_type != "application/json":
+            return refuse(415, "Send the limits as JSON.")
+        raw = await read_capped(request.content, MAX_BODY_BYTES)
+        if len(raw) > MAX_BODY_BYTES:
+            return refuse(413, "Request too large.")
+        try:
+            body = json.loads(raw)
+            if not isinstance(body, dict):
+                raise ValueError('Send an object: {"per_run_usd": 2.0, "per_day_usd": null}')
+            per_run = limit_value("per_run_usd", body.get("per_run_usd"))
+            per_day = limit_value("per_day_usd", body.get("per_day_usd"))
+        except (ValueError, RecursionError) as bad:
+            return refuse(400, str(bad) if not isinstance(bad, json.JSONDecodeError) else "Send the limits as JSON.")
+        await asyncio.to_thread(save_limits, spending_file(), per_run, per_day)
+        return web.json_response(await asyncio.to_thread(spending_answer, spending_file()))

@@ -1,0 +1,145 @@
+"""The jobs panel's and the spending setting's routes, served by a real aiohttp server on 127.0.0.1 over the ledger
+that real node runs against the fake wrote: what the panel shows, its thumbnails, cancelling a queued job with the
+node's own wording, and the same refusals as the token route."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp")
+from aiohttp import web  # noqa: E402
+from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from helpers import as_lists, node_inputs, node_object, run_node  # noqa: E402
+from runcomfy_seedream.api import shared  # noqa: E402
+from runcomfy_seedream.api.errors import JobCancelledError  # noqa: E402
+from runcomfy_seedream.api.ledger import Ledger  # noqa: E402
+from runcomfy_seedream.api.spending import PER_RUN_ENV  # noqa: E402
+from runcomfy_seedream.nodes import jobs_route  # noqa: E402
+
+REBINDING = {"Host": "evil.example:{port}", "Origin": "http://evil.example:{port}"}
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_state():
+    shared.reset_all()
+    yield
+    shared.reset_all()
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return tmp_path / ".cache" / "runcomfy-seedream"  # where the node keeps its records outside ComfyUI (HOME = tmp_path)
+
+
+def app_for(folder) -> web.Application:
+    routes = web.RouteTableDef()
+    jobs_route.register(routes, lambda: folder, lambda: folder / "secrets" / "api_token.json", lambda: folder / "spending_limits.json")
+    app = web.Application()
+    app.add_routes(routes)
+    return app
+
+
+async def request(client: TestClient, method: str, path: str, *, body=None, headers=None):
+    sent = {"Content-Type": "application/json"} if body is not None else {}
+    sent.update({name: value.format(port=client.port) for name, value in (headers or {}).items()})
+    response = await client.request(method, path, data=json.dumps(body) if body is not None else None, headers=sent)
+    raw = await response.read()
+    return response.status, response.content_type, raw
+
+
+def call(folder, method: str, path: str, **options):
+    async def go():
+        async with TestClient(TestServer(app_for(folder), host="127.0.0.1")) as client:
+            return await request(client, method, path, **options)
+
+    return asyncio.run(go())
+
+
+def test_the_panel_lists_jobs_newest_first_with_totals_thumbnails_and_no_token(fake, comfy, folder):
+    first = run_node(**node_inputs(seed=1, prompt="Generate 3 images of a harbour at dawn."))[3]
+    second = run_node(**node_inputs(seed=2, max_images=2, prompt="Generate 2 images of a harbour at night."))[3]
+    status, kind, raw = call(folder, "GET", "/runcomfy/seedream/jobs")
+    answer = json.loads(raw)
+    assert status == 200 and fake.behaviour.token not in raw.decode()
+    assert [job["request_id"] for job in answer["jobs"]] == [second, first]
+    assert answer["today"]["usd"] == pytest.approx(0.15) and answer["today"]["jobs"] == 2
+    assert answer["month"]["usd"] == pytest.approx(0.15) and answer["today"]["day"] == time.strftime("%Y-%m-%d")
+    newest = answer["jobs"][0]
+    assert newest["status"] == "done" and newest["cost_usd"] == pytest.approx(0.06) and newest["images"] == 2
+    assert newest["prompt"] == "Generate 2 images of a harbour at night." and newest["cancellable"] is False
+    status, kind, png = call(folder, "GET", newest["thumbnail"])
+    assert status == 200 and kind == "image/png"
+    with Image.open(io.BytesIO(png)) as image:
+        assert max(image.size) <= jobs_route.THUMBNAIL_PX
+    assert call(folder, "GET", "/runcomfy/seedream/jobs/no-such-request/thumbnail")[0] == 404
+
+
+def test_a_queued_job_is_cancelled_from_the_panel_and_the_node_says_so(fake, comfy, folder):
+    fake.behaviour.queue_s = 30.0
+
+    async def go():
+        run = asyncio.ensure_future(node_object().generate(**as_lists(node_inputs())))
+        async with TestClient(TestServer(app_for(folder), host="127.0.0.1")) as client:
+            while True:  # the panel's view, as it polls
+                jobs = json.loads((await request(client, "GET", "/runcomfy/seedream/jobs"))[2])["jobs"]
+                if jobs and jobs[0]["status"] == "queued" and jobs[0]["queue_position"] is not None:  # its first poll
+                    break
+                await asyncio.sleep(0.02)
+            (job,) = jobs
+            assert job["cancellable"] is True and job["queue_position"] == fake.behaviour.queue_ahead
+            cancelled = await request(client, "POST", f"/runcomfy/seedream/jobs/{job['request_id']}/cancel", body={})
+            try:
+                await run
+            except JobCancelledError as ended:
+                return job["request_id"], cancelled, ended
+            raise AssertionError("the node did not end")
+
+    request_id, (status, _, raw), ended = asyncio.run(go())
+    answer = json.loads(raw)
+    assert status == 200 and answer["cancelled"] is True
+    assert answer["message"] == f"Queued request {request_id} was cancelled at RunComfy before it started generating."
+    assert request_id in str(ended) and fake.jobs[request_id].cancelled
+    (entry,) = Ledger(folder).read().entries
+    assert entry.status == "cancelled"
+    again = json.loads(call(folder, "GET", "/runcomfy/seedream/jobs")[2])
+    assert again["today"]["usd"] == 0 and again["jobs"][0]["status"] == "cancelled" and again["jobs"][0]["cancellable"] is False
+    status, _, raw = call(folder, "POST", f"/runcomfy/seedream/jobs/{request_id}/cancel", body={})
+    assert status == 409 and "not queued" in json.loads(raw)["error"]  # nothing left to cancel
+    status, _, raw = call(folder, "POST", "/runcomfy/seedream/jobs/someone-elses-request/cancel", body={})
+    assert status == 404 and fake.cancel_calls == 1  # only jobs of this ledger, and nothing sent for the others
+
+
+@pytest.mark.parametrize(
+    "method,path,body",
+    [
+        ("GET", "/runcomfy/seedream/jobs", None),
+        ("GET", "/runcomfy/seedream/spending", None),
+        ("POST", "/runcomfy/seedream/spending", {"per_run_usd": 100}),
+        ("POST", "/runcomfy/seedream/jobs/abc/cancel", {}),
+    ],
+)
+@pytest.mark.parametrize(
+    "headers", [REBINDING, {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}], ids=["rebinding", "cross-site"]
+)
+def test_requests_another_site_could_make_are_refused(fake, folder, method, path, body, headers):
+    status, _, raw = call(folder, method, path, body=body, headers=headers)
+    assert status == 403 and json.loads(raw)["ok"] is False
+    assert not (folder / "spending_limits.json").exists() and fake.cancel_calls == 0
+
+
+def test_the_spending_setting_is_saved_checked_and_the_environment_wins(fake, folder, monkeypatch):
+    status, _, raw = call(folder, "POST", "/runcomfy/seedream/spending", body={"per_run_usd": 2.5, "per_day_usd": None})
+    assert status == 200 and json.loads(raw)["per_run_usd"] == 2.5 and json.loads(raw)["per_day_usd"] is None
+    status, _, raw = call(folder, "POST", "/runcomfy/seedream/spending", body={"per_run_usd": -1, "per_day_usd": 3})
+    assert status == 400 and "per_run_usd" in json.loads(raw)["error"]
+    assert json.loads(call(folder, "GET", "/runcomfy/seedream/spending")[2])["saved"] == {"per_run_usd": 2.5, "per_day_usd": None}
+    monkeypatch.setenv(PER_RUN_ENV, "0.5")
+    answer = json.loads(call(folder, "GET", "/runcomfy/seedream/spending")[2])
+    assert answer["per_run_usd"] == 0.5 and answer["saved"]["per_run_usd"] == 2.5 and answer["env"]["per_run_usd"] == PER_RUN_ENV
