@@ -59,6 +59,7 @@ function totalsText(data) {
 }
 
 function limitsText(limits) {
+  if (limits === null) return "The spending limits could not be read: see Settings → RunComfy → Spending limit.";
   const perRun = limits?.per_run_usd, perDay = limits?.per_day_usd;
   if (perRun == null && perDay == null) return "No spending limit (Settings → RunComfy → Spending limit).";
   const parts = [];

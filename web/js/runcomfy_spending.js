@@ -88,7 +88,7 @@ function renderSetting() {
   async function load() {
     try {
       const state = await call({ method: "GET" });
-      if (state.ok) { show(state); status.textContent = describe(state); }
+      if (state.ok) { show(state); status.textContent = state.error ? String(state.error) : describe(state); }
       else status.textContent = String(state.error ?? "The spending limit is unavailable.");
     } catch {
       status.textContent = "Could not reach the pack's server route.";
@@ -111,7 +111,7 @@ function renderSetting() {
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify(body),
       });
-      if (state.ok) { show(state); status.textContent = `Saved. ${describe(state)}`; }
+      if (state.ok) { show(state); status.textContent = `Saved. ${state.error ? String(state.error) : describe(state)}`; }
       else status.textContent = String(state.error ?? "Not saved.");
     } catch {
       status.textContent = "Saving failed: the ComfyUI server did not answer.";
