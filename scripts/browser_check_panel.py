@@ -383,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             page.fill(INPUTS[field], str(values[field]))
         status = press_save()
         held = page.evaluate("() => __panel.spending()")
-        ok = status.startswith("Saved") and all(held["saved"].get(f) == values[f] for f in free)
+        kept = all(held["saved"].get(f) == (original.get("saved") or {}).get(f) for f in FIELDS if f not in free)
+        ok = status.startswith("Saved") and all(held["saved"].get(f) == values[f] for f in free) and kept
         saving = ", ".join(f"{f} = {values[f]}" for f in free) or "nothing (every limit is set by a variable)"
         in_effect = f"in effect per run {held.get('per_run_usd')}, per day {held.get('per_day_usd')}"
         report(f"save {saving}", ok, status, f"the server holds: saved {held.get('saved')}, {in_effect}")
