@@ -164,7 +164,7 @@ function installStyle() {
   document.head.append(el("style", { id: "runcomfy-jobs-style", textContent: STYLE }));
 }
 
-// One row per journal entry, kept while the entry is listed, so a thumbnail is loaded once and a Cancel
+// One row per ledger entry, kept while the entry is listed, so a thumbnail is loaded once and a Cancel
 // message stays under its job while the list refreshes.
 function createRow(refresh) {
   const thumb = el("img", { className: "runcomfy-job-thumb", loading: "lazy", alt: "", decoding: "async" });
@@ -253,7 +253,7 @@ function createPanel() {
   empty.hidden = true;
   warning.hidden = error.hidden = true;
   const rows = new Map(); // entry id -> row
-  let timer = null, soon = null, busy = false, stopped = false;
+  let timer = null, soon = null, busy = false, again = false, stopped = false;
 
   function show(data) {
     error.hidden = true;
@@ -307,7 +307,8 @@ function createPanel() {
       showError("Could not reach the ComfyUI server; retrying.");
     } finally {
       busy = false;
-      schedule(POLL_MS);
+      schedule(again ? 250 : POLL_MS); // an event during the request: ask again soon, the answer may predate it
+      again = false;
     }
   }
 
@@ -320,7 +321,7 @@ function createPanel() {
   function refreshSoon() {
     if (stopped) return;
     clearTimeout(soon);
-    soon = setTimeout(() => (busy ? schedule(250) : refresh()), 250);
+    soon = setTimeout(() => { if (busy) again = true; else refresh(); }, 250);
   }
 
   function stop() {
