@@ -21,7 +21,8 @@ same request ids with the same states; optionally save a screenshot of the panel
 it is shown (one every 2 s), with another sidebar tab shown and with the sidebar closed (none); then in Settings →
 RunComfy → Spending limit, check the two inputs show what the server holds (an input whose limit an environment
 variable sets is disabled and names the variable), save a limit per run and per day, see the jobs panel show them,
-refuse a negative amount, clear both, and put back what was saved before. Exits 1 if any step sees something else.
+refuse a negative amount, clear both (or, when variables set both, see Save disabled), and put back what was saved
+before. Exits 1 if any step sees something else.
 """
 
 from __future__ import annotations
@@ -378,39 +379,48 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         free = [f for f in FIELDS if not env.get(f)]
-        values = {"per_run_usd": 1.25, "per_day_usd": 4}
-        for field in free:
-            page.fill(INPUTS[field], str(values[field]))
-        status = press_save()
-        held = page.evaluate("() => __panel.spending()")
-        kept = all(held["saved"].get(f) == (original.get("saved") or {}).get(f) for f in FIELDS if f not in free)
-        ok = status.startswith("Saved") and all(held["saved"].get(f) == values[f] for f in free) and kept
-        saving = ", ".join(f"{f} = {values[f]}" for f in free) or "nothing (every limit is set by a variable)"
-        in_effect = f"in effect per run {held.get('per_run_usd')}, per day {held.get('per_day_usd')}"
-        report(f"save {saving}", ok, status, f"the server holds: saved {held.get('saved')}, {in_effect}")
+        held = original
+        if not free:
+            disabled = page.evaluate("() => document.querySelector('.runcomfy-spending-save').disabled")
+            report("Save is disabled: every limit is set by a variable", disabled, f"disabled: {disabled}")
+            page.keyboard.press("Escape")
+        else:
+            values = {"per_run_usd": 1.25, "per_day_usd": 4}
+            for field in free:
+                page.fill(INPUTS[field], str(values[field]))
+            status = press_save()
+            held = page.evaluate("() => __panel.spending()")
+            kept = all(held["saved"].get(f) == (original.get("saved") or {}).get(f) for f in FIELDS if f not in free)
+            ok = status.startswith("Saved") and all(held["saved"].get(f) == values[f] for f in free) and kept
+            in_effect = f"in effect per run {held.get('per_run_usd')}, per day {held.get('per_day_usd')}"
+            report(
+                f"save {', '.join(f'{f} = {values[f]}' for f in free)}",
+                ok,
+                status,
+                f"the server holds: saved {held.get('saved')}, {in_effect}",
+            )
 
-        if free:
             page.fill(INPUTS[free[0]], "-1")
             status = press_save()
             unchanged = page.evaluate("() => __panel.spending()")["saved"] == held["saved"]
             report("a negative amount is refused before saving", "enter an amount" in status and unchanged, status)
 
-        page.keyboard.press("Escape")
-        page.wait_for_timeout(500)
-        if open_tab("open the jobs tab after saving") and free:
-            page.wait_for_timeout(2500)
-            limits = page.evaluate("() => __panel.head().limits")
-            want = ["$1.25 per run" if "per_run_usd" in free else "", "$4.00 per day" if "per_day_usd" in free else ""]
-            report("the jobs panel shows the saved limits", all(w in limits for w in want), limits)
+            page.keyboard.press("Escape")
+            page.wait_for_timeout(500)
+            if open_tab("open the jobs tab after saving"):
+                page.wait_for_timeout(2500)
+                limits = page.evaluate("() => __panel.head().limits")
+                want = ["$1.25 per run" if "per_run_usd" in free else "", "$4.00 per day" if "per_day_usd" in free else ""]
+                report("the jobs panel shows the saved limits", all(w in limits for w in want), limits)
 
-        open_setting()
-        for field in free:
-            page.fill(INPUTS[field], "")
-        status = press_save()
-        held = page.evaluate("() => __panel.spending()")
-        ok = status.startswith("Saved") and all(held["saved"].get(f) is None for f in free)
-        report("clear both limits", ok, status, f"the server holds: saved {held.get('saved')}")
-        page.keyboard.press("Escape")
+            open_setting()
+            for field in free:
+                page.fill(INPUTS[field], "")
+            status = press_save()
+            held = page.evaluate("() => __panel.spending()")
+            ok = status.startswith("Saved") and all(held["saved"].get(f) is None for f in free)
+            report("clear the limits set here", ok, status, f"the server holds: saved {held.get('saved')}")
+            page.keyboard.press("Escape")
 
         restore = {f: (original.get("saved") or {}).get(f) for f in FIELDS}
         if held.get("saved") != restore:
