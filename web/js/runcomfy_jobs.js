@@ -74,7 +74,10 @@ function stateText(job) {
   return STATES[job.status] ?? String(job.status ?? "");
 }
 
+const NOT_CHARGED = new Set(["failed", "cancelled", "dropped"]); // counted $0 in the totals, as the server counts them
+
 function costText(job) {
+  if (NOT_CHARGED.has(job.status)) return job.cost_usd ? usd(job.cost_usd) : "not counted";
   if (job.cost_usd != null) return usd(job.cost_usd);
   if (job.estimate_usd != null) return `up to ${usd(job.estimate_usd)}`;
   return "";
