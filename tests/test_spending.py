@@ -123,7 +123,7 @@ def test_saved_results_and_resumed_requests_are_collected_under_any_limit(fake, 
 
     monkeypatch.delenv(PER_RUN_ENV)
     monkeypatch.delenv(PER_DAY_ENV)
-    fake.behaviour.run_s = 2.0
+    fake.behaviour.run_s = 1.0
     fake.behaviour.queue_s = 0.0
     waited = run_list(items(1, prompt="Generate 3 images of a slow river."), timing=quick_timing(deadline_s=0.3))
     assert isinstance(waited, Exception) and fake.submits == 3
