@@ -36,6 +36,7 @@ from .shared import MEMORY
 
 LEDGER_NAME = "ledger.jsonl"
 LOCK_NAME = ".ledger.lock"
+MAX_USD = 1_000_000.0  # the most one entry can cost or be estimated at: more is a bad hand edit, not a job
 MAX_ENTRIES = 5000  # a few hundred bytes each: about 1.5 MB, months of heavy use
 ENTRY_BYTES = 400  # about what one line takes: past 2 × max_entries of them, the file is compacted
 MAX_LEDGER_BYTES = 16 * 2**20  # far beyond 2 × MAX_ENTRIES lines; a larger file is damage
@@ -57,7 +58,7 @@ class LedgerUnavailable(Exception):
 def _money(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_USD:  # NaN fails too
         raise ValueError("not an amount")
     return float(value)
 
@@ -76,6 +77,17 @@ def _text(value: Any, limit: int = 200) -> str | None:
     if not isinstance(value, str):
         raise ValueError("not text")
     return value[:limit]
+
+
+def _is_date(value: Any) -> bool:
+    """Whether `value` is epoch seconds of a local calendar day (a time past year 9999 or before year 1 is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    try:
+        local_day(value)
+    except (OverflowError, OSError, ValueError):
+        return False
+    return True
 
 
 def prompt_words(prompt: str) -> str:
@@ -127,7 +139,10 @@ class LedgerEntry:
         status, entry, when = raw.get("status"), raw.get("entry"), raw.get("time")
         if status not in STATUSES or not isinstance(entry, str) or not entry:
             raise ValueError("not a ledger entry")
-        if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
+        if not _is_date(when):
+            raise ValueError("no time")
+        updated = raw.get("updated")
+        if updated is not None and not _is_date(updated):
             raise ValueError("no time")
         return cls(
             entry=entry[:64],
@@ -145,7 +160,7 @@ class LedgerEntry:
             detail=_text(raw.get("detail"), 300),
             pid=raw["pid"] if type(raw.get("pid")) is int and 0 < raw["pid"] < 2**31 else 0,
             host=_text(raw.get("host"), 255) or "",
-            updated=float(raw.get("updated") or when) if isinstance(raw.get("updated"), (int, float)) else float(when),
+            updated=float(updated or when),
         )
 
     def to_json(self) -> str:

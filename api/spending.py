@@ -363,9 +363,9 @@ class Spending:
         """Today's totals over every process, or None when the ledger cannot be read."""
         try:
             view = await asyncio.to_thread(self.ledger.read)
-        except Exception:  # noqa: BLE001
+            return None if view.problem else today_totals(view.entries)
+        except Exception:  # noqa: BLE001 - a total that cannot be had is left out of a paid run's last line
             return None
-        return None if view.problem else today_totals(view.entries)
 
 
 def _unknown_day(problem: str, limits: SpendingLimits) -> str:
