@@ -18,12 +18,15 @@ setting the clock back cannot hide spending.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import errno
 import json
 import math
 import os
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -350,24 +353,41 @@ class Ledger:
             self._unwritten[entry.entry] = entry
 
     def _append(self, view: LedgerView, entries: list[LedgerEntry]) -> None:
-        """Append the new entries and any this process could not write before; compact when the file is long."""
+        """Append the new entries and any this process could not write before; compact when the file is long.
+        Only ever into a regular file (a FIFO or device is refused, never waited on), and all or nothing: a write
+        the disk cuts short is taken back, so no torn line is left and the entries stay in memory."""
         pending = list(self._unwritten.values()) + entries
         if not pending:
             return
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         lines = "".join(entry.to_json() + "\n" for entry in pending).encode()
-        size = self.path.stat().st_size if self.path.exists() else 0
-        if size > min(MAX_LEDGER_BYTES // 2, 2 * self.max_entries * ENTRY_BYTES):
-            self._compact(pending)
-        else:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            try:
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        fd = os.open(self.path, flags, 0o600)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            size = info.st_size
+            compact = size > min(MAX_LEDGER_BYTES // 2, 2 * self.max_entries * ENTRY_BYTES)
+            if not compact:
                 if size and not self._ends_with_newline(fd, size):
                     lines = b"\n" + lines  # a hand edit left the last line open: never join ours to it
-                os.write(fd, lines)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                try:
+                    done = 0
+                    while done < len(lines):  # a full disk may take part of a write before it refuses the rest
+                        written = os.write(fd, lines[done:])
+                        if written <= 0:
+                            raise OSError(errno.ENOSPC, "the disk took nothing")
+                        done += written
+                    os.fsync(fd)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, size)
+                    raise
+        finally:
+            os.close(fd)
+        if compact:
+            self._compact(pending)
         self._unwritten.clear()
 
     @staticmethod

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 from helpers import node_inputs, run_list, run_node  # noqa: E402
 from runcomfy_seedream.api import shared  # noqa: E402
 from runcomfy_seedream.api.errors import SpendingLimitError  # noqa: E402
-from runcomfy_seedream.api.ledger import LEDGER_NAME, parse, today_totals  # noqa: E402
+from runcomfy_seedream.api.ledger import LEDGER_NAME, Ledger, LedgerEntry, LedgerUnavailable, parse, today_totals  # noqa: E402
 from runcomfy_seedream.api.spending import PER_DAY_ENV  # noqa: E402
 from runcomfy_seedream.nodes import jobs_route  # noqa: E402
 
@@ -112,3 +117,100 @@ def test_hand_edited_huge_costs_are_damage_and_the_panel_answer_stays_json(fake,
     assert status == 200
     answer = json.loads(raw, parse_constant=lambda name: pytest.fail(f"{name} in the panel's JSON"))
     assert answer["today"]["usd"] == 0 and "2 lines of the spending ledger" in answer["warning"]
+
+
+# --- a ledger that is no file, on a disk that is full ------------------------------------------------
+
+
+def reservations(count: int) -> list[LedgerEntry]:
+    return [
+        LedgerEntry.reserve(
+            fingerprint=f"{n:064x}",
+            max_images=3,
+            estimate_usd=0.09,
+            prompt="Generate 3 images of a fox in the snow at dawn, wide",
+            node_id="7",
+            prompt_id="p" * 36,
+        )  # fmt: skip
+        for n in range(count)
+    ]
+
+
+def test_a_fifo_in_place_of_the_ledger_is_refused_never_written_into_or_waited_on(tmp_path):
+    """Before: the ledger was opened read-write and written without checking what it is; a FIFO took the first
+    64 KiB (lost), and a longer write (a list of about 150 items, or the pile-up of entries the FIFO swallowed)
+    blocked for ever, holding the ledger's lock: the run hung, after its submit."""
+    fifo = tmp_path / LEDGER_NAME
+    os.mkfifo(fifo)
+    outcome: list[object] = []
+
+    def write() -> None:
+        try:
+            Ledger(tmp_path).write(reservations(200))
+            outcome.append("written")
+        except LedgerUnavailable as trouble:
+            outcome.append(trouble)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    writer.join(30)  # a bound on a hang, not a timing: the fixed write returns at once
+    hung = writer.is_alive()
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        swallowed = 0
+        while True:  # drain it: unblocks a writer stuck on a full pipe
+            try:
+                piece = os.read(reader, 1 << 16)
+            except BlockingIOError:
+                piece = b""
+            if not piece and not writer.is_alive():
+                break
+            swallowed += len(piece)
+            if not piece:
+                writer.join(0.05)
+    finally:
+        os.close(reader)
+    assert not hung, "writing a ledger that is a FIFO blocked"
+    assert swallowed == 0
+    (trouble,) = outcome
+    assert isinstance(trouble, LedgerUnavailable) and "not a regular file" in str(trouble)
+    assert len(Ledger(tmp_path).read().entries) == 200  # kept in memory, counted by this process
+
+
+TORN = textwrap.dedent(
+    """
+    import resource, signal, sys
+    sys.path.insert(0, {scripts!r})
+    from pack_import import load_pack
+    load_pack()
+    from pathlib import Path
+    from runcomfy_seedream.api.ledger import Ledger, LedgerEntry, LedgerUnavailable
+    folder = Path(sys.argv[1])
+    entry = LedgerEntry.reserve(fingerprint="f" * 64, max_images=3, estimate_usd=0.09, prompt="p", node_id=None, prompt_id=None)
+    size = (folder / "ledger.jsonl").stat().st_size
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, resource.RLIM_INFINITY))  # room for 100 bytes: a full disk
+    try:
+        Ledger(folder).write([entry.changed(status="queued", request_id="r-queued")])
+        print("written")
+    except LedgerUnavailable as trouble:
+        print("refused", trouble)
+    """
+)
+
+
+def test_a_full_disk_never_leaves_a_torn_line_in_the_ledger(tmp_path):
+    """Before: one os.write, its count unchecked: a disk with room for part of a line took that part, the rest was
+    dropped, the entry was taken as written, and the torn line made the ledger damaged (refusing every new job
+    under a daily limit). Seen on a 64 KiB tmpfs: a paid job's "queued" line was cut, so it counted $0."""
+    first = reservations(1)[0].changed(status="done", request_id="r-done", cost_usd=0.09)
+    Ledger(tmp_path).write([first])
+    before = (tmp_path / LEDGER_NAME).read_bytes()
+    child = subprocess.run(
+        [sys.executable, "-c", TORN.format(scripts=str(ROOT / "scripts")), str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.startswith("refused") and "cannot be written" in child.stdout
+    assert (tmp_path / LEDGER_NAME).read_bytes() == before  # all or nothing
+    view = Ledger(tmp_path).read()
+    assert not view.damaged and [e.request_id for e in view.entries] == ["r-done"]
