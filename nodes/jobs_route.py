@@ -17,6 +17,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,13 @@ ROUTES = (JOBS_ROUTE, f"{JOBS_ROUTE}/{{request_id}}/thumbnail", f"{JOBS_ROUTE}/{
 JOBS_SHOWN = 100
 THUMBNAIL_PX = 128
 CANCEL_TIMEOUT_S = 30.0
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")  # what `resume.request_fingerprint` names a saved result by
+
+
+def saved_key(entry: LedgerEntry) -> str | None:
+    """The name of the entry's saved result, when its fingerprint can be one: a hand-edited ledger cannot point the
+    panel at a folder outside the saved results ("../..")."""
+    return entry.fingerprint if entry.fingerprint and _FINGERPRINT.fullmatch(entry.fingerprint) else None
 
 
 def job_row(entry: LedgerEntry, has_thumbnail: bool) -> dict[str, Any]:
@@ -82,7 +90,7 @@ def jobs_answer(state_dir: Path, spending_file: Path) -> dict[str, Any]:
         "month": {"usd": round(month.usd, 4), "jobs": month.jobs, "month": time.strftime("%Y-%m", time.localtime(now))},
         "limits": {"per_run_usd": limits.per_run_usd, "per_day_usd": limits.per_day_usd} if limits else None,
         "warning": view.damage(),
-        "jobs": [job_row(e, e.status == "done" and bool(e.fingerprint) and (results / e.fingerprint).is_dir()) for e in shown],
+        "jobs": [job_row(e, e.status == "done" and (key := saved_key(e)) is not None and (results / key).is_dir()) for e in shown],
     }
 
 
@@ -91,9 +99,10 @@ def thumbnail(state_dir: Path, request_id: str) -> bytes | None:
     from PIL import Image
 
     entry = Ledger(state_dir).read().by_request(request_id)
-    if entry is None or not entry.fingerprint:
+    key = saved_key(entry) if entry is not None else None
+    if key is None:
         return None
-    cached = asyncio.run(ResumeStore(state_dir, warn=lambda line: None).cached(entry.fingerprint))
+    cached = asyncio.run(ResumeStore(state_dir, warn=lambda line: None).peek(key))  # looking never sets it aside
     if cached is None or not cached.files:
         return None
     try:

@@ -214,3 +214,39 @@ def test_a_full_disk_never_leaves_a_torn_line_in_the_ledger(tmp_path):
     assert (tmp_path / LEDGER_NAME).read_bytes() == before  # all or nothing
     view = Ledger(tmp_path).read()
     assert not view.damaged and [e.request_id for e in view.entries] == ["r-done"]
+
+
+# --- the jobs panel -------------------------------------------------------------------------------
+
+
+def test_a_thumbnail_request_never_deletes_a_folder_a_hand_edited_fingerprint_points_at(fake, tmp_path):
+    """Before: the thumbnail route took the fingerprint from the ledger as a path under results/, found no saved
+    result of the right shape in ../../victim, and "set it aside": the folder outside the user folder was deleted."""
+    folder = tmp_path / "user" / "runcomfy_seedream"
+    (folder / "results").mkdir(parents=True)
+    victim = tmp_path / "user" / "victim"
+    victim.mkdir()
+    (victim / "work.txt").write_text("keep me")
+    (folder / LEDGER_NAME).write_text(hand_line(request_id="req-1", fingerprint="../../victim") + "\n")
+    assert call(folder, "GET", "/runcomfy/seedream/jobs/req-1/thumbnail")[0] == 404
+    assert (victim / "work.txt").read_text() == "keep me"
+    answer = json.loads(call(folder, "GET", "/runcomfy/seedream/jobs")[1])
+    assert answer["jobs"][0]["thumbnail"] is None
+
+
+def test_opening_the_panel_never_throws_away_the_record_of_a_damaged_saved_result(fake, comfy, tmp_path):
+    """Before: the panel's thumbnail request set a damaged saved result aside (as a run does) but kept nothing of
+    it: once the journal no longer held the request (48 h later, or lost), the next run paid again. A run that
+    finds it damaged collects its request again, free."""
+    request_id = run_node(**node_inputs(seed=1))[3]
+    folder = state_dir(tmp_path)
+    (saved,) = [path for path in (folder / "results").iterdir() if not path.name.startswith(".")]
+    (saved / "01.img").unlink()  # one image lost
+    answer = json.loads(call(folder, "GET", "/runcomfy/seedream/jobs")[1])
+    thumbnail = answer["jobs"][0]["thumbnail"]
+    assert thumbnail == f"/runcomfy/seedream/jobs/{request_id}/thumbnail"
+    assert call(folder, "GET", thumbnail)[0] == 404  # as the panel asks when it opens
+    (folder / "journal.json").unlink()  # the second record gone: the saved result's is the one left
+    again = run_list([node_inputs(seed=1)])
+    assert isinstance(again, list) and again[0][3] == request_id and fake.submits == 1
+    assert "paid $0.09 when it ran (nothing charged now)" in comfy.progress_texts()[-1]
