@@ -80,7 +80,7 @@ def limit_value(name: str, value: Any) -> float | None:
         raise ValueError(
             f"{name} must be an amount in US dollars from 0 to {MAX_LIMIT_USD:,.0f} (empty: no limit), not {str(value)[:40]!r}"
         )
-    return amount
+    return amount + 0.0  # "-0" is 0, never shown as $-0.00
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from helpers import node_inputs, run_list, run_node  # noqa: E402
 from runcomfy_seedream.api import shared  # noqa: E402
 from runcomfy_seedream.api.errors import SpendingLimitError  # noqa: E402
 from runcomfy_seedream.api.ledger import LEDGER_NAME, Ledger, LedgerEntry, LedgerUnavailable, parse, today_totals  # noqa: E402
-from runcomfy_seedream.api.spending import PER_DAY_ENV  # noqa: E402
+from runcomfy_seedream.api.spending import PER_DAY_ENV, PER_RUN_ENV  # noqa: E402
 from runcomfy_seedream.nodes import jobs_route  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,3 +250,17 @@ def test_opening_the_panel_never_throws_away_the_record_of_a_damaged_saved_resul
     again = run_list([node_inputs(seed=1)])
     assert isinstance(again, list) and again[0][3] == request_id and fake.submits == 1
     assert "paid $0.09 when it ran (nothing charged now)" in comfy.progress_texts()[-1]
+
+
+# --- odd limits -----------------------------------------------------------------------------------
+
+
+def test_a_limit_of_minus_zero_is_zero_in_every_figure(fake, comfy, monkeypatch, tmp_path):
+    """Before: "-0" passed as -0.0 and the refusal read "your limit per run is $-0.00"; the setting saved -0.0."""
+    monkeypatch.setenv(PER_RUN_ENV, "-0")
+    message = str(run_list([node_inputs(seed=1)]))
+    assert "your limit per run is $0.00 " in message and "$-0" not in message and fake.submits == 0
+    monkeypatch.delenv(PER_RUN_ENV)
+    folder = state_dir(tmp_path)
+    status, raw = call(folder, "POST", "/runcomfy/seedream/spending", body={"per_run_usd": "-0", "per_day_usd": -0.0})
+    assert status == 200 and b"-0" not in raw and b"-0" not in (folder / "spending_limits.json").read_bytes()
