@@ -264,3 +264,16 @@ def test_a_limit_of_minus_zero_is_zero_in_every_figure(fake, comfy, monkeypatch,
     folder = state_dir(tmp_path)
     status, raw = call(folder, "POST", "/runcomfy/seedream/spending", body={"per_run_usd": "-0", "per_day_usd": -0.0})
     assert status == 200 and b"-0" not in raw and b"-0" not in (folder / "spending_limits.json").read_bytes()
+
+
+# --- a price that changes ---------------------------------------------------------------------------
+
+
+def test_a_price_rise_is_seen_by_the_next_run_under_a_limit(fake, comfy, monkeypatch, tmp_path):
+    """Before: the catalog price was cached for an hour, so after a rise from $0.030 to $0.050 a run under a $0.10
+    limit per run was admitted at $0.09 and charged $0.15, over the limit, with no word of it."""
+    monkeypatch.setenv(PER_RUN_ENV, "0.10")
+    assert isinstance(run_list([node_inputs(seed=1)]), list) and fake.submits == 1
+    fake.behaviour.price_per_image_usd = 0.05
+    message = str(run_list([node_inputs(seed=2)]))
+    assert "This run may cost up to $0.15 (1 job × up to 3 images × $0.050)" in message and fake.submits == 1
