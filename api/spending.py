@@ -344,6 +344,12 @@ class Spending:
             MEMORY.live.pop(request_id, None)
         if entry is None or RANK[status] < RANK[entry.status] or (entry.status == status and status not in FINAL):
             return  # never back from an ending to a live state (a late write), never the same live state twice
+        estimate = entry.estimate_usd
+        if status == "done" and self.limits.any and cost_usd is not None and estimate is not None and cost_usd > estimate + 0.005:
+            warn(
+                f"request {request_id} cost ${cost_usd:.2f}, more than the ${estimate:.2f} your spending limit was checked "
+                "with (RunComfy's price changed meanwhile)"
+            )
         changes: dict[str, Any] = {"status": status, "detail": detail}
         if images is not None:
             changes["images"] = images

@@ -277,3 +277,19 @@ def test_a_price_rise_is_seen_by_the_next_run_under_a_limit(fake, comfy, monkeyp
     fake.behaviour.price_per_image_usd = 0.05
     message = str(run_list([node_inputs(seed=2)]))
     assert "This run may cost up to $0.15 (1 job × up to 3 images × $0.050)" in message and fake.submits == 1
+
+
+def test_a_charge_above_what_the_limit_was_checked_with_is_said(fake, comfy, monkeypatch, tmp_path):
+    """The price rises between the catalog read and the submit: the job costs more than the limit allowed, and the
+    run says so (before: "cost $0.15" and nothing else, under a $0.10 limit)."""
+    monkeypatch.setenv(PER_RUN_ENV, "0.10")
+
+    def rise(text: str) -> None:
+        if text.startswith("Submitting"):
+            fake.behaviour.price_per_image_usd = 0.05
+
+    comfy.on_text = rise
+    assert isinstance(run_list([node_inputs(seed=1)]), list) and fake.submits == 1
+    done, warning = comfy.progress_texts()[-1].splitlines()
+    assert "cost $0.15" in done
+    assert warning.startswith("Warning: request ") and "cost $0.15, more than the $0.09 your spending limit was checked with" in warning
