@@ -224,5 +224,11 @@ def register(routes: Any, state_dir: Callable[[], Path], token_file: Callable[[]
             per_day = limit_value("per_day_usd", body.get("per_day_usd"))
         except (ValueError, RecursionError) as bad:
             return refuse(400, str(bad) if not isinstance(bad, json.JSONDecodeError) else "Send the limits as JSON.")
-        await asyncio.to_thread(save_limits, spending_file(), per_run, per_day)
+        try:
+            await asyncio.to_thread(save_limits, spending_file(), per_run, per_day)
+        except OSError as refused:  # the user folder is a file, read-only or full
+            reason = refused.strerror or type(refused).__name__
+            return refuse(
+                500, f"The spending limit could not be saved in {spending_file()} ({reason}); the limits in effect are unchanged."
+            )
         return web.json_response(await asyncio.to_thread(spending_answer, spending_file()))

@@ -293,3 +293,13 @@ def test_a_charge_above_what_the_limit_was_checked_with_is_said(fake, comfy, mon
     done, warning = comfy.progress_texts()[-1].splitlines()
     assert "cost $0.15" in done
     assert warning.startswith("Warning: request ") and "cost $0.15, more than the $0.09 your spending limit was checked with" in warning
+
+
+def test_saving_the_setting_into_a_user_folder_that_is_a_file_answers_in_json(fake, tmp_path):
+    """Before: the OSError escaped the route, and the panel got aiohttp's "500 Internal Server Error" page."""
+    folder = tmp_path / "runcomfy_seedream"
+    folder.write_text("a file where the folder should be")
+    status, raw = call(folder, "POST", "/runcomfy/seedream/spending", body={"per_run_usd": 1, "per_day_usd": None})
+    answer = json.loads(raw)
+    assert status == 500 and answer["ok"] is False and "could not be saved" in answer["error"]
+    assert json.loads(call(folder, "GET", "/runcomfy/seedream/jobs")[1])["warning"]  # the panel still answers
