@@ -248,6 +248,10 @@ class Spending:
 
         try:
             reserved = await asyncio.to_thread(self.ledger.write, [], decide)
+        except asyncio.CancelledError:  # ComfyUI ended the prompt: the write goes on in its thread
+            for entry in candidates.values():  # whatever it reserves is dropped when the run closes
+                self._reserved.setdefault(entry.fingerprint, entry)
+            raise
         except LedgerUnavailable as trouble:
             if self.limits.per_day_usd is not None:
                 await asyncio.to_thread(self.ledger.unkeep, candidates.values())

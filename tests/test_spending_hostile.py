@@ -303,3 +303,46 @@ def test_saving_the_setting_into_a_user_folder_that_is_a_file_answers_in_json(fa
     answer = json.loads(raw)
     assert status == 500 and answer["ok"] is False and "could not be saved" in answer["error"]
     assert json.loads(call(folder, "GET", "/runcomfy/seedream/jobs")[1])["warning"]  # the panel still answers
+
+
+# --- a run ended at each step ----------------------------------------------------------------------
+
+
+def _waiting_for_the_ledger_lock() -> bool:
+    """Whether some thread is inside `FileLock.hold`, waiting for the lock the test holds."""
+    for top in sys._current_frames().values():
+        frame = top
+        while frame is not None:
+            if frame.f_code.co_name == "hold" and frame.f_code.co_filename.endswith("files.py"):
+                return True
+            frame = frame.f_back
+    return False
+
+
+def test_a_run_ended_while_its_reservation_waits_for_the_ledger_leaves_no_live_reservation(fake, comfy, monkeypatch, tmp_path):
+    """ComfyUI cancels the node's task while the admission waits for the ledger's lock (another process holds it).
+    Before: the write went on in its thread and reserved the job after the run had closed, so nothing dropped it:
+    a live "reserved" entry of this ComfyUI ate the day's headroom for six hours, refusing the next run."""
+    from helpers import as_lists, node_object
+    from runcomfy_seedream.api.files import FileLock
+
+    monkeypatch.setenv(PER_DAY_ENV, "0.09")  # one job a day
+    folder = state_dir(tmp_path)
+    folder.mkdir(parents=True)
+
+    async def ended_during_admission() -> BaseException:
+        with FileLock.hold(folder / ".ledger.lock", timeout_s=5):  # another process's write, say
+            task = asyncio.ensure_future(node_object().generate(**as_lists(node_inputs(seed=1))))
+            while not _waiting_for_the_ledger_lock():
+                await asyncio.sleep(0.01)
+            task.cancel()
+        try:
+            await task
+        except BaseException as ended:  # noqa: BLE001 - the test looks at it
+            return ended
+        raise AssertionError("the run was not ended")
+
+    assert isinstance(asyncio.run(ended_during_admission()), asyncio.CancelledError)  # its thread has finished too
+    assert fake.submits == 0
+    assert [e.status for e in Ledger(folder).read().entries] == ["dropped"]
+    assert isinstance(run_list([node_inputs(seed=2)]), list) and fake.submits == 1  # the day's one job is still free
