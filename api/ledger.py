@@ -395,12 +395,14 @@ class Ledger:
         return os.pread(fd, 1, size - 1) == b"\n" if hasattr(os, "pread") else True
 
     def _compact(self, pending: list[LedgerEntry]) -> None:
-        """The newest `max_entries` entries (every one still in flight kept), and the damaged lines as they were."""
+        """The newest `max_entries` entries (every one still in flight kept, but not a reservation whose run is
+        gone: it never became a job), and the damaged lines as they were."""
         entries, _, damaged_lines = parse(read_regular_file(self.path, max_bytes=MAX_LEDGER_BYTES))
         for entry in pending:
             entries[entry.entry] = entry
         ordered = sorted(entries.values(), key=lambda e: (e.time, e.updated), reverse=True)
-        ordered = [e for e in ordered if e.status != "dropped"]
+        now = time.time()
+        ordered = [e for e in ordered if e.status != "dropped" and (e.status != "reserved" or run_alive(e, now))]  # never a job
         kept = [e for i, e in enumerate(ordered) if i < self.max_entries or e.status in IN_FLIGHT]
         text = "".join(line + "\n" for line in damaged_lines) + "".join(e.to_json() + "\n" for e in reversed(kept))
         write_atomically(self.path, text.encode())

@@ -366,3 +366,16 @@ def test_a_damaged_saved_limit_is_never_dropped_without_a_word(fake, comfy, tmp_
     outcome = run_list([node_inputs(seed=1)])
     said = (str(outcome) if isinstance(outcome, Exception) else "") + comfy.progress_texts()[-1]
     assert "spending_limits.json" in said
+
+
+def test_compaction_bounds_the_ledger_however_many_runs_died_holding_reservations(tmp_path):
+    """Before: compaction kept every entry "in flight", and a reservation whose process died stays "reserved" for
+    ever: each crash of a list (a kill -9, a power cut) added its reservations to the ledger for good."""
+    dead = {"pid": 2**31 - 2, "host": os.uname().nodename}  # no such process
+    ledger = Ledger(tmp_path, max_entries=10)
+    gone = [entry.changed(**dead) for entry in reservations(40)]
+    ledger.write(gone)
+    ledger.write([entry.changed(status="done", request_id=entry.entry, cost_usd=0.09) for entry in reservations(30)])  # compacts
+    lines = (tmp_path / LEDGER_NAME).read_text().splitlines()
+    assert len(lines) == 10, len(lines)  # the newest ten
+    assert not [e for e in Ledger(tmp_path).read().entries if e.status == "reserved"]
