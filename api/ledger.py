@@ -25,6 +25,7 @@ import errno
 import json
 import math
 import os
+import re
 import socket
 import stat
 import time
@@ -45,6 +46,8 @@ ENTRY_BYTES = 400  # about what one line takes: past 2 × max_entries of them, t
 MAX_LEDGER_BYTES = 16 * 2**20  # far beyond 2 × MAX_ENTRIES lines; a larger file is damage
 LOCK_WAIT_S = 10.0
 PROMPT_WORDS_CHARS = 60
+DETAIL_CHARS = 300
+_DATA_URI = re.compile(r"data:[^\s\"'<>]*")  # an image sent inline: never kept in the ledger
 RESERVATION_TTL_S = 6 * 3600.0  # a reservation older than this never became a job (its process is gone)
 
 STATUSES = ("reserved", "queued", "generating", "done", "failed", "cancelled", "unknown", "dropped")  # dropped: never submitted
@@ -132,6 +135,8 @@ class LedgerEntry:
         )  # fmt: skip
 
     def changed(self, **changes: Any) -> LedgerEntry:
+        if changes.get("detail") is not None:  # RunComfy's reason for a failure: it may quote the request
+            changes["detail"] = _DATA_URI.sub("data:…", str(changes["detail"]))[:DETAIL_CHARS]
         return dataclasses.replace(self, **changes, updated=time.time())
 
     @classmethod
@@ -160,7 +165,7 @@ class LedgerEntry:
             node_id=_text(raw.get("node_id"), 64),
             prompt_id=_text(raw.get("prompt_id"), 64),
             fingerprint=_text(raw.get("fingerprint"), 128),
-            detail=_text(raw.get("detail"), 300),
+            detail=_text(raw.get("detail"), DETAIL_CHARS),
             pid=raw["pid"] if type(raw.get("pid")) is int and 0 < raw["pid"] < 2**31 else 0,
             host=_text(raw.get("host"), 255) or "",
             updated=float(updated or when),

@@ -379,3 +379,14 @@ def test_compaction_bounds_the_ledger_however_many_runs_died_holding_reservation
     lines = (tmp_path / LEDGER_NAME).read_text().splitlines()
     assert len(lines) == 10, len(lines)  # the newest ten
     assert not [e for e in Ledger(tmp_path).read().entries if e.status == "reserved"]
+
+
+def test_a_failure_reason_that_quotes_the_request_keeps_no_pixels_and_a_short_line_in_the_ledger(fake, comfy, tmp_path):
+    """Before: RunComfy's reason for a failed job was written whole: an 11 kB line holding the base64 of an image
+    it quoted (the ledger is to hold no pixels, and each line a few hundred bytes)."""
+    fake.behaviour.fail_with = "invalid reference data:image/png;base64," + "iVBORw0KGgo" * 1000
+    run_list([node_inputs(seed=1)])
+    text = (state_dir(tmp_path) / LEDGER_NAME).read_text()
+    assert "base64" not in text and max(len(line) for line in text.splitlines()) < 1000
+    (entry,) = Ledger(state_dir(tmp_path)).read().entries
+    assert entry.status == "failed" and entry.detail.startswith("invalid reference data:…")
