@@ -571,10 +571,12 @@ class RunComfyClient:
         """The model's catalog entry (price, schema); a refused token is an `AuthenticationError`."""
         return await self._call("GET", f"models/{MODEL_ID}", action="Reading the model catalog", announce=announce)
 
-    async def price(self) -> Price | None:
-        """The model's catalog price per image, cached for an hour per service; None when it cannot be had."""
+    async def price(self, *, fresh: bool = False) -> Price | None:
+        """The model's catalog price per image, cached for an hour per service; None when it cannot be had.
+        `fresh`: read the catalog now (a spending limit checks what a job costs today, not an hour ago); a
+        catalog that failed moments ago is still not asked again."""
         key = (self.base_url, MODEL_ID)  # never the token
-        cached = PRICES.get(key)
+        cached = None if fresh else PRICES.get(key)
         if cached is not None or PRICES.failed_recently(key):
             return cached
         return await asyncio.shield(LOOP_STATE.lookup(("price", key), lambda: self._look_up_price(key)))

@@ -18,12 +18,16 @@ setting the clock back cannot hide spending.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import errno
 import json
 import math
 import os
+import re
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -36,11 +40,14 @@ from .shared import MEMORY
 
 LEDGER_NAME = "ledger.jsonl"
 LOCK_NAME = ".ledger.lock"
+MAX_USD = 1_000_000.0  # the most one entry can cost or be estimated at: more is a bad hand edit, not a job
 MAX_ENTRIES = 5000  # a few hundred bytes each: about 1.5 MB, months of heavy use
 ENTRY_BYTES = 400  # about what one line takes: past 2 × max_entries of them, the file is compacted
 MAX_LEDGER_BYTES = 16 * 2**20  # far beyond 2 × MAX_ENTRIES lines; a larger file is damage
 LOCK_WAIT_S = 10.0
 PROMPT_WORDS_CHARS = 60
+DETAIL_CHARS = 300
+_DATA_URI = re.compile(r"data:[^\s\"'<>]*")  # an image sent inline: never kept in the ledger
 RESERVATION_TTL_S = 6 * 3600.0  # a reservation older than this never became a job (its process is gone)
 
 STATUSES = ("reserved", "queued", "generating", "done", "failed", "cancelled", "unknown", "dropped")  # dropped: never submitted
@@ -57,7 +64,7 @@ class LedgerUnavailable(Exception):
 def _money(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_USD:  # NaN fails too
         raise ValueError("not an amount")
     return float(value)
 
@@ -76,6 +83,17 @@ def _text(value: Any, limit: int = 200) -> str | None:
     if not isinstance(value, str):
         raise ValueError("not text")
     return value[:limit]
+
+
+def _is_date(value: Any) -> bool:
+    """Whether `value` is epoch seconds of a local calendar day (a time past year 9999 or before year 1 is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    try:
+        local_day(value)
+    except (OverflowError, OSError, ValueError):
+        return False
+    return True
 
 
 def prompt_words(prompt: str) -> str:
@@ -117,6 +135,8 @@ class LedgerEntry:
         )  # fmt: skip
 
     def changed(self, **changes: Any) -> LedgerEntry:
+        if changes.get("detail") is not None:  # RunComfy's reason for a failure: it may quote the request
+            changes["detail"] = _DATA_URI.sub("data:…", str(changes["detail"]))[:DETAIL_CHARS]
         return dataclasses.replace(self, **changes, updated=time.time())
 
     @classmethod
@@ -127,7 +147,10 @@ class LedgerEntry:
         status, entry, when = raw.get("status"), raw.get("entry"), raw.get("time")
         if status not in STATUSES or not isinstance(entry, str) or not entry:
             raise ValueError("not a ledger entry")
-        if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
+        if not _is_date(when):
+            raise ValueError("no time")
+        updated = raw.get("updated")
+        if updated is not None and not _is_date(updated):
             raise ValueError("no time")
         return cls(
             entry=entry[:64],
@@ -142,10 +165,10 @@ class LedgerEntry:
             node_id=_text(raw.get("node_id"), 64),
             prompt_id=_text(raw.get("prompt_id"), 64),
             fingerprint=_text(raw.get("fingerprint"), 128),
-            detail=_text(raw.get("detail"), 300),
+            detail=_text(raw.get("detail"), DETAIL_CHARS),
             pid=raw["pid"] if type(raw.get("pid")) is int and 0 < raw["pid"] < 2**31 else 0,
             host=_text(raw.get("host"), 255) or "",
-            updated=float(raw.get("updated") or when) if isinstance(raw.get("updated"), (int, float)) else float(when),
+            updated=float(updated or when),
         )
 
     def to_json(self) -> str:
@@ -335,24 +358,41 @@ class Ledger:
             self._unwritten[entry.entry] = entry
 
     def _append(self, view: LedgerView, entries: list[LedgerEntry]) -> None:
-        """Append the new entries and any this process could not write before; compact when the file is long."""
+        """Append the new entries and any this process could not write before; compact when the file is long.
+        Only ever into a regular file (a FIFO or device is refused, never waited on), and all or nothing: a write
+        the disk cuts short is taken back, so no torn line is left and the entries stay in memory."""
         pending = list(self._unwritten.values()) + entries
         if not pending:
             return
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         lines = "".join(entry.to_json() + "\n" for entry in pending).encode()
-        size = self.path.stat().st_size if self.path.exists() else 0
-        if size > min(MAX_LEDGER_BYTES // 2, 2 * self.max_entries * ENTRY_BYTES):
-            self._compact(pending)
-        else:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            try:
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        fd = os.open(self.path, flags, 0o600)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            size = info.st_size
+            compact = size > min(MAX_LEDGER_BYTES // 2, 2 * self.max_entries * ENTRY_BYTES)
+            if not compact:
                 if size and not self._ends_with_newline(fd, size):
                     lines = b"\n" + lines  # a hand edit left the last line open: never join ours to it
-                os.write(fd, lines)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                try:
+                    done = 0
+                    while done < len(lines):  # a full disk may take part of a write before it refuses the rest
+                        written = os.write(fd, lines[done:])
+                        if written <= 0:
+                            raise OSError(errno.ENOSPC, "the disk took nothing")
+                        done += written
+                    os.fsync(fd)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, size)
+                    raise
+        finally:
+            os.close(fd)
+        if compact:
+            self._compact(pending)
         self._unwritten.clear()
 
     @staticmethod
@@ -360,12 +400,14 @@ class Ledger:
         return os.pread(fd, 1, size - 1) == b"\n" if hasattr(os, "pread") else True
 
     def _compact(self, pending: list[LedgerEntry]) -> None:
-        """The newest `max_entries` entries (every one still in flight kept), and the damaged lines as they were."""
+        """The newest `max_entries` entries (every one still in flight kept, but not a reservation whose run is
+        gone: it never became a job), and the damaged lines as they were."""
         entries, _, damaged_lines = parse(read_regular_file(self.path, max_bytes=MAX_LEDGER_BYTES))
         for entry in pending:
             entries[entry.entry] = entry
         ordered = sorted(entries.values(), key=lambda e: (e.time, e.updated), reverse=True)
-        ordered = [e for e in ordered if e.status != "dropped"]
+        now = time.time()
+        ordered = [e for e in ordered if e.status != "dropped" and (e.status != "reserved" or run_alive(e, now))]  # never a job
         kept = [e for i, e in enumerate(ordered) if i < self.max_entries or e.status in IN_FLIGHT]
         text = "".join(line + "\n" for line in damaged_lines) + "".join(e.to_json() + "\n" for e in reversed(kept))
         write_atomically(self.path, text.encode())

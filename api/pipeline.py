@@ -170,7 +170,7 @@ class Session:
         """The catalog price if it is known within `wait_s` (default `Timing.price_wait_s`), else None (the lookup
         goes on)."""
         if self._price is None:
-            self._price = asyncio.ensure_future(self.client.price())
+            self._price = asyncio.ensure_future(self.client.price(fresh=self.spending.limits.any))  # a limit needs today's
         await asyncio.wait({self._price}, timeout=self.timing.price_wait_s if wait_s is None else wait_s)
         done = self._price.done() and not self._price.cancelled() and self._price.exception() is None
         return self._price.result() if done else None

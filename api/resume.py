@@ -444,6 +444,12 @@ class ResumeStore:
             lambda error: self._set_aside(fingerprint, meta),
         )
 
+    async def peek(self, fingerprint: str) -> CachedResult | None:
+        """The saved result as it is, for a look from outside a run (the jobs panel): None when there is none or it
+        is damaged. Nothing is set aside or warned of: the next run of these inputs does that, and collects the
+        request again."""
+        return await asyncio.to_thread(_quietly, lambda key: self._cached(key, {}), fingerprint)
+
     async def store_result(self, fingerprint: str, result: CachedResult) -> None:
         """Keep the files for a free re-run (in memory, with a warning, when the disk refuses them)."""
         await self._tolerant(

@@ -80,7 +80,7 @@ def limit_value(name: str, value: Any) -> float | None:
         raise ValueError(
             f"{name} must be an amount in US dollars from 0 to {MAX_LIMIT_USD:,.0f} (empty: no limit), not {str(value)[:40]!r}"
         )
-    return amount
+    return amount + 0.0  # "-0" is 0, never shown as $-0.00
 
 
 @dataclass(frozen=True)
@@ -248,6 +248,10 @@ class Spending:
 
         try:
             reserved = await asyncio.to_thread(self.ledger.write, [], decide)
+        except asyncio.CancelledError:  # ComfyUI ended the prompt: the write goes on in its thread
+            for entry in candidates.values():  # whatever it reserves is dropped when the run closes
+                self._reserved.setdefault(entry.fingerprint, entry)
+            raise
         except LedgerUnavailable as trouble:
             if self.limits.per_day_usd is not None:
                 await asyncio.to_thread(self.ledger.unkeep, candidates.values())
@@ -344,6 +348,12 @@ class Spending:
             MEMORY.live.pop(request_id, None)
         if entry is None or RANK[status] < RANK[entry.status] or (entry.status == status and status not in FINAL):
             return  # never back from an ending to a live state (a late write), never the same live state twice
+        estimate = entry.estimate_usd
+        if status == "done" and self.limits.any and cost_usd is not None and estimate is not None and cost_usd > estimate + 0.005:
+            warn(
+                f"request {request_id} cost ${cost_usd:.2f}, more than the ${estimate:.2f} your spending limit was checked "
+                "with (RunComfy's price changed meanwhile)"
+            )
         changes: dict[str, Any] = {"status": status, "detail": detail}
         if images is not None:
             changes["images"] = images
@@ -363,9 +373,9 @@ class Spending:
         """Today's totals over every process, or None when the ledger cannot be read."""
         try:
             view = await asyncio.to_thread(self.ledger.read)
-        except Exception:  # noqa: BLE001
+            return None if view.problem else today_totals(view.entries)
+        except Exception:  # noqa: BLE001 - a total that cannot be had is left out of a paid run's last line
             return None
-        return None if view.problem else today_totals(view.entries)
 
 
 def _unknown_day(problem: str, limits: SpendingLimits) -> str:

@@ -17,6 +17,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,13 @@ ROUTES = (JOBS_ROUTE, f"{JOBS_ROUTE}/{{request_id}}/thumbnail", f"{JOBS_ROUTE}/{
 JOBS_SHOWN = 100
 THUMBNAIL_PX = 128
 CANCEL_TIMEOUT_S = 30.0
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")  # what `resume.request_fingerprint` names a saved result by
+
+
+def saved_key(entry: LedgerEntry) -> str | None:
+    """The name of the entry's saved result, when its fingerprint can be one: a hand-edited ledger cannot point the
+    panel at a folder outside the saved results ("../..")."""
+    return entry.fingerprint if entry.fingerprint and _FINGERPRINT.fullmatch(entry.fingerprint) else None
 
 
 def job_row(entry: LedgerEntry, has_thumbnail: bool) -> dict[str, Any]:
@@ -82,7 +90,7 @@ def jobs_answer(state_dir: Path, spending_file: Path) -> dict[str, Any]:
         "month": {"usd": round(month.usd, 4), "jobs": month.jobs, "month": time.strftime("%Y-%m", time.localtime(now))},
         "limits": {"per_run_usd": limits.per_run_usd, "per_day_usd": limits.per_day_usd} if limits else None,
         "warning": view.damage(),
-        "jobs": [job_row(e, e.status == "done" and bool(e.fingerprint) and (results / e.fingerprint).is_dir()) for e in shown],
+        "jobs": [job_row(e, e.status == "done" and (key := saved_key(e)) is not None and (results / key).is_dir()) for e in shown],
     }
 
 
@@ -91,9 +99,10 @@ def thumbnail(state_dir: Path, request_id: str) -> bytes | None:
     from PIL import Image
 
     entry = Ledger(state_dir).read().by_request(request_id)
-    if entry is None or not entry.fingerprint:
+    key = saved_key(entry) if entry is not None else None
+    if key is None:
         return None
-    cached = asyncio.run(ResumeStore(state_dir, warn=lambda line: None).cached(entry.fingerprint))
+    cached = asyncio.run(ResumeStore(state_dir, warn=lambda line: None).peek(key))  # looking never sets it aside
     if cached is None or not cached.files:
         return None
     try:
@@ -215,5 +224,11 @@ def register(routes: Any, state_dir: Callable[[], Path], token_file: Callable[[]
             per_day = limit_value("per_day_usd", body.get("per_day_usd"))
         except (ValueError, RecursionError) as bad:
             return refuse(400, str(bad) if not isinstance(bad, json.JSONDecodeError) else "Send the limits as JSON.")
-        await asyncio.to_thread(save_limits, spending_file(), per_run, per_day)
+        try:
+            await asyncio.to_thread(save_limits, spending_file(), per_run, per_day)
+        except OSError as refused:  # the user folder is a file, read-only or full
+            reason = refused.strerror or type(refused).__name__
+            return refuse(
+                500, f"The spending limit could not be saved in {spending_file()} ({reason}); the limits in effect are unchanged."
+            )
         return web.json_response(await asyncio.to_thread(spending_answer, spending_file()))

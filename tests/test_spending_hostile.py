@@ -1,0 +1,392 @@
+"""Spending limits, the ledger and the jobs panel under attack: hand-edited and hostile ledgers, a full disk, a
+FIFO, prices that move, odd limits and panel requests. Real HTTP to the fake, real subprocesses, no sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp")
+from aiohttp import web  # noqa: E402
+from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
+
+from helpers import node_inputs, run_list, run_node  # noqa: E402
+from runcomfy_seedream.api import shared  # noqa: E402
+from runcomfy_seedream.api.errors import SpendingLimitError  # noqa: E402
+from runcomfy_seedream.api.ledger import LEDGER_NAME, Ledger, LedgerEntry, LedgerUnavailable, parse, today_totals  # noqa: E402
+from runcomfy_seedream.api.spending import PER_DAY_ENV, PER_RUN_ENV  # noqa: E402
+from runcomfy_seedream.nodes import jobs_route  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_state():
+    shared.reset_all()
+    yield
+    shared.reset_all()
+
+
+def state_dir(home: Path) -> Path:
+    return home / ".cache" / "runcomfy-seedream"
+
+
+def hand_line(**fields) -> str:
+    line = {"v": 1, "entry": "hand", "time": time.time(), "status": "done", "max_images": 1, "cost_usd": 0.03}
+    line.update(fields)
+    return json.dumps(line)
+
+
+def append(path: Path, *lines: str) -> None:
+    path.write_text(path.read_text() + "".join(line + "\n" for line in lines))
+
+
+def app_for(folder: Path) -> web.Application:
+    routes = web.RouteTableDef()
+    jobs_route.register(routes, lambda: folder, lambda: folder / "secrets" / "api_token.json", lambda: folder / "spending_limits.json")
+    app = web.Application()
+    app.add_routes(routes)
+    return app
+
+
+def call(folder: Path, method: str, path: str, *, body=None) -> tuple[int, bytes]:
+    async def go():
+        async with TestClient(TestServer(app_for(folder), host="127.0.0.1")) as client:
+            response = await client.request(method, path, json=body)
+            return response.status, await response.read()
+
+    return asyncio.run(go())
+
+
+# --- a ledger edited by hand ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"time": 1e12},  # year 33658: finite, but no calendar day
+        {"time": -1e20},
+        {"time": 253402300800},  # the first second of year 10000
+        {"updated": float("nan")},  # written by json as the NaN token
+        {"updated": 1e300},
+    ],
+    ids=["year-33658", "far-past", "year-10000", "updated-NaN", "updated-1e300"],
+)
+def test_a_hand_edited_date_no_calendar_holds_is_damage_and_never_a_crash(odd):
+    view_lines = [hand_line(entry="good", request_id="r1"), hand_line(entry="odd", request_id="r2", **odd)]
+    entries, damaged, _ = parse("\n".join(view_lines).encode())
+    assert list(entries) == ["good"] and damaged == [2]
+    assert today_totals(entries.values()).usd == pytest.approx(0.03)
+
+
+def test_a_ledger_line_dated_past_year_9999_lets_paid_work_go_on_and_the_panel_answer(fake, comfy, monkeypatch, tmp_path):
+    """Before: every run (even one reusing its saved images) and the panel died on ValueError('year … is out of range')."""
+    run_node(**node_inputs(seed=1))
+    path = state_dir(tmp_path) / LEDGER_NAME
+    append(path, hand_line(time=1e12))
+    reused = run_list([node_inputs(seed=1)])  # the saved images: nothing sent
+    assert isinstance(reused, list) and fake.submits == 1 and "(nothing charged now)" in comfy.progress_texts()[-1]
+    fresh = run_list([node_inputs(seed=2)])  # no limit: one warning line, and the run goes on
+    assert isinstance(fresh, list) and fake.submits == 2
+    warning = comfy.progress_texts()[-1].splitlines()[-1]
+    assert warning.startswith("Warning: 1 line of the spending ledger") and "cannot be read (line " in warning
+    monkeypatch.setenv(PER_DAY_ENV, "10")
+    refusal = run_list([node_inputs(seed=3)])
+    assert isinstance(refusal, SpendingLimitError) and "daily spending limit cannot be checked" in str(refusal)
+    assert "Repair or delete the unreadable lines" in str(refusal) and fake.submits == 2
+    status, raw = call(state_dir(tmp_path), "GET", "/runcomfy/seedream/jobs")
+    assert status == 200 and "cannot be read" in json.loads(raw)["warning"]
+
+
+def test_hand_edited_huge_costs_are_damage_and_the_panel_answer_stays_json(fake, tmp_path):
+    """Before: two entries of $1e308 each added up to inf, and the panel's answer held `Infinity`, which no browser
+    parses as JSON."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    (folder / LEDGER_NAME).write_text(hand_line(entry="a", cost_usd=1e308) + "\n" + hand_line(entry="b", cost_usd=1e308) + "\n")
+    status, raw = call(folder, "GET", "/runcomfy/seedream/jobs")
+    assert status == 200
+    answer = json.loads(raw, parse_constant=lambda name: pytest.fail(f"{name} in the panel's JSON"))
+    assert answer["today"]["usd"] == 0 and "2 lines of the spending ledger" in answer["warning"]
+
+
+# --- a ledger that is no file, on a disk that is full ------------------------------------------------
+
+
+def reservations(count: int) -> list[LedgerEntry]:
+    return [
+        LedgerEntry.reserve(
+            fingerprint=f"{n:064x}",
+            max_images=3,
+            estimate_usd=0.09,
+            prompt="Generate 3 images of a fox in the snow at dawn, wide",
+            node_id="7",
+            prompt_id="p" * 36,
+        )  # fmt: skip
+        for n in range(count)
+    ]
+
+
+def test_a_fifo_in_place_of_the_ledger_is_refused_never_written_into_or_waited_on(tmp_path):
+    """Before: the ledger was opened read-write and written without checking what it is; a FIFO took the first
+    64 KiB (lost), and a longer write (a list of about 150 items, or the pile-up of entries the FIFO swallowed)
+    blocked for ever, holding the ledger's lock: the run hung, after its submit."""
+    fifo = tmp_path / LEDGER_NAME
+    os.mkfifo(fifo)
+    outcome: list[object] = []
+
+    def write() -> None:
+        try:
+            Ledger(tmp_path).write(reservations(200))
+            outcome.append("written")
+        except LedgerUnavailable as trouble:
+            outcome.append(trouble)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    writer.join(30)  # a bound on a hang, not a timing: the fixed write returns at once
+    hung = writer.is_alive()
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        swallowed = 0
+        while True:  # drain it: unblocks a writer stuck on a full pipe
+            try:
+                piece = os.read(reader, 1 << 16)
+            except BlockingIOError:
+                piece = b""
+            if not piece and not writer.is_alive():
+                break
+            swallowed += len(piece)
+            if not piece:
+                writer.join(0.05)
+    finally:
+        os.close(reader)
+    assert not hung, "writing a ledger that is a FIFO blocked"
+    assert swallowed == 0
+    (trouble,) = outcome
+    assert isinstance(trouble, LedgerUnavailable) and "not a regular file" in str(trouble)
+    assert len(Ledger(tmp_path).read().entries) == 200  # kept in memory, counted by this process
+
+
+TORN = textwrap.dedent(
+    """
+    import resource, signal, sys
+    sys.path.insert(0, {scripts!r})
+    from pack_import import load_pack
+    load_pack()
+    from pathlib import Path
+    from runcomfy_seedream.api.ledger import Ledger, LedgerEntry, LedgerUnavailable
+    folder = Path(sys.argv[1])
+    entry = LedgerEntry.reserve(fingerprint="f" * 64, max_images=3, estimate_usd=0.09, prompt="p", node_id=None, prompt_id=None)
+    size = (folder / "ledger.jsonl").stat().st_size
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, resource.RLIM_INFINITY))  # room for 100 bytes: a full disk
+    try:
+        Ledger(folder).write([entry.changed(status="queued", request_id="r-queued")])
+        print("written")
+    except LedgerUnavailable as trouble:
+        print("refused", trouble)
+    """
+)
+
+
+def test_a_full_disk_never_leaves_a_torn_line_in_the_ledger(tmp_path):
+    """Before: one os.write, its count unchecked: a disk with room for part of a line took that part, the rest was
+    dropped, the entry was taken as written, and the torn line made the ledger damaged (refusing every new job
+    under a daily limit). Seen on a 64 KiB tmpfs: a paid job's "queued" line was cut, so it counted $0."""
+    first = reservations(1)[0].changed(status="done", request_id="r-done", cost_usd=0.09)
+    Ledger(tmp_path).write([first])
+    before = (tmp_path / LEDGER_NAME).read_bytes()
+    child = subprocess.run(
+        [sys.executable, "-c", TORN.format(scripts=str(ROOT / "scripts")), str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.startswith("refused") and "cannot be written" in child.stdout
+    assert (tmp_path / LEDGER_NAME).read_bytes() == before  # all or nothing
+    view = Ledger(tmp_path).read()
+    assert not view.damaged and [e.request_id for e in view.entries] == ["r-done"]
+
+
+# --- the jobs panel -------------------------------------------------------------------------------
+
+
+def test_a_thumbnail_request_never_deletes_a_folder_a_hand_edited_fingerprint_points_at(fake, tmp_path):
+    """Before: the thumbnail route took the fingerprint from the ledger as a path under results/, found no saved
+    result of the right shape in ../../victim, and "set it aside": the folder outside the user folder was deleted."""
+    folder = tmp_path / "user" / "runcomfy_seedream"
+    (folder / "results").mkdir(parents=True)
+    victim = tmp_path / "user" / "victim"
+    victim.mkdir()
+    (victim / "work.txt").write_text("keep me")
+    (folder / LEDGER_NAME).write_text(hand_line(request_id="req-1", fingerprint="../../victim") + "\n")
+    assert call(folder, "GET", "/runcomfy/seedream/jobs/req-1/thumbnail")[0] == 404
+    assert (victim / "work.txt").read_text() == "keep me"
+    answer = json.loads(call(folder, "GET", "/runcomfy/seedream/jobs")[1])
+    assert answer["jobs"][0]["thumbnail"] is None
+
+
+def test_opening_the_panel_never_throws_away_the_record_of_a_damaged_saved_result(fake, comfy, tmp_path):
+    """Before: the panel's thumbnail request set a damaged saved result aside (as a run does) but kept nothing of
+    it: once the journal no longer held the request (48 h later, or lost), the next run paid again. A run that
+    finds it damaged collects its request again, free."""
+    request_id = run_node(**node_inputs(seed=1))[3]
+    folder = state_dir(tmp_path)
+    (saved,) = [path for path in (folder / "results").iterdir() if not path.name.startswith(".")]
+    (saved / "01.img").unlink()  # one image lost
+    answer = json.loads(call(folder, "GET", "/runcomfy/seedream/jobs")[1])
+    thumbnail = answer["jobs"][0]["thumbnail"]
+    assert thumbnail == f"/runcomfy/seedream/jobs/{request_id}/thumbnail"
+    assert call(folder, "GET", thumbnail)[0] == 404  # as the panel asks when it opens
+    (folder / "journal.json").unlink()  # the second record gone: the saved result's is the one left
+    again = run_list([node_inputs(seed=1)])
+    assert isinstance(again, list) and again[0][3] == request_id and fake.submits == 1
+    assert "paid $0.09 when it ran (nothing charged now)" in comfy.progress_texts()[-1]
+
+
+# --- odd limits -----------------------------------------------------------------------------------
+
+
+def test_a_limit_of_minus_zero_is_zero_in_every_figure(fake, comfy, monkeypatch, tmp_path):
+    """Before: "-0" passed as -0.0 and the refusal read "your limit per run is $-0.00"; the setting saved -0.0."""
+    monkeypatch.setenv(PER_RUN_ENV, "-0")
+    message = str(run_list([node_inputs(seed=1)]))
+    assert "your limit per run is $0.00 " in message and "$-0" not in message and fake.submits == 0
+    monkeypatch.delenv(PER_RUN_ENV)
+    folder = state_dir(tmp_path)
+    status, raw = call(folder, "POST", "/runcomfy/seedream/spending", body={"per_run_usd": "-0", "per_day_usd": -0.0})
+    assert status == 200 and b"-0" not in raw and b"-0" not in (folder / "spending_limits.json").read_bytes()
+
+
+# --- a price that changes ---------------------------------------------------------------------------
+
+
+def test_a_price_rise_is_seen_by_the_next_run_under_a_limit(fake, comfy, monkeypatch, tmp_path):
+    """Before: the catalog price was cached for an hour, so after a rise from $0.030 to $0.050 a run under a $0.10
+    limit per run was admitted at $0.09 and charged $0.15, over the limit, with no word of it."""
+    monkeypatch.setenv(PER_RUN_ENV, "0.10")
+    assert isinstance(run_list([node_inputs(seed=1)]), list) and fake.submits == 1
+    fake.behaviour.price_per_image_usd = 0.05
+    message = str(run_list([node_inputs(seed=2)]))
+    assert "This run may cost up to $0.15 (1 job × up to 3 images × $0.050)" in message and fake.submits == 1
+
+
+def test_a_charge_above_what_the_limit_was_checked_with_is_said(fake, comfy, monkeypatch, tmp_path):
+    """The price rises between the catalog read and the submit: the job costs more than the limit allowed, and the
+    run says so (before: "cost $0.15" and nothing else, under a $0.10 limit)."""
+    monkeypatch.setenv(PER_RUN_ENV, "0.10")
+
+    def rise(text: str) -> None:
+        if text.startswith("Submitting"):
+            fake.behaviour.price_per_image_usd = 0.05
+
+    comfy.on_text = rise
+    assert isinstance(run_list([node_inputs(seed=1)]), list) and fake.submits == 1
+    done, warning = comfy.progress_texts()[-1].splitlines()
+    assert "cost $0.15" in done
+    assert warning.startswith("Warning: request ") and "cost $0.15, more than the $0.09 your spending limit was checked with" in warning
+
+
+def test_saving_the_setting_into_a_user_folder_that_is_a_file_answers_in_json(fake, tmp_path):
+    """Before: the OSError escaped the route, and the panel got aiohttp's "500 Internal Server Error" page."""
+    folder = tmp_path / "runcomfy_seedream"
+    folder.write_text("a file where the folder should be")
+    status, raw = call(folder, "POST", "/runcomfy/seedream/spending", body={"per_run_usd": 1, "per_day_usd": None})
+    answer = json.loads(raw)
+    assert status == 500 and answer["ok"] is False and "could not be saved" in answer["error"]
+    assert json.loads(call(folder, "GET", "/runcomfy/seedream/jobs")[1])["warning"]  # the panel still answers
+
+
+# --- a run ended at each step ----------------------------------------------------------------------
+
+
+def _waiting_for_the_ledger_lock() -> bool:
+    """Whether some thread is inside `FileLock.hold`, waiting for the lock the test holds."""
+    for top in sys._current_frames().values():
+        frame = top
+        while frame is not None:
+            if frame.f_code.co_name == "hold" and frame.f_code.co_filename.endswith("files.py"):
+                return True
+            frame = frame.f_back
+    return False
+
+
+def test_a_run_ended_while_its_reservation_waits_for_the_ledger_leaves_no_live_reservation(fake, comfy, monkeypatch, tmp_path):
+    """ComfyUI cancels the node's task while the admission waits for the ledger's lock (another process holds it).
+    Before: the write went on in its thread and reserved the job after the run had closed, so nothing dropped it:
+    a live "reserved" entry of this ComfyUI ate the day's headroom for six hours, refusing the next run."""
+    from helpers import as_lists, node_object
+    from runcomfy_seedream.api.files import FileLock
+
+    monkeypatch.setenv(PER_DAY_ENV, "0.09")  # one job a day
+    folder = state_dir(tmp_path)
+    folder.mkdir(parents=True)
+
+    async def ended_during_admission() -> BaseException:
+        with FileLock.hold(folder / ".ledger.lock", timeout_s=5):  # another process's write, say
+            task = asyncio.ensure_future(node_object().generate(**as_lists(node_inputs(seed=1))))
+            while not _waiting_for_the_ledger_lock():
+                await asyncio.sleep(0.01)
+            task.cancel()
+        try:
+            await task
+        except BaseException as ended:  # noqa: BLE001 - the test looks at it
+            return ended
+        raise AssertionError("the run was not ended")
+
+    assert isinstance(asyncio.run(ended_during_admission()), asyncio.CancelledError)  # its thread has finished too
+    assert fake.submits == 0
+    assert [e.status for e in Ledger(folder).read().entries] == ["dropped"]
+    assert isinstance(run_list([node_inputs(seed=2)]), list) and fake.submits == 1  # the day's one job is still free
+
+
+# --- not fixed here: a decision for the owner ---------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="read_saved treats a damaged spending_limits.json as no setting, by design; the limit then goes silently",
+)
+@pytest.mark.parametrize("saved", ['{"per_day_usd": "5$"}', '{"per_day_usd": 5', '{"per_day_usd": -5}'], ids=["typo", "cut", "negative"])
+def test_a_damaged_saved_limit_is_never_dropped_without_a_word(fake, comfy, tmp_path, saved):
+    """The user set a daily limit of $5 in the settings file (by hand, or the file was damaged): the run submits
+    with no limit at all and says nothing. A malformed environment variable is refused, naming it; the saved
+    file's damage should at least be said (or new jobs refused, as for a damaged ledger under a daily limit)."""
+    folder = state_dir(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "spending_limits.json").write_text(saved)
+    outcome = run_list([node_inputs(seed=1)])
+    said = (str(outcome) if isinstance(outcome, Exception) else "") + comfy.progress_texts()[-1]
+    assert "spending_limits.json" in said
+
+
+def test_compaction_bounds_the_ledger_however_many_runs_died_holding_reservations(tmp_path):
+    """Before: compaction kept every entry "in flight", and a reservation whose process died stays "reserved" for
+    ever: each crash of a list (a kill -9, a power cut) added its reservations to the ledger for good."""
+    dead = {"pid": 2**31 - 2, "host": os.uname().nodename}  # no such process
+    ledger = Ledger(tmp_path, max_entries=10)
+    gone = [entry.changed(**dead) for entry in reservations(40)]
+    ledger.write(gone)
+    ledger.write([entry.changed(status="done", request_id=entry.entry, cost_usd=0.09) for entry in reservations(30)])  # compacts
+    lines = (tmp_path / LEDGER_NAME).read_text().splitlines()
+    assert len(lines) == 10, len(lines)  # the newest ten
+    assert not [e for e in Ledger(tmp_path).read().entries if e.status == "reserved"]
+
+
+def test_a_failure_reason_that_quotes_the_request_keeps_no_pixels_and_a_short_line_in_the_ledger(fake, comfy, tmp_path):
+    """Before: RunComfy's reason for a failed job was written whole: an 11 kB line holding the base64 of an image
+    it quoted (the ledger is to hold no pixels, and each line a few hundred bytes)."""
+    fake.behaviour.fail_with = "invalid reference data:image/png;base64," + "iVBORw0KGgo" * 1000
+    run_list([node_inputs(seed=1)])
+    text = (state_dir(tmp_path) / LEDGER_NAME).read_text()
+    assert "base64" not in text and max(len(line) for line in text.splitlines()) < 1000
+    (entry,) = Ledger(state_dir(tmp_path)).read().entries
+    assert entry.status == "failed" and entry.detail.startswith("invalid reference data:…")
