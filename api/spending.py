@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError, SpendingLimitError
+from .errors import SpendingLimitError
 from .files import read_json, write_atomically
 from .ledger import (
     FINAL,
@@ -85,11 +85,13 @@ def limit_value(name: str, value: Any) -> float | None:
 
 @dataclass(frozen=True)
 class SpendingLimits:
-    """The most one run and one day may spend, in USD; None: no limit. `sources` says where each came from."""
+    """The most one run and one day may spend, in USD; None: no limit. `sources` says where each came from;
+    `problem`, why a limit that was set cannot be read (new jobs are then refused, collecting is not)."""
 
     per_run_usd: float | None = None
     per_day_usd: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict)  # "per_run_usd"/"per_day_usd" -> SETTING or an env name
+    problem: str | None = None
 
     @property
     def any(self) -> bool:
@@ -97,22 +99,25 @@ class SpendingLimits:
 
     @classmethod
     def resolve(cls, saved_file: Path | None = None, env: Mapping[str, str] | None = None) -> SpendingLimits:
-        """The environment's limits where set, else the saved setting's. A malformed variable is a
-        `ConfigurationError` naming it (nothing is sent); a damaged settings file counts as no setting."""
+        """The environment's limits where set, else the saved setting's. A malformed variable, or a saved setting
+        that cannot be read where no variable wins, is the limits' `problem`: never taken for "no limit"."""
         env = os.environ if env is None else env
-        saved = read_saved(saved_file)
+        saved, damage = read_saved(saved_file)
         values: dict[str, float | None] = {}
         sources: dict[str, str] = {}
+        problems: list[str] = []
         for key, variable in (("per_run_usd", PER_RUN_ENV), ("per_day_usd", PER_DAY_ENV)):
             if (env.get(variable) or "").strip():
                 try:
                     values[key] = limit_value(variable, env[variable])
                 except ValueError as bad:
-                    raise ConfigurationError(f"{bad}. Fix or unset the environment variable and restart ComfyUI. {NOTHING_SENT}") from None
+                    problems.append(f"{bad}. Fix or unset the environment variable and restart ComfyUI")
                 sources[key] = variable
+            elif key in damage:
+                problems.append(f"{damage[key]}. Set the limits again in {SETTING} (or delete the file for no limit)")
             elif saved.get(key) is not None:
                 values[key], sources[key] = saved[key], SETTING
-        return cls(values.get("per_run_usd"), values.get("per_day_usd"), sources)
+        return cls(values.get("per_run_usd"), values.get("per_day_usd"), sources, "; ".join(problems) or None)
 
     def where(self, key: str) -> str:
         source = self.sources.get(key, SETTING)
@@ -122,16 +127,22 @@ class SpendingLimits:
         return f"set by {source}, which wins over {SETTING}"
 
 
-def read_saved(path: Path | None) -> dict[str, float | None]:
-    """The limits saved from ComfyUI's settings; a missing or damaged file holds none."""
-    raw = read_json(path) if path is not None else None
-    saved: dict[str, float | None] = {}
-    for key in ("per_run_usd", "per_day_usd"):
+def read_saved(path: Path | None) -> tuple[dict[str, float | None], dict[str, str]]:
+    """(the limits saved from ComfyUI's settings, what cannot be read for each); a missing file holds none."""
+    saved: dict[str, float | None] = {"per_run_usd": None, "per_day_usd": None}
+    if path is None or not (path.exists() or path.is_symlink()):
+        return saved, {}
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        why = f"the saved spending limits {path} cannot be read (damaged, or not a regular file)"
+        return saved, dict.fromkeys(saved, why)
+    damage: dict[str, str] = {}
+    for key in saved:
         try:
-            saved[key] = limit_value(key, raw.get(key)) if isinstance(raw, dict) else None
-        except ValueError:
-            saved[key] = None
-    return saved
+            saved[key] = limit_value(key, raw.get(key))
+        except ValueError as bad:
+            damage[key] = f"the saved spending limits {path} hold a bad value ({bad})"
+    return saved, damage
 
 
 def save_limits(path: Path, per_run_usd: float | None, per_day_usd: float | None) -> None:
@@ -223,6 +234,8 @@ class Spending:
     async def _admit(self, jobs: list[JobPlan], price: PriceLookup, warn: Warn, *, share_identical: bool) -> None:
         if not jobs:
             return
+        if self.limits.problem:  # a limit was set and cannot be read: never taken for no limit
+            raise SpendingLimitError(f"Your spending limits cannot be checked: {self.limits.problem}. {NOTHING_SENT}")
         usd_per_image = await self._price(price)
         if usd_per_image is not None and (refusal := over_per_run(self.limits, self.run_usd, jobs, usd_per_image)):
             raise SpendingLimitError(refusal)

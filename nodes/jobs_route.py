@@ -78,18 +78,15 @@ def jobs_answer(state_dir: Path, spending_file: Path) -> dict[str, Any]:
     view = Ledger(state_dir).read()
     now = time.time()
     today, month = today_totals(view.entries, now), month_totals(view.entries, now)
-    try:
-        limits: SpendingLimits | None = SpendingLimits.resolve(spending_file)
-    except RunComfyError:
-        limits = None
+    limits = SpendingLimits.resolve(spending_file)
     shown = [entry for entry in view.entries if entry.status != "dropped"][:JOBS_SHOWN]
     results = state_dir / "results"
     return {
         "ok": True,
         "today": {"usd": round(today.usd, 4), "jobs": today.jobs, "day": time.strftime("%Y-%m-%d", time.localtime(now))},
         "month": {"usd": round(month.usd, 4), "jobs": month.jobs, "month": time.strftime("%Y-%m", time.localtime(now))},
-        "limits": {"per_run_usd": limits.per_run_usd, "per_day_usd": limits.per_day_usd} if limits else None,
-        "warning": view.damage(),
+        "limits": {"per_run_usd": limits.per_run_usd, "per_day_usd": limits.per_day_usd} if not limits.problem else None,
+        "warning": "; ".join(filter(None, (view.damage(), limits.problem))) or None,
         "jobs": [job_row(e, e.status == "done" and (key := saved_key(e)) is not None and (results / key).is_dir()) for e in shown],
     }
 
@@ -118,17 +115,13 @@ def thumbnail(state_dir: Path, request_id: str) -> bytes | None:
 
 
 def spending_answer(spending_file: Path) -> dict[str, Any]:
-    try:
-        limits = SpendingLimits.resolve(spending_file)
-        effective: dict[str, Any] = {"per_run_usd": limits.per_run_usd, "per_day_usd": limits.per_day_usd}
-        problem = None
-    except RunComfyError as bad:
-        effective, problem = {"per_run_usd": None, "per_day_usd": None}, str(bad)
+    limits = SpendingLimits.resolve(spending_file)
+    effective: dict[str, Any] = {"per_run_usd": limits.per_run_usd, "per_day_usd": limits.per_day_usd}
     env = {
         "per_run_usd": PER_RUN_ENV if (os.environ.get(PER_RUN_ENV) or "").strip() else None,
         "per_day_usd": PER_DAY_ENV if (os.environ.get(PER_DAY_ENV) or "").strip() else None,
     }
-    return {"ok": True, **effective, "saved": read_saved(spending_file), "env": env, "error": problem}
+    return {"ok": True, **effective, "saved": read_saved(spending_file)[0], "env": env, "error": limits.problem}
 
 
 async def cancel_queued(state_dir: Path, token_file: Path, request_id: str) -> tuple[int, dict[str, Any]]:

@@ -15,7 +15,7 @@ import pytest
 
 from helpers import node_inputs, run_list, run_node
 from runcomfy_seedream.api import Limits, shared
-from runcomfy_seedream.api.errors import ConfigurationError, SpendingLimitError
+from runcomfy_seedream.api.errors import SpendingLimitError
 from runcomfy_seedream.api.ledger import LEDGER_NAME, Ledger, LedgerEntry, today_totals
 from runcomfy_seedream.api.spending import PER_DAY_ENV, PER_RUN_ENV, SETTING
 from runcomfy_seedream.fake_service import Fault
@@ -101,11 +101,12 @@ def test_the_limit_saved_from_settings_is_used_and_the_environment_wins(fake, co
     assert isinstance(run_list(items(1)), list) and fake.submits == 1
 
 
-def test_a_malformed_limit_variable_names_the_variable_and_sends_nothing(fake, comfy, monkeypatch):
+def test_a_malformed_limit_variable_names_the_variable_refuses_new_jobs_and_collecting_still_works(fake, comfy, monkeypatch):
+    run_node(**node_inputs(seed=1))
     monkeypatch.setenv(PER_DAY_ENV, "five dollars")
-    with pytest.raises(ConfigurationError, match=PER_DAY_ENV):
-        run_node(**node_inputs())
-    assert fake.submits == 0
+    message = refused(run_list(items(1, seed=2)))
+    assert PER_DAY_ENV in message and "'five dollars'" in message and "Nothing was sent." in message and fake.submits == 1
+    assert isinstance(run_list(items(1, seed=1)), list) and fake.submits == 1  # the saved result: never refused
 
 
 # --- paid work is collected under any limit ------------------------------------------------------

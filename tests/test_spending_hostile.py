@@ -351,21 +351,17 @@ def test_a_run_ended_while_its_reservation_waits_for_the_ledger_leaves_no_live_r
 # --- not fixed here: a decision for the owner ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="read_saved treats a damaged spending_limits.json as no setting, by design; the limit then goes silently",
-)
 @pytest.mark.parametrize("saved", ['{"per_day_usd": "5$"}', '{"per_day_usd": 5', '{"per_day_usd": -5}'], ids=["typo", "cut", "negative"])
-def test_a_damaged_saved_limit_is_never_dropped_without_a_word(fake, comfy, tmp_path, saved):
-    """The user set a daily limit of $5 in the settings file (by hand, or the file was damaged): the run submits
-    with no limit at all and says nothing. A malformed environment variable is refused, naming it; the saved
-    file's damage should at least be said (or new jobs refused, as for a damaged ledger under a daily limit)."""
+def test_a_damaged_saved_limit_refuses_new_jobs_and_never_collecting(fake, comfy, tmp_path, saved):
+    """The user set a daily limit of $5 in the settings file, and the file was damaged (or edited by hand): it is
+    never taken for "no limit". New jobs are refused with the file named and the fix; collecting paid work is free."""
+    run_list([node_inputs(seed=1)])
     folder = state_dir(tmp_path)
-    folder.mkdir(parents=True)
     (folder / "spending_limits.json").write_text(saved)
-    outcome = run_list([node_inputs(seed=1)])
-    said = (str(outcome) if isinstance(outcome, Exception) else "") + comfy.progress_texts()[-1]
-    assert "spending_limits.json" in said
+    outcome = run_list([node_inputs(seed=2)])
+    assert isinstance(outcome, SpendingLimitError) and fake.submits == 1
+    assert "spending_limits.json" in str(outcome) and "Spending limit" in str(outcome) and "Nothing was sent." in str(outcome)
+    assert isinstance(run_list([node_inputs(seed=1)]), list) and fake.submits == 1
 
 
 def test_compaction_bounds_the_ledger_however_many_runs_died_holding_reservations(tmp_path):
