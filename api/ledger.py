@@ -214,6 +214,9 @@ class Totals:
     in_flight_usd: float = 0.0  # of `usd`: estimates of jobs that may still be running, and live reservations
 
     def line(self) -> str:
+        """'$1.47 over 12 jobs'; with no job yet, what runs starting now have reserved."""
+        if not self.jobs and self.usd:
+            return f"${self.usd:.2f} reserved by runs about to submit"
         return f"${self.usd:.2f} over {self.jobs} job{'s' if self.jobs != 1 else ''}"
 
 

@@ -353,3 +353,16 @@ def test_a_hand_edited_line_that_is_not_an_entry_is_damage_and_the_newest_snapsh
     (tmp_path / LEDGER_NAME).write_text("\n".join(lines) + "\n")
     view = Ledger(tmp_path).read()
     assert [e.status for e in view.entries] == ["done"] and view.damaged == (3, 4)
+
+
+def test_the_daily_refusal_gives_the_figures_and_names_reservations_as_such():
+    from runcomfy_seedream.api.ledger import Totals
+    from runcomfy_seedream.api.spending import JobPlan, SpendingLimits, over_per_day
+
+    limits = SpendingLimits(per_day_usd=0.3, sources={"per_day_usd": PER_DAY_ENV})
+    jobs = [JobPlan("a", 3, "p"), JobPlan("b", 2, "p")]
+    assert over_per_day(limits, Totals(0.15, 1), jobs, 0.03) is None  # $0.30: at the limit, not over it
+    reserved_only = over_per_day(limits, Totals(0.27, 0, 0.27), jobs, 0.03)
+    assert reserved_only.startswith("Today's spending is $0.27 reserved by runs about to submit, of which up to $0.27")
+    assert "$0.15 (2 jobs, up to 5 images in all × $0.030): $0.42 in all, over your daily limit of $0.30" in reserved_only
+    assert f"set by {PER_DAY_ENV}" in reserved_only and reserved_only.endswith("Nothing was sent.")
