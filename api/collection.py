@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from .batch import MAX_LISTED_FAILURES, LineSink, done_line
 from .errors import BatchError, InputError, RunComfyError, StopRequested
 from .job import check_request_id
+from .ledger import Totals
 from .pipeline import GenerationResult, Session, collect
 from .progress import Phase, Progress, ProgressReporter
 from .wording import plural
@@ -67,7 +68,7 @@ class Collection:
         except RunComfyError as failure:
             self.on_line(str(failure), self.fraction())  # what went wrong stays under the node
             raise
-        self.on_line(self.final_line(), 1.0)
+        self.on_line(self.final_line(await self.session.spending.today()), 1.0)
         return [self.entries[request_id].result for request_id in ids]
 
     def _checked(self) -> list[str]:
@@ -115,16 +116,18 @@ class Collection:
         listed = ", ".join(f"{count} {_LABELS.get(phase, phase.label)}" for phase, count in counts.items() if count)
         return f"Collecting {len(self.entries)} requests (free, nothing is submitted): {listed}"
 
-    def final_line(self) -> str:
+    def final_line(self, today: Totals | None = None) -> str:
+        """What the collection says when every id is collected; `today`: the day's spending over every process."""
         results = [entry.result for entry in self.entries.values()]
         if len(results) == 1:
-            return done_line(results[0])
+            return done_line(results[0], today)
         costs = [result.cost_usd for result in results]
         paid = f", paid ${sum(costs):.2f} when they ran" if None not in costs else ""
         images = sum(result.images.count for result in results)
         reused = sum(1 for result in results if result.reused)
         saved = f"; {reused} from saved copies" if reused else ""
-        return f"Collected {len(results)} requests: {plural(images, 'image')}{paid} (nothing charged now){saved}"
+        day = f" (today: {today.line()})" if today is not None and today.jobs else ""
+        return f"Collected {len(results)} requests: {plural(images, 'image')}{paid} (nothing charged now){saved}{day}"
 
     # --- how it ended ---------------------------------------------------------------------------
 
