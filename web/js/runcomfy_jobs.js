@@ -27,7 +27,16 @@ function el(tag, props = {}, children = []) {
   return node;
 }
 
+// Bidirectional controls (U+202E and its kin) would let a hand-edited ledger or a shared workflow's prompt show a
+// request id or text other than the one copied; they are left out of what is shown (Copy still copies the id).
+const BIDI_CONTROLS = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+function plain(text) {
+  return String(text ?? "").replace(BIDI_CONTROLS, "");
+}
+
 function setText(node, text) {
+  text = plain(text);
   if (node.textContent !== text) node.textContent = text;
 }
 
@@ -160,6 +169,10 @@ const STYLE = `
 .runcomfy-job button { font-size: 11px; padding: 1px 6px; cursor: pointer; }
 .runcomfy-job-message:empty, .runcomfy-job-detail:empty { display: none; }
 .runcomfy-job-message { font-style: italic; }
+.runcomfy-jobs-head > div, .runcomfy-job-meta, .runcomfy-job-detail, .runcomfy-job-message {
+  overflow-wrap: anywhere; unicode-bidi: isolate; }
+.runcomfy-job-prompt, .runcomfy-job-id > span { unicode-bidi: isolate; }
+.runcomfy-job-detail { display: -webkit-box; -webkit-box-orient: vertical; -webkit-line-clamp: 4; overflow: hidden; }
 `;
 
 function installStyle() {
@@ -209,7 +222,7 @@ function createRow(refresh) {
         body: "{}",
       });
       const result = await readJSON(response);
-      message.textContent = String((result.ok ? result.message : result.error) ?? (result.ok ? "Cancel sent." : "Cancel refused."));
+      setText(message, (result.ok ? result.message : result.error) ?? (result.ok ? "Cancel sent." : "Cancel refused."));
     } catch {
       message.textContent = "Cancel failed: the ComfyUI server did not answer.";
     } finally {
@@ -227,14 +240,15 @@ function createRow(refresh) {
     setText(cost, costText(next));
     const text = promptStart(next.prompt);
     setText(prompt, text);
-    if (prompt.title !== String(next.prompt ?? "")) prompt.title = String(next.prompt ?? "");
+    if (prompt.title !== plain(next.prompt)) prompt.title = plain(next.prompt);
     const metaParts = [whenText(next.time), imagesText(next), next.node_id != null ? `node #${next.node_id}` : ""];
     setText(meta, metaParts.filter(Boolean).join(" · "));
     setText(idText, next.request_id ? next.request_id : "no request id yet");
-    idText.title = next.request_id ?? "";
+    idText.title = plain(next.request_id);
     copy.hidden = !next.request_id;
     cancel.hidden = !next.cancellable;
     setText(detail, next.detail ? String(next.detail) : "");
+    detail.title = detail.textContent;
     const src = thumbnailURL(next.thumbnail);
     if (src && thumb.getAttribute("src") !== src) thumb.src = src;
     if (!src) { thumb.removeAttribute("src"); thumb.style.visibility = "hidden"; }
