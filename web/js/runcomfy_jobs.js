@@ -212,9 +212,10 @@ function createRow(refresh) {
     setTimeout(() => { copy.textContent = "Copy"; }, 1500);
   };
   cancel.onclick = async () => {
-    if (!job?.request_id) return;
+    if (!job?.request_id || cancel.disabled) return;
     cancel.disabled = true;
     message.textContent = "Cancelling…";
+    let done = false;
     try {
       const response = await api.fetchApi(`${ROUTE}/${encodeURIComponent(job.request_id)}/cancel`, {
         method: "POST",
@@ -223,10 +224,13 @@ function createRow(refresh) {
       });
       const result = await readJSON(response);
       setText(message, (result.ok ? result.message : result.error) ?? (result.ok ? "Cancel sent." : "Cancel refused."));
+      done = result.ok && result.cancelled === true;
     } catch {
       message.textContent = "Cancel failed: the ComfyUI server did not answer.";
     } finally {
-      cancel.disabled = false;
+      // once cancelled, a second press before the list refreshes would only replace this message with
+      // "nothing to cancel": the button stays disabled (the row then shows the job cancelled, without it)
+      cancel.disabled = done;
       refresh();
     }
   };
