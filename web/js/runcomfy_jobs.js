@@ -41,6 +41,7 @@ function setText(node, text) {
 }
 
 function usd(value) {
+  if (!Number.isFinite(Number(value))) return "$?";
   const text = Number(value).toFixed(3);
   return "$" + (text.endsWith("0") ? text.slice(0, -1) : text); // $1.47, $8.10, $0.125
 }
@@ -68,7 +69,7 @@ function totalsText(data) {
 }
 
 function limitsText(limits) {
-  if (limits === null) return "The spending limits could not be read: see Settings → RunComfy → Spending limit.";
+  if (limits === null || typeof limits !== "object") return "The spending limits could not be read: see Settings → RunComfy → Spending limit.";
   const perRun = limits?.per_run_usd, perDay = limits?.per_day_usd;
   if (perRun == null && perDay == null) return "No spending limit (Settings → RunComfy → Spending limit).";
   const parts = [];
@@ -282,7 +283,7 @@ function createPanel() {
     setText(limits, limitsText(data.limits));
     warning.hidden = !data.warning;
     setText(warning, data.warning ? String(data.warning) : "");
-    const listed = Array.isArray(data.jobs) ? data.jobs : [];
+    const listed = Array.isArray(data.jobs) ? data.jobs.filter((job) => job !== null && typeof job === "object") : [];
     const seen = new Set();
     listed.forEach((job, index) => {
       const key = String(job.entry ?? job.request_id ?? index);
@@ -319,13 +320,18 @@ function createPanel() {
     busy = true;
     try {
       if (document.visibilityState !== "hidden") {
-        const response = await api.fetchApi(ROUTE, { method: "GET", cache: "no-store" });
-        const data = await readJSON(response);
-        if (data.ok) show(data);
-        else showError(String(data.error ?? "The jobs list is unavailable."));
+        let data;
+        try {
+          data = await readJSON(await api.fetchApi(ROUTE, { method: "GET", cache: "no-store" }));
+        } catch {
+          data = { ok: false, error: "Could not reach the ComfyUI server; retrying." };
+        }
+        if (data?.ok) show(data);
+        else showError(String(data?.error ?? "The jobs list is unavailable."));
       }
-    } catch {
-      showError("Could not reach the ComfyUI server; retrying.");
+    } catch (trouble) {
+      console.error("RunComfy: the jobs list could not be shown", trouble);
+      showError("The jobs list could not be shown (see the browser console); retrying.");
     } finally {
       busy = false;
       schedule(again ? 250 : POLL_MS); // an event during the request: ask again soon, the answer may predate it
