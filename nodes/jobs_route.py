@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ..api.client import RunComfyClient
 from ..api.config import resolve_base_url, resolve_credentials
@@ -48,9 +49,23 @@ def saved_key(entry: LedgerEntry) -> str | None:
     return entry.fingerprint if entry.fingerprint and _FINGERPRINT.fullmatch(entry.fingerprint) else None
 
 
+def url_request_id(request_id: str | None) -> str | None:
+    """`request_id` as one segment of a route's path, or None when it cannot be one: an id that is no RunComfy
+    request id (a hand-edited ledger: "a/b", "x y"), or "." and "..", which a browser resolves however encoded, so a
+    thumbnail or a cancel would reach another route. "?", "#" and "%" are encoded, so they stay in the segment."""
+    if request_id is None or request_id in (".", ".."):
+        return None
+    try:
+        checked = check_request_id(request_id)
+    except RunComfyError:
+        return None
+    return quote(checked, safe="") if checked == request_id else None
+
+
 def job_row(entry: LedgerEntry, has_thumbnail: bool) -> dict[str, Any]:
     """One job as the panel shows it; a job in flight here carries its live state and queue position."""
     status, position = entry.status, None
+    in_url = url_request_id(entry.request_id)
     live = MEMORY.live.get(entry.request_id or "")
     if live is not None and entry.status in ("queued", "generating"):
         status, position = live
@@ -67,8 +82,8 @@ def job_row(entry: LedgerEntry, has_thumbnail: bool) -> dict[str, Any]:
         "prompt": entry.prompt,
         "node_id": entry.node_id,
         "prompt_id": entry.prompt_id,
-        "thumbnail": f"{JOBS_ROUTE}/{entry.request_id}/thumbnail" if has_thumbnail and entry.request_id else None,
-        "cancellable": status == "queued" and entry.request_id is not None,
+        "thumbnail": f"{JOBS_ROUTE}/{in_url}/thumbnail" if has_thumbnail and in_url else None,
+        "cancellable": status == "queued" and in_url is not None,
         "detail": entry.detail,
     }
 
@@ -159,10 +174,8 @@ def register(routes: Any, state_dir: Callable[[], Path], token_file: Callable[[]
         return web.json_response({"ok": False, "error": message}, status=status)
 
     def request_id_of(request: web.Request) -> str | None:
-        try:
-            return check_request_id(request.match_info["request_id"])
-        except RunComfyError:
-            return None
+        request_id = request.match_info["request_id"]
+        return request_id if url_request_id(request_id) is not None else None
 
     @routes.get(JOBS_ROUTE)
     async def list_jobs(request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ node's own wording, and the same refusals as the token route."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import time
@@ -79,6 +80,26 @@ def test_the_panel_lists_jobs_newest_first_with_totals_thumbnails_and_no_token(f
     with Image.open(io.BytesIO(png)) as image:
         assert max(image.size) <= jobs_route.THUMBNAIL_PX
     assert call(folder, "GET", "/runcomfy/seedream/jobs/no-such-request/thumbnail")[0] == 404
+
+
+def test_a_request_id_stays_one_segment_of_the_thumbnail_and_cancel_paths(fake, comfy, folder):
+    run_node(**node_inputs(seed=3, prompt="Generate 3 images of a harbour at noon."))
+    (done,) = Ledger(folder).read().entries
+    odd = ["a?b#c%2F", "..", ".", "a/b", "../../x", "a b"]
+    Ledger(folder).write(
+        [dataclasses.replace(done, entry=f"done{n}", request_id=rid) for n, rid in enumerate(odd)]
+        + [dataclasses.replace(done, entry=f"queued{n}", status="queued", request_id=rid) for n, rid in enumerate(odd)]
+    )
+    jobs = json.loads(call(folder, "GET", "/runcomfy/seedream/jobs")[2])["jobs"]
+    rows = {(job["entry"][0], job["request_id"]): job for job in jobs if job["entry"] != done.entry}
+    assert rows[("d", "a?b#c%2F")]["thumbnail"] == "/runcomfy/seedream/jobs/a%3Fb%23c%252F/thumbnail"
+    assert rows[("q", "a?b#c%2F")]["cancellable"] is True
+    status, kind, _ = call(folder, "GET", rows[("d", "a?b#c%2F")]["thumbnail"])
+    assert status == 200 and kind == "image/png"  # the route reads the id back whole
+    for rid in odd[1:]:  # a browser resolves "." and ".." (encoded or not) into another route; the others are no ids
+        assert rows[("d", rid)]["thumbnail"] is None and rows[("q", rid)]["cancellable"] is False
+    (real,) = [job for job in jobs if job["entry"] == done.entry]
+    assert real["thumbnail"] == f"/runcomfy/seedream/jobs/{done.request_id}/thumbnail"
 
 
 def test_a_queued_job_is_cancelled_from_the_panel_and_the_node_says_so(fake, comfy, folder):

@@ -27,11 +27,21 @@ function el(tag, props = {}, children = []) {
   return node;
 }
 
+// Bidirectional controls (U+202E and its kin) would let a hand-edited ledger or a shared workflow's prompt show a
+// request id or text other than the one copied; they are left out of what is shown (Copy still copies the id).
+const BIDI_CONTROLS = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+function plain(text) {
+  return String(text ?? "").replace(BIDI_CONTROLS, "");
+}
+
 function setText(node, text) {
+  text = plain(text);
   if (node.textContent !== text) node.textContent = text;
 }
 
 function usd(value) {
+  if (!Number.isFinite(Number(value))) return "$?";
   const text = Number(value).toFixed(3);
   return "$" + (text.endsWith("0") ? text.slice(0, -1) : text); // $1.47, $8.10, $0.125
 }
@@ -59,7 +69,7 @@ function totalsText(data) {
 }
 
 function limitsText(limits) {
-  if (limits === null) return "The spending limits could not be read: see Settings → RunComfy → Spending limit.";
+  if (limits === null || typeof limits !== "object") return "The spending limits could not be read: see Settings → RunComfy → Spending limit.";
   const perRun = limits?.per_run_usd, perDay = limits?.per_day_usd;
   if (perRun == null && perDay == null) return "No spending limit (Settings → RunComfy → Spending limit).";
   const parts = [];
@@ -160,6 +170,10 @@ const STYLE = `
 .runcomfy-job button { font-size: 11px; padding: 1px 6px; cursor: pointer; }
 .runcomfy-job-message:empty, .runcomfy-job-detail:empty { display: none; }
 .runcomfy-job-message { font-style: italic; }
+.runcomfy-jobs-head > div, .runcomfy-job-meta, .runcomfy-job-detail, .runcomfy-job-message {
+  overflow-wrap: anywhere; unicode-bidi: isolate; }
+.runcomfy-job-prompt, .runcomfy-job-id > span { unicode-bidi: isolate; }
+.runcomfy-job-detail { display: -webkit-box; -webkit-box-orient: vertical; -webkit-line-clamp: 4; overflow: hidden; }
 `;
 
 function installStyle() {
@@ -199,9 +213,10 @@ function createRow(refresh) {
     setTimeout(() => { copy.textContent = "Copy"; }, 1500);
   };
   cancel.onclick = async () => {
-    if (!job?.request_id) return;
+    if (!job?.request_id || cancel.disabled) return;
     cancel.disabled = true;
     message.textContent = "Cancelling…";
+    let done = false;
     try {
       const response = await api.fetchApi(`${ROUTE}/${encodeURIComponent(job.request_id)}/cancel`, {
         method: "POST",
@@ -209,11 +224,14 @@ function createRow(refresh) {
         body: "{}",
       });
       const result = await readJSON(response);
-      message.textContent = String((result.ok ? result.message : result.error) ?? (result.ok ? "Cancel sent." : "Cancel refused."));
+      setText(message, (result.ok ? result.message : result.error) ?? (result.ok ? "Cancel sent." : "Cancel refused."));
+      done = result.ok && result.cancelled === true;
     } catch {
       message.textContent = "Cancel failed: the ComfyUI server did not answer.";
     } finally {
-      cancel.disabled = false;
+      // once cancelled, a second press before the list refreshes would only replace this message with
+      // "nothing to cancel": the button stays disabled (the row then shows the job cancelled, without it)
+      cancel.disabled = done;
       refresh();
     }
   };
@@ -227,14 +245,15 @@ function createRow(refresh) {
     setText(cost, costText(next));
     const text = promptStart(next.prompt);
     setText(prompt, text);
-    if (prompt.title !== String(next.prompt ?? "")) prompt.title = String(next.prompt ?? "");
+    if (prompt.title !== plain(next.prompt)) prompt.title = plain(next.prompt);
     const metaParts = [whenText(next.time), imagesText(next), next.node_id != null ? `node #${next.node_id}` : ""];
     setText(meta, metaParts.filter(Boolean).join(" · "));
     setText(idText, next.request_id ? next.request_id : "no request id yet");
-    idText.title = next.request_id ?? "";
+    idText.title = plain(next.request_id);
     copy.hidden = !next.request_id;
     cancel.hidden = !next.cancellable;
     setText(detail, next.detail ? String(next.detail) : "");
+    detail.title = detail.textContent;
     const src = thumbnailURL(next.thumbnail);
     if (src && thumb.getAttribute("src") !== src) thumb.src = src;
     if (!src) { thumb.removeAttribute("src"); thumb.style.visibility = "hidden"; }
@@ -264,7 +283,7 @@ function createPanel() {
     setText(limits, limitsText(data.limits));
     warning.hidden = !data.warning;
     setText(warning, data.warning ? String(data.warning) : "");
-    const listed = Array.isArray(data.jobs) ? data.jobs : [];
+    const listed = Array.isArray(data.jobs) ? data.jobs.filter((job) => job !== null && typeof job === "object") : [];
     const seen = new Set();
     listed.forEach((job, index) => {
       const key = String(job.entry ?? job.request_id ?? index);
@@ -301,13 +320,18 @@ function createPanel() {
     busy = true;
     try {
       if (document.visibilityState !== "hidden") {
-        const response = await api.fetchApi(ROUTE, { method: "GET", cache: "no-store" });
-        const data = await readJSON(response);
-        if (data.ok) show(data);
-        else showError(String(data.error ?? "The jobs list is unavailable."));
+        let data;
+        try {
+          data = await readJSON(await api.fetchApi(ROUTE, { method: "GET", cache: "no-store" }));
+        } catch {
+          data = { ok: false, error: "Could not reach the ComfyUI server; retrying." };
+        }
+        if (data?.ok) show(data);
+        else showError(String(data?.error ?? "The jobs list is unavailable."));
       }
-    } catch {
-      showError("Could not reach the ComfyUI server; retrying.");
+    } catch (trouble) {
+      console.error("RunComfy: the jobs list could not be shown", trouble);
+      showError("The jobs list could not be shown (see the browser console); retrying.");
     } finally {
       busy = false;
       schedule(again ? 250 : POLL_MS); // an event during the request: ask again soon, the answer may predate it

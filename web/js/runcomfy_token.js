@@ -91,8 +91,13 @@ function openTokenDialog(onChange) {
     }
   };
   remove.onclick = async () => {
-    const response = await api.fetchApi(ROUTE, { method: "DELETE" });
-    const result = await response.json();
+    let result;
+    try {
+      result = await (await api.fetchApi(ROUTE, { method: "DELETE" })).json();
+    } catch {
+      message.textContent = "Removing failed: the ComfyUI server did not answer.";
+      return;
+    }
     if (!result.ok) { message.textContent = describe(result); return; }
     message.textContent = (result.removed ? "Saved token removed. " : "No saved token. ") + describe(result);
     onChange?.();
@@ -103,7 +108,9 @@ function openTokenDialog(onChange) {
 
 function renderSetting() {
   const status = el("span", { className: "runcomfy-token-status", textContent: "…" });
-  const refresh = () => fetchStatus().then((s) => { status.textContent = describe(s); }).catch(() => {});
+  const refresh = () => fetchStatus().then((s) => { status.textContent = describe(s); }).catch(() => {
+    status.textContent = "Could not reach the pack's server route.";
+  });
   const button = el("button", { textContent: "Set token…", className: "runcomfy-token-open" });
   button.style.marginRight = "8px";
   button.onclick = () => openTokenDialog(refresh);
