@@ -96,3 +96,13 @@ def comfy(monkeypatch) -> ComfyRuntime:
         monkeypatch.setitem(sys.modules, name, module)
     runtime.InterruptProcessingException = InterruptProcessingException
     return runtime
+
+
+@pytest.fixture
+def fresh_process_state():
+    """Nothing a process shares (prices, ledger entries kept in memory, live job states) carries over into the test or out of it."""
+    from runcomfy_seedream.api import shared
+
+    shared.reset_all()
+    yield
+    shared.reset_all()

@@ -7,6 +7,7 @@ import base64
 import importlib.util
 import io
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -140,3 +141,8 @@ def load_copy(name: str, monkeypatch):
     finally:
         for added in set(sys.modules) - before:
             monkeypatch.setitem(sys.modules, added, sys.modules.pop(added))  # absent when set: the undo deletes it
+
+
+def state_dir(home) -> Path:
+    """Where the node keeps its records outside ComfyUI, for a HOME of `home` (the `fake` fixture's is tmp_path)."""
+    return Path(home) / ".cache" / "runcomfy-seedream"

@@ -17,8 +17,7 @@ from aiohttp import web  # noqa: E402
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from helpers import as_lists, node_inputs, node_object, run_node  # noqa: E402
-from runcomfy_seedream.api import shared  # noqa: E402
+from helpers import as_lists, node_inputs, node_object, run_node, state_dir  # noqa: E402
 from runcomfy_seedream.api.errors import JobCancelledError  # noqa: E402
 from runcomfy_seedream.api.ledger import Ledger  # noqa: E402
 from runcomfy_seedream.api.spending import PER_RUN_ENV  # noqa: E402
@@ -27,16 +26,12 @@ from runcomfy_seedream.nodes import jobs_route  # noqa: E402
 REBINDING = {"Host": "evil.example:{port}", "Origin": "http://evil.example:{port}"}
 
 
-@pytest.fixture(autouse=True)
-def fresh_process_state():
-    shared.reset_all()
-    yield
-    shared.reset_all()
+pytestmark = pytest.mark.usefixtures("fresh_process_state")
 
 
 @pytest.fixture
 def folder(tmp_path):
-    return tmp_path / ".cache" / "runcomfy-seedream"  # where the node keeps its records outside ComfyUI (HOME = tmp_path)
+    return state_dir(tmp_path)
 
 
 def app_for(folder) -> web.Application:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import node_inputs, run_list, run_node
+from helpers import node_inputs, run_list, run_node, state_dir
 from runcomfy_seedream.api import Limits, shared
 from runcomfy_seedream.api.errors import SpendingLimitError
 from runcomfy_seedream.api.ledger import LEDGER_NAME, Ledger, LedgerEntry, today_totals
@@ -23,15 +23,7 @@ from runcomfy_seedream.fake_service import Fault
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def fresh_process_state():
-    shared.reset_all()
-    yield
-    shared.reset_all()
-
-
-def state_dir(fake_home: Path) -> Path:
-    return fake_home / ".cache" / "runcomfy-seedream"
+pytestmark = pytest.mark.usefixtures("fresh_process_state")
 
 
 def ledger_lines(home: Path) -> list[dict]:

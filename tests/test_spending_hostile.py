@@ -19,8 +19,7 @@ aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
-from helpers import node_inputs, run_list, run_node  # noqa: E402
-from runcomfy_seedream.api import shared  # noqa: E402
+from helpers import node_inputs, run_list, run_node, state_dir  # noqa: E402
 from runcomfy_seedream.api.errors import SpendingLimitError  # noqa: E402
 from runcomfy_seedream.api.ledger import LEDGER_NAME, Ledger, LedgerEntry, LedgerUnavailable, parse, today_totals  # noqa: E402
 from runcomfy_seedream.api.spending import PER_DAY_ENV, PER_RUN_ENV  # noqa: E402
@@ -29,15 +28,7 @@ from runcomfy_seedream.nodes import jobs_route  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def fresh_process_state():
-    shared.reset_all()
-    yield
-    shared.reset_all()
-
-
-def state_dir(home: Path) -> Path:
-    return home / ".cache" / "runcomfy-seedream"
+pytestmark = pytest.mark.usefixtures("fresh_process_state")
 
 
 def hand_line(**fields) -> str:
