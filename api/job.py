@@ -61,7 +61,7 @@ def check_request_id(value: object, *, field: str = "request_id") -> str:
         problem = "has a space or line break in it (one id per node, or connect a list)"
     elif any(not char.isprintable() for char in text):
         problem = "has a control character in it"
-    elif "/" in text or "\\" in text:
+    elif "/" in text or "\\" in text or not text.strip("."):
         problem = "looks like a link or a path"
     else:
         return text

@@ -172,10 +172,11 @@ def test_a_result_without_a_cost_is_never_shown_as_a_charge(fake, comfy):
         ("   \n", "is empty"),
         ("abc def", "has a space or line break in it"),
         ("https://model-api.runcomfy.net/v1/requests/abc/status", "looks like a link or a path"),
+        ("..", "looks like a link or a path"),
         ("abc\x07def", "has a control character in it"),
         ("x" * 201, "is 201 characters long"),
     ],
-    ids=["empty", "blank", "two words", "a link", "a control character", "a runaway paste"],
+    ids=["empty", "blank", "two words", "a link", "dots", "a control character", "a runaway paste"],
 )
 def test_an_empty_or_malformed_id_is_refused_naming_request_id_before_anything_is_sent(fake, comfy, typed, says):
     with pytest.raises(InputError) as caught:
