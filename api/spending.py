@@ -191,7 +191,7 @@ def over_per_day(limits: SpendingLimits, today: Totals, jobs: Sequence[JobPlan],
     usd = today.usd + sum(job.max_images for job in jobs) * usd_per_image
     if usd <= limits.per_day_usd + 1e-9:
         return None
-    running = f", of which up to ${today.in_flight_usd:.2f} is still running or reserved" if today.in_flight_usd else ""
+    running = f", of which up to ${today.in_flight_usd:.2f} is still running or reserved" if today.in_flight_usd and today.jobs else ""
     return (
         f"Today's spending is {today.line()}{running}, and this run may cost up to {describe(jobs, usd_per_image)}: "
         f"${usd:.2f} in all, over your daily limit of ${limits.per_day_usd:.2f} ({limits.where('per_day_usd')}). "

@@ -355,6 +355,6 @@ def test_the_daily_refusal_gives_the_figures_and_names_reservations_as_such():
     jobs = [JobPlan("a", 3, "p"), JobPlan("b", 2, "p")]
     assert over_per_day(limits, Totals(0.15, 1), jobs, 0.03) is None  # $0.30: at the limit, not over it
     reserved_only = over_per_day(limits, Totals(0.27, 0, 0.27), jobs, 0.03)
-    assert reserved_only.startswith("Today's spending is $0.27 reserved by runs about to submit, of which up to $0.27")
+    assert reserved_only.startswith("Today's spending is $0.27 reserved by runs about to submit, and this run may cost")
     assert "$0.15 (2 jobs, up to 5 images in all × $0.030): $0.42 in all, over your daily limit of $0.30" in reserved_only
     assert f"set by {PER_DAY_ENV}" in reserved_only and reserved_only.endswith("Nothing was sent.")
