@@ -51,9 +51,9 @@ def saved_key(entry: LedgerEntry) -> str | None:
 
 def url_request_id(request_id: str | None) -> str | None:
     """`request_id` as one segment of a route's path, or None when it cannot be one: an id that is no RunComfy
-    request id (a hand-edited ledger: "a/b", "x y"), or "." and "..", which a browser resolves however encoded, so a
-    thumbnail or a cancel would reach another route. "?", "#" and "%" are encoded, so they stay in the segment."""
-    if request_id is None or request_id in (".", ".."):
+    request id (a hand-edited ledger: "a/b", "x y", or "." and "..", which a browser resolves however encoded, so a
+    thumbnail or a cancel would reach another route). "?", "#" and "%" are encoded, so they stay in the segment."""
+    if request_id is None:
         return None
     try:
         checked = check_request_id(request_id)
@@ -106,19 +106,22 @@ def jobs_answer(state_dir: Path, spending_file: Path) -> dict[str, Any]:
     }
 
 
-def thumbnail(state_dir: Path, request_id: str) -> bytes | None:
-    """Blocking: a PNG of at most THUMBNAIL_PX of the job's first saved image, or None."""
-    from PIL import Image
-
-    entry = Ledger(state_dir).read().by_request(request_id)
+async def thumbnail(state_dir: Path, request_id: str) -> bytes | None:
+    """A PNG of at most THUMBNAIL_PX of the job's first saved image, or None."""
+    entry = (await asyncio.to_thread(Ledger(state_dir).read)).by_request(request_id)
     key = saved_key(entry) if entry is not None else None
     if key is None:
         return None
-    cached = asyncio.run(ResumeStore(state_dir, warn=lambda line: None).peek(key))  # looking never sets it aside
-    if cached is None or not cached.files:
-        return None
+    cached = await ResumeStore(state_dir, warn=lambda line: None).peek(key)  # looking never sets it aside
+    return await asyncio.to_thread(small_png, cached.files[0]) if cached is not None and cached.files else None
+
+
+def small_png(file: bytes) -> bytes | None:
+    """Blocking: `file` as a PNG of at most THUMBNAIL_PX a side; None when no image can come from it."""
+    from PIL import Image
+
     try:
-        with Image.open(io.BytesIO(cached.files[0])) as image:
+        with Image.open(io.BytesIO(file)) as image:
             image.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))
             small = image.convert("RGB")
             small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
@@ -188,7 +191,7 @@ def register(routes: Any, state_dir: Callable[[], Path], token_file: Callable[[]
         if (refused := refusal(request)) is not None:
             return refused
         request_id = request_id_of(request)
-        png = await asyncio.to_thread(thumbnail, state_dir(), request_id) if request_id else None
+        png = await thumbnail(state_dir(), request_id) if request_id else None
         if png is None:
             return refuse(404, "No saved image for this job.")
         return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
