@@ -185,6 +185,10 @@ class LedgerEntry:
             return 0.0
         return self.estimate_usd or 0.0
 
+    def in_flight(self, now: float) -> bool:
+        """A job that may still run (or be charged), or a reservation whose run is alive."""
+        return self.status in IN_FLIGHT and (self.status != "reserved" or run_alive(self, now))
+
     def is_job(self) -> bool:
         """Submitted (or may have been) and not known to cost nothing: what "over N jobs" counts."""
         return self.status not in NOT_CHARGED and self.status != "reserved"
@@ -271,7 +275,14 @@ class LedgerView:
         return None
 
 
-def parse(data: bytes, path: Path | None = None) -> tuple[dict[str, LedgerEntry], list[int], list[str]]:
+def _keep_newest(entries: dict[str, LedgerEntry], entry: LedgerEntry) -> None:
+    """Keep `entry` unless a newer snapshot of it is kept: wherever a late write put it, the newest one wins."""
+    known = entries.get(entry.entry)
+    if known is None or known.updated <= entry.updated:
+        entries[entry.entry] = entry
+
+
+def parse(data: bytes) -> tuple[dict[str, LedgerEntry], list[int], list[str]]:
     """(entries by id, the numbers of the damaged lines, the damaged lines as they are)."""
     entries: dict[str, LedgerEntry] = {}
     damaged: list[int] = []
@@ -285,9 +296,7 @@ def parse(data: bytes, path: Path | None = None) -> tuple[dict[str, LedgerEntry]
             damaged.append(number)
             kept.append(line[:4096])
             continue
-        known = entries.get(entry.entry)
-        if known is None or known.updated <= entry.updated:  # the newest snapshot, wherever a late write put it
-            entries[entry.entry] = entry
+        _keep_newest(entries, entry)
     return entries, damaged, kept
 
 
@@ -316,8 +325,7 @@ class Ledger:
             except OSError as unreadable:
                 problem = unreadable.strerror or type(unreadable).__name__
         for entry in list(self._unwritten.values()):
-            if entry.entry not in entries or entries[entry.entry].updated <= entry.updated:
-                entries[entry.entry] = entry
+            _keep_newest(entries, entry)
         ordered = sorted(entries.values(), key=lambda e: (e.time, e.updated), reverse=True)
         return LedgerView(self.path, tuple(ordered), tuple(damaged), problem)
 
@@ -343,9 +351,8 @@ class Ledger:
                     raise LedgerUnavailable(f"the spending ledger {self.path} cannot be written ({refused.strerror or refused})") from None
                 return decided
         except TimeoutError:
-            if decide is not None:
-                raise LedgerUnavailable(f"another ComfyUI process keeps the spending ledger {self.path} locked") from None
-            self._keep_in_memory(entries)
+            if decide is None:  # a record, not a decision: kept for the next write
+                self._keep_in_memory(entries)
             raise LedgerUnavailable(f"another ComfyUI process keeps the spending ledger {self.path} locked") from None
         except OSError as refused:  # the folder or the lock file
             self._keep_in_memory(entries)
@@ -410,8 +417,8 @@ class Ledger:
             entries[entry.entry] = entry
         ordered = sorted(entries.values(), key=lambda e: (e.time, e.updated), reverse=True)
         now = time.time()
-        ordered = [e for e in ordered if e.status != "dropped" and (e.status != "reserved" or run_alive(e, now))]  # never a job
-        kept = [e for i, e in enumerate(ordered) if i < self.max_entries or e.status in IN_FLIGHT]
+        ordered = [e for e in ordered if e.status not in ("dropped", "reserved") or e.in_flight(now)]  # never a job: gone
+        kept = [e for i, e in enumerate(ordered) if i < self.max_entries or e.in_flight(now)]
         text = "".join(line + "\n" for line in damaged_lines) + "".join(e.to_json() + "\n" for e in reversed(kept))
         write_atomically(self.path, text.encode())
 

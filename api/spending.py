@@ -39,7 +39,6 @@ from .errors import SpendingLimitError
 from .files import read_json, write_atomically
 from .ledger import (
     FINAL,
-    IN_FLIGHT,
     RANK,
     Ledger,
     LedgerEntry,
@@ -48,7 +47,6 @@ from .ledger import (
     Totals,
     last_price,
     remember_price,
-    run_alive,
     today_totals,
 )
 from .shared import MEMORY
@@ -245,11 +243,7 @@ class Spending:
         def decide(view: LedgerView) -> list[LedgerEntry]:
             """Under the ledger's lock: what to reserve, or the refusal."""
             now = time.time()
-            busy = (
-                {e.fingerprint for e in view.entries if e.counted_usd(now, run_alive) and e.status in IN_FLIGHT}
-                if share_identical
-                else set()
-            )
+            busy = {e.fingerprint for e in view.entries if e.in_flight(now)} if share_identical else set()
             paying = [job for job in jobs if job.fingerprint not in busy]
             if (problem := view.damage()) is not None:
                 if self.limits.per_day_usd is not None and paying:
