@@ -4,6 +4,7 @@
 // Everything the server sends is shown with textContent, never as HTML.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
+import { el } from "./runcomfy_dom.js";
 
 const ROUTE = "/runcomfy/seedream/jobs";
 const TAB_ID = "runcomfy-jobs";
@@ -20,12 +21,6 @@ const STATES = {
   unknown: "outcome unknown",
   dropped: "not submitted",
 };
-
-function el(tag, props = {}, children = []) {
-  const node = Object.assign(document.createElement(tag), props);
-  for (const child of children) node.append(child);
-  return node;
-}
 
 // Bidirectional controls (U+202E and its kin) would let a hand-edited ledger or a shared workflow's prompt show a
 // request id or text other than the one copied; they are left out of what is shown (Copy still copies the id).

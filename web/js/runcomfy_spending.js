@@ -3,18 +3,13 @@
 // setting: its value is shown and that input is disabled.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
+import { el } from "./runcomfy_dom.js";
 
 const ROUTE = "/runcomfy/seedream/spending";
 const FIELDS = [
   { key: "per_run_usd", label: "Most per run (USD)", what: "per run", className: "runcomfy-spending-per-run" },
   { key: "per_day_usd", label: "Most per day (USD)", what: "per day", className: "runcomfy-spending-per-day" },
 ];
-
-function el(tag, props = {}, children = []) {
-  const node = Object.assign(document.createElement(tag), props);
-  for (const child of children) node.append(child);
-  return node;
-}
 
 function usd(value) {
   const text = Number(value).toFixed(3);

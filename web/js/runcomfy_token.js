@@ -3,6 +3,7 @@
 // The token is never kept in ComfyUI's settings, in a workflow, or in this page after saving.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
+import { el } from "./runcomfy_dom.js";
 
 const ROUTE = "/runcomfy/seedream/token";
 const SOURCES = {
@@ -20,12 +21,6 @@ function describe(status) {
   if (!status || !status.ok) return status?.error ?? "Token status unknown."; // e.g. a host name to allow
   if (status.configured) return `A token is configured ${SOURCES[status.source] ?? ""}.`;
   return status.detail ?? "No token configured yet."; // e.g. a malformed token: where it is, never what it is
-}
-
-function el(tag, props = {}, children = []) {
-  const node = Object.assign(document.createElement(tag), props);
-  for (const child of children) node.append(child);
-  return node;
 }
 
 function openTokenDialog(onChange) {
