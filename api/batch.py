@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .client import Price
 from .errors import BatchError, InputError, RunComfyError, StopRequested
 from .ledger import Totals
-from .pipeline import GenerationResult, Plan, Reference, Session, execute, plan, would_pay
+from .pipeline import GenerationResult, Plan, Reference, Session, execute, paying, plan
 from .progress import Phase, Progress, ProgressReporter
 from .schema import EditSequentialRequest
 from .wording import plural
@@ -161,9 +161,9 @@ class Batch:
         """The spending limits, before anything is encoded: every distinct item that would submit a job is reserved
         at once, or the run is refused (`SpendingLimitError`) and nothing is sent. Items collecting paid work
         (a saved result, a journaled request, an identical run in progress) cost nothing and are never refused."""
-        paying = [member.plan.job for member in leaders if await would_pay(member.plan, self.session)]
+        jobs = [planned.job for planned in await paying([member.plan for member in leaders], self.session)]
         warn = leaders[0].reporter.warn if leaders else (lambda line: None)
-        await self.session.spending.admit(paying, self.session.usd_per_image, lambda line: warn(line, key="ledger"))
+        await self.session.spending.admit(jobs, self.session.usd_per_image, lambda line: warn(line, key="ledger"))
 
     async def _execute(self, member: Member) -> None:
         try:

@@ -287,10 +287,11 @@ async def plan(
     return Plan(request, prepared, reference_format, fingerprint, notes)
 
 
-async def would_pay(planned: Plan, session: Session) -> bool:
-    """Whether running `planned` would submit a job: no saved result and no journaled request of these inputs (a
-    request that turns out to be gone is admitted when it is found to be)."""
-    return not await session.store(lambda line: None).holds(planned.fingerprint)  # the run reports the store's trouble
+async def paying(plans: Sequence[Plan], session: Session) -> list[Plan]:
+    """The plans whose run would submit a job: no saved result and no journaled request of their inputs (a request
+    that turns out to be gone is admitted when it is found to be)."""
+    held = await session.store(lambda line: None).holding([p.fingerprint for p in plans])  # each run reports its store's trouble
+    return [p for p in plans if p.fingerprint not in held]
 
 
 async def execute(planned: Plan, session: Session, report: ProgressReporter, *, output_budget: int | None = None) -> GenerationResult:

@@ -250,12 +250,12 @@ class ResumeStore:
         entries = data.get("entries") if isinstance(data, dict) else None
         return entries if isinstance(entries, dict) else {}
 
-    def _journal_entry(self, fingerprint: str) -> JournalEntry | None:
-        """The newer of the entry on disk and the one the disk refused (kept in memory): a request id that came back
-        after the disk filled up outranks the "outcome unknown" written before it, and a forgotten entry the disk
-        could not delete stays forgotten."""
+    def _journal_entry(self, fingerprint: str, journal: Mapping[str, Any] | None = None) -> JournalEntry | None:
+        """The newer of the entry on disk (in `journal`, when it was read already) and the one the disk refused
+        (kept in memory): a request id that came back after the disk filled up outranks the "outcome unknown"
+        written before it, and a forgotten entry the disk could not delete stays forgotten."""
         now = time.time()
-        on_disk = _entry_from(fingerprint, self._read_journal().get(fingerprint), now)
+        on_disk = _entry_from(fingerprint, (self._read_journal() if journal is None else journal).get(fingerprint), now)
         remembered = MEMORY.journal.get((self._key, fingerprint))
         if remembered is None or (on_disk is not None and on_disk.at > remembered.at):
             return on_disk
@@ -425,16 +425,20 @@ class ResumeStore:
             count -= 1
             total -= size
 
-    def _holds(self, fingerprint: str) -> bool:
-        if MEMORY.result((self._key, fingerprint)) is not None or self._journal_entry(fingerprint) is not None:
-            return True
-        root = self._results()
-        return root is not None and (root / fingerprint / "meta.json").is_file()
+    def _holding(self, fingerprints: Sequence[str]) -> set[str]:
+        journal, root = self._read_journal(), self._results()  # the journal read once, however many there are
 
-    async def holds(self, fingerprint: str) -> bool:
-        """Whether these inputs have a saved result or a journaled request (read only: nothing is set aside or
+        def holds(fingerprint: str) -> bool:
+            if MEMORY.result((self._key, fingerprint)) is not None or self._journal_entry(fingerprint, journal) is not None:
+                return True
+            return root is not None and (root / fingerprint / "meta.json").is_file()
+
+        return {fingerprint for fingerprint in fingerprints if holds(fingerprint)}
+
+    async def holding(self, fingerprints: Sequence[str]) -> set[str]:
+        """Which of these inputs have a saved result or a journaled request (read only: nothing is set aside or
         warned of; a store that cannot be read holds nothing)."""
-        return bool(await asyncio.to_thread(_quietly, self._holds, fingerprint))
+        return await asyncio.to_thread(_quietly, self._holding, fingerprints) or set()
 
     async def cached(self, fingerprint: str) -> CachedResult | None:
         meta: dict[str, Any] = {}
