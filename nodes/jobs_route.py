@@ -19,7 +19,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -169,27 +169,62 @@ async def cancel_queued(state_dir: Path, token_file: Path, request_id: str) -> t
     return 200, {"ok": True, "cancelled": bool(cancelled), "message": message}
 
 
+def limits_in(raw: bytes) -> tuple[float | None, float | None]:
+    """The per-run and per-day limits a POST of the setting asks for; ValueError says what to send instead."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ValueError("Send the limits as JSON.") from None
+    if not isinstance(body, dict):
+        raise ValueError('Send an object: {"per_run_usd": 2.0, "per_day_usd": null}')
+    return limit_value("per_run_usd", body.get("per_run_usd")), limit_value("per_day_usd", body.get("per_day_usd"))
+
+
+def save_setting(spending_file: Path, per_run: float | None, per_day: float | None) -> tuple[int, dict[str, Any]]:
+    """Save the setting and answer with the limits now in effect, or a 500 that says nothing changed."""
+    try:
+        save_limits(spending_file, per_run, per_day)
+    except OSError as refused:  # the user folder is a file, read-only or full
+        reason = refused.strerror or type(refused).__name__
+        error = f"The spending limit could not be saved in {spending_file} ({reason}); the limits in effect are unchanged."
+        return 500, {"ok": False, "error": error}
+    return 200, spending_answer(spending_file)
+
+
+def refuse(status: int, message: str) -> Any:
+    from aiohttp import web
+
+    return web.json_response({"ok": False, "error": message}, status=status)
+
+
+def guarded(handler: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+    """`handler` behind the token route's guard: refused for a host or origin that is not this ComfyUI's own."""
+
+    async def answer(request: Any) -> Any:
+        refused = refusal(request)
+        return refused if refused is not None else await handler(request)
+
+    return answer
+
+
+def request_id_of(request: Any) -> str | None:
+    """The route's request id, or None when it cannot be one segment of a path (see `url_request_id`)."""
+    request_id = request.match_info["request_id"]
+    return request_id if url_request_id(request_id) is not None else None
+
+
 def register(routes: Any, state_dir: Callable[[], Path], token_file: Callable[[], Path], spending_file: Callable[[], Path]) -> None:
     """Add the panel's and the setting's routes to ComfyUI's aiohttp route table."""
     from aiohttp import web
 
-    def refuse(status: int, message: str) -> web.Response:
-        return web.json_response({"ok": False, "error": message}, status=status)
-
-    def request_id_of(request: web.Request) -> str | None:
-        request_id = request.match_info["request_id"]
-        return request_id if url_request_id(request_id) is not None else None
-
     @routes.get(JOBS_ROUTE)
+    @guarded
     async def list_jobs(request: web.Request) -> web.Response:
-        if (refused := refusal(request)) is not None:
-            return refused
         return web.json_response(await asyncio.to_thread(jobs_answer, state_dir(), spending_file()))
 
     @routes.get(ROUTES[1])
+    @guarded
     async def job_thumbnail(request: web.Request) -> web.Response:
-        if (refused := refusal(request)) is not None:
-            return refused
         request_id = request_id_of(request)
         png = await thumbnail(state_dir(), request_id) if request_id else None
         if png is None:
@@ -197,9 +232,8 @@ def register(routes: Any, state_dir: Callable[[], Path], token_file: Callable[[]
         return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
 
     @routes.post(ROUTES[2])
+    @guarded
     async def cancel_job(request: web.Request) -> web.Response:
-        if (refused := refusal(request)) is not None:
-            return refused
         if request.content_type != "application/json":
             return refuse(415, "Send the request as JSON.")
         if len(await read_capped(request.content, MAX_BODY_BYTES)) > MAX_BODY_BYTES:
@@ -211,33 +245,21 @@ def register(routes: Any, state_dir: Callable[[], Path], token_file: Callable[[]
         return web.json_response(answer, status=status)
 
     @routes.get(SPENDING_ROUTE)
+    @guarded
     async def get_spending(request: web.Request) -> web.Response:
-        if (refused := refusal(request)) is not None:
-            return refused
         return web.json_response(await asyncio.to_thread(spending_answer, spending_file()))
 
     @routes.post(SPENDING_ROUTE)
+    @guarded
     async def set_spending(request: web.Request) -> web.Response:
-        if (refused := refusal(request)) is not None:
-            return refused
         if request.content_type != "application/json":
             return refuse(415, "Send the limits as JSON.")
         raw = await read_capped(request.content, MAX_BODY_BYTES)
         if len(raw) > MAX_BODY_BYTES:
             return refuse(413, "Request too large.")
         try:
-            body = json.loads(raw)
-            if not isinstance(body, dict):
-                raise ValueError('Send an object: {"per_run_usd": 2.0, "per_day_usd": null}')
-            per_run = limit_value("per_run_usd", body.get("per_run_usd"))
-            per_day = limit_value("per_day_usd", body.get("per_day_usd"))
-        except (ValueError, RecursionError) as bad:
-            return refuse(400, str(bad) if not isinstance(bad, json.JSONDecodeError) else "Send the limits as JSON.")
-        try:
-            await asyncio.to_thread(save_limits, spending_file(), per_run, per_day)
-        except OSError as refused:  # the user folder is a file, read-only or full
-            reason = refused.strerror or type(refused).__name__
-            return refuse(
-                500, f"The spending limit could not be saved in {spending_file()} ({reason}); the limits in effect are unchanged."
-            )
-        return web.json_response(await asyncio.to_thread(spending_answer, spending_file()))
+            per_run, per_day = limits_in(raw)
+        except ValueError as bad:
+            return refuse(400, str(bad))
+        status, answer = await asyncio.to_thread(save_setting, spending_file(), per_run, per_day)
+        return web.json_response(answer, status=status)

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import io
 import json
+import re
 import time
 
 import pytest
@@ -159,3 +160,23 @@ def test_the_spending_setting_is_saved_checked_and_the_environment_wins(fake, fo
     monkeypatch.setenv(PER_RUN_ENV, "0.5")
     answer = json.loads(call(folder, "GET", "/runcomfy/seedream/spending")[2])
     assert answer["per_run_usd"] == 0.5 and answer["saved"]["per_run_usd"] == 2.5 and answer["env"]["per_run_usd"] == PER_RUN_ENV
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        (b"not json", "Send the limits as JSON."),
+        (b"[" * 4000 + b"]" * 4000, "Send the limits as JSON."),  # nested past Python's recursion limit
+        (b"[1, 2]", 'Send an object: {"per_run_usd": 2.0, "per_day_usd": null}'),
+        (b'{"per_run_usd": -1}', "per_run_usd"),
+        (b'{"per_day_usd": "lots"}', "per_day_usd"),
+    ],
+)
+def test_a_setting_that_is_not_two_limits_is_refused_with_what_to_send(raw, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        jobs_route.limits_in(raw)
+
+
+def test_the_setting_reads_two_limits_or_none():
+    assert jobs_route.limits_in(b'{"per_run_usd": 2.5, "per_day_usd": null}') == (2.5, None)
+    assert jobs_route.limits_in(b"{}") == (None, None)
