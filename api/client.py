@@ -92,7 +92,7 @@ from .retries import (  # RetryPolicy and parse_retry_after are imported from th
     with_retries,
 )
 from .schema import MAX_BODY_BYTES, MODEL_ID, EditSequentialRequest
-from .shared import LOOP_STATE, PRICES
+from .shared import LOOP_STATE, PRICES, tls_context
 
 QUEUED_STATES = frozenset({"in_queue", "queued", "pending"})
 RUNNING_STATES = frozenset({"in_progress", "running", "processing"})
@@ -476,6 +476,7 @@ class RunComfyClient:
             headers={"Authorization": f"Bearer {credentials.token}", "Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING},
             timeout=httpx.Timeout(connect=t.connect_s, read=t.read_s, write=t.write_s, pool=t.connect_s),
             follow_redirects=False,
+            verify=tls_context(),
         )
 
     async def __aenter__(self) -> RunComfyClient:

@@ -48,6 +48,7 @@ from .addresses import is_public_address
 from .config import DEFAULT_BATCH_BYTES, MAX_DOWNLOAD_BYTES
 from .errors import DownloadError
 from .retries import Done, Fail, Retry, RetryPolicy, Verdict, parse_retry_after, with_retries
+from .shared import tls_context
 from .threads import map_in_threads
 
 MAX_OUTPUT_PIXELS = 40_000_000  # the largest Seedream output is ~4.2 MP; anything far beyond is hostile
@@ -259,6 +260,7 @@ class ResultDownloader:
             follow_redirects=True,
             max_redirects=MAX_REDIRECTS,
             event_hooks={"request": [check_hop]},
+            verify=tls_context(),
         ) as http:
 
             async def one(index: int, url: str) -> bytes:
