@@ -42,10 +42,11 @@ class nowhere(str):  # noqa: N801
     """Words that must be in no progress text and not in the error."""
 
 
-def _bomb() -> bytes:
+def bomb_download(fake, comfy, state):
+    """The first result file is 144 MP of zeros in a few hundred KB of PNG (made when the row runs, not at import)."""
     buffer = io.BytesIO()
-    Image.new("L", (12_000, 12_000)).save(buffer, format="PNG")  # 144 MP of zeros in a few hundred KB
-    return buffer.getvalue()
+    Image.new("L", (12_000, 12_000)).save(buffer, format="PNG")
+    fake.behaviour.inject("file", Fault("body", body=buffer.getvalue()))
 
 
 def faults(**by_endpoint):
@@ -242,7 +243,7 @@ MATRIX = [
     ("outputs of mixed sizes", behaviour(mixed_sizes=True), 3, None, 1, {}),
     ("job finishes with no images", behaviour(images_returned=0), JobFailedError, ["no images"], 1, {}),
     ("result is not an image", faults(file=[Fault("body", body=b"<html>Access denied</html>")]), DownloadError, ["not an image"], 1, {}),
-    ("result is a decompression bomb", faults(file=[Fault("body", body=_bomb())]), DownloadError, ["too large to decode safely"], 1, {}),
+    ("result is a decompression bomb", bomb_download, DownloadError, ["too large to decode safely"], 1, {}),
     ("result file is too large", faults(file=[Fault("body", body=b"x" * 3_000_000)]), DownloadError, ["over the 2 MiB limit"], 1, {}),
     ("result URL on a private host", result_urls("https://10.1.2.3/out.png"), DownloadError, ["not a public host"], 1, {}),
     ("result URL not https", result_urls("http://cdn.example.com/out.png"), DownloadError, ["only https"], 1, {}),
