@@ -17,7 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .client import Price
@@ -280,20 +280,38 @@ class Batch:
         return StopRequested(f"Stopped the batch of {self.size}: " + "; ".join(p for p in parts if p) + ".")
 
     def _failed(self, failed: list[Member]) -> BatchError:
-        listed = "; ".join(
-            f"item {m.number}"
-            + (f" (request {m.request_id})" if m.request_id and m.request_id not in str(m.error) else "")
-            + f": {m.error}"
-            for m in failed[:MAX_LISTED_FAILURES]
-        )
-        if len(failed) > MAX_LISTED_FAILURES:
-            listed += f"; and {len(failed) - MAX_LISTED_FAILURES} more"
+        noted = [(m, f" (request {m.request_id})" if m.request_id and m.request_id not in str(m.error) else "") for m in failed]
+        listed = failure_list((m.number, note, str(m.error)) for m, note in noted)
         done = self.size - len(failed)
         saved = f" The other {done} are saved: running the node again collects them without paying and retries only these." if done else ""
         return BatchError(
             f"{len(failed)} of {self.size} items failed.{saved} {listed}",
             failures=[(m.number, m.request_id, m.error) for m in failed],
         )
+
+
+def failure_list(failures: Iterable[tuple[int, str, str]]) -> str:
+    """Failed items (number, a note such as " (request …)", what went wrong); items that failed alike are named
+    together ("items 1-12: max_images: …"), at most MAX_LISTED_FAILURES reasons, then how many items more."""
+    by_reason: dict[tuple[str, str], list[int]] = {}
+    for number, note, reason in failures:
+        by_reason.setdefault((note, reason), []).append(number)
+    shown = list(by_reason.items())[:MAX_LISTED_FAILURES]
+    listed = "; ".join(f"{item_numbers(numbers)}{note}: {reason}" for (note, reason), numbers in shown)
+    more = sum(len(numbers) for numbers in by_reason.values()) - sum(len(numbers) for _, numbers in shown)
+    return listed + (f"; and {plural(more, 'more item')}" if more else "")
+
+
+def item_numbers(numbers: list[int]) -> str:
+    """ "item 3", "items 1-12", "items 2, 5-7"."""
+    runs: list[list[int]] = []
+    for number in sorted(numbers):
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    spans = ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+    return ("item " if len(numbers) == 1 else "items ") + spans
 
 
 def done_line(result: GenerationResult, today: Totals | None = None) -> str:

@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .batch import MAX_LISTED_FAILURES, LineSink, done_line
+from .batch import LineSink, done_line, failure_list
 from .errors import BatchError, InputError, RunComfyError, StopRequested
 from .job import check_request_id
 from .ledger import Totals
@@ -149,9 +149,7 @@ class Collection:
             )
         if not failed:
             return None
-        listed = "; ".join(f"item {entry.number}: {entry.error}" for entry in failed[:MAX_LISTED_FAILURES])
-        if len(failed) > MAX_LISTED_FAILURES:
-            listed += f"; and {len(failed) - MAX_LISTED_FAILURES} more"
+        listed = failure_list((entry.number, "", str(entry.error)) for entry in failed)
         return BatchError(
             f"{len(failed)} of {len(entries)} requests could not be collected.{collected} {listed}",
             failures=[(entry.number, entry.request_id, entry.error) for entry in failed],

@@ -122,7 +122,7 @@ def check_reference_count(count: int, max_images: int, mode: str) -> None:
         allowed = MAX_TOTAL_IMAGES - count
         raise InputError(
             "max_images",
-            f"{count} references + max_images {max_images} = {count + max_images}, but references plus "
+            f"{plural(count, 'reference')} + max_images {max_images} = {count + max_images}, but references plus "
             f"generated images cannot exceed {MAX_TOTAL_IMAGES}. Set max_images to {allowed} or less, "
             f"or use fewer references.",
         )

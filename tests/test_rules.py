@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from runcomfy_seedream.api.addresses import is_private_host, is_public_address
+from runcomfy_seedream.api.batch import MAX_LISTED_FAILURES, failure_list, item_numbers
 from runcomfy_seedream.api.errors import InputError
 from runcomfy_seedream.api.references import encode_reference, prepare_reference
 from runcomfy_seedream.api.resume import request_fingerprint
@@ -583,3 +584,24 @@ def test_the_order_settings_are_listed_in_does_not_matter():
     reordered = dict(reversed(list(BASE["settings"].items())))
     assert list(reordered) != list(BASE["settings"]) and fingerprint(settings=reordered) == fingerprint()
     assert fingerprint(reference_digests=tuple(BASE["reference_digests"]), reference_urls=tuple(BASE["reference_urls"])) == fingerprint()
+
+
+# --- how a batch names its failures ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "numbers,named",
+    [([3], "item 3"), ([1, 2, 3], "items 1-3"), ([7, 2, 5, 6], "items 2, 5-7"), ([1, 3], "items 1, 3"), ([4, 5], "items 4-5")],
+)
+def test_item_numbers_are_named_in_order_with_runs_joined(numbers, named):
+    assert item_numbers(numbers) == named
+
+
+def test_items_failing_alike_share_one_reason_and_the_list_is_bounded():
+    same = [(n, "", "max_images: too many") for n in range(1, 13)]
+    assert failure_list(same) == "items 1-12: max_images: too many"
+    with_ids = [(1, " (request a)", "HTTP 500"), (2, " (request b)", "HTTP 500")]
+    assert failure_list(with_ids) == "item 1 (request a): HTTP 500; item 2 (request b): HTTP 500"  # each job its own line
+    many = [(n, "", f"reason {n % 12}") for n in range(1, 25)]  # 12 reasons, two items each
+    listed = failure_list(many)
+    assert listed.count("reason") == MAX_LISTED_FAILURES and listed.endswith("; and 4 more items")
