@@ -388,7 +388,7 @@ async def _saved_result(run: _Run) -> tuple[GenerationResult | None, str | None]
         return None, cached.request_id
     run.report(f"Reused the saved images of request {cached.request_id}: nothing sent, nothing charged.", Phase.DONE)
     new_images = "; change the seed for new images" if run.plan is not None else ""
-    notes = (f"saved result of request {cached.request_id} reused{new_images}", *run.notes)
+    notes = (f"saved result reused{new_images}", *run.notes)  # the request is named beside it
     return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, run.report.warnings, reused=True), None
 
 
