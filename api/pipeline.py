@@ -601,7 +601,7 @@ async def _settled(run: _Run, request_id: str, status: str, **what) -> None:
 async def _resume(run: _Run, request_id: str) -> JobResult | None:
     """Wait for the request these inputs already paid for; None when the service no longer has it."""
     run.report(f"Resumed request {request_id} (submitted earlier with the same inputs)…", Phase.QUEUED)
-    run.notes.append(f"resumed request {request_id}")
+    run.notes.append("request resumed")  # the request is named beside it
     try:
         return await _settle(run, Job.resume(run.client, request_id))
     except (RequestNotFoundError, AuthenticationError) as gone:

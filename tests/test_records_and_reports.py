@@ -134,7 +134,7 @@ def test_a_saved_cost_that_cannot_be_true_is_set_aside_not_shown(fake, comfy, tm
     (saved / "meta.json").write_text(json.dumps(meta | {"cost_usd": -5.0}))
     run_node(**node_inputs())
     final = comfy.progress_texts()[-1]
-    assert "$-5" not in final and "set aside" in final and "resumed request" in final and fake.submits == 1
+    assert "$-5" not in final and "set aside" in final and "request resumed" in final and fake.submits == 1
 
 
 def test_an_item_whose_tensor_cannot_be_read_fails_alone(fake, comfy):

@@ -30,7 +30,7 @@ def test_after_a_timeout_running_again_collects_the_same_request(fake, comfy, mo
     assert second_id == request_id and images.shape[0] == 3
     assert fake.submits == 1 and fake.submit_attempts == 1
     assert any(t.startswith(f"Resumed request {request_id}") for t in comfy.progress_texts())
-    assert "resumed request" in comfy.progress_texts()[-1]
+    assert "request resumed" in comfy.progress_texts()[-1]
     entries = json.loads((state_dir(tmp_path) / "journal.json").read_text())["entries"]
     assert [(e["state"], e["request_id"]) for e in entries.values()] == [("submitted", request_id)]  # a second record
 
