@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import node_inputs, run_node
+from runcomfy_seedream.api import Limits
 from runcomfy_seedream.api.errors import DownloadError
 from runcomfy_seedream.fake_service import Fault
 
@@ -23,3 +24,18 @@ def test_a_block_page_served_for_a_result_file_keeps_the_paid_job_collectable(fa
     (request_id,) = fake.jobs
     _, _, _, collected = run_node(**node_inputs())
     assert collected == request_id and fake.submits == 1 and fake.submit_attempts == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\x89PNG\r\n\x1a\n" + b"\0" * 64, b"x" * 3_000_000],
+    ids=["not an image", "over the size cap"],
+)
+def test_a_finished_job_whose_files_cannot_be_used_says_it_may_be_charged_and_what_a_re_run_does(fake, comfy, body):
+    fake.behaviour.inject("file", Fault("body", body=body))
+    with pytest.raises(DownloadError) as caught:
+        run_node(limits=Limits(max_download_bytes=2 * 2**20), **node_inputs())
+    (request_id,) = fake.jobs
+    message = str(caught.value)
+    assert f"Request {request_id} finished at RunComfy and may be charged" in message
+    assert "submits a new job, which is charged again" in message
