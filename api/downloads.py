@@ -335,6 +335,10 @@ class ResultDownloader:
             return Fetched(transport=type(exc).__name__)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:  # an invalid redirect target and the like
             return Fetched(refused=_refused(f"{label} could not be downloaded ({type(exc).__name__}).", request_id))
+        except ValueError as exc:  # a host no name encoding allows (https://xn--n3h/, IDNA's UnicodeError), here or in a hop
+            return Fetched(
+                refused=_refused(f"{label}: the service returned a URL whose host is malformed ({type(exc).__name__}).", request_id)
+            )
 
     async def _read_capped(self, response: httpx.Response, label: str, request_id: str | None) -> bytes:
         declared = response.headers.get("Content-Length")

@@ -39,3 +39,16 @@ def test_a_finished_job_whose_files_cannot_be_used_says_it_may_be_charged_and_wh
     message = str(caught.value)
     assert f"Request {request_id} finished at RunComfy and may be charged" in message
     assert "submits a new job, which is charged again" in message
+
+
+def test_a_result_url_whose_host_no_name_encoding_allows_is_refused_as_collectable(fake, comfy):
+    """https://xn--n3h/ (the punycode of a snowman, refused by IDNA 2008) made the download raise the idna library's own
+    error through the node, with no word on the paid job."""
+    fake.behaviour.result_urls = ["https://xn--n3h/out.png"]
+    with pytest.raises(DownloadError) as caught:
+        run_node(**node_inputs())
+    message = str(caught.value)
+    assert "host is malformed" in message and "is paid" in message and "without paying again" in message
+    fake.behaviour.result_urls = None
+    run_node(**node_inputs())
+    assert fake.submits == 1
