@@ -6,7 +6,7 @@ import pytest
 
 from helpers import node_inputs, run_node
 from runcomfy_seedream.api import Limits
-from runcomfy_seedream.api.errors import DownloadError
+from runcomfy_seedream.api.errors import DownloadError, OutcomeUnknownError, ServiceError
 from runcomfy_seedream.fake_service import Fault
 
 BLOCK_PAGE = b"<!DOCTYPE html><html><body>This site is blocked by your organisation.</body></html>"
@@ -51,4 +51,17 @@ def test_a_result_url_whose_host_no_name_encoding_allows_is_refused_as_collectab
     assert "host is malformed" in message and "is paid" in message and "without paying again" in message
     fake.behaviour.result_urls = None
     run_node(**node_inputs())
+    assert fake.submits == 1
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream", "application/json"])
+def test_a_portal_page_sent_under_another_content_type_to_the_submit_holds_nothing(fake, comfy, content_type):
+    """A login page is plainly not the API whatever its label: "may be charged" and the hour's hold would be false."""
+    page = b"<!DOCTYPE html><html><body>Sign in to the Wi-Fi</body></html>"
+    fake.behaviour.inject("submit", Fault("http", status=200, body=page, content_type=content_type))
+    with pytest.raises(ServiceError) as caught:
+        run_node(**node_inputs())
+    assert not isinstance(caught.value, OutcomeUnknownError)
+    assert "not the RunComfy API" in str(caught.value) and "nothing was charged" in str(caught.value)
+    run_node(**node_inputs())  # nothing held: the same inputs go through at once
     assert fake.submits == 1
