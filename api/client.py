@@ -8,8 +8,9 @@ what it means; `retries.with_retries` returns, raises, or waits and sends again.
     what one attempt came to                  a read (status, result, cancel, catalog)  the submit (paid, no idempotency key)
     ----------------------------------------  ----------------------------------------  ---------------------------------------------
     2xx with a JSON object (any Content-Type) done                                      done: its request_id is the job
-    2xx HTML (text/html, xhtml) or JSON that  retry                                     ServiceError: not the API (a login page, a
-      is not an object ([], "ok", 5)                                                      captive portal); no job
+    2xx HTML (text/html, xhtml, or a body     retry                                     ServiceError: not the API (a login page, a
+      that opens as an HTML document) or JSON                                             captive portal); no job
+      that is not an object ([], "ok", 5)
     2xx otherwise unreadable (truncated or    retry                                     OutcomeUnknownError: accepted, unreadable
       undecodable JSON, text/plain, null,
       or not read: see below)
@@ -269,12 +270,30 @@ class Attempt:
     problem: str = ""  # what the failure was, in words that hold neither the request nor the token
     body_complete: bool = True  # the whole request body was handed to the connection (True for a call without one)
     unreadable: str = ""  # why the answer's body was not read ("over the 4 MiB limit once decoded"); "" when it was
+    html_page: bool = False  # the answer's body opens as an HTML document, whatever its Content-Type says
 
     @classmethod
-    def answered(cls, status: int, headers: Mapping[str, str], body: Any, *, body_complete: bool = True, unreadable: str = "") -> Attempt:
+    def answered(
+        cls,
+        status: int,
+        headers: Mapping[str, str],
+        body: Any,
+        *,
+        body_complete: bool = True,
+        unreadable: str = "",
+        html_page: bool = False,
+    ) -> Attempt:
         plain = {name.lower(): value for name, value in headers.items()}
         retry_after = parse_retry_after(plain.get("retry-after"))
-        return cls(status, plain, None if unreadable else body, retry_after, body_complete=body_complete, unreadable=unreadable)
+        return cls(
+            status,
+            plain,
+            None if unreadable else body,
+            retry_after,
+            body_complete=body_complete,
+            unreadable=unreadable,
+            html_page=html_page,
+        )
 
     @classmethod
     def failed(cls, failure: Transport, problem: str, *, body_complete: bool = True) -> Attempt:
@@ -366,6 +385,8 @@ def _not_the_api(attempt: Attempt) -> str | None:
     media_type = attempt.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type in HTML_TYPES:
         return media_type
+    if attempt.html_page:  # a portal page sent as text/plain or octet-stream: no damage turns JSON into a document
+        return "an HTML page"
     if attempt.body is not None:
         return "JSON that is not an object"
     return None
@@ -657,7 +678,10 @@ class RunComfyClient:
         else:
             complete = upload is None or upload.complete
             body = None if unreadable else _json_or_none(data)
-            return Attempt.answered(response.status_code, response.headers, body, body_complete=complete, unreadable=unreadable)
+            page = data[:64].lstrip().lower().startswith((b"<!doctype html", b"<html"))
+            return Attempt.answered(
+                response.status_code, response.headers, body, body_complete=complete, unreadable=unreadable, html_page=page
+            )
         return Attempt.failed(failure, problem, body_complete=upload is None or upload.complete)
 
     def _retry_heard(self, call: Call, announce: bool) -> RetryHeard:

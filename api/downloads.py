@@ -9,6 +9,9 @@ Invariants this module owns:
   repeated for every redirect hop; more than 5 hops (a loop) is a `DownloadError`.
 - Only https is fetched (plus the API base's origin), never with an Authorization header.
 - Files are size-capped, and decoding refuses decompression bombs.
+- A 200 answer that is a web page (text/html, or a body that opens as HTML: a proxy's block page, a login
+  page) is not the file: it is refused as collectable, never saved or decoded, so the paid job stays on
+  record and running again collects it without paying.
 - Transient trouble (5xx, 429, resets, truncated files, DNS hiccups) is retried until the
   overall download deadline; links that answer 403/404/410 are tried `GONE_TRIES` times
   (a fresh link can fail for a moment), then reported as transient: the paid job stays
@@ -59,6 +62,7 @@ DOWNLOAD_RETRY = RetryPolicy.until_deadline(base_delay_s=0.5, max_delay_s=10.0)
 MAX_REDIRECTS = 5
 SMALL_BATCH_BYTES = 256 * 1024**2  # the second try when the batch could not be allocated
 GONE_TRIES = 3
+PAGE_TYPES = frozenset({"text/html", "application/xhtml+xml"})  # a page for a browser (a proxy's block or login page)
 LINK_GONE_STATUSES = frozenset({403, 404, 410})  # a link that may have expired (or is not ready yet)
 
 ProgressCallback = Callable[[int, int], None]
@@ -126,6 +130,15 @@ class UrlPolicy:
 def _refused(message: str, request_id: str | None) -> DownloadError:
     """This machine will not fetch the file. The job is paid and its result stays collectable: only the fetch was refused."""
     return DownloadError(message, request_id=request_id, collectable=True)
+
+
+def _a_page(content_type: str, data: bytes) -> str | None:
+    """What a 200 answer is when it is a web page instead of the file (a proxy's block page, a login page), else None."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type in PAGE_TYPES:
+        return media_type
+    head = data[:64].lstrip().lower()
+    return "an HTML page" if head.startswith((b"<!doctype html", b"<html")) else None
 
 
 def _shown(url: str) -> str:
@@ -299,7 +312,19 @@ class ResultDownloader:
         try:
             async with http.stream("GET", url) as response:
                 if response.status_code == 200:
-                    return Fetched(data=await self._read_capped(response, label, request_id))
+                    data = await self._read_capped(response, label, request_id)
+                    page = _a_page(response.headers.get("Content-Type", ""), data)
+                    if page is None:
+                        return Fetched(data=data)
+                    # Not the file: something between this machine and the file answered. The job is paid and its result
+                    # stays collectable; nothing of the page is kept or decoded.
+                    return Fetched(
+                        refused=_refused(
+                            f"{label}: the download answered with a web page ({page}), not an image, as a proxy, a filter or a "
+                            "login page in front of the file does.",
+                            request_id,
+                        )
+                    )
                 return Fetched(status=response.status_code, retry_after=parse_retry_after(response.headers.get("Retry-After")))
         except DownloadError as refused:  # from a redirect hop's check or the size cap, with the request id
             return Fetched(refused=refused)
@@ -310,6 +335,10 @@ class ResultDownloader:
             return Fetched(transport=type(exc).__name__)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:  # an invalid redirect target and the like
             return Fetched(refused=_refused(f"{label} could not be downloaded ({type(exc).__name__}).", request_id))
+        except ValueError as exc:  # a host no name encoding allows (https://xn--n3h/, IDNA's UnicodeError), here or in a hop
+            return Fetched(
+                refused=_refused(f"{label}: the service returned a URL whose host is malformed ({type(exc).__name__}).", request_id)
+            )
 
     async def _read_capped(self, response: httpx.Response, label: str, request_id: str | None) -> bytes:
         declared = response.headers.get("Content-Length")

@@ -414,7 +414,7 @@ async def _deliver(run: _Run, result: JobResult, files: list[bytes]) -> Generati
     except DownloadError as unusable:  # a hostile or broken file: collecting this request again cannot help
         await run.store.drop_result(run.fingerprint)
         await run.store.forget(run.fingerprint)
-        raise DownloadError(str(unusable), request_id=result.request_id) from None
+        raise DownloadError(f"{unusable} {_unusable(run, result.request_id)}", request_id=result.request_id) from None
     return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(run.notes), run.report.warnings)
 
 
@@ -645,8 +645,19 @@ async def _download(run: _Run, result: JobResult) -> list[bytes]:
             )
         else:
             await run.store.forget(run.fingerprint)  # unusable files: collecting this request again cannot help
-            raise
+            raise DownloadError(f"{failed} {_unusable(run, result.request_id)}", request_id=result.request_id) from None
         raise DownloadError(f"{failed} {again}", request_id=result.request_id, transient=failed.transient, collectable=True) from None
+
+
+def _unusable(run: _Run, request_id: str) -> str:
+    """What a finished job whose files cannot be used means for the user's money, and what running again does."""
+    if run.plan is None:  # collected by its id: nothing is ever submitted
+        return f"Request {request_id} finished at RunComfy and may be charged, but its images cannot be used."
+    return (
+        f"Request {request_id} finished at RunComfy and may be charged, but its images cannot be used, so it is not kept: "
+        "running the node again with the same inputs submits a new job, which is charged again; check your RunComfy "
+        "dashboard first."
+    )
 
 
 async def _assemble(run: _Run, files: Sequence[bytes], label: str) -> ImageBatch:
