@@ -62,6 +62,7 @@ DOWNLOAD_RETRY = RetryPolicy.until_deadline(base_delay_s=0.5, max_delay_s=10.0)
 MAX_REDIRECTS = 5
 SMALL_BATCH_BYTES = 256 * 1024**2  # the second try when the batch could not be allocated
 GONE_TRIES = 3
+IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF", b"GIF8")  # PNG, JPEG, WebP, GIF
 PAGE_TYPES = frozenset({"text/html", "application/xhtml+xml"})  # a page for a browser (a proxy's block or login page)
 LINK_GONE_STATUSES = frozenset({403, 404, 410})  # a link that may have expired (or is not ready yet)
 
@@ -133,12 +134,13 @@ def _refused(message: str, request_id: str | None) -> DownloadError:
 
 
 def _a_page(content_type: str, data: bytes) -> str | None:
-    """What a 200 answer is when it is a web page instead of the file (a proxy's block page, a login page), else None."""
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type in PAGE_TYPES:
-        return media_type
+    """What a 200 answer is when it is a web page instead of the file (a proxy's block page, a login page), else None.
+    A body that opens as an image is the file, whatever its label says."""
     head = data[:64].lstrip().lower()
-    return "an HTML page" if head.startswith((b"<!doctype html", b"<html")) else None
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type if media_type in PAGE_TYPES and not data.startswith(IMAGE_SIGNATURES) else None
 
 
 def _shown(url: str) -> str:

@@ -4,15 +4,19 @@ listing more files than asked for, and a full user folder that says what a resta
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from helpers import image_batch, node_inputs, run_list, run_node
 from runcomfy_seedream.api import Limits
 from runcomfy_seedream.api.errors import DownloadError, InputError
+from runcomfy_seedream.fake_service import Fault
 
+BLOCK_PAGE = b"<!DOCTYPE html><html><body>This site is blocked by your organisation.</body></html>"
 ONE_ITEM_BYTES = 3 * 2560 * 1440 * 3 * 4  # 3 images at the default 2560:1440, float32 RGB: what a list item needs
 
 
@@ -127,3 +131,54 @@ def test_a_refused_result_link_is_shown_without_its_password_or_signature(fake, 
     message = str(caught.value)
     assert "only https" in message and "cdn.example.com/out.png" in message
     assert "pw-77f1" not in message and "sig-4b2e" not in message and "user:" not in message
+
+
+@pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "image/png"], ids=["labelled html", "labelled png"])
+def test_a_block_page_served_for_a_result_file_keeps_the_paid_job_collectable(fake, comfy, content_type):
+    """A filtering proxy answers the result download 200 with its own page: the job is paid, and a re-run must collect it
+    instead of submitting (and paying for) a new one."""
+    fake.behaviour.inject("file", *[Fault("http", status=200, body=BLOCK_PAGE, content_type=content_type)] * 3)
+    with pytest.raises(DownloadError) as caught:
+        run_node(**node_inputs())
+    message = str(caught.value)
+    assert "web page" in message and "is paid" in message and "without paying again" in message
+    (request_id,) = fake.jobs
+    _, _, _, collected = run_node(**node_inputs())
+    assert collected == request_id and fake.submits == 1 and fake.submit_attempts == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\x89PNG\r\n\x1a\n" + b"\0" * 64, b"x" * 3_000_000],
+    ids=["not an image", "over the size cap"],
+)
+def test_a_finished_job_whose_files_cannot_be_used_says_it_may_be_charged_and_what_a_re_run_does(fake, comfy, body):
+    fake.behaviour.inject("file", Fault("body", body=body))
+    with pytest.raises(DownloadError) as caught:
+        run_node(limits=Limits(max_download_bytes=2 * 2**20), **node_inputs())
+    (request_id,) = fake.jobs
+    message = str(caught.value)
+    assert f"Request {request_id} finished at RunComfy and may be charged" in message
+    assert "submits a new job, which is charged again" in message
+
+
+def test_a_result_url_whose_host_no_name_encoding_allows_is_refused_as_collectable(fake, comfy):
+    """https://xn--n3h/ (the punycode of a snowman, refused by IDNA 2008) made the download raise the idna library's own
+    error through the node, with no word on the paid job."""
+    fake.behaviour.result_urls = ["https://xn--n3h/out.png"]
+    with pytest.raises(DownloadError) as caught:
+        run_node(**node_inputs())
+    message = str(caught.value)
+    assert "host is malformed" in message and "is paid" in message and "without paying again" in message
+    fake.behaviour.result_urls = None
+    run_node(**node_inputs())
+    assert fake.submits == 1
+
+
+def test_an_image_labelled_as_a_web_page_is_still_the_image(fake, comfy):
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buffer, format="PNG")
+    fake.behaviour.inject("file", *[Fault("http", status=200, body=buffer.getvalue(), content_type="text/html")] * 3)
+    images, *_ = run_node(**node_inputs())
+    assert images.shape[0] == 3 and fake.submits == 1
+    assert images[0, 0, 0].tolist() == pytest.approx([200 / 255, 10 / 255, 10 / 255])

@@ -124,3 +124,16 @@ def test_a_login_page_answering_the_submit_holds_nothing(fake, comfy):
     assert fake.submits == 0
     images, *_ = run_node(**node_inputs())  # the same inputs again at once: nothing was held
     assert images.shape[0] == 3 and fake.submits == 1
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream", "application/json"])
+def test_a_portal_page_sent_under_another_content_type_to_the_submit_holds_nothing(fake, comfy, content_type):
+    """A login page is plainly not the API whatever its label: "may be charged" and the hour's hold would be false."""
+    page = b"<!DOCTYPE html><html><body>Sign in to the Wi-Fi</body></html>"
+    fake.behaviour.inject("submit", Fault("http", status=200, body=page, content_type=content_type))
+    with pytest.raises(ServiceError) as caught:
+        run_node(**node_inputs())
+    assert not isinstance(caught.value, OutcomeUnknownError)
+    assert "not the RunComfy API" in str(caught.value) and "nothing was charged" in str(caught.value)
+    run_node(**node_inputs())  # nothing held: the same inputs go through at once
+    assert fake.submits == 1
