@@ -89,6 +89,7 @@ from .retries import (  # RetryPolicy and parse_retry_after are imported from th
     RetryHeard,
     RetryPolicy,
     Verdict,
+    opens_as_html_page,
     parse_retry_after,
     with_retries,
 )
@@ -678,7 +679,7 @@ class RunComfyClient:
         else:
             complete = upload is None or upload.complete
             body = None if unreadable else _json_or_none(data)
-            page = data[:64].lstrip().lower().startswith((b"<!doctype html", b"<html"))
+            page = opens_as_html_page(data)
             return Attempt.answered(
                 response.status_code, response.headers, body, body_complete=complete, unreadable=unreadable, html_page=page
             )

@@ -50,7 +50,7 @@ from PIL import Image, UnidentifiedImageError
 from .addresses import is_public_address
 from .config import DEFAULT_BATCH_BYTES, MAX_DOWNLOAD_BYTES
 from .errors import DownloadError
-from .retries import Done, Fail, Retry, RetryPolicy, Verdict, parse_retry_after, with_retries
+from .retries import Done, Fail, Retry, RetryPolicy, Verdict, opens_as_html_page, parse_retry_after, with_retries
 from .shared import tls_context
 from .threads import map_in_threads
 
@@ -136,8 +136,7 @@ def _refused(message: str, request_id: str | None) -> DownloadError:
 def _a_page(content_type: str, data: bytes) -> str | None:
     """What a 200 answer is when it is a web page instead of the file (a proxy's block page, a login page), else None.
     A body that opens as an image is the file, whatever its label says."""
-    head = data[:64].lstrip().lower()
-    if head.startswith((b"<!doctype html", b"<html")):
+    if opens_as_html_page(data):
         return "an HTML page"
     media_type = content_type.split(";", 1)[0].strip().lower()
     return media_type if media_type in PAGE_TYPES and not data.startswith(IMAGE_SIGNATURES) else None

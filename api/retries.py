@@ -63,6 +63,12 @@ class RetryPolicy:
         return cls(max_attempts=None, budget_s=None, base_delay_s=base_delay_s, max_delay_s=max_delay_s)
 
 
+def opens_as_html_page(data: bytes) -> bool:
+    """Whether an answer's body begins as an HTML document (after any whitespace and UTF-8 byte-order mark): a
+    login, captive-portal or block page answering in place of the API or of a file, whatever its Content-Type."""
+    return data[:80].lstrip(b" \t\r\n\xef\xbb\xbf").lower().startswith((b"<!doctype html", b"<html"))
+
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or HTTP date), >= 0; None if absent or unreadable."""
     if not value:

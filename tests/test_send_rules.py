@@ -34,7 +34,7 @@ from runcomfy_seedream.api.errors import (
     RequestNotFoundError,
     ServiceError,
 )
-from runcomfy_seedream.api.retries import Done, Fail, Retry, RetryPolicy, with_retries
+from runcomfy_seedream.api.retries import Done, Fail, Retry, RetryPolicy, opens_as_html_page, with_retries
 
 TOKEN = "secret-token-123"
 SUBMIT = Call("Submitting the job", idempotent=False, redact=TOKEN)
@@ -605,3 +605,19 @@ QUEUE_ROWS = [
 def test_only_a_whole_number_from_zero_to_a_million_is_a_queue_position(name, value, position):
     got = queue_position_or_none(value)
     assert got == position and (got is None or type(got) is int)
+
+
+@pytest.mark.parametrize(
+    "body,page",
+    [
+        (b"<!DOCTYPE html><html><body>Sign in</body></html>", True),
+        (b"\n\t  <html lang=en><title>Blocked</title>", True),
+        (b"\xef\xbb\xbf<!doctype HTML>", True),  # a byte-order mark first, as some portals send
+        (b'{"request_id": "abc"}', False),
+        (b"\x89PNG\r\n\x1a\n<html>", False),  # an image that happens to hold the word
+        (b"", False),
+        (b"<htm", False),
+    ],
+)
+def test_a_body_is_a_web_page_only_when_it_opens_as_one(body, page):
+    assert opens_as_html_page(body) is page
