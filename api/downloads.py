@@ -47,7 +47,7 @@ import httpx
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .addresses import is_public_address
+from .addresses import is_private_host, is_public_address
 from .config import DEFAULT_BATCH_BYTES, MAX_DOWNLOAD_BYTES
 from .errors import DownloadError
 from .retries import Done, Fail, Retry, RetryPolicy, Verdict, opens_as_html_page, parse_retry_after, with_retries
@@ -106,6 +106,10 @@ class UrlPolicy:
             raise _refused(f"{label}: refusing to download {_shown(url)}: only https result URLs are fetched.", request_id)
         if not host:
             raise _refused(f"{label}: refusing to download from an empty host.", request_id)
+        if is_private_host(host):  # by name or by its literal address, before any look-up ("localhost.", fe80::1%eth0)
+            raise _refused(f"{label}: refusing to download from {host}: not a public host.", request_id)
+        if "%" in host:  # a percent-encoded name: no public host is spelled so
+            raise _refused(f"{label}: refusing to download from {host}: the host name is malformed.", request_id)
 
     async def check(self, url: str, label: str, *, request_id: str | None = None) -> None:
         """`check_form`, then every address the host resolves to must be a public one."""

@@ -53,12 +53,17 @@ async def _resolver(host: str, port: int) -> list[str]:
         "https://[2001:0:4136:e378:8000:63bf:80ff:fffe]/a.png",  # Teredo, embedding 127.0.0.1
         "https://rebind.example.com/a.png",
         "https://meta.example.com/a.png",
+        "https://localhost./a.png",  # the same name, fully qualified
+        "https://LOCALHOST/a.png",
+        "https://%6c%6fcalhost/a.png",  # percent-encoded: no resolver looks it up as localhost, nor is it a public name
+        "https://[fe80::1%25eth0]/a.png",  # link-local with a zone id
     ],
 )
 def test_result_urls_are_judged_by_the_address_they_resolve_to(url):
     policy = UrlPolicy.for_base_url("https://model-api.runcomfy.net/v1", resolve=_resolver)
-    with pytest.raises(DownloadError):
+    with pytest.raises(DownloadError) as caught:
         asyncio.run(policy.check(url, "Result image 1"))
+    assert caught.value.collectable and not caught.value.transient, "refused at once, not retried as a failed look-up"
     asyncio.run(policy.check("https://cdn.runcomfy.net/out/1.png", "Result image 1"))  # the normal case passes
 
 
