@@ -13,7 +13,7 @@ Invariants this module owns:
   page) is not the file: it is refused as collectable, never saved or decoded, so the paid job stays on
   record and running again collects it without paying.
 - Transient trouble (5xx, 429, resets, truncated files, DNS hiccups) is retried until the
-  overall download deadline; links that answer 403/404/410 are tried `GONE_TRIES` times
+  overall download deadline; links that answer 403/404/410, or 200 without a byte, are tried `GONE_TRIES` times
   (a fresh link can fail for a moment), then reported as transient: the paid job stays
   journaled, so a re-run asks RunComfy for the result again. Every error carries the request id.
   These rules live in `classify_download`, a pure function of what one GET came to (`Fetched`);
@@ -62,7 +62,8 @@ DOWNLOAD_RETRY = RetryPolicy.until_deadline(base_delay_s=0.5, max_delay_s=10.0)
 MAX_REDIRECTS = 5
 SMALL_BATCH_BYTES = 256 * 1024**2  # the second try when the batch could not be allocated
 GONE_TRIES = 3
-IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF", b"GIF8")  # PNG, JPEG, WebP, GIF
+IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF", b"GIF8", b"II*\0", b"MM\0*")  # PNG, JPEG, WebP, GIF, TIFF
+ISO_MEDIA_IMAGES = (b"ftypavif", b"ftypavis", b"ftypheic", b"ftypheix", b"ftypmif1")  # AVIF and HEIF, at byte 4
 PAGE_TYPES = frozenset({"text/html", "application/xhtml+xml"})  # a page for a browser (a proxy's block or login page)
 LINK_GONE_STATUSES = frozenset({403, 404, 410})  # a link that may have expired (or is not ready yet)
 
@@ -143,7 +144,13 @@ def _a_page(content_type: str, data: bytes) -> str | None:
     if opens_as_html_page(data):
         return "an HTML page"
     media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type if media_type in PAGE_TYPES and not data.startswith(IMAGE_SIGNATURES) else None
+    return media_type if media_type in PAGE_TYPES and not opens_as_image(data) else None
+
+
+def opens_as_image(data: bytes) -> bool:
+    """Whether `data` starts with the signature of an image format the decoder reads (a BMP: "BM", its size, four zeros)."""
+    bmp = data.startswith(b"BM") and data[6:10] == b"\0\0\0\0"
+    return data.startswith(IMAGE_SIGNATURES) or data[4:12] in ISO_MEDIA_IMAGES or bmp
 
 
 def _shown(url: str) -> str:
@@ -221,7 +228,14 @@ def classify_download(fetched: Fetched, tries: int, *, label: str, request_id: s
         return Retry(problem, exhausted, retry_after=retry_after)
 
     if fetched.data is not None:
-        return Done(fetched.data)
+        if fetched.data:
+            return Done(fetched.data)
+        empty = DownloadError(  # nothing arrived: it says nothing about the images, so the paid job stays collectable
+            f"{label} arrived empty (HTTP 200 without a byte), as a link that is not ready yet or a proxy that drops the file does.",
+            request_id=request_id,
+            transient=True,
+        )
+        return Fail(empty) if tries >= GONE_TRIES else retry(str(empty))
     if fetched.refused is not None:  # a transient one: a DNS hiccup while checking a hop
         return retry(str(fetched.refused)) if fetched.refused.transient else Fail(fetched.refused)
     if fetched.transport is not None or fetched.status is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -63,10 +64,32 @@ class RetryPolicy:
         return cls(max_attempts=None, budget_s=None, base_delay_s=base_delay_s, max_delay_s=max_delay_s)
 
 
+_PAGE_LOOKS_AT = 4096  # bytes of the body read for its opening: room for a licence comment before the page
+_BYTE_ORDER_MARKS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+_PAGE_START = re.compile(rb"<!doctype\s*html|<(?:html|head|body|title|meta|script)[\s/>]")  # after what may precede it
+
+
 def opens_as_html_page(data: bytes) -> bool:
-    """Whether an answer's body begins as an HTML document (after any whitespace and UTF-8 byte-order mark): a
-    login, captive-portal or block page answering in place of the API or of a file, whatever its Content-Type."""
-    return data[:80].lstrip(b" \t\r\n\xef\xbb\xbf").lower().startswith((b"<!doctype html", b"<html"))
+    """Whether an answer's body begins as an HTML document: a login, captive-portal or block page answering in place
+    of the API or of a file, whatever its Content-Type. Whitespace, comments and an XML prolog may come first, the
+    page may open with its <head> or <body> alone, and it may be UTF-8 or UTF-16 with a byte-order mark. Neither a
+    JSON answer nor an image file opens so. Linear in the bytes looked at, however they are crafted."""
+    opening = data[:_PAGE_LOOKS_AT]
+    for mark, codec in _BYTE_ORDER_MARKS:
+        if opening.startswith(mark):
+            opening = opening[len(mark) :].decode(codec, "replace").encode("utf-8", "replace")
+            break
+    opening = opening.lower()
+    while True:
+        opening = opening.lstrip()
+        if opening.startswith(b"<!--"):
+            end = opening.find(b"-->", 4)
+            opening = opening[end + 3 :] if end >= 0 else b""
+        elif opening.startswith(b"<?xml"):
+            end = opening.find(b">")
+            opening = opening[end + 1 :] if end >= 0 else b""
+        else:
+            return _PAGE_START.match(opening) is not None
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

@@ -182,3 +182,43 @@ def test_an_image_labelled_as_a_web_page_is_still_the_image(fake, comfy):
     images, *_ = run_node(**node_inputs())
     assert images.shape[0] == 3 and fake.submits == 1
     assert images[0, 0, 0].tolist() == pytest.approx([200 / 255, 10 / 255, 10 / 255])
+
+
+COMMENTED_PAGE = b"<!-- served by the web filter -->\n<!DOCTYPE html><html><body>Blocked by policy</body></html>"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        COMMENTED_PAGE,
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN"><html></html>',
+        b"<head><title>Sign in</title></head><body>Sign in to continue</body>",
+        "<html><body>Blocked</body></html>".encode("utf-16"),  # with its byte-order mark
+    ],
+    ids=["a comment first", "an xml prolog first", "no html tag", "utf-16"],
+)
+def test_a_page_mislabelled_as_an_image_for_a_result_file_keeps_the_paid_job_collectable(fake, comfy, body):
+    """A page that opens with a comment, an XML prolog or its <head>, sent as image/png, was decoded as a result file:
+    "not an image", the paid job forgotten, and running again paid for a new one."""
+    fake.behaviour.inject("file", *[Fault("http", status=200, body=body, content_type="image/png")] * 3)
+    with pytest.raises(DownloadError) as caught:
+        run_node(**node_inputs())
+    message = str(caught.value)
+    assert "web page" in message and "is paid" in message and "without paying again" in message
+    (request_id,) = fake.jobs
+    fake.behaviour.faults.clear()  # the files can be had now
+    _, _, _, collected = run_node(**node_inputs())
+    assert collected == request_id and fake.submits == 1
+
+
+def test_an_empty_result_file_keeps_the_paid_job_collectable(fake, comfy):
+    """A 200 with no body delivered nothing: it says nothing about the images, so the paid job must not be forgotten."""
+    fake.behaviour.inject("file", *[Fault("http", status=200, body=b"", content_type="image/png")] * 12)
+    with pytest.raises(DownloadError) as caught:
+        run_node(**node_inputs())
+    message = str(caught.value)
+    assert "empty" in message and "without paying again" in message and "may be charged" not in message
+    (request_id,) = fake.jobs
+    fake.behaviour.faults.clear()
+    _, _, _, collected = run_node(**node_inputs())
+    assert collected == request_id and fake.submits == 1

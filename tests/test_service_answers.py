@@ -137,3 +137,23 @@ def test_a_portal_page_sent_under_another_content_type_to_the_submit_holds_nothi
     assert "not the RunComfy API" in str(caught.value) and "nothing was charged" in str(caught.value)
     run_node(**node_inputs())  # nothing held: the same inputs go through at once
     assert fake.submits == 1
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        b"<!-- captive portal -->\n<!DOCTYPE html><html><body>Sign in to the Wi-Fi</body></html>",
+        b'<?xml version="1.0"?><!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN"><html></html>',
+        b"<head><meta http-equiv='refresh' content='0;url=https://portal.example/'></head>",
+    ],
+    ids=["a comment first", "an xml prolog first", "no html tag"],
+)
+def test_a_portal_page_that_opens_with_a_comment_or_prolog_answering_the_submit_holds_nothing(fake, comfy, page):
+    """Sent as text/plain: it was read as an unreadable answer of RunComfy's ("may be charged", an hour's hold)."""
+    fake.behaviour.inject("submit", Fault("http", status=200, body=page, content_type="text/plain"))
+    with pytest.raises(ServiceError) as caught:
+        run_node(**node_inputs())
+    assert not isinstance(caught.value, OutcomeUnknownError)
+    assert "not the RunComfy API" in str(caught.value) and "nothing was charged" in str(caught.value)
+    run_node(**node_inputs())
+    assert fake.submits == 1
