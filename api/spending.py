@@ -72,7 +72,7 @@ def limit_value(name: str, value: Any) -> float | None:
         return None
     try:
         amount = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a whole number past any float (10**400)
         amount = math.nan
     if isinstance(value, bool) or not math.isfinite(amount) or not 0 <= amount <= MAX_LIMIT_USD:
         raise ValueError(

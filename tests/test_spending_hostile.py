@@ -257,6 +257,15 @@ def test_a_limit_of_minus_zero_is_zero_in_every_figure(fake, comfy, monkeypatch,
     assert status == 200 and b"-0" not in raw and b"-0" not in (folder / "spending_limits.json").read_bytes()
 
 
+def test_a_limit_past_any_float_is_refused_in_json(fake, tmp_path):
+    """Before: float() of a 400-digit whole number raised OverflowError past the route: aiohttp's "500 Internal Server
+    Error" page instead of what to send."""
+    folder = state_dir(tmp_path)
+    status, raw = call(folder, "POST", "/runcomfy/seedream/spending", body={"per_run_usd": 10**400, "per_day_usd": None})
+    assert status == 400 and "per_run_usd must be an amount in US dollars" in json.loads(raw)["error"]
+    assert not (folder / "spending_limits.json").exists()
+
+
 # --- a price that changes ---------------------------------------------------------------------------
 
 
@@ -342,7 +351,11 @@ def test_a_run_ended_while_its_reservation_waits_for_the_ledger_leaves_no_live_r
 # --- not fixed here: a decision for the owner ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("saved", ['{"per_day_usd": "5$"}', '{"per_day_usd": 5', '{"per_day_usd": -5}'], ids=["typo", "cut", "negative"])
+@pytest.mark.parametrize(
+    "saved",
+    ['{"per_day_usd": "5$"}', '{"per_day_usd": 5', '{"per_day_usd": -5}', '{"per_day_usd": 5' + "0" * 400 + "}"],
+    ids=["typo", "cut", "negative", "a whole number past any float"],  # the last raised OverflowError through the node
+)
 def test_a_damaged_saved_limit_refuses_new_jobs_and_never_collecting(fake, comfy, tmp_path, saved):
     """The user set a daily limit of $5 in the settings file, and the file was damaged (or edited by hand): it is
     never taken for "no limit". New jobs are refused with the file named and the fix; collecting paid work is free."""
