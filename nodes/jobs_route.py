@@ -150,10 +150,10 @@ async def cancel_queued(state_dir: Path, token_file: Path, request_id: str) -> t
     if entry.status not in ("queued", "unknown"):
         return 409, {"ok": False, "error": f"Request {request_id} is {entry.status}, not queued: there is nothing to cancel."}
     try:
-        credentials = resolve_credentials(settings_file=token_file)
-    except RunComfyError as missing:
-        return 400, {"ok": False, "error": str(missing)}
-    async with RunComfyClient(credentials, resolve_base_url()) as client:
+        credentials, base_url = resolve_credentials(settings_file=token_file), resolve_base_url()
+    except RunComfyError as unusable:  # no token, or a RUNCOMFY_MODEL_API_BASE that is no https URL: say which
+        return 400, {"ok": False, "error": str(unusable)}
+    async with RunComfyClient(credentials, base_url) as client:
         try:
             cancelled, message = await asyncio.wait_for(Job.resume(client, request_id).cancel_queued(), CANCEL_TIMEOUT_S)
         except asyncio.TimeoutError:

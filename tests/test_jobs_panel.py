@@ -140,6 +140,8 @@ def test_a_queued_job_is_cancelled_from_the_panel_and_the_node_says_so(fake, com
         ("GET", "/runcomfy/seedream/spending", None),
         ("POST", "/runcomfy/seedream/spending", {"per_run_usd": 100}),
         ("POST", "/runcomfy/seedream/jobs/abc/cancel", {}),
+        ("GET", "/runcomfy/seedream/jobs/abc/thumbnail", None),
+        ("HEAD", "/runcomfy/seedream/jobs", None),
     ],
 )
 @pytest.mark.parametrize(
@@ -147,8 +149,19 @@ def test_a_queued_job_is_cancelled_from_the_panel_and_the_node_says_so(fake, com
 )
 def test_requests_another_site_could_make_are_refused(fake, folder, method, path, body, headers):
     status, _, raw = call(folder, method, path, body=body, headers=headers)
-    assert status == 403 and json.loads(raw)["ok"] is False
+    assert status == 403 and (method == "HEAD" or json.loads(raw)["ok"] is False)  # HEAD: the status alone
     assert not (folder / "spending_limits.json").exists() and fake.cancel_calls == 0
+
+
+def test_a_cancel_with_an_unusable_service_address_answers_in_json_with_what_to_change(fake, comfy, folder, monkeypatch):
+    """Before: the ConfigurationError escaped the route, and the panel got aiohttp's bare "500 Internal Server Error"."""
+    run_node(**node_inputs(seed=4))
+    (done,) = Ledger(folder).read().entries
+    Ledger(folder).write([dataclasses.replace(done, status="queued")])
+    monkeypatch.setenv("RUNCOMFY_MODEL_API_BASE", "ftp://model-api.runcomfy.net")
+    status, kind, raw = call(folder, "POST", f"/runcomfy/seedream/jobs/{done.request_id}/cancel", body={})
+    assert status == 400 and kind == "application/json"
+    assert "RUNCOMFY_MODEL_API_BASE" in json.loads(raw)["error"] and fake.cancel_calls == 0
 
 
 def test_the_spending_setting_is_saved_checked_and_the_environment_wins(fake, folder, monkeypatch):
