@@ -24,8 +24,8 @@ def is_private_host(host: str) -> bool:
 
 
 def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address | str) -> bool:
-    """A globally routable unicast address. IPv6 forms that embed an IPv4 address (mapped, 6to4, Teredo) are
-    judged by that address; loopback, private, link-local, multicast, reserved and unspecified are not public."""
+    """A globally routable unicast address. IPv6 forms that embed an IPv4 address (mapped, 6to4, Teredo, NAT64's
+    64:ff9b::/96) are judged by that address; loopback, private, link-local, multicast, reserved and unspecified are not public."""
     if isinstance(address, str):
         try:
             address = ipaddress.ip_address(address.split("%", 1)[0])
@@ -33,9 +33,14 @@ def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address | s
             return False
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
+        if embedded is None and address in _NAT64:  # DNS64 on an IPv6-only network: the gateway reaches this IPv4 host
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
             return is_public_address(embedded)
     return address.is_global and not (address.is_multicast or address.is_reserved or address.is_link_local)
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the well-known prefix (RFC 6052)
 
 
 def _numeric_ipv4(host: str) -> ipaddress.IPv4Address | None:

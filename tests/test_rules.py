@@ -605,3 +605,19 @@ def test_items_failing_alike_share_one_reason_and_the_list_is_bounded():
     many = [(n, "", f"reason {n % 12}") for n in range(1, 25)]  # 12 reasons, two items each
     listed = failure_list(many)
     assert listed.count("reason") == MAX_LISTED_FAILURES and listed.endswith("; and 4 more items")
+
+
+@pytest.mark.parametrize(
+    "address,public",
+    [
+        ("64:ff9b::8.8.8.8", True),  # a public IPv4 host seen through DNS64/NAT64 on an IPv6-only network
+        ("64:ff9b::1.1.1.1", True),
+        ("64:ff9b::10.0.0.1", False),  # the gateway would reach a private network for us
+        ("64:ff9b::127.0.0.1", False),
+        ("64:ff9b::169.254.169.254", False),
+    ],
+)
+def test_a_nat64_address_is_judged_by_the_ipv4_address_it_embeds(address, public):
+    """On an IPv6-only network (DNS64), every IPv4-only result host resolves into 64:ff9b::/96: it was refused as not
+    public, so no paid result could ever be fetched there (Python before 3.12.4 calls the prefix not global)."""
+    assert is_public_address(address) is public
