@@ -37,7 +37,8 @@ def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address | s
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
             return is_public_address(embedded)
-    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_link_local)
+    site_local = isinstance(address, ipaddress.IPv6Address) and address.is_site_local  # fec0::/10, deprecated yet routed inside
+    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_link_local or site_local)
 
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the well-known prefix (RFC 6052)

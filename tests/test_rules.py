@@ -260,6 +260,7 @@ PRIVATE_HOSTS = [
     "[::1]",
     "fe80::1%eth0",
     "fc00::1",
+    "fec0::1",  # site-local (deprecated, still routed inside some networks): Python calls it global
     "::ffff:10.0.0.1",  # IPv4-mapped
     "2002:7f00:1::1",  # 6to4 of 127.0.0.1
     "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
