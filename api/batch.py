@@ -275,19 +275,24 @@ class Batch:
             f"{saved} done and saved" + ("" if finished else f" ({collect})") if saved else "",
             f"{finished} finished at RunComfy but not downloaded ({collect})" if finished else "",
             f"{unsent} not sent" if unsent else "",
-            f"{len(failed)} failed" if failed else "",
+            f"{len(failed)} failed: {_listed(failed)}" if failed else "",  # last: its reasons may hold "; " themselves
         ]
-        return StopRequested(f"Stopped the batch of {self.size}: " + "; ".join(p for p in parts if p) + ".")
+        return StopRequested(f"Stopped the batch of {self.size}: " + "; ".join(p for p in parts if p).rstrip(".") + ".")
 
     def _failed(self, failed: list[Member]) -> BatchError:
-        noted = [(m, f" (request {m.request_id})" if m.request_id and m.request_id not in str(m.error) else "") for m in failed]
-        listed = failure_list((m.number, note, str(m.error)) for m, note in noted)
+        listed = _listed(failed)
         done = self.size - len(failed)
         saved = f" The other {done} are saved: running the node again collects them without paying and retries only these." if done else ""
         return BatchError(
             f"{len(failed)} of {self.size} items failed.{saved} {listed}",
             failures=[(m.number, m.request_id, m.error) for m in failed],
         )
+
+
+def _listed(failed: list[Member]) -> str:
+    """The failed members with their reasons, each with its request id unless the reason names it already."""
+    noted = [(m, f" (request {m.request_id})" if m.request_id and m.request_id not in str(m.error) else "") for m in failed]
+    return failure_list((m.number, note, str(m.error)) for m, note in noted)
 
 
 def failure_list(failures: Iterable[tuple[int, str, str]]) -> str:

@@ -111,7 +111,10 @@ def test_stop_in_a_list_with_a_failed_item_says_what_happened_to_each_job(fake, 
     comfy.stop_when = lambda text: text.startswith("Batch of 3:") and "2 queued at RunComfy" in text
     stopped = run_list(items)
     assert isinstance(stopped, comfy.InterruptProcessingException)
-    assert str(stopped) == "Stopped the batch of 3: 2 queued jobs cancelled before they started; 1 failed."
+    assert str(stopped) == (
+        "Stopped the batch of 3: 2 queued jobs cancelled before they started; 1 failed: item 1: prompt: has 700 characters; "
+        "the model accepts at most 600. Shorten it by 100 characters."
+    )  # what failed, and how to fix it, as without Stop
     assert all(job.cancelled for job in fake.jobs.values()) and fake.submits == 2
 
 
