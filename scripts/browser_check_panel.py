@@ -84,22 +84,15 @@ PANEL_HELPERS = r"""
 GRAPH = r"""
 ([seed, prompt]) => {
   app.graph.clear();
-  const load = LiteGraph.createNode('LoadImage');
-  load.pos = [40, 80];
-  app.graph.add(load);
-  const ours = LiteGraph.createNode('RunComfySeedream4EditSequential');
-  ours.pos = [420, 80];
-  app.graph.add(ours);
-  const preview = LiteGraph.createNode('PreviewImage');
-  preview.pos = [900, 80];
-  app.graph.add(preview);
-  load.widgets.find((w) => w.name === 'image').value = 'example.png';
+  const load = __rc.add('LoadImage', 40, 80);
+  const ours = __rc.add('RunComfySeedream4EditSequential', 420, 80);
+  const preview = __rc.add('PreviewImage', 900, 80);
+  __rc.set(load, 'image', 'example.png');
   load.connect(0, ours, ours.inputs.findIndex((i) => i.name === 'image_1'));
   ours.connect(0, preview, 0);
-  const set = (name, value) => { ours.widgets.find((w) => w.name === name).value = value; };
-  set('prompt', prompt);
-  set('max_images', 2);
-  set('seed', seed);
+  __rc.set(ours, 'prompt', prompt);
+  __rc.set(ours, 'max_images', 2);
+  __rc.set(ours, 'seed', seed);
   const control = ours.widgets.find((w) => w.name === 'control_after_generate');
   if (control) control.value = 'fixed';
   app.canvas.setDirty(true, true);

@@ -115,23 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         page.evaluate(
             """() => {
               app.graph.clear();
-              const seed = LiteGraph.createNode('RunComfySeedream4EditSequential');
-              seed.pos = [700, 80];
-              app.graph.add(seed);
-              const preview = LiteGraph.createNode('PreviewImage');
-              preview.pos = [1250, 80];
-              app.graph.add(preview);
+              const seed = __rc.add('RunComfySeedream4EditSequential', 700, 80);
+              const preview = __rc.add('PreviewImage', 1250, 80);
               seed.connect(0, preview, 0);
               window.__t = { seed, loads: [] };
               for (let i = 0; i < 10; i++) {
-                const load = LiteGraph.createNode('LoadImage');
-                load.pos = [40 + (i % 2) * 330, 40 + Math.floor(i / 2) * 380];
-                app.graph.add(load);
-                __t.loads.push(load);
+                __t.loads.push(__rc.add('LoadImage', 40 + (i % 2) * 330, 40 + Math.floor(i / 2) * 380));
               }
-              const w = seed.widgets.find((w) => w.name === 'prompt');
-              w.value = 'Generate 2 images of this scene, one at noon and one at night.';
-              seed.widgets.find((w) => w.name === 'max_images').value = 2;
+              __rc.set(seed, 'prompt', 'Generate 2 images of this scene, one at noon and one at night.');
+              __rc.set(seed, 'max_images', 2);
               app.canvas.ds.scale = 0.5; app.canvas.ds.offset = [0, 0]; app.canvas.setDirty(true, true);
             }"""
         )

@@ -35,6 +35,14 @@ PAGE_HELPERS = r"""
   window.__rc = {
     texts,
     ours: () => app.graph.nodes.filter((n) => n.type === "RunComfySeedream4EditSequential"),
+    // a new node of `type` placed at [x, y] in the graph, and a widget value set by name
+    add: (type, x, y) => {
+      const node = LiteGraph.createNode(type);
+      node.pos = [x, y];
+      app.graph.add(node);
+      return node;
+    },
+    set: (node, name, value) => { node.widgets.find((w) => w.name === name).value = value; },
     sockets: (node) => node.inputs
       .filter((i) => /^image_\d+$/.test(i.name))
       .map((i) => i.name + (i.link != null ? "*" : "")),
