@@ -22,14 +22,14 @@ from dataclasses import dataclass
 
 from .client import Price
 from .errors import BatchError, InputError, RunComfyError, StopRequested
-from .ledger import Totals
 from .pipeline import GenerationResult, Plan, Reference, Session, execute, paying, plan
 from .progress import Phase, Progress, ProgressReporter
+from .records import Totals
 from .schema import EditSequentialRequest
 from .wording import plural
 
 MAX_LISTED_FAILURES = 10
-MAX_LIST_JOBS = 1000  # distinct items of one list: every job in flight keeps its record (`resume.MAX_JOURNAL_ENTRIES`)
+MAX_LIST_JOBS = 1000  # distinct items of one list: every job in flight keeps its record (the records never delete a job that may still run)
 
 LineSink = Callable[[str, float], None]  # (text under the node, fraction of the bar)
 

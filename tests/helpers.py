@@ -146,3 +146,13 @@ def load_copy(name: str, monkeypatch):
 def state_dir(home) -> Path:
     """Where the node keeps its records outside ComfyUI, for a HOME of `home` (the `fake` fixture's is tmp_path)."""
     return Path(home) / ".cache" / "runcomfy-seedream"
+
+
+def job_rows(home_or_state, *columns: str) -> list[tuple]:
+    """The job records as a user with the sqlite3 shell would read them (oldest first): `columns` of each row."""
+    import sqlite3
+
+    state = Path(home_or_state)
+    path = state / "records.db" if (state / "records.db").exists() else state_dir(state) / "records.db"
+    with sqlite3.connect(path) as database:
+        return database.execute(f"SELECT {', '.join(columns) or '*'} FROM jobs ORDER BY created").fetchall()
