@@ -4,7 +4,9 @@
 
 Starts the fake RunComfy service on 127.0.0.1, points the node at it exactly as
 a user would (RUNCOMFY_MODEL_API_BASE and a token), runs it the way ComfyUI
-calls it, and writes the generated images as PNG files.
+calls it, and writes the generated images as PNG files. Its records (journal,
+saved results, ledger) go to a temporary folder removed at the end, so the fake
+job never appears in the ledger or saved results of real runs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import asyncio
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
     references = [load_image(p) for p in args.image] or sample_references()
     behaviour = FakeBehaviour(queue_s=args.service_seconds / 3, run_s=args.service_seconds * 2 / 3)
-    with FakeRunComfy(behaviour) as fake:
+    with FakeRunComfy(behaviour) as fake, tempfile.TemporaryDirectory(prefix="seedream-demo-", ignore_cleanup_errors=True) as state:
+        os.environ["RUNCOMFY_SEEDREAM_STATE_DIR"] = state
         os.environ["RUNCOMFY_API_TOKEN"] = behaviour.token
         os.environ["RUNCOMFY_MODEL_API_BASE"] = fake.base_url
         node = pack.NODE_CLASS_MAPPINGS["RunComfySeedream4EditSequential"]()
