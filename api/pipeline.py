@@ -177,6 +177,7 @@ class Session:
             status_interval_s=timing.status_interval_s,
         )
         session = cls(credentials, base_url, client, stop, timing, limits or Limits(), spending, records, owner, state_dir, after_submit)
+        await asyncio.to_thread(records.renew, owner, timing.lease_s)  # alive before it reserves or locks anything
         lease = asyncio.ensure_future(_keep_alive(records, owner, timing.lease_s))
         try:
             yield session
@@ -219,9 +220,9 @@ class Session:
 async def _keep_alive(records: Records, owner: str, lease_s: float) -> None:
     """Renew the run's lease every third of it, for as long as the run lasts."""
     while True:
+        await asyncio.sleep(lease_s / 3)
         with contextlib.suppress(Exception):  # the records keep themselves in memory when the disk refuses
             await asyncio.to_thread(records.renew, owner, lease_s)
-        await asyncio.sleep(lease_s / 3)
 
 
 @dataclass

@@ -339,19 +339,23 @@ class Records:
         """A database in this process's memory, holding what could still be read of the one on disk."""
         memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         copied = False
-        if source is not None:
-            with contextlib.suppress(sqlite3.Error):
-                source.backup(memory)
-                copied = True
-        elif self.path is not None and why is not None:
+        readers = [lambda: source] if source is not None else []
+        if self.path is not None and why is not None:  # read-only, then as the bytes lie (no journal, no lock)
+            uri = self.path.resolve().as_uri()
+            readers += [lambda: sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_S)]
+            readers += [lambda: sqlite3.connect(f"{uri}?immutable=1", uri=True)]
+        for reader in readers:
             with contextlib.suppress(sqlite3.Error, OSError):
-                disk = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_S)
+                disk = reader()
                 try:
                     disk.backup(memory)
-                    copied = True
+                    copied = memory.execute("PRAGMA user_version").fetchone()[0] >= VERSION
                 finally:
-                    disk.close()
-        if not copied or memory.execute("PRAGMA user_version").fetchone()[0] < VERSION:
+                    if disk is not source:
+                        disk.close()
+            if copied:
+                break
+        if not copied:
             memory.close()
             memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
             _create(memory)
