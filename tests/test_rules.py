@@ -20,8 +20,8 @@ from PIL import Image
 from runcomfy_seedream.api.addresses import is_private_host, is_public_address
 from runcomfy_seedream.api.batch import MAX_LISTED_FAILURES, failure_list, item_numbers
 from runcomfy_seedream.api.errors import InputError
+from runcomfy_seedream.api.records import request_fingerprint
 from runcomfy_seedream.api.references import encode_reference, prepare_reference
-from runcomfy_seedream.api.resume import request_fingerprint
 from runcomfy_seedream.api.schema import (
     IMAGE_SIZES,
     DataUri,
@@ -498,7 +498,7 @@ def fingerprint(**changes) -> str:
 def test_the_fingerprint_is_the_same_in_another_process(tmp_path):
     script = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); from pack_import import load_pack; load_pack()\n"
-        "from runcomfy_seedream.api.resume import request_fingerprint\n"
+        "from runcomfy_seedream.api.records import request_fingerprint\n"
         "print(request_fingerprint(**json.loads(sys.argv[2])))\n"
     )
     scripts = str(Path(__file__).resolve().parents[1] / "scripts")
