@@ -93,7 +93,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_fingerprint ON jobs (fingerprint);
 CREATE INDEX IF NOT EXISTS jobs_by_request ON jobs (request_id);
-CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created);
+CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created, state, cost_usd, estimate_usd);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created);
 CREATE TABLE IF NOT EXISTS leases (owner TEXT PRIMARY KEY, until REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS locks (fingerprint TEXT PRIMARY KEY, owner TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS saved (
@@ -112,11 +113,15 @@ CREATE TABLE IF NOT EXISTS set_aside (at REAL NOT NULL, name TEXT NOT NULL);
 RESERVATION = ("id", "fingerprint", "state", "created", "updated", "owner", "max_images", "estimate_usd", "prompt", "node_id", "prompt_id")
 VERSION = 1
 _ALIVE = f"(leases.until > :now AND leases.until <= :now + {MAX_LEASE_S})"
-_COUNTED = f"""CASE
-    WHEN jobs.state IN ({", ".join(f"'{s}'" for s in NOT_CHARGED)}) THEN 0
-    WHEN jobs.state = 'done' AND jobs.cost_usd IS NOT NULL THEN jobs.cost_usd
-    WHEN jobs.state = 'reserved' AND NOT COALESCE({_ALIVE}, 0) THEN 0
-    ELSE COALESCE(jobs.estimate_usd, 0) END"""
+_NOT_CHARGED = ", ".join(f"'{s}'" for s in (*NOT_CHARGED, "reserved"))
+_TOTALS = f"""SELECT
+    COALESCE(SUM(CASE WHEN state IN ({_NOT_CHARGED}) THEN 0 WHEN state = 'done' AND cost_usd IS NOT NULL THEN cost_usd
+                 ELSE COALESCE(estimate_usd, 0) END), 0),
+    COALESCE(SUM(state NOT IN ({_NOT_CHARGED})), 0),
+    COALESCE(SUM(CASE WHEN state IN ('unknown', 'queued', 'generating') THEN COALESCE(estimate_usd, 0) ELSE 0 END), 0)
+    FROM jobs WHERE created >= :since"""  # what finished jobs cost, and the estimates of those that may still be charged
+_RESERVED = f"""SELECT COALESCE(SUM(COALESCE(jobs.estimate_usd, 0)), 0) FROM jobs JOIN leases ON leases.owner = jobs.owner
+    WHERE jobs.state = 'reserved' AND jobs.created >= :since AND {_ALIVE}"""
 
 
 def request_fingerprint(
@@ -270,6 +275,8 @@ class Records:
         self.trouble: str | None = None  # the warning line, once the records live in memory
         self._guard = threading.RLock()
         self._conn = self._connect()
+        with contextlib.suppress(Exception):  # bounded once per process; another process tidying meanwhile is fine
+            self.tidy()
 
     @classmethod
     def at(cls, folder: Path | None) -> Records:
@@ -533,17 +540,12 @@ class Records:
 
     def totals(self, since: float, conn: sqlite3.Connection | None = None) -> Totals:
         """What the jobs made on or after `since` add up to (a later date counts too: setting the clock back cannot
-        hide spending)."""
+        hide spending). A reservation counts only while its run's lease lives."""
 
         def add(c: sqlite3.Connection) -> Totals:
-            usd, jobs, in_flight = c.execute(
-                f"SELECT COALESCE(SUM({_COUNTED}), 0), "
-                f"COALESCE(SUM(jobs.state NOT IN ({', '.join(repr(s) for s in NOT_CHARGED)}, 'reserved')), 0), "
-                f"COALESCE(SUM(CASE WHEN jobs.state IN ('reserved', 'unknown', 'queued', 'generating') THEN {_COUNTED} ELSE 0 END), 0) "
-                "FROM jobs LEFT JOIN leases ON leases.owner = jobs.owner WHERE jobs.created >= :since",
-                {"since": since, "now": time.time()},
-            ).fetchone()
-            return Totals(round(usd, 6), jobs, round(in_flight, 6))
+            usd, jobs, in_flight = c.execute(_TOTALS, {"since": since}).fetchone()
+            reserved = c.execute(_RESERVED, {"since": since, "now": time.time()}).fetchone()[0]
+            return Totals(round(usd + reserved, 6), jobs, round(in_flight + reserved, 6))
 
         return add(conn) if conn is not None else self.read(add)
 
@@ -588,6 +590,7 @@ class Records:
             and all(isinstance(name, str) and _FILE_NAME.match(name) for name in names)
             and isinstance(urls, list)
             and all(isinstance(url, str) for url in urls)
+            and plausible_cost(amount(cost), len(names))  # a cost no job of this size can have is damage, never shown
         ):
             raise ValueError(f"unexpected shape (request {request_id})")
         where = self.folder / RESULTS_DIR / folder
@@ -691,6 +694,8 @@ def _is_damage(error: BaseException) -> bool:
 
 
 def _why(error: BaseException, path: Path | None) -> str:
+    if isinstance(error, (FileExistsError, NotADirectoryError)):
+        return "a file is where its folder should be"
     if isinstance(error, OSError):
         return error.strerror or type(error).__name__
     text = str(error)

@@ -110,7 +110,8 @@ class SpendingLimits:
                 problems.append(f"{damage[key]}. Set the limits again in {SETTING} (or delete the file for no limit)")
             elif saved.get(key) is not None:
                 values[key], sources[key] = saved[key], SETTING
-        return cls(values.get("per_run_usd"), values.get("per_day_usd"), sources, "; ".join(problems) or None)
+        said_once = list(dict.fromkeys(problems))  # a damaged file is one problem, not one per limit
+        return cls(values.get("per_run_usd"), values.get("per_day_usd"), sources, "; ".join(said_once) or None)
 
     def where(self, key: str) -> str:
         source = self.sources.get(key, SETTING)

@@ -441,3 +441,11 @@ def test_a_list_of_twelve_with_one_repeated_item_limits_and_shares_in_one_transa
     states = [state for (state,) in job_rows(tmp_path, "state")]
     assert states == ["done"] * 11
     assert Limits().cache_max_entries >= 11 and len(list((state_dir(tmp_path) / "results").iterdir())) == 11
+
+
+def test_a_damaged_limits_file_is_said_once(tmp_path):
+    """R11: one damaged file, one sentence (it used to be said once for each limit)."""
+    saved = tmp_path / "spending_limits.json"
+    saved.write_text("{damaged")
+    problem = SpendingLimits.resolve(saved, env={}).problem
+    assert problem.count("cannot be read") == 1 and str(saved) in problem
