@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -390,7 +391,7 @@ def records_row(pack, behaviour, rows: int = 5000, repeats: int = 7) -> None:
                                   seed=seed, optimize_prompt="fast", sequential_image_generation="auto", unique_id="bench"))  # fmt: skip
 
     def filled(folder: str) -> None:
-        records = Records.at(__import__("pathlib").Path(folder))
+        records = Records.at(Path(folder))
         now = time.time()
         with sqlite3.connect(records.path) as shell:
             shell.executemany(
@@ -414,17 +415,17 @@ def records_row(pack, behaviour, rows: int = 5000, repeats: int = 7) -> None:
             started = time.perf_counter()
             run(30_000)
             reused.append(time.perf_counter() - started)
-        spending = __import__("pathlib").Path(folder) / "spending_limits.json"
+        spending = Path(folder) / "spending_limits.json"
         panel = []
         for _ in range(repeats * 3):
             started = time.perf_counter()
-            jobs_route.jobs_answer(__import__("pathlib").Path(folder), spending)
+            jobs_route.jobs_answer(Path(folder), spending)
             panel.append(time.perf_counter() - started)
 
-        async def twenty() -> list[float]:
+        async def twenty(folder: Path, spending: Path) -> list[float]:
             async def one() -> float:
                 started = time.perf_counter()
-                await asyncio.to_thread(jobs_route.jobs_answer, __import__("pathlib").Path(folder), spending)
+                await asyncio.to_thread(jobs_route.jobs_answer, folder, spending)
                 return time.perf_counter() - started
 
             return await asyncio.gather(*(one() for _ in range(20)))
@@ -432,7 +433,7 @@ def records_row(pack, behaviour, rows: int = 5000, repeats: int = 7) -> None:
         timings[name] = {
             "reuse": statistics.median(reused),
             "panel": statistics.median(panel),
-            "twenty": statistics.median(asyncio.run(twenty())),
+            "twenty": statistics.median(asyncio.run(twenty(Path(folder), spending))),
         }
     behaviour.output_scale = saved_scale
     print(f"\n== records: {rows} jobs and {MAX_CACHED_RESULTS} saved results, against an empty user folder (medians)")
