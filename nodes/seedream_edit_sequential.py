@@ -87,8 +87,8 @@ class RunComfySeedream4EditSequential:
                 "default": _DEFAULTS.count_in_prompt,
                 "tooltip": "The model takes the number of images from the prompt; max_images is only the most it may make "
                 "(and what is charged). 'add if missing': a prompt that states no number gets 'Generate N images.' "
-                "(N = max_images), shown under the node. 'as written': the prompt is sent unchanged. Either way, a number "
-                "in the prompt that differs from max_images is pointed out before submitting.",
+                "('生成N张图片。' if it is in Chinese; N = max_images), shown under the node. 'as written': the prompt is "
+                "sent unchanged. Either way, a number in the prompt that differs from max_images is pointed out before submitting.",
             },
         )
         optional["reference_format"] = (

@@ -408,17 +408,17 @@ NOTES = [
     (
         "more stated than allowed",
         dict(prompt="Generate 6 images", max_images=4),
-        ("the prompt asks for 6 images, max_images is 4: at most 4 will be made and 4 are charged",),
+        ("the prompt asks for 6 images ('6 images'), max_images is 4: at most 4 will be made and 4 are charged",),
     ),
     (
         "fewer stated than charged",
         dict(prompt="Generate 2 images", max_images=4),
-        ("the prompt asks for 2 images, max_images is 4: at most 2 will be made and 4 are charged",),
+        ("the prompt asks for 2 images ('2 images'), max_images is 4: at most 2 will be made and 4 are charged",),
     ),
     (
         "a set asked of a single image",
         dict(prompt="Generate 4 images", sequential_image_generation="disabled"),
-        ("the prompt asks for 4 images, but sequential_image_generation is disabled: exactly 1 will be made",),
+        ("the prompt asks for 4 images ('4 images'), but sequential_image_generation is disabled: exactly 1 will be made",),
     ),
     ("one asked of a single image", dict(prompt="Generate 1 image", sequential_image_generation="disabled"), ()),
 ]
