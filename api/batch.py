@@ -160,10 +160,10 @@ class Batch:
     async def _admit(self, leaders: list[Member]) -> None:
         """The spending limits, before anything is encoded: every distinct item that would submit a job is reserved
         at once, or the run is refused (`SpendingLimitError`) and nothing is sent. Items collecting paid work
-        (a saved result, a journaled request, an identical run in progress) cost nothing and are never refused."""
+        (a saved result, a recorded request, an identical run in progress) cost nothing and are never refused."""
         jobs = [planned.job for planned in await paying([member.plan for member in leaders], self.session)]
         warn = leaders[0].reporter.warn if leaders else (lambda line: None)
-        await self.session.spending.admit(jobs, self.session.usd_per_image, lambda line: warn(line, key="ledger"))
+        await self.session.spending.admit(jobs, self.session.usd_per_image, lambda line: warn(line, key="records"))
 
     async def _execute(self, member: Member) -> None:
         try:

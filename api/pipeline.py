@@ -2,7 +2,7 @@
 
     async with Session.open(should_stop=…) as session:     # the account, one connection pool, one Stop
         planned = await plan(references, request, session, report)   # every check, clean pixels, fingerprint
-        result = await execute(planned, session, report)    # cache → journal → resume or submit → wait
+        result = await execute(planned, session, report)    # cache → records → resume or submit → wait
                                                             #   → download → save → assemble
 
 `generate()` does both for one run. `collect(request_id, session, report)` is the other kind of run: a request
@@ -256,7 +256,7 @@ class Plan:
 class _Run:
     """One run being carried out: a plan's, or (no plan: nothing to submit) a request collected by its id."""
 
-    fingerprint: str  # what its saved result, journal entry and run lock are keyed by
+    fingerprint: str  # what its saved result, job record and run lock are keyed by
     session: Session
     report: ProgressReporter
     store: RunStore
@@ -274,8 +274,8 @@ class _Run:
         notes = list(plan.notes) if plan is not None else []
         return cls(fingerprint, session, report, store, session.client.sharing_pool(on_retry=report), plan, output_budget, notes)
 
-    def warn_ledger(self, line: str) -> None:
-        self.report.warn(line, key="ledger")
+    def warn_records(self, line: str) -> None:
+        self.report.warn(line, key="records")
 
     @property
     def most_images(self) -> int:
@@ -294,7 +294,7 @@ async def generate(
     """One run: `references` (pixels) are encoded and sent before the URLs in `request.images`.
 
     `session_options` are those of `Session.open`: credentials, base_url, should_stop, timing, limits,
-    state_dir (a paid request is journaled and its result saved there; None: in memory) and after_submit.
+    state_dir (a paid request is recorded and its result saved there; None: in memory) and after_submit.
     `reference_format` is "png" (lossless) or "jpeg" (quality 95, far fewer bytes to upload).
     """
     report = ProgressReporter(on_progress)
@@ -327,14 +327,14 @@ async def plan(
 
 
 async def paying(plans: Sequence[Plan], session: Session) -> list[Plan]:
-    """The plans whose run would submit a job: no saved result and no journaled request of their inputs (a request
+    """The plans whose run would submit a job: no saved result and no recorded request of their inputs (a request
     that turns out to be gone is admitted when it is found to be)."""
     held = await session.store(lambda line: None).holding([p.fingerprint for p in plans])  # each run reports its store's trouble
     return [p for p in plans if p.fingerprint not in held]
 
 
 async def execute(planned: Plan, session: Session, report: ProgressReporter, *, output_budget: int | None = None) -> GenerationResult:
-    """cache → journal → resume or submit → wait → download → save → assemble, one run per distinct inputs at a time.
+    """cache → records → resume or submit → wait → download → save → assemble, one run per distinct inputs at a time.
     `output_budget`: bytes its outputs may take (its share of a list's; None: `Limits.batch_max_bytes`)."""
     run = _Run.start(planned.fingerprint, session, report, plan=planned, output_budget=output_budget)
     store = run.store
@@ -496,7 +496,7 @@ async def _submit(run: _Run) -> Job:
     price = await run.session.price()
     if price is not None:
         run.report.pin(price.estimate(request.max_images_sent), key="cost")
-    job_id = await spending.ticket(run.plan.job, run.session.usd_per_image, run.warn_ledger)
+    job_id = await spending.ticket(run.plan.job, run.session.usd_per_image, run.warn_records)
     sending = False
     try:
         async with _upload_turn(run):
@@ -506,7 +506,7 @@ async def _submit(run: _Run) -> Job:
             return await _send(run, job_id, request.with_references([e.uri for e in encoded]), _uploading_message(run, encoded))
     except BaseException:
         if not sending:  # stopped or failed before anything was sent: the reservation was never used
-            await spending.dropped(job_id, run.warn_ledger)
+            await spending.dropped(job_id, run.warn_records)
         raise
 
 
@@ -554,7 +554,7 @@ async def _send(run: _Run, job_id: str, sendable: EditSequentialRequest, message
     async def sending_last_piece() -> None:
         nonlocal unanswered
         unanswered = True
-        await spending.may_have_sent(job_id, run.warn_ledger)
+        await spending.may_have_sent(job_id, run.warn_records)
 
     try:
         job = await submit_watching(
@@ -566,16 +566,16 @@ async def _send(run: _Run, job_id: str, sendable: EditSequentialRequest, message
             message=message,
         )
     except OutcomeUnknownError:
-        await spending.may_have_sent(job_id, run.warn_ledger)
+        await spending.may_have_sent(job_id, run.warn_records)
         raise
     except RunComfyError as refused:  # RunComfy answered, or the upload broke off: no job exists
-        await spending.dropped(job_id, run.warn_ledger, f"not submitted: {type(refused).__name__}")
+        await spending.dropped(job_id, run.warn_records, f"not submitted: {type(refused).__name__}")
         raise
     except asyncio.CancelledError:  # ComfyUI ended the prompt mid-submit: after the last piece, it may exist
-        await (spending.may_have_sent(job_id, run.warn_ledger) if unanswered else spending.dropped(job_id, run.warn_ledger))
+        await (spending.may_have_sent(job_id, run.warn_records) if unanswered else spending.dropped(job_id, run.warn_records))
         raise
     del sendable  # the service has the references: the encoded copies are freed while we wait
-    await spending.submitted(job_id, job.request_id, run.warn_ledger)
+    await spending.submitted(job_id, job.request_id, run.warn_records)
     try:
         run.session.after_submit()
     except Exception as exc:  # noqa: BLE001 - a caller's hook cannot end a paid job
@@ -589,7 +589,7 @@ async def _wait(run: _Run, job: Job, *, leave_running: bool = False) -> JobResul
 
     def heard(event: JobEvent) -> None:
         run.report.job_event(event)
-        run.session.spending.heard(event, run.warn_ledger)
+        run.session.spending.heard(event, run.warn_records)
 
     return await job.wait(
         deadline_s=timing.deadline_s,
@@ -601,7 +601,7 @@ async def _wait(run: _Run, job: Job, *, leave_running: bool = False) -> JobResul
 
 
 async def _settle(run: _Run, job: Job) -> JobResult:
-    """Wait for a job, keeping the journal and the ledger right: a job that ended without results is forgotten."""
+    """Wait for a job, keeping its record right: a job that ended without results holds its inputs no more."""
     try:
         result = await _wait(run, job)
     except JobFailedError as failed:
@@ -638,8 +638,8 @@ def _sane_cost(run: _Run, result: JobResult) -> tuple[JobResult, str | None]:
 
 
 async def _settled(run: _Run, request_id: str, status: str, **what) -> None:
-    """The ledger learns what became of a job; nothing it does can end the run."""
-    await run.session.spending.settled(request_id, status, run.warn_ledger, **what)
+    """The records learn what became of a job; nothing they do can end the run."""
+    await run.session.spending.settled(request_id, status, run.warn_records, **what)
 
 
 async def _resume(run: _Run, request_id: str) -> JobResult | None:

@@ -145,7 +145,7 @@ def save_limits(path: Path, per_run_usd: float | None, per_day_usd: float | None
 
 @dataclass(frozen=True)
 class JobPlan:
-    """What a job would be, for its estimate and its ledger entry."""
+    """What a job would be, for its estimate and its row in the records."""
 
     fingerprint: str
     max_images: int

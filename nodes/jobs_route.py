@@ -44,7 +44,7 @@ CANCEL_TIMEOUT_S = 30.0
 
 def url_request_id(request_id: str | None) -> str | None:
     """`request_id` as one segment of a route's path, or None when it cannot be one: an id that is no RunComfy
-    request id (a hand-edited ledger: "a/b", "x y", or "." and "..", which a browser resolves however encoded, so a
+    request id (hand-edited records: "a/b", "x y", or "." and "..", which a browser resolves however encoded, so a
     thumbnail or a cancel would reach another route). "?", "#" and "%" are encoded, so they stay in the segment."""
     if request_id is None:
         return None
