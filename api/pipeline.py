@@ -166,7 +166,14 @@ class Session:
         records = await asyncio.to_thread(Records.at, state_dir)
         owner = uuid.uuid4().hex  # this run, in the records: its lease says it is alive
         spending = Spending(
-            limits_of_spending, records, service=base_url.rstrip("/"), owner=owner, should_stop=stop, node_id=node_id, prompt_id=prompt_id
+            limits_of_spending,
+            records,
+            service=base_url.rstrip("/"),
+            owner=owner,
+            should_stop=stop,
+            node_id=node_id,
+            prompt_id=prompt_id,
+            lock_wait_s=timing.records_wait_s,
         )
         client = RunComfyClient(
             credentials,

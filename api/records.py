@@ -37,6 +37,7 @@ import math
 import re
 import shutil
 import sqlite3
+import stat
 import tempfile
 import threading
 import time
@@ -272,7 +273,8 @@ class Records:
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
         self.path = folder / DB_NAME if folder is not None else None
-        self.trouble: str | None = None  # the warning line, once the records live in memory
+        self.trouble: str | None = None  # the warning line, once the records live in memory (or were set aside)
+        self.memory_reason: str | None = None  # why they live in memory: a daily limit cannot be checked there
         self._guard = threading.RLock()
         self._conn = self._connect()
         with contextlib.suppress(Exception):  # bounded once per process; another process tidying meanwhile is fine
@@ -301,23 +303,30 @@ class Records:
     def _connect(self) -> sqlite3.Connection:
         if self.path is None:
             return self._in_memory(None)
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            conn = sqlite3.connect(self.path, timeout=BUSY_S, isolation_level=None, check_same_thread=False)
+        give_up = time.monotonic() + LOCK_WAIT_S
+        while True:
             try:
-                self._prepare(conn)
-            except BaseException:
-                conn.close()
-                raise
-            return conn
-        except sqlite3.DatabaseError as error:
-            if _is_busy(error):
-                return self._in_memory(f"another ComfyUI process keeps {self.path} locked")
-            if _is_damage(error):
-                return self._set_aside(error)
-            return self._in_memory(_why(error, self.path))
-        except OSError as error:
-            return self._in_memory(_why(error, self.path))
+                self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+                if not _regular_or_absent(self.path):  # a FIFO or device is never opened, so never waited on
+                    return self._in_memory("a folder is in its place" if self.path.is_dir() else "it is not a regular file")
+                conn = sqlite3.connect(self.path, timeout=BUSY_S, isolation_level=None, check_same_thread=False)
+                try:
+                    self._prepare(conn)
+                except BaseException:
+                    conn.close()
+                    raise
+                return conn
+            except sqlite3.DatabaseError as error:
+                if _is_busy(error) and time.monotonic() < give_up:  # another process is setting it up: wait for it
+                    time.sleep(0.02)
+                    continue
+                if _is_busy(error):
+                    return self._in_memory("another ComfyUI process keeps it locked")
+                if _is_damage(error):
+                    return self._set_aside(error)
+                return self._in_memory(_why(error, self.path))
+            except OSError as error:
+                return self._in_memory(_why(error, self.path))
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         """The schema, and on first use the records of earlier versions, in one transaction."""
@@ -347,7 +356,8 @@ class Records:
         memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         copied = False
         readers = [lambda: source] if source is not None else []
-        if self.path is not None and why is not None:  # read-only, then as the bytes lie (no journal, no lock)
+        if self.path is not None and why is not None and _regular_or_absent(self.path) and self.path.exists():
+            # read-only, then as the bytes lie (no journal, no lock)
             uri = self.path.resolve().as_uri()
             readers += [lambda: sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_S)]
             readers += [lambda: sqlite3.connect(f"{uri}?immutable=1", uri=True)]
@@ -370,6 +380,7 @@ class Records:
             del imported  # the files stay: the disk refuses the database, so the next process imports them again
             memory.execute(f"PRAGMA user_version = {VERSION}")
         if why is not None:
+            self.memory_reason = f"the job records cannot be kept in {self.path} ({why})"
             self.trouble = (
                 f"the job records cannot be kept in {self.path} ({why}), so they are kept in memory only: closing ComfyUI "
                 "before this job is collected means the next run pays again, and other ComfyUI processes on this folder do "
@@ -402,20 +413,23 @@ class Records:
 
     @property
     def in_memory(self) -> bool:
-        return self.path is None or self.trouble is not None and "in memory" in self.trouble
+        return self.path is None or self.memory_reason is not None
 
     # --- transactions ----------------------------------------------------------------------------------------
 
     def read(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        """`work(conn)` with the database as it is; a database that cannot be read reads as the memory copy."""
-        with self._guard:
-            try:
-                return work(self._conn)
-            except sqlite3.DatabaseError as error:
-                if _is_busy(error):
-                    raise Busy(str(error)) from None
-                self._fall_back(error)
-                return work(self._conn)
+        """`work(conn)` with the database as it is, waiting while another process commits (up to `LOCK_WAIT_S`);
+        a database that cannot be read reads as the memory copy."""
+        give_up = time.monotonic() + LOCK_WAIT_S
+        while True:
+            with self._guard:
+                try:
+                    return work(self._conn)
+                except sqlite3.DatabaseError as error:
+                    if not _is_busy(error) or time.monotonic() > give_up:
+                        self._fall_back(Busy(str(error)) if _is_busy(error) else error)
+                        return work(self._conn)
+            time.sleep(0.02)
 
     def write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         """`work(conn)` in one `BEGIN IMMEDIATE` transaction. `Busy` when another process holds the database (the
@@ -538,19 +552,22 @@ class Records:
         """These inputs are held by no job any more (it ended without results, or its files cannot be used)."""
         self.write_even_if_busy(lambda c: c.execute("UPDATE jobs SET hold = 0 WHERE fingerprint = ? AND hold = 1", (fingerprint,)))
 
-    def totals(self, since: float, conn: sqlite3.Connection | None = None) -> Totals:
+    def totals(self, since: float, conn: sqlite3.Connection | None = None, *, besides: Sequence[str] = ()) -> Totals:
         """What the jobs made on or after `since` add up to (a later date counts too: setting the clock back cannot
-        hide spending). A reservation counts only while its run's lease lives."""
+        hide spending). A reservation counts only while its run's lease lives, and not when it is for inputs in
+        `besides`: of two runs of the same inputs only one pays (the run lock makes the other collect its job)."""
 
         def add(c: sqlite3.Connection) -> Totals:
             usd, jobs, in_flight = c.execute(_TOTALS, {"since": since}).fetchone()
-            reserved = c.execute(_RESERVED, {"since": since, "now": time.time()}).fetchone()[0]
+            shared = {f"f{n}": fingerprint for n, fingerprint in enumerate(besides)}
+            others = f" AND jobs.fingerprint NOT IN ({', '.join(f':{key}' for key in shared)})" if shared else ""
+            reserved = c.execute(_RESERVED + others, {"since": since, "now": time.time(), **shared}).fetchone()[0]
             return Totals(round(usd + reserved, 6), jobs, round(in_flight + reserved, 6))
 
         return add(conn) if conn is not None else self.read(add)
 
-    def today(self, conn: sqlite3.Connection | None = None) -> Totals:
-        return self.totals(local_day_start(time.time()), conn)
+    def today(self, conn: sqlite3.Connection | None = None, *, besides: Sequence[str] = ()) -> Totals:
+        return self.totals(local_day_start(time.time()), conn, besides=besides)
 
     def month(self) -> Totals:
         return self.totals(local_day_start(time.time(), month=True))
@@ -674,6 +691,15 @@ class Records:
         if row is None or not amount(row[0]) or not isinstance(row[1], (int, float)) or not 0 <= time.time() - row[1] <= max_age_s:
             return None
         return float(row[0])
+
+
+def _regular_or_absent(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def _create(conn: sqlite3.Connection) -> None:

@@ -252,9 +252,14 @@ class Spending:
             """In one transaction: what to reserve, or the refusal."""
             busy = self.records.in_flight(rows, conn) if share_identical else set()
             paying = [job for job in jobs if job.fingerprint not in busy]
-            if paying and self.limits.per_day_usd is not None and (lost := self.records.lost_today(conn)):
-                raise SpendingLimitError(_unknown_day(lost, self.limits))
-            if usd_per_image is not None and (refusal := over_per_day(self.limits, self.records.today(conn), paying, usd_per_image)):
+            if paying and self.limits.per_day_usd is not None:
+                if lost := self.records.lost_today(conn):
+                    raise SpendingLimitError(_unknown_day(lost, "Clear the daily limit until tomorrow", self.limits))
+                if self.records.folder is not None and self.records.memory_reason:  # other processes cannot be seen
+                    again = "Free the disk or fix the folder and restart ComfyUI, or clear the daily limit"
+                    raise SpendingLimitError(_unknown_day(self.records.memory_reason, again, self.limits))
+            today = self.records.today(conn, besides=[] if share_identical else [job.fingerprint for job in paying])
+            if usd_per_image is not None and (refusal := over_per_day(self.limits, today, paying, usd_per_image)):
                 raise SpendingLimitError(refusal)
             for job in paying:
                 conn.execute(f"INSERT INTO jobs ({', '.join(rows[job.fingerprint])}) VALUES ({', '.join('?' * len(RESERVATION))})",
@@ -386,9 +391,9 @@ class Spending:
             return None
 
 
-def _unknown_day(problem: str, limits: SpendingLimits) -> str:
+def _unknown_day(problem: str, remedy: str, limits: SpendingLimits) -> str:
     return (
-        f"Your daily spending limit cannot be checked: {problem}, so today's earlier spending is unknown. Clear the daily "
-        f"limit until tomorrow ({limits.where('per_day_usd')}), or check today's spending in your RunComfy dashboard "
-        f"first. Collecting jobs already paid for still works. {NOTHING_SENT}"
+        f"Your daily spending limit cannot be checked: {problem}, so today's spending is unknown. {remedy} "
+        f"({limits.where('per_day_usd')}), or check today's spending in your RunComfy dashboard first. Collecting jobs "
+        f"already paid for still works. {NOTHING_SENT}"
     )
