@@ -31,7 +31,8 @@ PAGE_HELPERS = r"""
 () => {
   const api = window.comfyAPI.api.api;
   const texts = [];
-  api.addEventListener("progress_text", (e) => texts.push(e.detail));
+  // what the node sent; not the final line the pack's extension shows again after the run (runcomfy_kept)
+  api.addEventListener("progress_text", (e) => { if (!e.detail?.runcomfy_kept) texts.push(e.detail); });
   window.__rc = {
     texts,
     ours: () => app.graph.nodes.filter((n) => n.type === "RunComfySeedream4EditSequential"),
