@@ -179,8 +179,8 @@ async def run_in_comfy(node: Any, inputs: dict[str, Any], work: NodeWork) -> dic
     text, bar and Stop (which latches in the Session), and the outputs as lists.
 
     The last text shown is the run's final line ("Done: 4 images, request …, cost $0.12 …"). It is returned as the
-    node's `ui` output ({"runcomfy_line": [line]}, kept in ComfyUI's history and sent again when the node's output is
-    cached), and the pack's frontend extension keeps it under the node after the run, where the current frontend
+    node's `ui` output ({"runcomfy_line": [line]}, which ComfyUI also keeps in its history with the prompt's
+    outputs), and the pack's frontend extension keeps it under the node after the run, where the current frontend
     removes the progress text. A run that fails shows what went wrong as its last progress text, also when it fails
     before any work (a missing token), so that line is the one kept."""
     shown: list[str] = []

@@ -140,6 +140,18 @@ PAGE_HELPERS = r"""
 """
 
 
+READY = "window.app && window.app.graph && window.LiteGraph && window.comfyAPI"
+
+
+def reload_page(page: Any, settle_ms: int = 3000) -> None:
+    """Reload the page as a person pressing F5 would (the workflow comes back from the browser's storage), wait
+    for the frontend and install `window.__rc` again."""
+    page.reload()
+    page.wait_for_function(READY, timeout=60_000)
+    page.wait_for_timeout(settle_ms)
+    page.evaluate(PAGE_HELPERS)
+
+
 @contextlib.contextmanager
 def comfy_page(
     url: str,
@@ -166,7 +178,7 @@ def comfy_page(
         restore = None
         try:
             page = context.new_page()
-            ready = "window.app && window.app.graph && window.LiteGraph && window.comfyAPI"
+            ready = READY
             page.goto(url)
             page.wait_for_function(ready, timeout=60_000)
             page.evaluate(

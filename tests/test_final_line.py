@@ -1,6 +1,6 @@
-"""The run's final line, as ComfyUI receives it: the node returns it as its `ui` output (kept in ComfyUI's history and
-sent again when the output is cached), and it is the last progress text of every run, including one that fails before
-any work, so the frontend extension can keep it under the node after the run."""
+"""The run's final line, as ComfyUI receives it: the node returns it as its `ui` output (ComfyUI also keeps it in its
+history), and it is the last progress text of every run, including one that fails before any work, so the frontend
+extension can keep it under the node after the run."""
 
 from __future__ import annotations
 

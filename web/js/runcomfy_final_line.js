@@ -1,17 +1,16 @@
 // The final line of a run stays under the node until its next run: "Done: 4 images, request …, cost $0.12
-// (today: …)", a refusal ("Spending limit: …") or what went wrong.
+// (today: …)", a refusal ("This run may cost up to $0.06 …; your limit per run is $0.01 …") or what went wrong.
 //
 // While the node runs, ComfyUI's frontend shows the node's progress text in its own text widget under the node
-// ($$node-text-preview), in the classic design and in Nodes 2.0. Frontends from about 1.3x on remove that widget
-// when the run ends (execution_success, execution_error, execution_interrupted), taking the line with it; older
-// ones (such as 1.27, pinned by ComfyUI 0.3.64) leave it. This extension shows the line again once the frontend has
-// reset its run state, through the frontend's own progress-text handling (a `progress_text` event for the node), so
-// it looks and behaves exactly like the text during the run, in both designs, and replaces nothing on old
-// frontends.
+// ($$node-text-preview), in the classic design and in Nodes 2.0. Newer frontends (1.58.1 does) remove that
+// widget when they reset the run's state, after execution_success, execution_error or execution_interrupted,
+// taking the line with it; older ones (1.27.10, pinned by ComfyUI 0.3.64) leave it. This extension shows the
+// line again through the frontend's own progress-text handling (a `progress_text` event for the node), so it
+// looks and behaves like the text during the run, in both designs, and on old frontends changes nothing.
 //
-// Where the line comes from: the last progress text the node sent in this run (the Python node makes it the final
-// line, also for a refusal or an error), the node's `ui` output {"runcomfy_line": [line]} (which ComfyUI also sends
-// again for a cached node), or, for an error that said nothing under the node, the error message.
+// Where the line comes from: the last progress text the node sent in this run (the Python node makes it the
+// final line, also for a refusal or an error), the node's `ui` output {"runcomfy_line": [line]}, or, for an
+// error that said nothing under the node, the error message.
 //
 // A page reload drops every output the frontend held (the images of a Preview Image node too), so the lines are
 // also kept in this browser's localStorage, per workflow (its id) and node, and shown again when a workflow is
@@ -24,6 +23,8 @@ const UI_KEY = "runcomfy_line";
 const STORAGE_KEY = "runcomfy.seedream.final-lines";
 const MAX_KEPT = 200; // the most recent lines kept across workflows
 const KEPT = "runcomfy_kept"; // marks the events this extension dispatches, which it must not read back
+const PROGRESS_WIDGET = "$$node-text-preview"; // the frontend's text widget under a node
+const GUARDED = Symbol("runcomfy final line");
 
 const thisRun = new Map(); // execution id -> the last line of our node in the run under way
 
@@ -90,19 +91,37 @@ function keep(lines) {
 // The frontend's own progress-text widget shows the line, as it showed the node's text during the run.
 function show(executionId, line) {
   api.dispatchCustomEvent("progress_text", { nodeId: String(executionId), text: line, [KEPT]: true });
+  guard(executionId);
 }
 
-// Every kept line of this workflow under its node, except where a new run already shows newer text.
-function showKept() {
+// When the frontend removes the node's text widget, the kept line is shown again. The frontend removes it when it
+// resets a run's state, which is not always while handling the run's last event: a run that fails at once can end
+// before the frontend has stored the job, which it then resets on a later queue update, a second or so after.
+function guard(executionId) {
+  const id = String(executionId);
+  const widget = nodeAt(id)?.widgets?.find((w) => w.name === PROGRESS_WIDGET);
+  if (!widget || widget[GUARDED]) return;
+  widget[GUARDED] = true;
+  const onRemove = widget.onRemove;
+  widget.onRemove = function (...args) {
+    const result = onRemove?.apply(this, args);
+    setTimeout(() => showKept(id), 0);
+    return result;
+  };
+}
+
+// The kept lines of this workflow under their nodes (or under one node), except where a run under way already
+// shows newer text.
+function showKept(only = null) {
   for (const [id, line] of keptLines()) {
-    if (!thisRun.has(id) && ours(id)) show(id, line);
+    if ((only === null || id === only) && !thisRun.has(id) && ours(id)) show(id, line);
   }
 }
 
 function runEnded() {
   keep(thisRun); // at once, so a run starting next cannot mix its lines in
   thisRun.clear();
-  setTimeout(showKept, 0); // after the frontend's own handlers of this event have reset the run's widgets
+  setTimeout(() => showKept(), 0); // after the frontend's own handlers of this event have reset the run's widgets
 }
 
 app.registerExtension({
@@ -113,6 +132,7 @@ app.registerExtension({
     api.addEventListener("progress_text", ({ detail }) => {
       if (!detail || detail[KEPT] || !detail.text || !ours(detail.nodeId)) return;
       thisRun.set(String(detail.nodeId), detail.text);
+      setTimeout(() => guard(detail.nodeId), 0); // once the frontend has made its widget
     });
 
     api.addEventListener("executed", ({ detail }) => {
@@ -136,6 +156,6 @@ app.registerExtension({
     api.addEventListener("execution_interrupted", runEnded);
   },
   afterConfigureGraph() {
-    setTimeout(showKept, 0); // a loaded workflow (also after a reload) shows the lines its nodes had
+    setTimeout(() => showKept(), 0); // a loaded workflow (also after a reload) shows the lines its nodes had
   },
 });

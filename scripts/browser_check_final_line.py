@@ -1,0 +1,226 @@
+"""Check in a real ComfyUI frontend (headless Chromium) that a run's final line stays under the node until its next run.
+
+Not part of the pytest suite: it needs a running ComfyUI with this pack in custom_nodes/, Chromium and Python
+Playwright. It starts nothing itself. To run it against the local fake service (no token, no cost):
+
+    python scripts/fake_service.py --port 8770 --queue-seconds 1 --run-seconds 2 --output-scale 0.25
+    RUNCOMFY_MODEL_API_BASE=http://127.0.0.1:8770/v1 RUNCOMFY_API_TOKEN=fake-runcomfy-token \\
+        python main.py --cpu --port 8190          # in ComfyUI; its input/ must hold example.png
+    python scripts/browser_check_final_line.py http://127.0.0.1:8190 [--vue-nodes] [--chromium /usr/bin/chromium] \\
+        [--json out.json] [--screenshots DIR]
+
+While the node runs, the frontend shows its progress text under it. Newer frontends (1.58.1) remove that text when
+the run ends; the pack's extension (web/js/runcomfy_final_line.js) shows the final line again. Each case below reads,
+8 s after the run ended, the text under the node (the frontend's text widget, and in Nodes 2.0 also the node's
+element) and compares it with what the node said last:
+
+- success: the "Done: …" line, which is also the node's `ui` output (runcomfy_line);
+- a refusal: a per-run spending limit below the estimate ("Spending limit: …"), set through the pack's route and put
+  back afterwards;
+- an input error: a prompt of 700 characters;
+- an error from the service: the "result by request id" node asked for an id RunComfy does not know; the Seedream
+  node still shows its own last line (it did not run);
+- after a page reload (the workflow comes back from the browser's storage): after the success, and at the end.
+
+Each queued run changes the seed, so neither ComfyUI's cache nor the pack's saved results skip the work. Exits 1
+if any line is not the one expected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from comfy_browser import comfy_page, reload_page
+
+SEEDREAM = "RunComfySeedream4EditSequential"
+BY_ID = "RunComfyResultByRequestId"
+READ_AFTER_MS = 8000
+SPENDING_ROUTE = "/runcomfy/seedream/spending"
+UNKNOWN_ID = "00000000-0000-4000-8000-00000000dead"
+
+# The text under a node: the frontend's own text widget, and whether the page shows it (Nodes 2.0: in the node's
+# element; classic: any element, where the frontend draws the widget as one).
+READ_LINE = r"""
+(id) => {
+  const node = app.graph.getNodeById(id);
+  const widget = node?.widgets?.find((w) => w.name === "$$node-text-preview");
+  const value = widget ? String(widget.value ?? "") : null;
+  const flat = (text) => String(text ?? "").replace(/\s+/g, " ").trim();
+  let dom = null;
+  if (value) {
+    const scope = __rc.vueNodes() ? __rc.nodeElement(node) : document.body;
+    const want = flat(value);
+    dom = !!scope && [...scope.querySelectorAll("*")].some((element) => {
+      const rect = element.getBoundingClientRect();
+      return rect.width > 0 && rect.height > 0 && flat(element.textContent).includes(want);
+    });
+  }
+  return { widget: value, dom };
+}
+"""
+
+BUILD = r"""
+(requestId) => {
+  app.graph.clear();
+  const load = __rc.add("LoadImage", 40, 80);
+  const seed = __rc.add("RunComfySeedream4EditSequential", 420, 80);
+  const preview = __rc.add("PreviewImage", 980, 80);
+  const byId = __rc.add("RunComfyResultByRequestId", 420, 760);
+  const byIdPreview = __rc.add("PreviewImage", 980, 760);
+  load.connect(0, seed, 0);
+  seed.connect(0, preview, 0);
+  byId.connect(0, byIdPreview, 0);
+  __rc.set(seed, "prompt", "Generate 2 images of this character at the seaside.");
+  __rc.set(seed, "max_images", 2);
+  __rc.set(seed, "control_after_generate", "fixed");
+  __rc.set(byId, "request_id", requestId);
+  window.__fl = { load: load.id, seed: seed.id, preview: preview.id, byId: byId.id, byIdPreview: byIdPreview.id };
+  return window.__fl;
+}
+"""
+
+# Which nodes run: the others are muted (mode 2, "never"), as a person mutes a part of a graph.
+ACTIVE = r"""
+(ids) => {
+  for (const [name, id] of Object.entries(__fl)) app.graph.getNodeById(id).mode = ids.includes(name) ? 0 : 2;
+  app.graph.setDirtyCanvas(true, true);
+}
+"""
+
+UI_LINES = r"""
+() => {
+  window.__uiLines = {};
+  window.comfyAPI.api.api.addEventListener("executed", (e) => {
+    const line = e.detail?.output?.runcomfy_line?.[0];
+    if (line) __uiLines[String(e.detail.display_node ?? e.detail.node)] = line;
+  });
+}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("url", help="the running ComfyUI, e.g. http://127.0.0.1:8190")
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--json", help="also write everything seen to this file")
+    parser.add_argument("--screenshots", help="save a screenshot after each case into this folder")
+    parser.add_argument("--vue-nodes", action="store_true", help='run in "Nodes 2.0" (Comfy.VueNodes.Enabled = true)')
+    args = parser.parse_args(argv)
+
+    record: dict = {"cases": []}
+    failures: list[str] = []
+    shots = Path(args.screenshots) if args.screenshots else None
+    if shots:
+        shots.mkdir(parents=True, exist_ok=True)
+
+    with comfy_page(args.url, args.chromium, vue_nodes=args.vue_nodes) as page:
+        frontend = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ ?? 'unknown'")
+        design = "Nodes 2.0" if page.evaluate("() => __rc.vueNodes()") else "classic nodes"
+        record["frontend"], record["design"] = frontend, design
+        print(f"frontend {frontend}, {design}")
+        ids = page.evaluate(BUILD, UNKNOWN_ID)
+        page.evaluate(UI_LINES)
+
+        def reload() -> None:  # the node ids come back with the workflow; the page's own helpers do not
+            reload_page(page)
+            page.evaluate("(ids) => { window.__fl = ids; }", ids)
+            page.evaluate(UI_LINES)
+
+        page.evaluate("async (ids) => { await __rc.centre(ids.map((id) => app.graph.getNodeById(id))); }", [ids["seed"], ids["byId"]])
+        seeds = iter(range(int(time.time()) % 1_000_000 * 10, 2**31))
+
+        def check(case: str, node: str, want: str, contains: str | None = None, shown_text: bool = True) -> None:
+            seen = page.evaluate(READ_LINE, ids[node])
+            widget, dom = seen["widget"], seen["dom"]
+            ok = widget == want and (contains is None or contains in (widget or ""))
+            if design == "Nodes 2.0" and shown_text:
+                ok = ok and dom is True
+            record["cases"].append({"case": case, "node": node, "expected": want, "widget": widget, "dom": dom, "ok": ok})
+            print(f"{'ok ' if ok else 'BAD'} {case}: {node} shows {widget!r}" + ("" if dom is None else f" (in the page: {dom})"))
+            if not ok:
+                print(f"    expected {want!r}" + (f" containing {contains!r}" if contains else ""))
+                failures.append(case)
+            if shots:
+                page.screenshot(path=str(shots / f"{len(record['cases']):02d}_{case.replace(' ', '_').replace(':', '')}.png"))
+
+        def run(case: str, active: list[str], **widgets) -> dict:
+            page.evaluate(ACTIVE, active)
+            page.evaluate("(seed) => __rc.set(app.graph.getNodeById(__fl.seed), 'seed', seed)", next(seeds))
+            for name, value in widgets.items():
+                page.evaluate("([name, value]) => __rc.set(app.graph.getNodeById(__fl.seed), name, value)", [name, value])
+            page.evaluate("() => { window.__uiLines = {}; }")
+            result = page.evaluate("() => __rc.queue()")
+            page.wait_for_timeout(READ_AFTER_MS)
+            page.keyboard.press("Escape")  # an error dialog, if the frontend opened one
+            texts = [t["text"] for t in result["texts"]]
+            print(f"    {case}: the run ended with {result['kind']}; last text sent: {texts[-1] if texts else None!r}")
+            return result
+
+        seedream_chain = ["load", "seed", "preview"]
+
+        # 1. success: the Done line, which is also the node's ui output
+        result = run("success", seedream_chain)
+        ui_line = page.evaluate("(id) => __uiLines[String(id)] ?? null", ids["seed"])
+        record["success_ui_line"] = ui_line
+        if result["kind"] != "success" or not (ui_line or "").startswith("Done: "):
+            failures.append("success run")
+            print(f"BAD success run: {result['kind']}, ui line {ui_line!r}")
+        check("success, 8 s after the run", "seed", ui_line or "Done: …", contains="Done: ")
+        reload()
+        check("success, after a page reload", "seed", ui_line or "Done: …")
+
+        # 2. a refusal: a per-run spending limit below the estimate
+        api = "window.comfyAPI.api.api"
+        saved = page.evaluate(f"async (route) => (await (await {api}.fetchApi(route)).json()).saved ?? {{}}", SPENDING_ROUTE)
+        body = {"per_run_usd": 0.01, "per_day_usd": saved.get("per_day_usd")}
+        options = "{method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body)}"
+        set_limit = f"async ([route, body]) => (await {api}.fetchApi(route, {options})).status"
+        status = page.evaluate(set_limit, [SPENDING_ROUTE, body])
+        try:
+            result = run("refusal", seedream_chain)
+        finally:
+            restore = {"per_run_usd": saved.get("per_run_usd"), "per_day_usd": saved.get("per_day_usd")}
+            page.evaluate(set_limit, [SPENDING_ROUTE, restore])
+        message = (result.get("detail") or {}).get("exception_message", "")
+        sent = [t["text"] for t in result["texts"]]
+        if status != 200 or result["kind"] != "error" or "limit" not in message.lower():
+            failures.append("refusal run")
+            print(f"BAD refusal run: limit set with HTTP {status}, {result['kind']}: {message!r}")
+        check("refusal (spending limit), 8 s after the run", "seed", sent[-1] if sent else message, contains=message.strip())
+
+        # 3. an input error: a prompt over 600 characters
+        result = run("input error", seedream_chain, prompt="Generate 2 images of this character. " + "x" * 663)
+        message = (result.get("detail") or {}).get("exception_message", "")
+        sent = [t["text"] for t in result["texts"]]
+        if result["kind"] != "error" or "prompt" not in message:
+            failures.append("input error run")
+            print(f"BAD input error run: {result['kind']}: {message!r}")
+        check("input error (prompt too long), 8 s after the run", "seed", sent[-1] if sent else message, contains=message.strip())
+        seedream_line = sent[-1] if sent else message
+
+        # 4. an error from the service: a request id RunComfy does not know, on the result-by-id node
+        result = run("service error", ["byId", "byIdPreview"])
+        message = (result.get("detail") or {}).get("exception_message", "")
+        sent = [t["text"] for t in result["texts"]]
+        if result["kind"] != "error" or UNKNOWN_ID not in message:
+            failures.append("service error run")
+            print(f"BAD service error run: {result['kind']}: {message!r}")
+        check("service error (unknown request id), 8 s after the run", "byId", sent[-1] if sent else message, contains=message.strip())
+        check("the Seedream node, which did not run, keeps its line", "seed", seedream_line)
+
+        reload()
+        check("input error, after a page reload", "seed", seedream_line)
+        check("service error, after a page reload", "byId", sent[-1] if sent else message)
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=2))
+    print("FAILED: " + ", ".join(failures) if failures else "all lines as expected")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
