@@ -95,8 +95,8 @@ function show(executionId, line) {
 }
 
 // When the frontend removes the node's text widget, the kept line is shown again. The frontend removes it when it
-// resets a run's state, which is not always while handling the run's last event: a run that fails at once can end
-// before the frontend has stored the job, which it then resets on a later queue update, a second or so after.
+// resets a job's state, which is not always while handling the run's last event (a line shown again right after
+// an input error was seen removed later), so the run's end alone is not enough.
 function guard(executionId) {
   const id = String(executionId);
   const widget = nodeAt(id)?.widgets?.find((w) => w.name === PROGRESS_WIDGET);
