@@ -23,7 +23,9 @@ element) and compares it with what the node said last:
 - after a page reload (the workflow comes back from the browser's storage): after the success, and at the end.
 
 Each queued run changes the seed, so neither ComfyUI's cache nor the pack's saved results skip the work. Exits 1
-if any line is not the one expected.
+if any line is not the one expected. In Nodes 2.0 the line must also be in the node's element; a frontend whose
+Nodes 2.0 drew no progress text in the node's element while the node ran either (the early Nodes 2.0 of 1.27.10)
+is reported as such (LIMIT), not as a line that was not kept.
 """
 
 from __future__ import annotations
@@ -91,6 +93,23 @@ ACTIVE = r"""
 }
 """
 
+# Nodes 2.0: whether the node's element showed the frontend's text widget while the node ran (sampled every 50 ms).
+WATCH = r"""
+(id) => {
+  clearInterval(window.__watch?.timer);
+  const flat = (text) => String(text ?? "").replace(/\s+/g, " ").trim();
+  const watch = { drawn: false, valued: false };
+  watch.timer = setInterval(() => {
+    const node = app.graph.getNodeById(id);
+    const value = node?.widgets?.find((w) => w.name === "$$node-text-preview")?.value;
+    if (!value) return;
+    watch.valued = true;
+    if (flat(__rc.nodeElement(node)?.textContent).includes(flat(value))) watch.drawn = true;
+  }, 50);
+  window.__watch = watch;
+}
+"""
+
 UI_LINES = r"""
 () => {
   window.__uiLines = {};
@@ -133,15 +152,28 @@ def main(argv: list[str] | None = None) -> int:
         page.evaluate("async (ids) => { await __rc.centre(ids.map((id) => app.graph.getNodeById(id))); }", [ids["seed"], ids["byId"]])
         seeds = iter(range(int(time.time()) % 1_000_000 * 10, 2**31))
 
-        def check(case: str, node: str, want: str, contains: str | None = None, shown_text: bool = True) -> None:
+        drawn_while_running: dict[str, bool] = {}  # Nodes 2.0: did the node's element show the text during the run?
+        limits: list[str] = []
+
+        def check(case: str, node: str, want: str, contains: str | None = None) -> None:
             seen = page.evaluate(READ_LINE, ids[node])
             widget, dom = seen["widget"], seen["dom"]
             ok = widget == want and (contains is None or contains in (widget or ""))
-            if design == "Nodes 2.0" and shown_text:
-                ok = ok and dom is True
-            record["cases"].append({"case": case, "node": node, "expected": want, "widget": widget, "dom": dom, "ok": ok})
-            print(f"{'ok ' if ok else 'BAD'} {case}: {node} shows {widget!r}" + ("" if dom is None else f" (in the page: {dom})"))
-            if not ok:
+            limit = False
+            if design == "Nodes 2.0" and ok and dom is not True:
+                # A frontend whose Nodes 2.0 draws no progress text at all (not while the node runs either) cannot
+                # show the kept line there: a limit of that frontend, told apart from a line that is not kept.
+                limit = drawn_while_running.get(node) is False
+                ok = False
+            record["cases"].append(
+                {"case": case, "node": node, "expected": want, "widget": widget, "dom": dom, "ok": ok, "frontend_limit": limit}
+            )
+            mark = "ok " if ok else "LIMIT" if limit else "BAD"
+            print(f"{mark} {case}: {node} shows {widget!r}" + ("" if dom is None else f" (in the page: {dom})"))
+            if limit:
+                print("    the value is kept, but this frontend's Nodes 2.0 drew no progress text under the node while it ran either")
+                limits.append(case)
+            elif not ok:
                 print(f"    expected {want!r}" + (f" containing {contains!r}" if contains else ""))
                 failures.append(case)
             if shots:
@@ -153,7 +185,12 @@ def main(argv: list[str] | None = None) -> int:
             for name, value in widgets.items():
                 page.evaluate("([name, value]) => __rc.set(app.graph.getNodeById(__fl.seed), name, value)", [name, value])
             page.evaluate("() => { window.__uiLines = {}; }")
+            watched = "seed" if "seed" in active else "byId"
+            page.evaluate(WATCH, ids[watched])
             result = page.evaluate("() => __rc.queue()")
+            watch = page.evaluate("() => { clearInterval(__watch.timer); return { drawn: __watch.drawn, valued: __watch.valued }; }")
+            if design == "Nodes 2.0" and watch["valued"]:
+                drawn_while_running[watched] = drawn_while_running.get(watched, False) or watch["drawn"]
             page.wait_for_timeout(READ_AFTER_MS)
             page.keyboard.press("Escape")  # an error dialog, if the frontend opened one
             texts = [t["text"] for t in result["texts"]]
@@ -218,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2))
-    print("FAILED: " + ", ".join(failures) if failures else "all lines as expected")
+    if limits:
+        print("NOT DRAWN BY THIS FRONTEND (no progress text under nodes in its Nodes 2.0): " + ", ".join(limits))
+    print("FAILED: " + ", ".join(failures) if failures else "all lines as expected" + (" where the frontend draws them" if limits else ""))
     return 1 if failures else 0
 
 
