@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from comfy_browser import comfy_page, reload_page
+from comfy_browser import comfy_page, reload_page, screenshot_node
 
 SEEDREAM = "RunComfySeedream4EditSequential"
 BY_ID = "RunComfyResultByRequestId"
@@ -70,14 +70,15 @@ BUILD = r"""
   app.graph.clear();
   const load = __rc.add("LoadImage", 40, 80);
   const seed = __rc.add("RunComfySeedream4EditSequential", 420, 80);
-  const preview = __rc.add("PreviewImage", 980, 80);
+  const preview = __rc.add("PreviewImage", 1140, 80);
   const byId = __rc.add("RunComfyResultByRequestId", 420, 760);
-  const byIdPreview = __rc.add("PreviewImage", 980, 760);
+  const byIdPreview = __rc.add("PreviewImage", 1140, 760);
   load.connect(0, seed, 0);
   seed.connect(0, preview, 0);
   byId.connect(0, byIdPreview, 0);
-  __rc.set(seed, "prompt", "Generate 2 images of this character at the seaside.");
-  __rc.set(seed, "max_images", 2);
+  __rc.set(seed, "prompt", "Generate 4 images of this scene through the seasons: spring, summer, autumn and winter. " +
+    "Keep the composition identical.");
+  __rc.set(seed, "max_images", 4);
   __rc.set(seed, "control_after_generate", "fixed");
   __rc.set(byId, "request_id", requestId);
   window.__fl = { load: load.id, seed: seed.id, preview: preview.id, byId: byId.id, byIdPreview: byIdPreview.id };
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write everything seen to this file")
     parser.add_argument("--screenshots", help="save a screenshot after each case into this folder")
     parser.add_argument("--vue-nodes", action="store_true", help='run in "Nodes 2.0" (Comfy.VueNodes.Enabled = true)')
+    parser.add_argument("--node-screenshot", help="save the Seedream node 8 s after the successful run to this PNG (docs/images/node.png)")
     args = parser.parse_args(argv)
 
     record: dict = {"cases": []}
@@ -207,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             failures.append("success run")
             print(f"BAD success run: {result['kind']}, ui line {ui_line!r}")
         check("success, 8 s after the run", "seed", ui_line or "Done: …", contains="Done: ")
+        if args.node_screenshot:
+            fit = "(id) => { const node = app.graph.getNodeById(id); node.setSize([680, node.computeSize([680, 0])[1]]); }"
+            page.evaluate(fit, ids["seed"])  # wide enough for the line, tall enough for every widget
+            screenshot_node(page, ids["seed"], args.node_screenshot)
         reload()
         check("success, after a page reload", "seed", ui_line or "Done: …")
 
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         check("refusal (spending limit), 8 s after the run", "seed", sent[-1] if sent else message, contains=message.strip())
 
         # 3. an input error: a prompt over 600 characters
-        result = run("input error", seedream_chain, prompt="Generate 2 images of this character. " + "x" * 663)
+        result = run("input error", seedream_chain, prompt="Generate 4 images of this scene. " + "x" * 667)
         message = (result.get("detail") or {}).get("exception_message", "")
         sent = [t["text"] for t in result["texts"]]
         if result["kind"] != "error" or "prompt" not in message:
