@@ -18,6 +18,8 @@ element) and compares it with what the node said last:
 - a refusal: a per-run spending limit below the estimate ("Spending limit: …"), set through the pack's route and put
   back afterwards;
 - an input error: a prompt of 700 characters;
+- Stop while the job is generating (POST /interrupt, as the Stop button does): what the node said about the
+  cancelled job;
 - an error from the service: the "result by request id" node asked for an id RunComfy does not know; the Seedream
   node still shows its own last line (it did not run);
 - after a page reload (the workflow comes back from the browser's storage): after the success, and at the end.
@@ -43,6 +45,7 @@ BY_ID = "RunComfyResultByRequestId"
 READ_AFTER_MS = 8000
 SPENDING_ROUTE = "/runcomfy/seedream/spending"
 UNKNOWN_ID = "00000000-0000-4000-8000-00000000dead"
+PROMPT = "Generate 4 images of this scene through the seasons: spring, summer, autumn and winter. Keep the composition identical."
 
 # The text under a node: the frontend's own text widget, and whether the page shows it (Nodes 2.0: in the node's
 # element; classic: any element, where the frontend draws the widget as one).
@@ -66,7 +69,7 @@ READ_LINE = r"""
 """
 
 BUILD = r"""
-(requestId) => {
+([requestId, prompt]) => {
   app.graph.clear();
   const load = __rc.add("LoadImage", 40, 80);
   const seed = __rc.add("RunComfySeedream4EditSequential", 420, 80);
@@ -76,8 +79,7 @@ BUILD = r"""
   load.connect(0, seed, 0);
   seed.connect(0, preview, 0);
   byId.connect(0, byIdPreview, 0);
-  __rc.set(seed, "prompt", "Generate 4 images of this scene through the seasons: spring, summer, autumn and winter. " +
-    "Keep the composition identical.");
+  __rc.set(seed, "prompt", prompt);
   __rc.set(seed, "max_images", 4);
   __rc.set(seed, "control_after_generate", "fixed");
   __rc.set(byId, "request_id", requestId);
@@ -108,6 +110,18 @@ WATCH = r"""
     if (flat(__rc.nodeElement(node)?.textContent).includes(flat(value))) watch.drawn = true;
   }, 50);
   window.__watch = watch;
+}
+"""
+
+STOP_AT = r"""
+(prefix) => {
+  const api = window.comfyAPI.api.api;
+  const listener = (e) => {
+    if (e.detail?.runcomfy_kept || !String(e.detail?.text ?? "").startsWith(prefix)) return;
+    api.removeEventListener("progress_text", listener);
+    api.fetchApi("/interrupt", { method: "POST" });
+  };
+  api.addEventListener("progress_text", listener);
 }
 """
 
@@ -143,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         design = "Nodes 2.0" if page.evaluate("() => __rc.vueNodes()") else "classic nodes"
         record["frontend"], record["design"] = frontend, design
         print(f"frontend {frontend}, {design}")
-        ids = page.evaluate(BUILD, UNKNOWN_ID)
+        ids = page.evaluate(BUILD, [UNKNOWN_ID, PROMPT])
         page.evaluate(UI_LINES)
 
         def reload() -> None:  # the node ids come back with the workflow; the page's own helpers do not
@@ -181,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             if shots:
                 page.screenshot(path=str(shots / f"{len(record['cases']):02d}_{case.replace(' ', '_').replace(':', '')}.png"))
 
-        def run(case: str, active: list[str], **widgets) -> dict:
+        def run(case: str, active: list[str], stop_at: str | None = None, **widgets) -> dict:
             page.evaluate(ACTIVE, active)
             page.evaluate("(seed) => __rc.set(app.graph.getNodeById(__fl.seed), 'seed', seed)", next(seeds))
             for name, value in widgets.items():
@@ -189,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             page.evaluate("() => { window.__uiLines = {}; }")
             watched = "seed" if "seed" in active else "byId"
             page.evaluate(WATCH, ids[watched])
+            if stop_at:  # press Stop (POST /interrupt, as the Stop button does) when the node first shows this text
+                page.evaluate(STOP_AT, stop_at)
             result = page.evaluate("() => __rc.queue()")
             watch = page.evaluate("() => { clearInterval(__watch.timer); return { drawn: __watch.drawn, valued: __watch.valued }; }")
             if design == "Nodes 2.0" and watch["valued"]:
@@ -243,9 +259,17 @@ def main(argv: list[str] | None = None) -> int:
             failures.append("input error run")
             print(f"BAD input error run: {result['kind']}: {message!r}")
         check("input error (prompt too long), 8 s after the run", "seed", sent[-1] if sent else message, contains=message.strip())
-        seedream_line = sent[-1] if sent else message
 
-        # 4. an error from the service: a request id RunComfy does not know, on the result-by-id node
+        # 4. Stop while the job is generating: the node cancels it remotely and says so
+        result = run("stop", seedream_chain, stop_at="Generating", prompt=PROMPT)
+        sent = [t["text"] for t in result["texts"]]
+        if result["kind"] != "interrupted" or not sent or "Generating" in sent[-1]:
+            failures.append("stop run")
+            print(f"BAD stop run: {result['kind']}, last text {sent[-1] if sent else None!r}")
+        check("stop while generating, 8 s after the run", "seed", sent[-1] if sent else "")
+        stop_line = sent[-1] if sent else ""
+
+        # 5. an error from the service: a request id RunComfy does not know, on the result-by-id node
         result = run("service error", ["byId", "byIdPreview"])
         message = (result.get("detail") or {}).get("exception_message", "")
         sent = [t["text"] for t in result["texts"]]
@@ -253,10 +277,10 @@ def main(argv: list[str] | None = None) -> int:
             failures.append("service error run")
             print(f"BAD service error run: {result['kind']}: {message!r}")
         check("service error (unknown request id), 8 s after the run", "byId", sent[-1] if sent else message, contains=message.strip())
-        check("the Seedream node, which did not run, keeps its line", "seed", seedream_line)
+        check("the Seedream node, which did not run, keeps its line", "seed", stop_line)
 
         reload()
-        check("input error, after a page reload", "seed", seedream_line)
+        check("stop, after a page reload", "seed", stop_line)
         check("service error, after a page reload", "byId", sent[-1] if sent else message)
 
     if args.json:
