@@ -152,7 +152,7 @@ def run_ours(
     inputs = {f"image_{i}": tensor for i, tensor in enumerate(references, start=1)}
     with RssSampler() as sampler:
         started = time.perf_counter()
-        (images,), _, _, (request_id,) = asyncio.run(  # one item: each output is a list of one
+        (images,), _, _, (request_id,) = asyncio.run(  # one item: each output is a list of one; `ui` holds the final line
             node.generate(
                 prompt=fields["text"],
                 max_images=fields["sequential_image_generation_options"],
@@ -164,7 +164,7 @@ def run_ours(
                 unique_id="bench",
                 **inputs,
             )
-        )
+        )["result"]
         wall = time.perf_counter() - started
     phases, phase_memory, previous = {}, {}, started
     for phase, marker in PHASE_MARKS:

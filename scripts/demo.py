@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         node = pack.NODE_CLASS_MAPPINGS["RunComfySeedream4EditSequential"]()
         inputs = {f"image_{i}": tensor for i, tensor in enumerate(references, start=1)}
         started = time.monotonic()
-        (images,), image_list, (urls,), (request_id,) = asyncio.run(  # one item: each output is a list of one
+        (images,), image_list, (urls,), (request_id,) = asyncio.run(  # one item: each output is a list of one; `ui` holds the final line
             node.generate(
                 prompt=args.prompt,
                 max_images=args.max_images,
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 unique_id="demo",
                 **inputs,
             )
-        )
+        )["result"]
         elapsed = time.monotonic() - started
 
     out = Path(args.out)

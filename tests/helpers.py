@@ -76,9 +76,15 @@ def as_lists(inputs: dict) -> dict:
     return {name: value if isinstance(value, list) else [value] for name, value in inputs.items()}
 
 
-def per_item(outputs) -> list[tuple]:
+def results(returned) -> tuple:
+    """The node's four output lists, from what it returned as ComfyUI takes it ({"ui": …, "result": outputs})."""
+    assert set(returned) == {"ui", "result"}, "the node returns its outputs and its ui for ComfyUI"
+    return returned["result"]
+
+
+def per_item(returned) -> list[tuple]:
     """The node's output lists as one (images, image_list, urls, request_id) per item."""
-    images, image_list, urls, request_ids = outputs
+    images, image_list, urls, request_ids = results(returned)
     items, start = [], 0
     for batch, url_lines, request_id in zip(images, urls, request_ids, strict=True):
         items.append((batch, image_list[start : start + batch.shape[0]], url_lines, request_id))
@@ -87,8 +93,8 @@ def per_item(outputs) -> list[tuple]:
     return items
 
 
-def single(outputs) -> tuple:
-    (item,) = per_item(outputs)
+def single(returned) -> tuple:
+    (item,) = per_item(returned)
     return item
 
 
