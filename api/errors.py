@@ -9,6 +9,7 @@ could hold the request and its headers) as its cause or context.
     ├── InputError ............ a value breaks the schema; nothing was sent
     ├── ConfigurationError .... token or base URL missing or unusable; nothing was sent
     ├── SpendingLimitError .... the run would break a spending limit, or the limit cannot be checked; nothing was sent
+    ├── RecordsError .......... the job records cannot tell whether these inputs were paid for; nothing was sent
     ├── ServiceError .......... the service answered with an error (http_status, error_code)
     │   ├── AuthenticationError
     │   ├── InsufficientBalanceError
@@ -58,6 +59,10 @@ class ConfigurationError(RunComfyError):
 
 class SpendingLimitError(RunComfyError):
     """The run would spend more than a limit allows, or a limit cannot be checked. Nothing was sent."""
+
+
+class RecordsError(RunComfyError):
+    """The job records cannot be read, or another run took these inputs over: to never pay twice, nothing was sent."""
 
 
 class ServiceError(RunComfyError):

@@ -174,6 +174,7 @@ class Session:
             node_id=node_id,
             prompt_id=prompt_id,
             lock_wait_s=timing.records_wait_s,
+            lease_s=timing.lease_s,
         )
         client = RunComfyClient(
             credentials,
@@ -184,7 +185,8 @@ class Session:
             status_interval_s=timing.status_interval_s,
         )
         session = cls(credentials, base_url, client, stop, timing, limits or Limits(), spending, records, owner, state_dir, after_submit)
-        await asyncio.to_thread(records.renew, owner, timing.lease_s)  # alive before it reserves or locks anything
+        with contextlib.suppress(Exception):  # alive at once; its reservations renew the lease in their own transaction
+            await asyncio.to_thread(records.renew, owner, timing.lease_s)
         lease = asyncio.ensure_future(_keep_alive(records, owner, timing.lease_s))
         try:
             yield session
@@ -221,6 +223,7 @@ class Session:
             max_entries=limits.cache_max_entries,
             max_bytes=limits.cache_max_bytes,
             wait_s=self.timing.records_wait_s,
+            lease_s=self.timing.lease_s,
         )
 
 

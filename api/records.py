@@ -233,6 +233,19 @@ _JOB_COLUMNS = ", ".join(f"jobs.{name}" for name in Job.__dataclass_fields__ if 
 _SELECT_JOBS = f"SELECT {_JOB_COLUMNS}, COALESCE({_ALIVE}, 0) FROM jobs LEFT JOIN leases ON leases.owner = jobs.owner"
 
 
+_HELD = (
+    "jobs.fingerprint = :fp AND jobs.hold = 1 AND ((jobs.state = 'unknown' AND jobs.updated > :now - :unknown) OR "
+    "(jobs.request_id IS NOT NULL AND jobs.created > :now - :request))"
+)
+
+
+def _lock_holder(conn: sqlite3.Connection, fingerprint: str) -> str | None:
+    """The run that holds the lock of these inputs, if its lease lives."""
+    query = f"SELECT locks.owner FROM locks JOIN leases ON leases.owner = locks.owner WHERE locks.fingerprint = :fp AND {_ALIVE}"
+    row = conn.execute(query, {"fp": fingerprint, "now": time.time()}).fetchone()
+    return row[0] if row is not None else None
+
+
 def _job(row: Sequence[Any]) -> Job:
     values = list(row)
     values[3], values[-1] = bool(values[3]), bool(values[-1])
@@ -262,6 +275,10 @@ class CachedResult:
 
 class Busy(Exception):
     """Another process holds the database for a moment: try again."""
+
+
+class NewerVersion(Exception):
+    """The records were written by a newer version of the pack: this one does not change them."""
 
 
 class Records:
@@ -316,12 +333,14 @@ class Records:
                     conn.close()
                     raise
                 return conn
+            except NewerVersion as newer:
+                return self._in_memory(str(newer))
             except sqlite3.DatabaseError as error:
                 if _is_busy(error) and time.monotonic() < give_up:  # another process is setting it up: wait for it
                     time.sleep(0.02)
                     continue
                 if _is_busy(error):
-                    return self._in_memory("another ComfyUI process keeps it locked")
+                    return self._in_memory("another program keeps it locked (another ComfyUI, or a database tool)")
                 if _is_damage(error):
                     return self._set_aside(error)
                 return self._in_memory(_why(error, self.path))
@@ -332,16 +351,15 @@ class Records:
         """The schema, and on first use the records of earlier versions, in one transaction."""
         conn.execute("PRAGMA foreign_keys = OFF")
         version = conn.execute("PRAGMA user_version").fetchone()[0]  # reading also proves it is a database
-        if version >= VERSION:
+        if version > VERSION:
+            raise NewerVersion(f"a newer version of this pack wrote it (records version {version})")
+        if version == VERSION and not any((self.folder / name).exists() for name in EARLIER_FILES):
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if conn.execute("PRAGMA user_version").fetchone()[0] < VERSION:
-                _create(conn)
-                imported = _import_earlier(conn, self.folder) if self.folder is not None else []
-                conn.execute(f"PRAGMA user_version = {VERSION}")
-            else:
-                imported = []
+            _create(conn)  # IF NOT EXISTS: a no-op on records of this version
+            imported = _import_earlier(conn, self.folder) if self.folder is not None else []  # also files an older version
+            conn.execute(f"PRAGMA user_version = {VERSION}")  # wrote after this one (a downgrade and back)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -353,32 +371,12 @@ class Records:
 
     def _in_memory(self, why: str | None, source: sqlite3.Connection | None = None) -> sqlite3.Connection:
         """A database in this process's memory, holding what could still be read of the one on disk."""
-        memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        copied = False
-        readers = [lambda: source] if source is not None else []
-        if self.path is not None and why is not None and _regular_or_absent(self.path) and self.path.exists():
-            # read-only, then as the bytes lie (no journal, no lock)
-            uri = self.path.resolve().as_uri()
-            readers += [lambda: sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_S)]
-            readers += [lambda: sqlite3.connect(f"{uri}?immutable=1", uri=True)]
-        for reader in readers:
-            with contextlib.suppress(sqlite3.Error, OSError):
-                disk = reader()
-                try:
-                    disk.backup(memory)
-                    copied = memory.execute("PRAGMA user_version").fetchone()[0] >= VERSION
-                finally:
-                    if disk is not source:
-                        disk.close()
-            if copied:
-                break
-        if not copied:
-            memory.close()
-            memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-            _create(memory)
-            imported = _import_earlier(memory, self.folder) if self.folder is not None and why is not None else []
-            del imported  # the files stay: the disk refuses the database, so the next process imports them again
-            memory.execute(f"PRAGMA user_version = {VERSION}")
+        memory = sqlite3.connect(":memory:", timeout=BUSY_S, isolation_level=None, check_same_thread=False)
+        _create(memory)
+        memory.execute(f"PRAGMA user_version = {VERSION}")
+        copied = why is not None and self.path is not None and _salvage(self.path, memory)
+        if not copied and why is not None and self.folder is not None:
+            _import_earlier(memory, self.folder)  # the files stay: the next process imports them into the disk's records
         if why is not None:
             self.memory_reason = f"the job records cannot be kept in {self.path} ({why})"
             self.trouble = (
@@ -399,15 +397,19 @@ class Records:
         with contextlib.suppress(sqlite3.Error):  # a daily limit cannot count what the damaged records held today
             self._conn = conn
             self.write(lambda c: c.execute("INSERT INTO set_aside VALUES (?, ?)", (time.time(), aside.name)))
+            with self._guard:
+                _salvage(aside, self._conn)  # what can still be read: jobs in flight stay collected, never paid again
         if self.trouble is None:
             self.trouble = f"the job records {self.path} were damaged ({error}); they were set aside as {aside.name} and new ones started"
         return self._conn
 
     def _fall_back(self, error: BaseException) -> None:
         """A write the disk refused: from now on this process keeps the records in memory, one warning line."""
-        why = "another ComfyUI process keeps it locked" if isinstance(error, Busy) else _why(error, self.path)
+        why = "another program keeps it locked (another ComfyUI, or a database tool)" if isinstance(error, Busy) else _why(error, self.path)
+        if _is_damage(error):
+            why = f"it is damaged: {error}"
         old = self._conn
-        self._conn = self._in_memory(why, source=old)
+        self._conn = self._in_memory(why)
         with contextlib.suppress(sqlite3.Error):
             old.close()
 
@@ -417,18 +419,21 @@ class Records:
 
     # --- transactions ----------------------------------------------------------------------------------------
 
-    def read(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        """`work(conn)` with the database as it is, waiting while another process commits (up to `LOCK_WAIT_S`);
-        a database that cannot be read reads as the memory copy."""
-        give_up = time.monotonic() + LOCK_WAIT_S
+    def read(self, work: Callable[[sqlite3.Connection], Any], *, wait_s: float = LOCK_WAIT_S) -> Any:
+        """`work(conn)` with the database as it is, waiting while another process commits (up to `wait_s`, then
+        `Busy`: a caller about to pay must not take "cannot read" for "nothing there"); a database that cannot be
+        read (damaged, a table gone) reads as the memory copy of what could be salvaged."""
+        give_up = time.monotonic() + wait_s
         while True:
             with self._guard:
                 try:
                     return work(self._conn)
                 except sqlite3.DatabaseError as error:
-                    if not _is_busy(error) or time.monotonic() > give_up:
-                        self._fall_back(Busy(str(error)) if _is_busy(error) else error)
+                    if not _is_busy(error):
+                        self._fall_back(error)
                         return work(self._conn)
+                    if time.monotonic() > give_up:
+                        raise Busy(str(error)) from None
             time.sleep(0.02)
 
     def write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -471,16 +476,13 @@ class Records:
     # --- runs: leases and locks ----------------------------------------------------------------------------
 
     def renew(self, owner: str, lease_s: float) -> None:
-        self.write_even_if_busy(lambda c: c.execute("INSERT OR REPLACE INTO leases VALUES (?, ?)", (owner, time.time() + lease_s)))
+        """Renew a run's lease: one try (`Busy` when another process holds the records: the lease outlasts the wait
+        for the next renewal)."""
+        self.write(lambda c: renew_in(c, owner, lease_s))
 
     def try_lock(self, fingerprint: str, owner: str, conn: sqlite3.Connection) -> bool:
         """Within a transaction: take the run lock of `fingerprint` for `owner` unless a run whose lease lives holds it."""
-        held = conn.execute(
-            f"SELECT locks.owner, COALESCE({_ALIVE}, 0) FROM locks LEFT JOIN leases ON leases.owner = locks.owner "
-            "WHERE locks.fingerprint = :fp",
-            {"fp": fingerprint, "now": time.time()},
-        ).fetchone()
-        if held is not None and held[0] != owner and held[1]:
+        if _lock_holder(conn, fingerprint) not in (None, owner):
             return False
         conn.execute("INSERT OR REPLACE INTO locks VALUES (?, ?)", (fingerprint, owner))
         return True
@@ -503,26 +505,45 @@ class Records:
 
     # --- jobs ----------------------------------------------------------------------------------------------
 
-    def jobs(self, where: str = "1", params: Mapping[str, Any] | None = None, *, limit: int = -1) -> list[Job]:
+    def jobs(self, where: str = "1", params: Mapping[str, Any] | None = None, *, limit: int = -1, wait_s: float = LOCK_WAIT_S) -> list[Job]:
         query = f"{_SELECT_JOBS} WHERE {where} ORDER BY jobs.created DESC, jobs.updated DESC LIMIT {int(limit)}"
-        return self.read(lambda c: [_job(row) for row in c.execute(query, {"now": time.time(), **(params or {})})])
+        return self.read(lambda c: [_job(row) for row in c.execute(query, {"now": time.time(), **(params or {})})], wait_s=wait_s)
 
-    def by_request(self, request_id: str) -> Job | None:
-        found = self.jobs("jobs.request_id = :rid", {"rid": request_id}, limit=1)
+    def by_request(self, request_id: str, *, wait_s: float = LOCK_WAIT_S) -> Job | None:
+        found = self.jobs("jobs.request_id = :rid", {"rid": request_id}, limit=1, wait_s=wait_s)
         return found[0] if found else None
 
     def held(self, fingerprint: str) -> Job | None:
         """The job these inputs are held by: a request to collect (48 hours), or a submit that got no answer (one
-        hour). A row up to a day in the future counts as just made: the clock may have been set back since."""
-        now = time.time()
+        hour). A row dated in the future (the clock was set back since) holds too."""
         found = self.jobs(
-            "jobs.fingerprint = :fp AND jobs.hold = 1 AND jobs.created <= :now + 86400 AND ("
-            "(jobs.state = 'unknown' AND jobs.updated > :now - :unknown) OR "
-            "(jobs.request_id IS NOT NULL AND jobs.created > :now - :request))",
-            {"fp": fingerprint, "now": now, "unknown": UNKNOWN_OUTCOME_HOLD_S, "request": REQUEST_HOLD_S},
-            limit=1,
+            _HELD, {"fp": fingerprint, "now": time.time(), "unknown": UNKNOWN_OUTCOME_HOLD_S, "request": REQUEST_HOLD_S}, limit=1
         )
         return found[0] if found else None
+
+    def claim_send(self, job_id: str, owner: str, lease_s: float, conn: sqlite3.Connection) -> Job | None:
+        """Within a transaction, just before the last piece of a submit: the job now may exist (it holds its inputs,
+        counts at its estimate). None when another run took its inputs over meanwhile (this run was paused past its
+        lease: a saved result, another job holding them, or the run lock held by another live run): then it must not
+        be sent. Returns the job as it was, with `alive` telling whether this run's lease had lapsed."""
+        now = time.time()
+        row = conn.execute(f"{_SELECT_JOBS} WHERE jobs.id = :id", {"id": job_id, "now": now}).fetchone()
+        if row is None:
+            return None
+        job = _job(row)
+        params = {"fp": job.fingerprint, "now": now, "unknown": UNKNOWN_OUTCOME_HOLD_S, "request": REQUEST_HOLD_S, "id": job_id}
+        other_job = conn.execute(f"SELECT 1 FROM jobs WHERE {_HELD} AND jobs.id != :id", params).fetchone()
+        saved = conn.execute("SELECT 1 FROM saved WHERE fingerprint = ?", (job.fingerprint,)).fetchone()
+        holder = _lock_holder(conn, job.fingerprint)
+        if other_job or saved or holder not in (None, owner):
+            return None
+        renew_in(conn, owner, lease_s)
+        conn.execute("INSERT OR REPLACE INTO locks VALUES (?, ?)", (job.fingerprint, owner))
+        conn.execute(
+            "UPDATE jobs SET state = 'unknown', hold = 1, updated = ?, detail = ? WHERE id = ? AND state = 'reserved'",
+            (now, "the submit got no answer: it may be running and charged", job_id),
+        )
+        return job
 
     def in_flight(self, fingerprints: Iterable[str], conn: sqlite3.Connection) -> set[str]:
         """Which of these inputs a run is paying for right now (a live reservation, or a job that may still run)."""
@@ -535,7 +556,7 @@ class Records:
         )
         return {fingerprint for (fingerprint,) in rows}
 
-    def change(self, job_id: str, **changes: Any) -> None:
+    def change(self, job_id: str, *, wait_s: float = LOCK_WAIT_S, **changes: Any) -> None:
         """A job's new state (never back from an ending or to an earlier live state: a late write loses)."""
         state = changes.get("state")
         if "detail" in changes:
@@ -546,7 +567,9 @@ class Records:
         if state is not None and state not in FINAL:
             lower = [s for s, rank in RANK.items() if rank < RANK[state]]
             guard = f" AND state IN ({', '.join(repr(s) for s in lower)})"
-        self.write_even_if_busy(lambda c: c.execute(f"UPDATE jobs SET {assignments} WHERE id = :id{guard}", {**changes, "id": job_id}))
+        self.write_even_if_busy(
+            lambda c: c.execute(f"UPDATE jobs SET {assignments} WHERE id = :id{guard}", {**changes, "id": job_id}), wait_s=wait_s
+        )
 
     def release(self, fingerprint: str) -> None:
         """These inputs are held by no job any more (it ended without results, or its files cannot be used)."""
@@ -702,6 +725,42 @@ def _regular_or_absent(path: Path) -> bool:
         return False
 
 
+def renew_in(conn: sqlite3.Connection, owner: str, lease_s: float) -> None:
+    conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?)", (owner, time.time() + lease_s))
+
+
+def _salvage(path: Path, memory: sqlite3.Connection) -> bool:
+    """Copy what can still be read of the records at `path` into `memory`, row by row (a damaged page ends one
+    table's copy, not the others'): read-only first, then the bytes as they lie. Never waits on another process for
+    longer than `BUSY_S`; never opens what is not a regular file. Whether anything was copied."""
+    if not path.exists() or not _regular_or_absent(path):
+        return False
+    uri = path.resolve().as_uri()
+    for mode in ("mode=ro", "immutable=1"):
+        copied = False
+        with contextlib.suppress(sqlite3.Error):
+            memory.execute("ATTACH DATABASE ? AS disk", (f"{uri}?{mode}",))
+            try:
+                for table in ("jobs", "leases", "locks", "saved", "prices", "set_aside"):
+                    columns = [row[1] for row in memory.execute(f"PRAGMA main.table_info({table})")]
+                    with contextlib.suppress(sqlite3.Error):
+                        rows = memory.execute(f"SELECT {', '.join(columns)} FROM disk.{table}")
+                        insert = f"INSERT OR IGNORE INTO main.{table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+                        while True:
+                            with contextlib.suppress(sqlite3.IntegrityError):  # a row the records cannot hold is left out
+                                row = rows.fetchone()
+                                if row is None:
+                                    break
+                                memory.execute(insert, row)
+                                copied = True
+            finally:
+                with contextlib.suppress(sqlite3.Error):
+                    memory.execute("DETACH DATABASE disk")
+        if copied:
+            return True
+    return False
+
+
 def _create(conn: sqlite3.Connection) -> None:
     """The tables, within the caller's transaction (`executescript` would commit it)."""
     for statement in SCHEMA.split(";"):
@@ -750,6 +809,9 @@ def _old_json(path: Path) -> Any:
         return json.loads(data.decode("utf-8-sig")) if data is not None else None
     except (ValueError, RecursionError):
         return None
+
+
+EARLIER_FILES = ("ledger.jsonl", "journal.json", "last_price.json")
 
 
 def _import_earlier(conn: sqlite3.Connection, folder: Path) -> list[Path]:
@@ -805,9 +867,12 @@ def _import_ledger_line(conn: sqlite3.Connection, raw: Any) -> None:
         raise ValueError("not a ledger entry")
     when = float(raw["time"])
     text = {key: raw[key][:200] if isinstance(raw.get(key), str) else None for key in ("request_id", "node_id", "prompt_id", "detail")}
-    conn.execute(
-        "INSERT OR REPLACE INTO jobs (id, fingerprint, state, hold, request_id, created, updated, max_images, estimate_usd, "
-        "cost_usd, images, prompt, node_id, prompt_id, detail) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    conn.execute(  # the newest snapshot of an entry wins, wherever a late write put its line
+        "INSERT INTO jobs (id, fingerprint, state, hold, request_id, created, updated, max_images, estimate_usd, "
+        "cost_usd, images, prompt, node_id, prompt_id, detail) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET state = excluded.state, request_id = excluded.request_id, updated = excluded.updated, "
+        "estimate_usd = excluded.estimate_usd, cost_usd = excluded.cost_usd, images = excluded.images, detail = excluded.detail "
+        "WHERE excluded.updated >= jobs.updated",
         (raw["entry"][:64], str(raw.get("fingerprint") or "")[:128], _OLD_STATES[raw["status"]], text["request_id"], when,
          float(raw.get("updated") or when), raw.get("max_images") if type(raw.get("max_images")) is int else 0,
          amount(raw.get("estimate_usd")), amount(raw.get("cost_usd")), raw.get("images") if type(raw.get("images")) is int else None,

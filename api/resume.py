@@ -19,8 +19,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from .errors import StopRequested
-from .records import LOCK_WAIT_S, Busy, CachedResult, Job, Records
+from .errors import RecordsError, StopRequested
+from .records import LEASE_S, LOCK_WAIT_S, Busy, CachedResult, Job, Records, renew_in
 from .stop import StopCheck
 
 LOCK_POLL_S = 0.1
@@ -54,10 +54,21 @@ async def patiently(
 class RunStore:
     """The records and saved results as one run uses them; `owner` names the run (its lease is renewed elsewhere)."""
 
-    def __init__(self, records: Records, owner: str, warn: Warn, *, max_entries: int, max_bytes: int, wait_s: float = LOCK_WAIT_S) -> None:
+    def __init__(
+        self,
+        records: Records,
+        owner: str,
+        warn: Warn,
+        *,
+        max_entries: int,
+        max_bytes: int,
+        wait_s: float = LOCK_WAIT_S,
+        lease_s: float = LEASE_S,
+    ) -> None:
         self.records = records
         self.owner = owner
         self.wait_s = wait_s  # how long another process may hold the database before this run goes on in memory
+        self.lease_s = lease_s
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._warn = warn
@@ -89,9 +100,12 @@ class RunStore:
         once if another run holds it. A run that died holds it only until its lease ends."""
         waited = False
         stopped = "Stopped while waiting for an identical run to finish: nothing was sent and nothing is charged."
-        while not await patiently(
-            self.records, lambda conn: self.records.try_lock(fingerprint, self.owner, conn), should_stop, self.wait_s, stopped
-        ):
+
+        def take(conn: Any) -> bool:  # the lease is renewed with it: a lock counts only while its run's lease lives
+            renew_in(conn, self.owner, self.lease_s)
+            return self.records.try_lock(fingerprint, self.owner, conn)
+
+        while not await patiently(self.records, take, should_stop, self.wait_s, stopped):
             if should_stop():
                 raise StopRequested("Stopped while waiting for an identical run to finish: nothing was sent and nothing is charged.")
             if not waited:
@@ -103,8 +117,24 @@ class RunStore:
         finally:
             await self._call(None, lambda: self.records.unlock(fingerprint, self.owner))
 
+    def _unreadable(self, error: Exception) -> None:
+        """Before anything is sent, records that cannot be read are never taken for "nothing paid yet"."""
+        if isinstance(error, Busy):
+            raise RecordsError(
+                f"The job records in {self.records.folder} are held by another program (another ComfyUI, or a database "
+                "tool left open), so whether these inputs were already paid for cannot be read; to never pay twice, nothing "
+                "was sent. Close that program, or wait a moment, and run the node again."
+            ) from None
+
     async def held(self, fingerprint: str) -> Job | None:
-        return await self._call("read the job records", lambda: self.records.held(fingerprint))
+        """The job these inputs are held by (`RecordsError` when that cannot be read: nothing may be sent then)."""
+        try:
+            return await asyncio.to_thread(self.records.held, fingerprint)
+        except Busy as busy:
+            self._unreadable(busy)
+        finally:
+            if self.records.trouble:
+                self._trouble(self.records.trouble)
 
     async def release(self, fingerprint: str) -> None:
         """These inputs are held by no job any more: the next run of them submits anew."""
@@ -124,6 +154,7 @@ class RunStore:
         the paid job again."""
 
         def set_aside(error: Exception) -> CachedResult | None:
+            self._unreadable(error)  # a busy moment is no damage: the saved result stays
             request_id = _quietly(self.records.saved_request, fingerprint)
             _quietly(self.records.drop_saved, fingerprint)
             return CachedResult(request_id, (), None, []) if request_id else None

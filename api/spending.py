@@ -28,6 +28,7 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import os
@@ -39,9 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import SpendingLimitError
+from .errors import RecordsError, SpendingLimitError
 from .files import read_json, write_atomically
-from .records import FINAL, LOCK_WAIT_S, NOT_CHARGED, RESERVATION, Records, Totals, prompt_words
+from .records import FINAL, LEASE_S, LOCK_WAIT_S, NOT_CHARGED, RESERVATION, Busy, Records, Totals, prompt_words, renew_in
 from .resume import patiently
 from .shared import LIVE
 from .stop import StopCheck, never_stop
@@ -56,6 +57,7 @@ SETTING = "Settings → RunComfy → Spending limit"
 LAST_PRICE_MAX_AGE_S = 24 * 3600.0
 MAX_LIMIT_USD = 1_000_000.0
 NOTHING_SENT = "Nothing was sent."
+AGAIN = "Run the node again to collect that run's result without paying."
 
 Warn = Callable[[str], None]
 PriceLookup = Callable[[], Awaitable[float | None]]  # the catalog price per image, or None when it cannot be had
@@ -209,6 +211,7 @@ class Spending:
         node_id: str | None = None,
         prompt_id: str | None = None,
         lock_wait_s: float = LOCK_WAIT_S,
+        lease_s: float = LEASE_S,
     ) -> None:
         self.limits = limits
         self.records = records
@@ -218,6 +221,7 @@ class Spending:
         self.node_id = node_id
         self.prompt_id = prompt_id
         self.lock_wait_s = lock_wait_s
+        self.lease_s = lease_s
         self.run_usd = 0.0  # what this run reserved, as estimated
         self._reserved: dict[str, str] = {}  # fingerprint -> the id of its reservation, not used yet
         self._lock = asyncio.Lock()
@@ -261,6 +265,7 @@ class Spending:
             today = self.records.today(conn, besides=[] if share_identical else [job.fingerprint for job in paying])
             if usd_per_image is not None and (refusal := over_per_day(self.limits, today, paying, usd_per_image)):
                 raise SpendingLimitError(refusal)
+            renew_in(conn, self.owner, self.lease_s)  # its reservations count from the moment they are made
             for job in paying:
                 conn.execute(f"INSERT INTO jobs ({', '.join(rows[job.fingerprint])}) VALUES ({', '.join('?' * len(RESERVATION))})",
                              tuple(rows[job.fingerprint].values()))  # fmt: skip
@@ -315,14 +320,38 @@ class Spending:
 
     async def _change(self, job_id: str, warn: Warn, **changes: Any) -> None:
         try:
-            await asyncio.to_thread(self.records.change, job_id, **changes)
+            await asyncio.to_thread(functools.partial(self.records.change, job_id, wait_s=self.lock_wait_s, **changes))
         except Exception as failure:  # noqa: BLE001 - a paid job goes on whatever the records do
             warn(f"the job records could not be updated ({type(failure).__name__})")
 
     async def may_have_sent(self, job_id: str, warn: Warn) -> None:
         """The last piece of the submit is about to go: from now on the job may exist. It holds its inputs and counts
-        at its estimate, also if this process dies before the answer comes."""
-        await self._change(job_id, warn, state="unknown", hold=1, detail="the submit got no answer: it may be running and charged")
+        at its estimate, also if this process dies before the answer comes. A run that was paused past its lease
+        (a laptop asleep mid-upload, the clock moved) checks first that nobody took its inputs over, and that the
+        daily limit still has room for it: otherwise nothing is sent (`RecordsError`, `SpendingLimitError`)."""
+
+        def claim(conn: sqlite3.Connection) -> None:
+            job = self.records.claim_send(job_id, self.owner, self.lease_s, conn)
+            if job is None:
+                raise RecordsError(
+                    "While this run was held up, another run of the same inputs took them over (it is running, or its "
+                    f"result is saved); to never pay twice, this one sent nothing. {AGAIN}"
+                )
+            if not job.alive and self.limits.per_day_usd is not None and job.estimate_usd:
+                today = self.records.today(conn)  # this job counts again now: did others spend its room meanwhile?
+                if today.usd > self.limits.per_day_usd + 1e-9:
+                    raise SpendingLimitError(
+                        f"While this run was held up, other runs spent today's room: today's spending would be "
+                        f"${today.usd:.2f}, over your daily limit of ${self.limits.per_day_usd:.2f} "
+                        f"({self.limits.where('per_day_usd')}). {NOTHING_SENT}"
+                    )
+
+        try:
+            await asyncio.to_thread(self.records.write_even_if_busy, claim, wait_s=self.lock_wait_s)
+        except (RecordsError, SpendingLimitError):
+            raise
+        except Exception as failure:  # noqa: BLE001 - the records cannot say no: the job goes on, said once
+            warn(f"the job records could not be updated ({type(failure).__name__})")
 
     async def submitted(self, job_id: str, request_id: str, warn: Warn) -> None:
         await self._change(job_id, warn, state="queued", request_id=request_id, hold=1, detail=None)
@@ -355,6 +384,9 @@ class Spending:
         if status in FINAL:
             LIVE.pop(request_id, None)
         try:
+            job = await asyncio.to_thread(functools.partial(self.records.by_request, request_id, wait_s=self.lock_wait_s))
+        except Busy:  # held by another program: the records move to memory (one warning line), and learn it there
+            await asyncio.to_thread(self.records.write_even_if_busy, lambda conn: None, wait_s=0.0)
             job = await asyncio.to_thread(self.records.by_request, request_id)
         except Exception:  # noqa: BLE001 - reading the records cannot end a paid job
             job = None

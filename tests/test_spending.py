@@ -348,7 +348,7 @@ def release_held():
 
 @pytest.mark.parametrize(
     ("make", "says"),
-    [(_records_a_folder, "a folder is in its place"), (_records_held, "another ComfyUI process keeps")],
+    [(_records_a_folder, "a folder is in its place"), (_records_held, "another program keeps it locked")],
     ids=["records.db is a folder", "another process holds the records"],
 )
 @pytest.mark.usefixtures("release_held")
