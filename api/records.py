@@ -292,6 +292,7 @@ class Records:
         self.path = folder / DB_NAME if folder is not None else None
         self.trouble: str | None = None  # the warning line, once the records live in memory (or were set aside)
         self.memory_reason: str | None = None  # why they live in memory: a daily limit cannot be checked there
+        self.refusal: str | None = None  # why nothing may be sent at all (records of a newer version)
         self._guard = threading.RLock()
         self._conn = self._connect()
         with contextlib.suppress(Exception):  # bounded once per process; another process tidying meanwhile is fine
@@ -334,6 +335,10 @@ class Records:
                     raise
                 return conn
             except NewerVersion as newer:
+                self.refusal = (
+                    f"The job records in {self.path} were written by a newer version of this pack ({newer}), so this one "
+                    "cannot tell which inputs were already paid for; to never pay twice, it sends nothing. Update the pack."
+                )
                 return self._in_memory(str(newer))
             except sqlite3.DatabaseError as error:
                 if _is_busy(error) and time.monotonic() < give_up:  # another process is setting it up: wait for it
@@ -352,7 +357,7 @@ class Records:
         conn.execute("PRAGMA foreign_keys = OFF")
         version = conn.execute("PRAGMA user_version").fetchone()[0]  # reading also proves it is a database
         if version > VERSION:
-            raise NewerVersion(f"a newer version of this pack wrote it (records version {version})")
+            raise NewerVersion(f"records version {version}")
         if version == VERSION and not any((self.folder / name).exists() for name in EARLIER_FILES):
             return
         conn.execute("BEGIN IMMEDIATE")
@@ -513,12 +518,11 @@ class Records:
         found = self.jobs("jobs.request_id = :rid", {"rid": request_id}, limit=1, wait_s=wait_s)
         return found[0] if found else None
 
-    def held(self, fingerprint: str) -> Job | None:
+    def held(self, fingerprint: str, *, wait_s: float = LOCK_WAIT_S) -> Job | None:
         """The job these inputs are held by: a request to collect (48 hours), or a submit that got no answer (one
         hour). A row dated in the future (the clock was set back since) holds too."""
-        found = self.jobs(
-            _HELD, {"fp": fingerprint, "now": time.time(), "unknown": UNKNOWN_OUTCOME_HOLD_S, "request": REQUEST_HOLD_S}, limit=1
-        )
+        params = {"fp": fingerprint, "now": time.time(), "unknown": UNKNOWN_OUTCOME_HOLD_S, "request": REQUEST_HOLD_S}
+        found = self.jobs(_HELD, params, limit=1, wait_s=wait_s)
         return found[0] if found else None
 
     def claim_send(self, job_id: str, owner: str, lease_s: float, conn: sqlite3.Connection) -> Job | None:
@@ -601,7 +605,13 @@ class Records:
         return f"the job records were damaged and set aside today as {row[0]} in {self.folder}" if row is not None else None
 
     def tidy(self) -> None:
-        """Bound the table: the newest `MAX_ROWS` rows stay, and every row that holds its inputs or may still run."""
+        """Bound the table: the newest `MAX_ROWS` rows stay, and every row that holds its inputs or may still run.
+        Result files a process died saving (an hour old) go too."""
+        if self.folder is not None:
+            with contextlib.suppress(OSError):
+                for staging in (self.folder / RESULTS_DIR).glob(".incoming-*"):
+                    if time.time() - staging.lstat().st_mtime > 3600:
+                        shutil.rmtree(staging, ignore_errors=True)
         self.write(
             lambda c: c.execute(
                 "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE hold = 0 AND state IN "
@@ -612,10 +622,10 @@ class Records:
 
     # --- saved results -------------------------------------------------------------------------------------
 
-    def saved(self, fingerprint: str) -> CachedResult | None:
+    def saved(self, fingerprint: str, *, wait_s: float = LOCK_WAIT_S) -> CachedResult | None:
         """The saved result of these inputs; ValueError when its index or files are damaged (the caller sets it
         aside and collects the request again). Reading needs no write: a read-only folder still reuses it."""
-        row = self.read(lambda c: c.execute("SELECT * FROM saved WHERE fingerprint = ?", (fingerprint,)).fetchone())
+        row = self.read(lambda c: c.execute("SELECT * FROM saved WHERE fingerprint = ?", (fingerprint,)).fetchone(), wait_s=wait_s)
         if row is None or self.folder is None:
             return None
         _, folder, request_id, urls, cost, names, _, _ = row

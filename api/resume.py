@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -128,8 +129,10 @@ class RunStore:
 
     async def held(self, fingerprint: str) -> Job | None:
         """The job these inputs are held by (`RecordsError` when that cannot be read: nothing may be sent then)."""
+        if self.records.refusal:
+            raise RecordsError(self.records.refusal)
         try:
-            return await asyncio.to_thread(self.records.held, fingerprint)
+            return await asyncio.to_thread(functools.partial(self.records.held, fingerprint, wait_s=self.wait_s))
         except Busy as busy:
             self._unreadable(busy)
         finally:
@@ -159,7 +162,9 @@ class RunStore:
             _quietly(self.records.drop_saved, fingerprint)
             return CachedResult(request_id, (), None, []) if request_id else None
 
-        return await self._call("read a saved result (it was set aside)", lambda: self.records.saved(fingerprint), set_aside)
+        return await self._call(
+            "read a saved result (it was set aside)", lambda: self.records.saved(fingerprint, wait_s=self.wait_s), set_aside
+        )
 
     async def save(self, fingerprint: str, result: CachedResult) -> None:
         """Keep the files for a free re-run; a folder that refuses them is one warning line (the job's record still

@@ -27,8 +27,8 @@ from ..api.client import RunComfyClient
 from ..api.config import resolve_base_url, resolve_credentials
 from ..api.errors import RunComfyError
 from ..api.job import Job, check_request_id
+from ..api.records import Busy, Records
 from ..api.records import Job as JobRecord
-from ..api.records import Records
 from ..api.shared import LIVE
 from ..api.spending import PER_DAY_ENV, PER_RUN_ENV, SpendingLimits, limit_value, read_saved, save_limits
 from .token_route import MAX_BODY_BYTES, read_capped, refusal
@@ -37,6 +37,7 @@ JOBS_ROUTE = "/runcomfy/seedream/jobs"
 SPENDING_ROUTE = "/runcomfy/seedream/spending"
 ROUTES = (JOBS_ROUTE, f"{JOBS_ROUTE}/{{request_id}}/thumbnail", f"{JOBS_ROUTE}/{{request_id}}/cancel", SPENDING_ROUTE)
 JOBS_SHOWN = 100
+BUSY = "The job records are held by another program for the moment (another ComfyUI, or a database tool); try again."
 JOBS_SHOWN_WHERE = "jobs.state != 'dropped'"
 THUMBNAIL_PX = 128
 CANCEL_TIMEOUT_S = 30.0
@@ -219,13 +220,19 @@ def register(routes: Any, state_dir: Callable[[], Path], token_file: Callable[[]
     @routes.get(JOBS_ROUTE)
     @guarded
     async def list_jobs(request: web.Request) -> web.Response:
-        return web.json_response(await asyncio.to_thread(jobs_answer, state_dir(), spending_file()))
+        try:
+            return web.json_response(await asyncio.to_thread(jobs_answer, state_dir(), spending_file()))
+        except Busy:
+            return refuse(503, BUSY)
 
     @routes.get(ROUTES[1])
     @guarded
     async def job_thumbnail(request: web.Request) -> web.Response:
         request_id = request_id_of(request)
-        png = await thumbnail(state_dir(), request_id) if request_id else None
+        try:
+            png = await thumbnail(state_dir(), request_id) if request_id else None
+        except Busy:
+            return refuse(503, BUSY)
         if png is None:
             return refuse(404, "No saved image for this job.")
         return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
@@ -240,7 +247,10 @@ def register(routes: Any, state_dir: Callable[[], Path], token_file: Callable[[]
         request_id = request_id_of(request)
         if request_id is None:
             return refuse(400, "That is not a RunComfy request id.")
-        status, answer = await cancel_queued(state_dir(), token_file(), request_id)
+        try:
+            status, answer = await cancel_queued(state_dir(), token_file(), request_id)
+        except Busy:
+            return refuse(503, BUSY)
         return web.json_response(answer, status=status)
 
     @routes.get(SPENDING_ROUTE)

@@ -28,7 +28,8 @@ PACK_SOURCES = [*ROOT.glob("api/*.py"), *ROOT.glob("nodes/*.py"), ROOT / "__init
 
 # One ComfyUI process running the node's job on the user folder argv[1], once its standard input says "go".
 # argv: folder, seed, max_images, lease_s, die_at (a progress text at whose start the process dies: "" never),
-# per_day_usd ("" none), block_fcntl ("1": `import fcntl` fails, as on Windows).
+# per_day_usd ("" none), block_fcntl ("1": `import fcntl` fails, as on Windows), pause_at (a progress text at whose
+# start the process stops itself, as a laptop asleep or a debugger: "" never).
 CHILD = textwrap.dedent(
     """
     import asyncio, json, os, sys
@@ -55,9 +56,16 @@ CHILD = textwrap.dedent(
     )
     pixels = np.random.default_rng(seed).random((48, 64, 3), dtype=np.float32)
 
+    paused = []
+
     def progress(progress):
         if die_at and progress.text.startswith(die_at):
             os._exit(9)  # killed: no cleanup, no finally, as kill -9 or a crash
+        if sys.argv[8] and progress.text.startswith(sys.argv[8]) and not paused:
+            paused.append(True)
+            print("paused", flush=True)
+            import signal
+            os.kill(os.getpid(), signal.SIGSTOP)  # the test's own process control, on POSIX
 
     async def main():
         request = EditSequentialRequest("Generate {{}} images of a red fox.".format(max_images), max_images=max_images)
@@ -75,10 +83,19 @@ CHILD = textwrap.dedent(
 
 
 def start(
-    fake, folder: Path, *, seed: int = 1, max_images: int = 2, lease_s: float = 60.0, die_at: str = "", per_day: str = "", no_fcntl=False
+    fake,
+    folder: Path,
+    *,
+    seed: int = 1,
+    max_images: int = 2,
+    lease_s: float = 60.0,
+    die_at: str = "",
+    per_day: str = "",
+    no_fcntl=False,
+    pause_at: str = "",
 ):
     env = {**os.environ, "RUNCOMFY_API_TOKEN": fake.token, "RUNCOMFY_MODEL_API_BASE": fake.base_url}
-    args = [str(folder), str(seed), str(max_images), str(lease_s), die_at, per_day, "1" if no_fcntl else "0"]
+    args = [str(folder), str(seed), str(max_images), str(lease_s), die_at, per_day, "1" if no_fcntl else "0", pause_at]
     return subprocess.Popen(
         [sys.executable, "-c", CHILD, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=str(ROOT)
     )
@@ -449,3 +466,131 @@ def test_a_damaged_limits_file_is_said_once(tmp_path):
     saved.write_text("{damaged")
     problem = SpendingLimits.resolve(saved, env={}).problem
     assert problem.count("cannot be read") == 1 and str(saved) in problem
+
+
+# --- what a hostile pass over the records found ------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGSTOP"), reason="stops a process the POSIX way")
+@both_ways
+def test_a_run_paused_past_its_lease_sends_nothing_once_another_took_its_inputs_over(fake, tmp_path, no_fcntl):
+    """A laptop asleep mid-upload: its lease ends, an identical run takes the inputs over and pays; when the first
+    wakes up it must not pay again."""
+    import signal
+
+    first = start(fake, tmp_path, lease_s=0.5, pause_at="Encoding references", no_fcntl=no_fcntl)
+    go(first)
+    assert first.stdout.readline().strip() == "paused"
+    second = start(fake, tmp_path, lease_s=0.5, no_fcntl=no_fcntl)
+    go(second)
+    took_over = answer(second)
+    assert took_over["images"] == 2 and fake.submits == 1
+    first.send_signal(signal.SIGCONT)
+    woke = answer(first)
+    assert woke["error"] == "RecordsError" and "took them over" in woke["message"] and fake.submits == 1
+
+
+def test_records_held_by_another_program_are_never_read_as_nothing_paid(fake, comfy, tmp_path):
+    """A database tool holding the records while a paid job's inputs run again: the run never submits a second job."""
+    from runcomfy_seedream.api.errors import DeadlineExceededError, RecordsError
+
+    fake.behaviour.run_s = 2.5
+    with pytest.raises(DeadlineExceededError):
+        run_node(timing=quick_timing(deadline_s=1.0), **node_inputs())
+    fake.behaviour.run_s = 0.1
+    holder = sqlite3.connect(state_dir(tmp_path) / "records.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        outcome = run_node(timing=quick_timing(records_wait_s=0.3), **node_inputs())
+    except RecordsError as refused:
+        outcome = refused
+    finally:
+        holder.close()
+    assert fake.submits == 1
+    if isinstance(outcome, RecordsError):
+        assert "held by another program" in str(outcome) and "nothing was sent" in str(outcome)
+    else:  # the records moved to memory with what could be read, and the paid job was collected
+        assert outcome[3] == next(iter(fake.jobs)) and "kept in memory only" in comfy.progress_texts()[-1]
+
+
+def test_damaged_records_keep_every_job_that_can_still_be_read(fake, comfy, tmp_path):
+    """A damaged page loses what was on it, not every job: a paid job still held is collected, not paid again."""
+    from runcomfy_seedream.api import shared
+    from runcomfy_seedream.api.errors import DeadlineExceededError
+
+    fake.behaviour.run_s = 2.5
+    with pytest.raises(DeadlineExceededError):
+        run_node(timing=quick_timing(deadline_s=1.0), **node_inputs(seed=1))
+    fake.behaviour.run_s = 0.05
+    state = state_dir(tmp_path)
+    with sqlite3.connect(state / "records.db") as shell:  # many later jobs, on later pages
+        shell.executemany(
+            "INSERT INTO jobs (id, fingerprint, state, created, updated, prompt) VALUES (?, ?, 'done', ?, ?, ?)",
+            [(f"later{n}", f"{n:064x}", time.time(), time.time(), "x" * 60) for n in range(600)],
+        )
+    shared.reset_all()  # a new ComfyUI process finds its last pages overwritten (a torn write, a failing disk)
+    size = (state / "records.db").stat().st_size
+    with open(state / "records.db", "r+b") as damaged:
+        damaged.seek(size - 8 * 4096)
+        damaged.write(b"\xa5" * 8 * 4096)
+    images, _, _, request_id = run_node(**node_inputs(seed=1))
+    assert request_id == next(iter(fake.jobs)) and fake.submits == 1
+    shown = comfy.progress_texts()[-1]
+    assert "request resumed" in shown and ("damaged" in shown or "kept in memory only" in shown)
+
+
+def test_records_a_newer_version_wrote_make_this_one_send_nothing(fake, comfy, tmp_path):
+    from runcomfy_seedream.api import shared
+    from runcomfy_seedream.api.errors import RecordsError
+
+    run_node(**node_inputs(seed=1))
+    with sqlite3.connect(state_dir(tmp_path) / "records.db") as shell:
+        shell.execute("PRAGMA user_version = 7")
+    shared.reset_all()
+    with pytest.raises(RecordsError) as refused:
+        run_node(**node_inputs(seed=2))
+    assert "newer version of this pack" in str(refused.value) and "Update the pack" in str(refused.value)
+    assert fake.submits == 1
+
+
+def test_an_earlier_versions_files_written_after_the_upgrade_are_imported_too(fake, comfy, tmp_path):
+    """A downgrade and back: the journal the older version wrote meanwhile is read, and its job collected."""
+    from runcomfy_seedream.api import shared
+    from runcomfy_seedream.api.errors import DeadlineExceededError
+
+    run_node(**node_inputs(seed=9))  # the records exist
+    fake.behaviour.run_s = 2.5
+    with pytest.raises(DeadlineExceededError):
+        run_node(timing=quick_timing(deadline_s=1.0), **node_inputs(seed=1))
+    ((fingerprint, request_id),) = job_rows(tmp_path, "fingerprint", "request_id")[1:]
+    state = state_dir(tmp_path)
+    with sqlite3.connect(state / "records.db") as shell:  # as if the older version had made this job instead
+        shell.execute("DELETE FROM jobs WHERE request_id = ?", (request_id,))
+    journal = {fingerprint: {"state": "submitted", "request_id": request_id, "at": time.time()}}
+    (state / "journal.json").write_text(json.dumps({"version": 1, "entries": journal}))
+    shared.reset_all()
+    fake.behaviour.run_s = 0.05
+    assert run_node(**node_inputs(seed=1))[3] == request_id and fake.submits == 2
+    assert (state / "journal.json.imported").exists()
+
+
+def test_a_job_dated_after_a_clock_set_back_still_holds_its_inputs(tmp_path):
+    records = Records(tmp_path)
+    later = time.time() + 3 * 86400
+    with sqlite3.connect(tmp_path / "records.db") as shell:
+        shell.execute(
+            "INSERT INTO jobs (id, fingerprint, state, hold, request_id, created, updated) VALUES ('j', 'f', 'queued', 1, 'r', ?, ?)",
+            (later, later),
+        )
+    assert records.held("f").request_id == "r"
+
+
+def test_result_files_a_killed_process_left_half_saved_are_tidied(tmp_path):
+    left = tmp_path / "results" / ".incoming-abc"
+    left.mkdir(parents=True)
+    (left / "00.img").write_bytes(b"x" * 1000)
+    os.utime(left, (time.time() - 7200, time.time() - 7200))
+    fresh = tmp_path / "results" / ".incoming-now"
+    fresh.mkdir()
+    Records(tmp_path)
+    assert not left.exists() and fresh.exists()  # another process may be saving into the fresh one
