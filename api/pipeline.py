@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -163,7 +164,7 @@ class Session:
         timing = timing or Timing()
         limits_of_spending = spending_limits or SpendingLimits.resolve()  # the environment's, when set
         stop = Latch(should_stop)
-        records = await asyncio.to_thread(Records.at, state_dir)
+        records = await asyncio.to_thread(functools.partial(Records.at, state_dir, wait_s=timing.records_wait_s))
         owner = uuid.uuid4().hex  # this run, in the records: its lease says it is alive
         spending = Spending(
             limits_of_spending,

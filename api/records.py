@@ -287,8 +287,9 @@ class Records:
     _open: dict[str, Records] = {}
     _open_guard = threading.Lock()
 
-    def __init__(self, folder: Path | None) -> None:
+    def __init__(self, folder: Path | None, *, wait_s: float = LOCK_WAIT_S) -> None:
         self.folder = folder
+        self.wait_s = wait_s  # how long another process may hold the database before this one waits no more
         self.path = folder / DB_NAME if folder is not None else None
         self.trouble: str | None = None  # the warning line, once the records live in memory (or were set aside)
         self.memory_reason: str | None = None  # why they live in memory: a daily limit cannot be checked there
@@ -299,12 +300,16 @@ class Records:
             self.tidy()
 
     @classmethod
-    def at(cls, folder: Path | None) -> Records:
+    def at(cls, folder: Path | None, *, wait_s: float | None = None) -> Records:
+        """The records of `folder` this process opened (opened now, the first time); `wait_s`: how long another
+        process may hold them from now on (the run's `Timing.records_wait_s`)."""
         key = str(Path(folder).resolve()) if folder is not None else ""
         with cls._open_guard:
             found = cls._open.get(key)
             if found is None:
-                found = cls._open[key] = cls(Path(folder) if folder is not None else None)
+                found = cls._open[key] = cls(Path(folder) if folder is not None else None, wait_s=LOCK_WAIT_S if wait_s is None else wait_s)
+            elif wait_s is not None:
+                found.wait_s = wait_s
             return found
 
     @classmethod
@@ -321,7 +326,7 @@ class Records:
     def _connect(self) -> sqlite3.Connection:
         if self.path is None:
             return self._in_memory(None)
-        give_up = time.monotonic() + LOCK_WAIT_S
+        give_up = time.monotonic() + self.wait_s
         while True:
             try:
                 self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -424,11 +429,11 @@ class Records:
 
     # --- transactions ----------------------------------------------------------------------------------------
 
-    def read(self, work: Callable[[sqlite3.Connection], Any], *, wait_s: float = LOCK_WAIT_S) -> Any:
+    def read(self, work: Callable[[sqlite3.Connection], Any], *, wait_s: float | None = None) -> Any:
         """`work(conn)` with the database as it is, waiting while another process commits (up to `wait_s`, then
         `Busy`: a caller about to pay must not take "cannot read" for "nothing there"); a database that cannot be
         read (damaged, a table gone) reads as the memory copy of what could be salvaged."""
-        give_up = time.monotonic() + wait_s
+        give_up = time.monotonic() + (self.wait_s if wait_s is None else wait_s)
         while True:
             with self._guard:
                 try:
@@ -453,9 +458,9 @@ class Records:
                 self._fall_back(error)
                 return self._transaction(work)
 
-    def write_even_if_busy(self, work: Callable[[sqlite3.Connection], Any], *, wait_s: float = LOCK_WAIT_S) -> Any:
+    def write_even_if_busy(self, work: Callable[[sqlite3.Connection], Any], *, wait_s: float | None = None) -> Any:
         """A record that must be kept: retried while another process holds the database, then kept in memory."""
-        give_up = time.monotonic() + wait_s
+        give_up = time.monotonic() + (self.wait_s if wait_s is None else wait_s)
         while True:
             try:
                 return self.write(work)
@@ -510,15 +515,15 @@ class Records:
 
     # --- jobs ----------------------------------------------------------------------------------------------
 
-    def jobs(self, where: str = "1", params: Mapping[str, Any] | None = None, *, limit: int = -1, wait_s: float = LOCK_WAIT_S) -> list[Job]:
+    def jobs(self, where: str = "1", params: Mapping[str, Any] | None = None, *, limit: int = -1, wait_s: float | None = None) -> list[Job]:
         query = f"{_SELECT_JOBS} WHERE {where} ORDER BY jobs.created DESC, jobs.updated DESC LIMIT {int(limit)}"
         return self.read(lambda c: [_job(row) for row in c.execute(query, {"now": time.time(), **(params or {})})], wait_s=wait_s)
 
-    def by_request(self, request_id: str, *, wait_s: float = LOCK_WAIT_S) -> Job | None:
+    def by_request(self, request_id: str, *, wait_s: float | None = None) -> Job | None:
         found = self.jobs("jobs.request_id = :rid", {"rid": request_id}, limit=1, wait_s=wait_s)
         return found[0] if found else None
 
-    def held(self, fingerprint: str, *, wait_s: float = LOCK_WAIT_S) -> Job | None:
+    def held(self, fingerprint: str, *, wait_s: float | None = None) -> Job | None:
         """The job these inputs are held by: a request to collect (48 hours), or a submit that got no answer (one
         hour). A row dated in the future (the clock was set back since) holds too."""
         params = {"fp": fingerprint, "now": time.time(), "unknown": UNKNOWN_OUTCOME_HOLD_S, "request": REQUEST_HOLD_S}
@@ -560,7 +565,7 @@ class Records:
         )
         return {fingerprint for (fingerprint,) in rows}
 
-    def change(self, job_id: str, *, wait_s: float = LOCK_WAIT_S, **changes: Any) -> None:
+    def change(self, job_id: str, *, wait_s: float | None = None, **changes: Any) -> None:
         """A job's new state (never back from an ending or to an earlier live state: a late write loses)."""
         state = changes.get("state")
         if "detail" in changes:
@@ -622,7 +627,7 @@ class Records:
 
     # --- saved results -------------------------------------------------------------------------------------
 
-    def saved(self, fingerprint: str, *, wait_s: float = LOCK_WAIT_S) -> CachedResult | None:
+    def saved(self, fingerprint: str, *, wait_s: float | None = None) -> CachedResult | None:
         """The saved result of these inputs; ValueError when its index or files are damaged (the caller sets it
         aside and collects the request again). Reading needs no write: a read-only folder still reuses it."""
         row = self.read(lambda c: c.execute("SELECT * FROM saved WHERE fingerprint = ?", (fingerprint,)).fetchone(), wait_s=wait_s)
