@@ -20,8 +20,9 @@ import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from .balance import BalanceRanOutError, BalanceTooLowError
 from .client import Price
-from .errors import BatchError, InputError, RunComfyError, StopRequested
+from .errors import BatchError, InputError, InsufficientBalanceError, RunComfyError, StopRequested
 from .ledger import Totals
 from .pipeline import GenerationResult, Plan, Reference, Session, execute, paying, plan
 from .progress import Phase, Progress, ProgressReporter
@@ -103,7 +104,7 @@ class Batch:
         failure = self.outcome()
         if failure is not None:
             raise failure
-        self._show(self._with_warning(self.final_line(await self.session.spending.today())), 1.0)
+        self._show(self._with_warning(self.session.balance.quietly(self.final_line(await self.session.spending.today()))), 1.0)
         return [member.result for member in self.members]
 
     # --- the steps ------------------------------------------------------------------------------
@@ -162,6 +163,8 @@ class Batch:
         at once, or the run is refused (`SpendingLimitError`) and nothing is sent. Items collecting paid work
         (a saved result, a journaled request, an identical run in progress) cost nothing and are never refused."""
         jobs = [planned.job for planned in await paying([member.plan for member in leaders], self.session)]
+        if jobs:  # the balance too, read beside the price: a list the account cannot pay for sends nothing
+            await self.session.balance.admit(jobs, self.session.usd_per_image)
         warn = leaders[0].reporter.warn if leaders else (lambda line: None)
         await self.session.spending.admit(jobs, self.session.usd_per_image, lambda line: warn(line, key="ledger"))
 
@@ -282,7 +285,13 @@ class Batch:
     def _failed(self, failed: list[Member]) -> BatchError:
         listed = _listed(failed)
         done = self.size - len(failed)
-        saved = f" The other {done} are saved: running the node again collects them without paying and retries only these." if done else ""
+        others = f"The other {done} {'is' if done == 1 else 'are'} saved"
+        saved = f" {others}: running the node again collects them without paying and retries only these." if done else ""
+        if any(isinstance(m.error, InsufficientBalanceError) for m in failed):  # running again only meets the same refusal
+            kept = f" {others}." if done else ""
+            saved = f"{kept} Your RunComfy balance ran out: top it up at runcomfy.com first, then run the node again" + (
+                " (it collects the saved items without paying and sends only these)." if done else "."
+            )
         return BatchError(
             f"{len(failed)} of {self.size} items failed.{saved} {listed}",
             failures=[(m.number, m.request_id, m.error) for m in failed],
@@ -292,7 +301,16 @@ class Batch:
 def _listed(failed: list[Member]) -> str:
     """The failed members with their reasons, each with its request id unless the reason names it already."""
     noted = [(m, f" (request {m.request_id})" if m.request_id and m.request_id not in str(m.error) else "") for m in failed]
-    return failure_list((m.number, note, str(m.error)) for m, note in noted)
+    return failure_list((m.number, note, _reason(m.error)) for m, note in noted)
+
+
+def _reason(error: RunComfyError) -> str:
+    """What an item's error says in the list: an item the balance stopped in a few plain words."""
+    if isinstance(error, BalanceRanOutError):
+        return "not sent: the balance ran out"
+    if isinstance(error, InsufficientBalanceError) and not isinstance(error, BalanceTooLowError):
+        return "refused by RunComfy: the balance ran out (no job was created, nothing was charged)"
+    return str(error)
 
 
 def failure_list(failures: Iterable[tuple[int, str, str]]) -> str:

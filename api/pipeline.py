@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .balance import DEFAULT_WAIT_S as BALANCE_WAIT_S
+from .balance import Balance
 from .client import STATUS_INTERVAL_S, Price, RetryPolicy, RunComfyClient, Timeouts
 from .config import Credentials, Limits, resolve_base_url, resolve_credentials
 from .downloads import (
@@ -40,6 +42,7 @@ from .errors import (
     AuthenticationError,
     DeadlineExceededError,
     DownloadError,
+    InsufficientBalanceError,
     JobCancelledError,
     JobFailedError,
     OutcomeUnknownError,
@@ -85,6 +88,7 @@ class Timing:
     price_wait_s: float = 0.5  # how long the submit may wait for the catalog price; then it goes without an estimate
     limit_price_wait_s: float = 20.0  # how long a run under a spending limit waits for the price (a limit needs one)
     status_interval_s: float = STATUS_INTERVAL_S  # the least time between two status polls of this process
+    balance_wait_s: float = BALANCE_WAIT_S  # how long a run waits for the balance (read beside the price); then it goes unchecked
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,7 @@ class Session:
     state_dir: Path | None = None
     after_submit: Callable[[], None] = lambda: None  # once RunComfy holds the references and their copies are freed
     _price: asyncio.Future | None = field(default=None, repr=False)
+    balance: Balance | None = None  # the account's balance, read beside the price (`balance.Balance`)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -158,6 +163,7 @@ class Session:
             status_interval_s=timing.status_interval_s,
         )
         session = cls(credentials, base_url, client, Latch(should_stop), timing, limits or Limits(), spending, state_dir, after_submit)
+        session.balance = Balance(credentials, model_base=base_url, wait_s=timing.balance_wait_s, stop=session.stop)
         try:
             yield session
         finally:
@@ -170,6 +176,7 @@ class Session:
         """The catalog price if it is known within `wait_s` (default `Timing.price_wait_s`), else None (the lookup
         goes on)."""
         if self._price is None:
+            self.balance.start()  # read beside the price, so that waiting for it adds no time
             self._price = asyncio.ensure_future(self.client.price(fresh=self.spending.limits.any))  # a limit needs today's
         await asyncio.wait({self._price}, timeout=self.timing.price_wait_s if wait_s is None else wait_s)
         done = self._price.done() and not self._price.cancelled() and self._price.exception() is None
@@ -457,18 +464,33 @@ async def _submit(run: _Run) -> Job:
     price = await run.session.price()
     if price is not None:
         run.report.pin(price.estimate(request.max_images_sent), key="cost")
+    balance = run.session.balance
+    await balance.ticket(run.plan.job, run.session.usd_per_image)  # the balance, beside the spending limits
     entry = await spending.ticket(run.plan.job, run.session.usd_per_image, run.warn_ledger)
     sending = False
     try:
         async with _upload_turn(run):
+            balance.check_not_run_out()  # another item's submit was refused for lack of credit meanwhile
             encoded = await _encode(run, run.plan.references)
             run.plan.references = []  # the clean pixels are not needed any more
+            balance.check_not_run_out()
             sending = True
-            return await _send(run, entry, request.with_references([e.uri for e in encoded]), _uploading_message(run, encoded))
+            job = await _send(run, entry, request.with_references([e.uri for e in encoded]), _uploading_message(run, encoded))
+    except InsufficientBalanceError:  # RunComfy refused it for lack of credit: no job, and nothing more is sent
+        balance.ran_out(run.plan.job)
+        if not sending:
+            await spending.dropped(entry, run.warn_ledger, "not submitted: the balance ran out")
+        raise
+    except OutcomeUnknownError:
+        balance.submitted(run.plan.job)  # it may be running and charged
+        raise
     except BaseException:
+        balance.refused(run.plan.job)
         if not sending:  # stopped or failed before anything was sent: the reservation was never used
             await spending.dropped(entry, run.warn_ledger)
         raise
+    balance.submitted(run.plan.job)
+    return job
 
 
 async def _encode(run: _Run, prepared: list[PreparedReference]) -> list[EncodedReference]:

@@ -1,6 +1,6 @@
 """The server routes behind the RunComfy jobs panel (ComfyUI's sidebar) and the "Spending limit" setting.
 
-GET  /runcomfy/seedream/jobs                      -> today's and this month's totals, the limits, the newest jobs
+GET  /runcomfy/seedream/jobs                      -> today's and this month's totals, the balance, the limits, the newest jobs
 GET  /runcomfy/seedream/jobs/{request_id}/thumbnail -> a small PNG of the job's first saved image
 POST /runcomfy/seedream/jobs/{request_id}/cancel  -> cancel a queued job of the ledger, worded as the node words it
 GET  /runcomfy/seedream/spending                  -> the limits in effect, the saved setting, which variables win
@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ..api.balance import panel_reading
 from ..api.client import RunComfyClient
-from ..api.config import resolve_base_url, resolve_credentials
+from ..api.config import find_credentials, resolve_base_url, resolve_credentials
 from ..api.errors import RunComfyError
 from ..api.job import Job, check_request_id
 from ..api.ledger import Ledger, LedgerEntry, LedgerUnavailable, month_totals, today_totals
@@ -132,6 +133,17 @@ def small_png(file: bytes) -> bytes | None:
         return None
 
 
+async def balance_answer(token_file: Path) -> dict[str, Any]:
+    """The account's balance beside today's total: {"usd", "read_at", "problem"}; "usd" None when it cannot be read
+    (kept `balance.BALANCE_TTL_S`, so the panel's polls read it at most that often)."""
+    try:
+        credentials = await asyncio.to_thread(find_credentials, settings_file=token_file)
+        base_url = resolve_base_url()
+    except RunComfyError:  # a token or address that cannot be used: the node says why when it runs
+        return {"usd": None, "read_at": None, "problem": "the RunComfy token or address cannot be used"}
+    return await panel_reading(credentials, base_url)
+
+
 def spending_answer(spending_file: Path) -> dict[str, Any]:
     limits = SpendingLimits.resolve(spending_file)
     effective: dict[str, Any] = {"per_run_usd": limits.per_run_usd, "per_day_usd": limits.per_day_usd}
@@ -220,7 +232,8 @@ def register(routes: Any, state_dir: Callable[[], Path], token_file: Callable[[]
     @routes.get(JOBS_ROUTE)
     @guarded
     async def list_jobs(request: web.Request) -> web.Response:
-        return web.json_response(await asyncio.to_thread(jobs_answer, state_dir(), spending_file()))
+        answer, balance = await asyncio.gather(asyncio.to_thread(jobs_answer, state_dir(), spending_file()), balance_answer(token_file()))
+        return web.json_response({**answer, "balance": balance})
 
     @routes.get(ROUTES[1])
     @guarded

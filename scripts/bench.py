@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         _fake = fake
         os.environ["RUNCOMFY_API_TOKEN"] = behaviour.token
         os.environ["RUNCOMFY_MODEL_API_BASE"] = fake.base_url
+        os.environ["RUNCOMFY_SERVERLESS_API_BASE"] = fake.serverless_base
         seed = 1000
         for job in jobs:
             references = [torch.from_numpy(photo_like(job.ref_size, job.ref_size, i)).unsqueeze(0) for i in range(job.ref_count)]
@@ -338,12 +339,14 @@ def main(argv: list[str] | None = None) -> int:
         with FakeRunComfy(behaviour) as fake:
             _fake = fake
             os.environ["RUNCOMFY_MODEL_API_BASE"] = fake.base_url
+            os.environ["RUNCOMFY_SERVERLESS_API_BASE"] = fake.serverless_base
             batch_row(pack, fake, behaviour)
         if args.job == "batch":
             return 0
     with FakeRunComfy(behaviour) as fake:
         _fake = fake
         os.environ["RUNCOMFY_MODEL_API_BASE"] = fake.base_url
+        os.environ["RUNCOMFY_SERVERLESS_API_BASE"] = fake.serverless_base
         tiny = [torch.from_numpy(photo_like(256, 256, 99)).unsqueeze(0)]
         fields = {
             "text": "Generate 1 image of the scene.",
