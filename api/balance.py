@@ -16,8 +16,9 @@ Decisions:
 - The reading is kept for `BALANCE_TTL_S` per service and account (the account is a keyed digest of the token
   with a key that never leaves this process, never the token), and lowered by the estimate of every job this
   process submitted since it was read. A read that failed is not tried again for `BALANCE_TTL_S` either.
-- A run waits for the reading at most `wait_s` (alongside the price lookup, watching Stop); the read itself
-  gives up after `READ_TIMEOUT_S` and fills the cache for later runs.
+- A run waits for the reading at most `wait_s` from when the read began, beside the price lookup (the catalog
+  price gets the same half second), watching Stop; the read itself gives up after `READ_TIMEOUT_S` and fills
+  the cache for later runs (and the jobs panel's reads fill it too).
 - A balance that cannot be read (no route, an error, a timeout, an odd answer, no network to that host, no price
   to estimate with) never blocks a run: the spending limits stay the hard gate, and the run says so once.
 - The estimate is the spending limits' own: the catalog price × `max_images` of each distinct item, once.
@@ -55,7 +56,7 @@ DEFAULT_SERVERLESS_BASE = "https://api.runcomfy.net/prod/v2"
 BALANCE_PATH = "balance"
 BALANCE_TTL_S = 30.0  # a reading (or a failed read) is kept this long
 READ_TIMEOUT_S = 5.0  # the read in the background gives up after this
-DEFAULT_WAIT_S = 1.0  # how long a run waits for the reading before it goes on without
+DEFAULT_WAIT_S = 0.5  # how long a run waits for the reading, from when it began (beside the price), before it goes on without
 MAX_ANSWER_BYTES = 64 * 1024  # a balance is a few dozen bytes
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _PROCESS_KEY = secrets.token_bytes(32)  # the account digest means nothing outside this process
@@ -230,6 +231,7 @@ class Balance:
         self._admitted: dict[str, float] = {}  # fingerprint -> estimate, admitted and not sent yet
         self._usd_per_image: float | None = None
         self._lookup: asyncio.Future | None = None
+        self._started = 0.0  # loop time this run began waiting for the read
 
     # --- the reading ---------------------------------------------------------------------------
 
@@ -241,6 +243,7 @@ class Balance:
         if account.fresh(time.monotonic()):
             return
         key, credentials, base, timeout_s = self._key, self._credentials, self.base, self.timeout_s
+        self._started = asyncio.get_running_loop().time()
         self._lookup = LOOP_STATE.lookup(("balance", key), lambda: _refresh(credentials, base, key, timeout_s))
 
     async def current(self) -> tuple[float | None, Reading | None, str | None]:
@@ -251,7 +254,7 @@ class Balance:
         if self._lookup is not None and not self._lookup.done():
             waiting = asyncio.ensure_future(asyncio.shield(self._lookup))
             try:
-                waited = await wait_watching(waiting, self.stop, deadline=asyncio.get_running_loop().time() + self.wait_s)
+                waited = await wait_watching(waiting, self.stop, deadline=self._started + self.wait_s)  # from the read's start
             finally:
                 waiting.cancel()
             if waited is Waited.STOP:

@@ -270,3 +270,24 @@ def test_the_balance_is_read_beside_the_price(fake, comfy):
     assert "/prod/v2/balance" in paths[:first_post] and any(p.startswith("/v1/models/") for p in paths[:first_post])
     balance = next(r for r in fake.requests if r.path == "/prod/v2/balance")
     assert balance.headers.get("Authorization") == f"Bearer {fake.token}"
+
+
+# --- the jobs panel --------------------------------------------------------------------------------
+
+
+def test_the_jobs_panel_shows_the_balance_with_the_time_it_was_read_or_unknown(fake, comfy, tmp_path):
+    pytest.importorskip("aiohttp")
+    from test_jobs_panel import call
+
+    folder = state_dir(tmp_path)
+    low_balance(fake, 12.34)
+    run_node(**item(1))  # $0.06 of it
+    status, _, raw = call(folder, "GET", "/runcomfy/seedream/jobs")
+    answer = json.loads(raw)
+    assert status == 200 and fake.token not in raw.decode()
+    assert answer["balance"]["usd"] == pytest.approx(12.28) and answer["balance"]["problem"] is None
+    assert answer["today"]["jobs"] == 1 and isinstance(answer["balance"]["read_at"], float)
+    fake.behaviour.serves_balance = False
+    ACCOUNTS.reset()
+    answer = json.loads(call(folder, "GET", "/runcomfy/seedream/jobs")[2])
+    assert answer["balance"] == {"usd": None, "read_at": answer["balance"]["read_at"], "problem": "RunComfy answered HTTP 404"}
