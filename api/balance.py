@@ -118,7 +118,8 @@ async def read_balance(credentials: Credentials, base: str, timeout_s: float = R
     the request nor the token."""
     problem: str | None
     usd: float | None = None
-    try:
+
+    async def fetch() -> tuple[int, bytes]:
         async with httpx.AsyncClient(
             base_url=base + "/",
             headers={"Authorization": f"Bearer {credentials.token}", "Accept": "application/json"},
@@ -126,14 +127,16 @@ async def read_balance(credentials: Credentials, base: str, timeout_s: float = R
             follow_redirects=False,
             verify=tls_context(),
         ) as http:
-            async with asyncio.timeout(timeout_s):
-                async with http.stream("GET", BALANCE_PATH) as response:
-                    data = b""
-                    async for chunk in response.aiter_bytes():
-                        data += chunk
-                        if len(data) > MAX_ANSWER_BYTES:
-                            break
-                    status = response.status_code
+            async with http.stream("GET", BALANCE_PATH) as response:
+                data = b""
+                async for chunk in response.aiter_bytes():
+                    data += chunk
+                    if len(data) > MAX_ANSWER_BYTES:
+                        break
+                return response.status_code, data
+
+    try:
+        status, data = await asyncio.wait_for(fetch(), timeout_s)  # the whole read, however the answer trickles in
         if status != 200:
             problem = f"RunComfy answered HTTP {status}"
         elif len(data) > MAX_ANSWER_BYTES:
