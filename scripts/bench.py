@@ -418,8 +418,9 @@ def batch_row(pack, fake, behaviour, items: int = 24) -> None:
 
 
 def balance_row(pack, runs: int) -> int:
-    """What reading the balance adds to a run: the time to submit and the wall time of a small run with a balance
-    that answers, and with one that never answers (the run goes on after `Timing.balance_wait_s`), alternated."""
+    """What reading the balance adds to a run: the time to submit and the wall time of a small run with no balance
+    read, with a balance that answers, and with one that never answers (the run goes on after
+    `Timing.balance_wait_s`), in turn."""
     from runcomfy_seedream.api import Timing
     from runcomfy_seedream.api.balance import ACCOUNTS
     from runcomfy_seedream.fake_service import FakeBehaviour, FakeRunComfy, Fault
@@ -428,18 +429,22 @@ def balance_row(pack, runs: int) -> int:
     behaviour = FakeBehaviour(queue_s=0.2, run_s=0.3, output_scale=0.25, balance_usd=1e6)
     tiny = torch.from_numpy(photo_like(256, 256, 7)).unsqueeze(0)
     node = pack.NODE_CLASS_MAPPINGS["RunComfySeedream4EditSequential"]()
-    times: dict[str, list[tuple[float, float]]] = {"readable": [], "hanging": []}
+    times: dict[str, list[tuple[float, float]]] = {"not read": [], "readable": [], "hanging": []}
     marks: list[tuple[str, float]] = []
     comfy_bridge.send_progress_text = lambda text, node_id: marks.append((text, time.perf_counter()))
     with FakeRunComfy(behaviour) as fake:
         os.environ["RUNCOMFY_API_TOKEN"] = behaviour.token
         os.environ["RUNCOMFY_MODEL_API_BASE"] = fake.base_url
         os.environ["RUNCOMFY_SERVERLESS_API_BASE"] = fake.serverless_base
-        for run in range(2 * runs + 2):
-            kind = "hanging" if run % 2 else "readable"
+        for run in range(3 * runs + 3):
+            kind = list(times)[run % 3]
             ACCOUNTS.reset()  # every run reads the balance
             if kind == "hanging":
                 behaviour.inject("balance", Fault("stall", seconds=30.0))
+            if kind == "not read":  # the Model API moved, the serverless base not: the balance is not read at all
+                os.environ.pop("RUNCOMFY_SERVERLESS_API_BASE", None)
+            else:
+                os.environ["RUNCOMFY_SERVERLESS_API_BASE"] = fake.serverless_base
             marks.clear()
             started = time.perf_counter()
             asyncio.run(
@@ -456,14 +461,15 @@ def balance_row(pack, runs: int) -> int:
             )
             wall = time.perf_counter() - started
             submitted = next(t for text, t in marks if text.startswith("Submitted:")) - started
-            if run >= 2:  # the first two warm up
+            if run >= 3:  # the first three warm up
                 times[kind].append((submitted, wall))
-    print(f"\n== balance: a small run, {runs} each, alternated (balance wait {Timing().balance_wait_s:g} s)")
+    print(f"\n== balance: a small run, {runs} of each, in turn (balance wait {Timing().balance_wait_s:g} s)")
     print(f"{'balance':12s}{'to submit s (median)':>22s}{'wall s (median)':>18s}")
     for kind, rows in times.items():
         print(f"{kind:12s}{statistics.median(r[0] for r in rows):>22.3f}{statistics.median(r[1] for r in rows):>18.3f}")
-    added = statistics.median(r[1] for r in times["hanging"]) - statistics.median(r[1] for r in times["readable"])
-    print(f"added by a balance that never answers: {added:.3f} s of wall time")
+    wall = {kind: statistics.median(r[1] for r in rows) for kind, rows in times.items()}
+    print(f"added by reading the balance: {wall['readable'] - wall['not read']:.3f} s of wall time")
+    print(f"added by a balance that never answers, over a readable one: {wall['hanging'] - wall['readable']:.3f} s of wall time")
     return 0
 
 
