@@ -16,10 +16,10 @@ what it means; `retries.with_retries` returns, raises, or waits and sends again.
       or not read: see below)
     3xx (redirects are never followed)        as a 2xx                                  ServiceError: not the API; no job
     429                                       retry; Retry-After is a lower bound       retry; every submit of the process waits
-    5xx without a documented error_code       retry                                     OutcomeUnknownError once the whole body was
-      (bare, {"detail": …}, a proxy's code)                                               sent (ServiceError before: no job)
-    5xx with a documented error_code          retry                                     ServiceError: RunComfy's word (500001: retry
-                                                                                          later); no job
+    5xx (bare, {"detail": …}, a proxy's code, retry                                     OutcomeUnknownError once the whole body was
+      RunComfy's own 500001)                                                              sent (ServiceError before: no job)
+    5xx with a refusal's code (400001,        retry                                     the ServiceError it says; no job
+      400002, 400004, 403001)
     408, 425, 404 without 404001              retry                                     ServiceError: no job
     any other 4xx, or 404001                  the ServiceError it says (Authentication, the ServiceError it says; no job
                                                 InsufficientBalance, RequestNotFound …)
@@ -41,9 +41,10 @@ Invariants this module owns:
   handed to the connection and no answer of RunComfy's came back: a dropped connection or a
   timeout after the upload, an answer that cannot be read (but not one that is plainly not the
   API, such as a login page: that means no job), or a 5xx without one of RunComfy's
-  documented error codes (a gateway's or proxy's, which may have forwarded the whole request).
+  refusal codes (RunComfy's own 500001 included: a server error after the whole request arrived
+  does not prove the job was not made; a gateway or proxy may have forwarded it).
   An upload that broke off part way, a request that could not leave this machine, a 5xx with
-  a documented code (500001 …), and every 4xx (401, 411, 413 …, even when sent before the
+  a refusal's code (balance, token …), and every 4xx (401, 411, 413 …, even when sent before the
   body was read) mean no job exists: the error says so and nothing is held.
 - Reads of a paid job (status, result) retry through 429 (with or without
   Retry-After), 5xx, unreadable answers and refused connections with `job_retry`,
@@ -98,8 +99,12 @@ from .shared import LOOP_STATE, PRICES, tls_context
 
 QUEUED_STATES = frozenset({"in_queue", "queued", "pending"})
 RUNNING_STATES = frozenset({"in_progress", "running", "processing"})
-# RunComfy's published error codes (the spec's list): a 5xx that carries one is RunComfy's own word, any other is not.
+# RunComfy's published error codes (the spec's list).
 DOCUMENTED_CODES = frozenset(_CODE_MESSAGES)
+# The codes that say a submit was refused before any work (unknown model, balance, token, account): whatever the HTTP
+# status that carries them, no job exists. Any other 5xx to a submit whose whole body was sent, RunComfy's own 500001
+# included, may have come after the job was made.
+REFUSED_BEFORE_WORK = frozenset({"400001", "400002", "400004", "403001"})
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})  # a page for a browser: never an answer of the API
 PRICE_LOOKUP_TIMEOUT_S = 10.0
 # An answer of the API is a few hundred bytes (a result with 15 URLs a few KB): past this, once decoded, it is not read.
@@ -413,15 +418,17 @@ def _answered_ok(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping[st
 def _answered_error(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping[str, Any]]:
     status = attempt.status or 0
     error = error_from_response(status, attempt.body, action=call.action, request_id=call.request_id, redact=call.redact)
-    if not call.idempotent and status >= 500 and error.error_code not in DOCUMENTED_CODES and attempt.body_complete:
-        # Bare, {"detail": …}, a proxy's own code: not RunComfy's answer, and the proxy may have forwarded the whole request.
-        return Fail(
-            _may_be_charged(
-                call.action,
+    if not call.idempotent and status >= 500 and error.error_code not in REFUSED_BEFORE_WORK and attempt.body_complete:
+        # The whole request was sent: a server error (RunComfy's 500001, a gateway's bare 502, a proxy's own code) may
+        # have come after the job was made, so it is never taken for "no job".
+        if error.error_code in DOCUMENTED_CODES:
+            what = f"HTTP {status} came back with RunComfy's server error [error_code {error.error_code}] after the whole request was sent"
+        else:
+            what = (
                 f"HTTP {status} came back without RunComfy's documented error format (not RunComfy's answer, as a gateway or "
-                "proxy in front of it gives) after the whole request was sent",
+                "proxy in front of it gives) after the whole request was sent"
             )
-        )
+        return Fail(_may_be_charged(call.action, what))
     if status == 429:
         problem = "HTTP 429" + ("" if call.idempotent else " (rate limited)")
         return _retry(call, tries, problem, "busy", error, retry_after=attempt.retry_after, rate_limited=True)
