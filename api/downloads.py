@@ -6,7 +6,8 @@ Invariants this module owns:
   multicast, reserved and unspecified addresses are refused, whatever the spelling
   (`https://2130706433/`, `https://127.1/`, a name that resolves to 127.0.0.1), unless the
   URL is on the configured API base's own origin (a local test service). The check is
-  repeated for every redirect hop; more than 5 hops (a loop) is a `DownloadError`.
+  repeated for every redirect hop; more than 5 hops (a loop) is a `DownloadError`. Each of these
+  refusals is collectable: the paid job stays on record, and a re-run from a network that can fetch it pays nothing.
 - Only https is fetched (plus the API base's origin), never with an Authorization header.
 - Files are size-capped, and decoding refuses decompression bombs.
 - A 200 answer that is a web page (text/html, or a body that opens as HTML: a proxy's block page, a login
@@ -348,8 +349,10 @@ class ResultDownloader:
         except DownloadError as refused:  # from a redirect hop's check or the size cap, with the request id
             return Fetched(refused=refused)
         except httpx.TooManyRedirects:
-            loop = DownloadError(f"{label}: more than {MAX_REDIRECTS} redirects (a redirect loop); not downloaded.", request_id=request_id)
-            return Fetched(refused=loop)
+            # Network trouble between this machine and the file (a proxy or a CDN going in circles), as a refused host is:
+            # it says nothing about the images, so the paid job stays collectable.
+            loop = f"{label}: more than {MAX_REDIRECTS} redirects (a redirect loop, as a proxy or a filter in front of the file gives)"
+            return Fetched(refused=_refused(f"{loop}; not downloaded.", request_id))
         except httpx.TransportError as exc:
             return Fetched(transport=type(exc).__name__)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:  # an invalid redirect target and the like

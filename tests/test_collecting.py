@@ -176,6 +176,21 @@ def test_a_result_url_whose_host_no_name_encoding_allows_is_refused_as_collectab
     assert fake.submits == 1
 
 
+def test_a_redirect_loop_on_a_result_url_keeps_the_paid_job_collectable(fake, comfy):
+    """Six same-origin redirects made the paid job "not kept", and running again paid for a new one: a redirect loop is
+    network trouble between this machine and the file, like a non-public host, not a file that can never be used."""
+    fake.behaviour.result_urls = [f"{fake.origin}/loop/out.png"]
+    with pytest.raises(DownloadError) as caught:
+        run_node(**node_inputs())
+    message = str(caught.value)
+    assert "redirect loop" in message and "is paid" in message and "without paying again" in message
+    assert "charged again" not in message and caught.value.collectable
+    (request_id,) = fake.jobs
+    fake.behaviour.result_urls = None  # the files can be had now
+    _, _, _, collected = run_node(**node_inputs())
+    assert collected == request_id and fake.submits == 1 and fake.submit_attempts == 1
+
+
 def test_an_image_labelled_as_a_web_page_is_still_the_image(fake, comfy):
     buffer = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 10, 10)).save(buffer, format="PNG")
