@@ -282,7 +282,12 @@ class Batch:
     def _failed(self, failed: list[Member]) -> BatchError:
         listed = _listed(failed)
         done = self.size - len(failed)
-        saved = f" The other {done} are saved: running the node again collects them without paying and retries only these." if done else ""
+        others = (
+            "The other item is saved: running the node again collects it"
+            if done == 1
+            else f"The other {done} are saved: running the node again collects them"
+        )
+        saved = f" {others} without paying and retries only {'this one' if len(failed) == 1 else 'these'}." if done else ""
         return BatchError(
             f"{len(failed)} of {self.size} items failed.{saved} {listed}",
             failures=[(m.number, m.request_id, m.error) for m in failed],

@@ -369,7 +369,9 @@ def _at_most_asked(run: _Run, result: JobResult) -> JobResult:
     if len(result.urls) <= most:
         return result
     asked = f" for max_images {most}" if run.plan is not None else ""
-    run.notes.append(f"the service listed {len(result.urls)} images{asked}; the first {most} were kept")
+    run.notes.append(
+        f"the service listed {len(result.urls)} images{asked}; {'only the first was' if most == 1 else f'the first {most} were'} kept"
+    )
     return dataclasses.replace(result, urls=result.urls[:most])
 
 
