@@ -45,10 +45,12 @@ from .errors import (
     OutcomeUnknownError,
     RequestNotFoundError,
     RunComfyError,
+    SpendingLimitError,
     StopRequested,
 )
 from .job import DEFAULT_DEADLINE_S, Job, JobEvent, JobResult, PollSchedule, UploadTracker, check_request_id, submit_watching
 from .ledger import Ledger, LedgerEntry
+from .price_sanity import overcharge_line, overcharge_refusal, overcharged
 from .progress import Phase, ProgressReporter, ProgressSink
 from .references import (
     REFERENCE_FORMATS,
@@ -127,6 +129,7 @@ class Session:
     state_dir: Path | None = None
     after_submit: Callable[[], None] = lambda: None  # once RunComfy holds the references and their copies are freed
     _price: asyncio.Future | None = field(default=None, repr=False)
+    held_back: str | None = None  # why the jobs not yet sent are not sent: a job of this run cost more than its estimate
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -180,6 +183,14 @@ class Session:
         price = await self.price(wait_s=self.timing.limit_price_wait_s if self.spending.limits.any else None)
         return price.usd_per_image if price is not None else None
 
+    def charged(self, request_id: str, cost_usd: float | None, estimate_usd: float | None, warn: Callable[[str], None]) -> None:
+        """A job of this run was charged `cost_usd`: above the estimate its spending limit was checked with, the jobs
+        not yet sent are held back, and the run says so once (not once per item)."""
+        if not self.spending.limits.any or not overcharged(cost_usd, estimate_usd) or self.held_back is not None:
+            return
+        self.held_back = overcharge_refusal(request_id, cost_usd, estimate_usd)
+        warn(overcharge_line(request_id, cost_usd, estimate_usd))
+
     def store(self, warn: Callable[[str], None]) -> ResumeStore:
         """The resume store of the session's folder, within the cache bounds."""
         limits = self.limits
@@ -225,6 +236,7 @@ class _Run:
     plan: Plan | None = None
     output_budget: int | None = None  # bytes its outputs may take; None: `Limits.batch_max_bytes`
     notes: list[str] = field(default_factory=list)
+    estimate_usd: float | None = None  # what its submitted job was estimated at when the spending limit was checked
 
     @classmethod
     def start(
@@ -460,17 +472,26 @@ async def _submit(run: _Run) -> Job:
     if price is not None:
         run.report.pin(price.estimate(request.max_images_sent), key="cost")
     entry = await spending.ticket(run.plan.job, run.session.usd_per_image, run.warn_ledger)
+    run.estimate_usd = entry.estimate_usd
     sending = False
     try:
+        _not_held_back(run)
         async with _upload_turn(run):
             encoded = await _encode(run, run.plan.references)
             run.plan.references = []  # the clean pixels are not needed any more
+            _not_held_back(run)
             sending = True
             return await _send(run, entry, request.with_references([e.uri for e in encoded]), _uploading_message(run, encoded))
     except BaseException:
         if not sending:  # stopped or failed before anything was sent: the reservation was never used
             await spending.dropped(entry, run.warn_ledger)
         raise
+
+
+def _not_held_back(run: _Run) -> None:
+    """A job of this run cost more than its estimate under a spending limit: what is not sent yet is not sent."""
+    if run.session.held_back is not None:
+        raise SpendingLimitError(run.session.held_back)
 
 
 async def _encode(run: _Run, prepared: list[PreparedReference]) -> list[EncodedReference]:
@@ -592,6 +613,7 @@ async def _settle(run: _Run, job: Job) -> JobResult:
             await _settled(run, job.request_id, "cancelled")
         raise
     await _settled(run, result.request_id, "done", images=min(len(result.urls), run.most_images), cost_usd=result.cost_usd)
+    run.session.charged(result.request_id, result.cost_usd, run.estimate_usd, lambda line: run.report.warn(line, key="price"))
     return result
 
 

@@ -49,6 +49,7 @@ from .ledger import (
     remember_price,
     today_totals,
 )
+from .price_sanity import judge_price, plausible
 from .shared import MEMORY
 from .wording import plural
 
@@ -234,7 +235,7 @@ class Spending:
             return
         if self.limits.problem:  # a limit was set and cannot be read: never taken for no limit
             raise SpendingLimitError(f"Your spending limits cannot be checked: {self.limits.problem}. {NOTHING_SENT}")
-        usd_per_image = await self._price(price)
+        usd_per_image = await self._price(price, warn)
         if usd_per_image is not None and (refusal := over_per_run(self.limits, self.run_usd, jobs, usd_per_image)):
             raise SpendingLimitError(refusal)
         candidates = {job.fingerprint: self._reservation(job, usd_per_image) for job in jobs}
@@ -281,16 +282,31 @@ class Spending:
             prompt_id=self.prompt_id,
         )
 
-    async def _price(self, price: PriceLookup) -> float | None:
-        """The catalog price per image; with a limit set, the last one seen within 24 hours when the catalog fails,
-        and a refusal when there is none."""
+    async def _price(self, price: PriceLookup, warn: Warn) -> float | None:
+        """The catalog price per image; with a limit set, the last sound one seen within 24 hours when the catalog fails
+        or reports a price that cannot be right (`price_sanity`), and a refusal when there is none."""
         usd = await price()
+        last = None
+        if self.limits.any:
+            last = await asyncio.to_thread(last_price, self.ledger.folder, self.service, LAST_PRICE_MAX_AGE_S)
+            last = last if plausible(last) else None
         if usd is not None:
-            await asyncio.to_thread(remember_price, self.ledger.folder, self.service, usd)
-            return usd
+            verdict = judge_price(usd, last)
+            if verdict.trusted:
+                await asyncio.to_thread(remember_price, self.ledger.folder, self.service, usd)
+                return usd
+            if not self.limits.any:
+                return usd  # only an estimate to show: never remembered, never a limit's
+            if verdict.refusal:
+                raise SpendingLimitError(
+                    f"Your spending limit cannot be checked: {verdict.refusal}. Try again later and check the price on "
+                    f"runcomfy.com, or clear the limit ({SETTING}, {PER_RUN_ENV}, {PER_DAY_ENV}). {NOTHING_SENT}"
+                )
+            warn(verdict.note)
+            return verdict.usd
         if not self.limits.any:
             return None
-        usd = await asyncio.to_thread(last_price, self.ledger.folder, self.service, LAST_PRICE_MAX_AGE_S)
+        usd = last
         if usd is None:
             raise SpendingLimitError(
                 "Your spending limit cannot be checked: RunComfy's price for this model could not be read, and none was "
@@ -355,12 +371,6 @@ class Spending:
             MEMORY.live.pop(request_id, None)
         if entry is None or RANK[status] < RANK[entry.status] or (entry.status == status and status not in FINAL):
             return  # never back from an ending to a live state (a late write), never the same live state twice
-        estimate = entry.estimate_usd
-        if status == "done" and self.limits.any and cost_usd is not None and estimate is not None and cost_usd > estimate + 0.005:
-            warn(
-                f"request {request_id} cost ${cost_usd:.2f}, more than the ${estimate:.2f} your spending limit was checked "
-                "with (RunComfy's price changed meanwhile)"
-            )
         changes: dict[str, Any] = {"status": status, "detail": detail}
         if images is not None:
             changes["images"] = images
