@@ -65,7 +65,7 @@ from .resume import UNKNOWN_OUTCOME_HOLD_S, CachedResult, ResumeStore, collectio
 from .schema import MAX_IMAGES_LIMIT, MODEL_ID, EditSequentialRequest, check_choice
 from .shared import LOOP_STATE
 from .spending import JobPlan, Spending, SpendingLimits
-from .stop import Latch, StopCheck, never_stop, stoppable
+from .stop import Latch, StopCheck, Waited, never_stop, stoppable, wait_watching
 from .threads import map_in_threads
 
 log = logging.getLogger("runcomfy.seedream")
@@ -171,10 +171,12 @@ class Session:
 
     async def price(self, *, wait_s: float | None = None) -> Price | None:
         """The catalog price if it is known within `wait_s` (default `Timing.price_wait_s`), else None (the lookup
-        goes on)."""
+        goes on). The wait watches Stop: nothing has been sent yet, so Stop ends the run at once."""
         if self._price is None:
             self._price = asyncio.ensure_future(self.client.price(fresh=self.spending.limits.any))  # a limit needs today's
-        await asyncio.wait({self._price}, timeout=self.timing.price_wait_s if wait_s is None else wait_s)
+        deadline = asyncio.get_running_loop().time() + (self.timing.price_wait_s if wait_s is None else wait_s)
+        if await wait_watching(self._price, self.stop, deadline=deadline) is Waited.STOP:
+            raise StopRequested(f"Stopped while reading RunComfy's price for this model: {NOTHING_SENT}")
         done = self._price.done() and not self._price.cancelled() and self._price.exception() is None
         return self._price.result() if done else None
 
