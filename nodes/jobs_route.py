@@ -18,7 +18,10 @@ import io
 import json
 import os
 import re
+import threading
 import time
+import warnings
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from urllib.parse import quote
 
 from ..api.client import RunComfyClient
 from ..api.config import resolve_base_url, resolve_credentials
+from ..api.downloads import MAX_OUTPUT_PIXELS
 from ..api.errors import RunComfyError
 from ..api.job import Job, check_request_id
 from ..api.ledger import Ledger, LedgerEntry, LedgerUnavailable, month_totals, today_totals
@@ -40,6 +44,8 @@ ROUTES = (JOBS_ROUTE, f"{JOBS_ROUTE}/{{request_id}}/thumbnail", f"{JOBS_ROUTE}/{
 JOBS_SHOWN = 100
 THUMBNAIL_PX = 128
 CANCEL_TIMEOUT_S = 30.0
+_DECODING = threading.Lock()  # one thumbnail decode at a time in the process, whatever the panel asks for at once
+_DECODE_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")  # what `resume.request_fingerprint` names a saved result by
 
 
@@ -113,21 +119,35 @@ async def thumbnail(state_dir: Path, request_id: str) -> bytes | None:
     if key is None:
         return None
     cached = await ResumeStore(state_dir, warn=lambda line: None).peek(key)  # looking never sets it aside
-    return await asyncio.to_thread(small_png, cached.files[0]) if cached is not None and cached.files else None
+    if cached is None or not cached.files:
+        return None
+    async with _DECODE_TURNS.setdefault(asyncio.get_running_loop(), asyncio.Lock()):  # queued on the loop, not in threads
+        return await asyncio.to_thread(small_png, cached.files[0])
 
 
 def small_png(file: bytes) -> bytes | None:
-    """Blocking: `file` as a PNG of at most THUMBNAIL_PX a side; None when no image can come from it."""
+    """Blocking: `file` as a PNG of at most THUMBNAIL_PX a side; None when no image can come from it.
+
+    A saved file is judged by its header first, with the pipeline's pixel cap: past it (a file planted in the user
+    folder), nothing is decoded. Within it, one thumbnail is decoded at a time in the whole process, a JPEG at the
+    scale a thumbnail needs (`draft`), any other reduced before it is converted: the panel asking for many at once
+    costs one decode's memory, not many."""
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(file)) as image:
-            image.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))
-            small = image.convert("RGB")
-            small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-            out = io.BytesIO()
-            small.save(out, format="PNG")
-            return out.getvalue()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(file)) as image:
+                width, height = image.size
+                if width * height > MAX_OUTPUT_PIXELS:
+                    return None
+                with _DECODING:
+                    image.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))
+                    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), reducing_gap=2.0)  # reduced in its own mode first
+                    small = image.convert("RGB")
+        out = io.BytesIO()
+        small.save(out, format="PNG")
+        return out.getvalue()
     except Exception:  # noqa: BLE001 - a file no thumbnail can come from has none
         return None
 
