@@ -81,8 +81,9 @@ from urllib.parse import quote
 import httpx
 
 from .config import DEFAULT_BASE_URL, Credentials
-from .errors import _CODE_MESSAGES, InputError, OutcomeUnknownError, RunComfyError, ServiceError, error_from_response
+from .errors import _CODE_MESSAGES, ConfigurationError, InputError, OutcomeUnknownError, RunComfyError, ServiceError, error_from_response
 from .job import CancelResult, Job, JobResult, JobStatus, UploadTracker
+from .proxies import proxy_for, unusable_proxy
 from .retries import (  # RetryPolicy and parse_retry_after are imported from this module too
     Done,
     Fail,
@@ -314,6 +315,7 @@ class Call:
     idempotent: bool = True  # False for the submit: sent twice, it may be paid twice
     request_id: str | None = None  # the job it is about (status, result, cancel)
     redact: str | None = field(default=None, repr=False)  # the token, hidden wherever the service echoes it
+    proxy: str | None = None  # the proxy it goes through, named ("the proxy host:port set by HTTPS_PROXY"); None: direct
 
     @property
     def reads_job(self) -> bool:
@@ -454,9 +456,10 @@ def _retry(
 def _gave_up(call: Call, tries: int, problem: str, error: ServiceError | None) -> RunComfyError:
     """What is raised when the policy allows no more tries after this one."""
     if not call.idempotent:
+        check = f"Check that {call.proxy} is running and reachable (or unset it for ComfyUI)" if call.proxy else "Check your connection"
         return ServiceError(
             f"{call.action} failed: RunComfy could not be reached or turned it away ({problem}; {tries} tries). "
-            "No job was created and nothing was charged. Check your connection and run again."
+            f"No job was created and nothing was charged. {check} and run again."
         )
     if error is not None:
         return type(error)(
@@ -499,6 +502,10 @@ class RunComfyClient:
         self.on_retry = on_retry
         t = self.timeouts
         self._token = credentials.token  # only to keep it out of what the service echoes back
+        if (unusable := unusable_proxy()) is not None:  # httpx would fail with its own ImportError or ValueError
+            raise ConfigurationError(unusable)
+        proxy = proxy_for(self.base_url + "/")
+        self._proxy = str(proxy) if proxy is not None else None
         self._owns_pool = True
         self._http = httpx.AsyncClient(
             base_url=self.base_url + "/",
@@ -646,7 +653,7 @@ class RunComfyClient:
         `idempotent=False` (the submit) is what makes a lost answer "may have been charged" instead of a retry;
         a call about a job (`request_id`) retries with `job_retry`, any other with `retry`.
         """
-        call = Call(action, idempotent, request_id, redact=self._token)
+        call = Call(action, idempotent, request_id, redact=self._token, proxy=self._proxy)
 
         def send() -> Awaitable[Attempt]:
             return self._send_once(method, path, idempotent=idempotent, params=params, body=body, headers=headers, upload=upload)
@@ -679,10 +686,11 @@ class RunComfyClient:
         try:
             async with self._http.stream(method, path, **options) as response:  # streamed, so that no answer is held past the cap
                 data, unreadable = await _read_capped(response)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            failure, problem = Transport.NOT_CONNECTED, describe_transport_error(exc)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError) as exc:
+            # ProxyError: the proxy refused to open the tunnel (407, 502 …): nothing reached RunComfy
+            failure, problem = Transport.NOT_CONNECTED, describe_transport_error(exc) + self._through()
         except httpx.HTTPError as exc:  # broken, timed out, or an answer that could not be read or decoded
-            failure, problem = Transport.BROKEN, describe_transport_error(exc)
+            failure, problem = Transport.BROKEN, describe_transport_error(exc) + self._through()
         else:
             complete = upload is None or upload.complete
             body = None if unreadable else _json_or_none(data)
@@ -691,6 +699,9 @@ class RunComfyClient:
                 response.status_code, response.headers, body, body_complete=complete, unreadable=unreadable, html_page=page
             )
         return Attempt.failed(failure, problem, body_complete=upload is None or upload.complete)
+
+    def _through(self) -> str:
+        return f" through {self._proxy}" if self._proxy else ""
 
     def _retry_heard(self, call: Call, announce: bool) -> RetryHeard:
         """What happens before each retry's wait: a submit's 429 holds every submit of the process; the notice."""

@@ -51,6 +51,7 @@ from PIL import Image, UnidentifiedImageError
 from .addresses import is_private_host, is_public_address
 from .config import DEFAULT_BATCH_BYTES, MAX_DOWNLOAD_BYTES
 from .errors import DownloadError
+from .proxies import proxy_for
 from .retries import Done, Fail, Retry, RetryPolicy, Verdict, opens_as_html_page, parse_retry_after, with_retries
 from .shared import tls_context
 from .threads import map_in_threads
@@ -354,7 +355,8 @@ class ResultDownloader:
             loop = f"{label}: more than {MAX_REDIRECTS} redirects (a redirect loop, as a proxy or a filter in front of the file gives)"
             return Fetched(refused=_refused(f"{loop}; not downloaded.", request_id))
         except httpx.TransportError as exc:
-            return Fetched(transport=type(exc).__name__)
+            proxy = proxy_for(url)  # trouble reaching a proxy is named as such, never with its credentials
+            return Fetched(transport=type(exc).__name__ + (f" through {proxy}" if proxy is not None else ""))
         except (httpx.HTTPError, httpx.InvalidURL) as exc:  # an invalid redirect target and the like
             return Fetched(refused=_refused(f"{label} could not be downloaded ({type(exc).__name__}).", request_id))
         except ValueError as exc:  # a host no name encoding allows (https://xn--n3h/, IDNA's UnicodeError), here or in a hop
