@@ -32,6 +32,13 @@ MAX_LISTED_FAILURES = 10
 MAX_LIST_JOBS = 1000  # distinct items of one list: every job in flight keeps its record (`resume.MAX_JOURNAL_ENTRIES`)
 
 LineSink = Callable[[str, float], None]  # (text under the node, fraction of the bar)
+OUTPUT_BYTES_PER_PIXEL = 3 * 4  # ComfyUI's IMAGE: float32 RGB
+
+
+def items_that_fit(budget_bytes: int, width: int, height: int, max_images: int) -> int:
+    """How many list items of up to `max_images` images at `width`x`height` the outputs' memory budget holds: ComfyUI
+    keeps every item's outputs at once, as float32."""
+    return budget_bytes // (max(1, max_images) * width * height * OUTPUT_BYTES_PER_PIXEL)
 
 
 @dataclass(frozen=True)
@@ -147,12 +154,16 @@ class Batch:
         if needed > budget and len(leaders) > 1:
             images = sum(member.plan.images_charged for member in leaders)
             width, height = max((member.plan.request.output_size for member in leaders), key=lambda size: size[0] * size[1])
+            most = max(member.plan.images_charged for member in leaders)
+            fit = items_that_fit(budget, width, height, most)
+            fit_one = items_that_fit(budget, width, height, 1)
+            fitting = f"{plural(fit, 'item')} of up to {plural(most, 'image')} fit" + (f" ({fit_one} at max_images 1)" if most > 1 else "")
             raise InputError(
                 "max_images",
                 f"the outputs of this list would need {-(-needed // 2**20):,} MiB of memory ({plural(len(leaders), 'distinct item')}, "
                 f"up to {plural(images, 'image')} in all, at up to {width}x{height} as float32), over the {budget // 2**20:,} MiB "
-                f"budget for outputs. Split the list into smaller ones, lower max_images, or raise RUNCOMFY_SEEDREAM_BATCH_MB "
-                f"(now {budget // 2**20}). Nothing was sent.",
+                f"budget for outputs (ComfyUI keeps every item's images at once): at {width}x{height}, {fitting}. Split the list "
+                f"into smaller ones, lower max_images, or raise RUNCOMFY_SEEDREAM_BATCH_MB (now {budget // 2**20}). Nothing was sent.",
             )
         for member in leaders:
             member.output_budget = budget * member.plan.output_bytes // max(1, needed)
