@@ -24,6 +24,7 @@ from .client import Price
 from .errors import BatchError, InputError, RunComfyError, StopRequested
 from .ledger import Totals
 from .pipeline import GenerationResult, Plan, Reference, Session, execute, paying, plan
+from .price_sanity import plausible
 from .progress import Phase, Progress, ProgressReporter
 from .schema import EditSequentialRequest
 from .wording import plural
@@ -218,7 +219,7 @@ class Batch:
     def line(self) -> str:
         counts = {phase: sum(1 for m in self.members if m.phase is phase) for phase in Phase}
         line = f"Batch of {self.size}: " + ", ".join(f"{count} {phase.label}" for phase, count in counts.items() if count)
-        if self.price is not None:
+        if self.price is not None and plausible(self.price.usd_per_image):  # a price of 0 is no estimate
             line += f"; estimated cost up to ${self.price.usd_per_image * self.images_charged():.2f}"
         return line
 

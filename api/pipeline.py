@@ -50,7 +50,7 @@ from .errors import (
 )
 from .job import DEFAULT_DEADLINE_S, Job, JobEvent, JobResult, PollSchedule, UploadTracker, check_request_id, submit_watching
 from .ledger import Ledger, LedgerEntry
-from .price_sanity import overcharge_line, overcharge_refusal, overcharged
+from .price_sanity import overcharge_line, overcharge_refusal, overcharged, plausible
 from .progress import Phase, ProgressReporter, ProgressSink
 from .references import (
     REFERENCE_FORMATS,
@@ -471,7 +471,7 @@ async def _submit(run: _Run) -> Job:
     upload slot: encode the references and submit once."""
     request, spending = run.plan.request, run.session.spending
     price = await run.session.price()
-    if price is not None:
+    if price is not None and plausible(price.usd_per_image):  # a price of 0 is no estimate
         run.report.pin(price.estimate(request.max_images_sent), key="cost")
     entry = await spending.ticket(run.plan.job, run.session.usd_per_image, run.warn_ledger)
     run.estimate_usd = entry.estimate_usd

@@ -472,3 +472,10 @@ def test_a_lists_charges_above_their_estimates_are_said_once(fake, comfy, monkey
     not_sent = 0 if isinstance(outcome, list) else str(outcome).count("Not sent: request")
     held = 0 if isinstance(outcome, list) else len([f for f in outcome.failures if "Not sent" in str(f[2])])
     assert fake.submits + held == 3 and held <= not_sent + 2  # each item is paid or held back, none twice
+
+
+def test_a_catalog_price_of_zero_is_no_estimate_to_show(fake, comfy):
+    """Without a limit a run goes on whatever the catalog says; a price of 0 is then not shown as an estimate of $0.00."""
+    fake.behaviour.price_per_image_usd = 0.0
+    assert isinstance(run_list([node_inputs(seed=i) for i in range(2)]), list) and fake.submits == 2
+    assert not [text for text in comfy.progress_texts() if "$0.00" in text and "stimated" in text]
