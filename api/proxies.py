@@ -30,6 +30,7 @@ class ProxySetting:
     variable: str  # "HTTPS_PROXY" as set (its case kept), or SYSTEM
     scheme: str  # of the proxy URL: "http", "socks5" …
     where: str  # host:port, never the credentials
+    problem: str | None = None  # why it is no proxy address at all (no host, a port that cannot be, not a URL)
 
     def __str__(self) -> str:
         return f"the proxy {self.where} set by {self.variable}"
@@ -69,15 +70,20 @@ def describe(variable: str, value: str) -> ProxySetting:
     scheme = url.split("://", 1)[0].lower()
     try:
         parts = urlsplit(url)
-        host = parts.hostname or "(no host)"
+        host = parts.hostname or ""
         host = f"[{host}]" if ":" in host else host
         try:
             port = parts.port
         except ValueError:
-            return ProxySetting(variable, scheme, f"{host} (a port that is not a number)")
-        return ProxySetting(variable, scheme, f"{host}:{port}" if port is not None else host)
+            return ProxySetting(variable, scheme, host or "(no host)", "its port is not a number from 0 to 65535")
     except ValueError:
-        return ProxySetting(variable, scheme, "(an address that cannot be read)")
+        return ProxySetting(variable, scheme, "(an address that cannot be read)", "it is not a URL")
+    where = f"{host}:{port}" if port is not None else host
+    if not host:
+        return ProxySetting(variable, scheme, "(no host)", "it names no host")
+    if "://" not in value and "/" in value:  # "http//proxy:3128": httpx would take "http" for the host
+        return ProxySetting(variable, scheme, where, "it is not a URL")
+    return ProxySetting(variable, scheme, where)
 
 
 def bypassed(host: str, no_proxy: str) -> bool:
@@ -111,11 +117,19 @@ def proxy_for(url: str, env: Mapping[str, str] | None = None) -> ProxySetting | 
 def unusable_proxy(env: Mapping[str, str] | None = None) -> str | None:
     """Why the proxies set cannot be used at all (httpx refuses to build a connection pool with them), or None."""
     proxies = _proxies(env)
+    if "no" in proxies and "*" in (part.strip() for part in proxies["no"][1].split(",")):
+        return None  # NO_PROXY=*: httpx uses no proxy at all
     for key in SCHEMES:
         if key not in proxies:
             continue
         proxy = describe(*proxies[key])
         shown = f"{proxy.scheme}://{proxy.where}"
+        if proxy.problem is not None:
+            shown = proxy.where if proxy.where.startswith("(") else shown
+            return (
+                f"{proxy.variable} is set to a proxy address that cannot be used ({shown}: {proxy.problem}). Fix it (a proxy "
+                f"is written as http://host:port) or unset {proxy.variable} for ComfyUI. Nothing was sent."
+            )
         if proxy.scheme in SOCKS:
             if importlib.util.find_spec("socksio") is None:
                 return (

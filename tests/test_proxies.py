@@ -40,6 +40,15 @@ def test_a_socks_proxy_without_socksio_is_named_before_anything_is_sent(fake, co
     assert fake.requests == []
 
 
+def test_a_proxy_port_that_cannot_be_is_refused_in_words_before_anything_is_sent(fake, comfy, no_proxies):
+    """Before: HTTP_PROXY=http://u:pw@127.0.0.1:99999 ended the run with an ExceptionGroup from the connection pool."""
+    no_proxies.setenv("HTTP_PROXY", "http://corp:pw-51aa@127.0.0.1:99999")
+    with pytest.raises(ConfigurationError) as caught:
+        run_node(timing=quick_timing(), **node_inputs())
+    assert "HTTP_PROXY is set to a proxy address that cannot be used" in str(caught.value) and "pw-51aa" not in str(caught.value)
+    assert fake.requests == []
+
+
 def test_a_dead_proxy_is_named_with_its_variable_and_host_only(fake, comfy, no_proxies):
     """Before: "…Check your connection and run again." with no word of the proxy every request went through."""
     port = closed_port()
@@ -64,7 +73,7 @@ def test_a_dead_proxy_is_named_with_its_variable_and_host_only(fake, comfy, no_p
         ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": ".example.com"}, "https://example.com/", ("HTTPS_PROXY", "p:1")),
         ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*"}, "https://a.example/", None),
         ({"HTTPS_PROXY": "http://p:1", "no_proxy": "127.0.0.1, localhost"}, "https://127.0.0.1:8188/", None),
-        ({"HTTPS_PROXY": "http://u:p@bad:port"}, "https://a.example/", ("HTTPS_PROXY", "bad (a port that is not a number)")),
+        ({"HTTPS_PROXY": "http://u:p@bad:port"}, "https://a.example/", ("HTTPS_PROXY", "bad")),
     ],
 )
 def test_the_proxy_for_an_address_is_found_as_httpx_finds_it(env, url, expected):
@@ -80,6 +89,11 @@ def test_the_proxy_for_an_address_is_found_as_httpx_finds_it(env, url, expected)
         ({"HTTPS_PROXY": "ftp://u:secret@proxy:21"}, ["HTTPS_PROXY", "ftp://proxy:21", "only http://"]),
         ({"all_proxy": "socks4://proxy:1080"}, ["all_proxy", "socks4://proxy:1080"]),
         ({"HTTP_PROXY": ""}, None),
+        ({"ALL_PROXY": "socks5://u:secret@vpn:1080", "NO_PROXY": "*"}, None),  # httpx then uses no proxy at all
+        ({"HTTPS_PROXY": "http://u:secret@proxy:99999"}, ["HTTPS_PROXY", "http://proxy", "port is not a number from 0 to 65535"]),
+        ({"HTTPS_PROXY": "http://u:secret@"}, ["HTTPS_PROXY", "(no host): it names no host"]),
+        ({"HTTP_PROXY": "http://[bad"}, ["HTTP_PROXY", "it is not a URL"]),
+        ({"HTTP_PROXY": "http//u:secret@proxy:3128"}, ["HTTP_PROXY", "it is not a URL", "http://host:port"]),
     ],
 )
 def test_a_proxy_kind_httpx_cannot_use_is_refused_in_words(env, words):
