@@ -8,6 +8,8 @@ Invariants this module owns:
   URL is on the configured API base's own origin (a local test service). The check is
   repeated for every redirect hop; more than 5 hops (a loop) is a `DownloadError`. Each of these
   refusals is collectable: the paid job stays on record, and a re-run from a network that can fetch it pays nothing.
+  So is any HTTP answer no rule below names (a redirect without a Location, a proxy's 407, a 400): only a file
+  that arrives and can never be used (not an image, over the size cap) ends the job's record.
 - Only https is fetched (plus the API base's origin), never with an Authorization header.
 - Files are size-capped, and decoding refuses decompression bombs.
 - A 200 answer that is a web page (text/html, or a body that opens as HTML: a proxy's block page, a login
@@ -254,7 +256,9 @@ def classify_download(fetched: Fetched, tries: int, *, label: str, request_id: s
         return Fail(gone) if tries >= GONE_TRIES else retry(str(gone))
     if status == 429 or status >= 500:
         return retry(f"HTTP {status}", fetched.retry_after)
-    return Fail(DownloadError(f"{label} could not be downloaded (HTTP {status}).", request_id=request_id))
+    # Any other answer (a redirect without a Location, a proxy asking for its password, a 400) is about the way to the
+    # file, not the images: the paid job stays collectable.
+    return Fail(_refused(f"{label} could not be downloaded (HTTP {status}).", request_id))
 
 
 class ResultDownloader:

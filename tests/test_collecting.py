@@ -266,3 +266,17 @@ def test_prompt_lines_refuses_more_lines_than_the_outputs_budget_can_ever_hold(m
     assert "72" in tooltip and "max_images" in tooltip
     monkeypatch.setenv("RUNCOMFY_SEEDREAM_BATCH_MB", "8192")  # room for more: the paid-job cap of 100 lines is what is left
     assert len(node.split("\n".join(f"Generate 1 image of fox {i}." for i in range(100)))[0]) == 100
+
+
+def test_a_proxy_asking_for_its_password_on_a_result_file_keeps_the_paid_job_collectable(fake, comfy):
+    """Before: any HTTP status without a rule of its own (407, a 302 without a Location, 400) forgot the paid job, and
+    running again paid for a new one."""
+    fake.behaviour.inject("file", *[Fault("http", status=407)] * 3)
+    with pytest.raises(DownloadError) as caught:
+        run_node(**node_inputs())
+    message = str(caught.value)
+    assert "HTTP 407" in message and "is paid" in message and "without paying again" in message
+    (request_id,) = fake.jobs
+    fake.behaviour.faults.clear()
+    _, _, _, collected = run_node(**node_inputs())
+    assert collected == request_id and fake.submits == 1

@@ -673,3 +673,11 @@ def test_an_image_labelled_as_a_web_page_is_still_the_image_in_any_format_the_de
     assert _a_page("text/html; charset=utf-8", buffer.getvalue()) is None
     assert _a_page("text/html", b"BMW dealer login: access denied") == "text/html"  # two letters are no BMP
     assert _a_page("text/html", b"Access denied by policy") == "text/html"
+
+
+@pytest.mark.parametrize("status", [204, 302, 400, 401, 405, 407, 451])
+def test_an_http_answer_that_is_not_the_file_keeps_the_paid_job_collectable(status):
+    """A status no rule names (a redirect without a Location, a proxy asking for its password) says nothing about the
+    images: before, it made the paid job "unusable" and forgotten, and the re-run paid again."""
+    verdict = classify_download(Fetched(status=status), 1, label=LABEL, request_id="r-1")
+    assert isinstance(verdict, Fail) and verdict.error.collectable and f"HTTP {status}" in str(verdict.error)
