@@ -45,6 +45,7 @@ JOBS_SHOWN = 100
 THUMBNAIL_PX = 128
 CANCEL_TIMEOUT_S = 30.0
 _DECODING = threading.Lock()  # one thumbnail decode at a time in the process, whatever the panel asks for at once
+_RESIZABLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
 _DECODE_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")  # what `resume.request_fingerprint` names a saved result by
 
@@ -143,8 +144,10 @@ def small_png(file: bytes) -> bytes | None:
                     return None
                 with _DECODING:
                     image.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))
-                    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), reducing_gap=2.0)  # reduced in its own mode first
-                    small = image.convert("RGB")
+                    # reduced in its own mode first; a mode PIL cannot resize (16-bit, float) is converted first
+                    shrinking = image if image.mode in _RESIZABLE_MODES else image.convert("RGB")
+                    shrinking.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), reducing_gap=2.0)
+                    small = shrinking.convert("RGB")
         out = io.BytesIO()
         small.save(out, format="PNG")
         return out.getvalue()

@@ -218,6 +218,14 @@ def test_a_thumbnail_is_never_decoded_from_an_image_past_the_pixel_cap(fake, com
     assert jobs_route.small_png(huge_png()) is None
 
 
+@pytest.mark.parametrize("mode", ["I;16", "P", "LA", "CMYK"])
+def test_a_thumbnail_comes_from_any_mode_a_saved_image_may_have(mode):
+    buffer = io.BytesIO()
+    Image.new(mode, (640, 480)).save(buffer, format="TIFF" if mode == "CMYK" else "PNG")
+    with Image.open(io.BytesIO(jobs_route.small_png(buffer.getvalue()))) as image:
+        assert image.size == (128, 96) and image.mode == "RGB"
+
+
 def test_a_thumbnail_of_a_large_image_within_the_cap_is_small(fake, comfy, folder):
     buffer = io.BytesIO()
     Image.new("RGB", (4096, 3072), (10, 200, 30)).save(buffer, format="PNG")
