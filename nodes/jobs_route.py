@@ -174,9 +174,10 @@ async def cancel_queued(state_dir: Path, token_file: Path, request_id: str) -> t
         return 409, {"ok": False, "error": f"Request {request_id} is {entry.status}, not queued: there is nothing to cancel."}
     try:
         credentials, base_url = resolve_credentials(settings_file=token_file), resolve_base_url()
-    except RunComfyError as unusable:  # no token, or a RUNCOMFY_MODEL_API_BASE that is no https URL: say which
+        client = RunComfyClient(credentials, base_url)
+    except RunComfyError as unusable:  # no token, a RUNCOMFY_MODEL_API_BASE that is no https URL, a proxy it cannot use
         return 400, {"ok": False, "error": str(unusable)}
-    async with RunComfyClient(credentials, base_url) as client:
+    async with client:
         try:
             cancelled, message = await asyncio.wait_for(Job.resume(client, request_id).cancel_queued(), CANCEL_TIMEOUT_S)
         except asyncio.TimeoutError:

@@ -164,6 +164,17 @@ def test_a_cancel_with_an_unusable_service_address_answers_in_json_with_what_to_
     assert "RUNCOMFY_MODEL_API_BASE" in json.loads(raw)["error"] and fake.cancel_calls == 0
 
 
+def test_a_cancel_with_a_proxy_it_cannot_use_answers_in_json_naming_the_variable(fake, comfy, folder, monkeypatch):
+    run_node(**node_inputs(seed=4))
+    (done,) = Ledger(folder).read().entries
+    Ledger(folder).write([dataclasses.replace(done, status="queued")])
+    monkeypatch.setenv("ALL_PROXY", "socks4://vpn:pw-77@127.0.0.1:1080")  # no proxy kind httpx speaks
+    status, kind, raw = call(folder, "POST", f"/runcomfy/seedream/jobs/{done.request_id}/cancel", body={})
+    assert status == 400 and kind == "application/json"
+    error = json.loads(raw)["error"]
+    assert "ALL_PROXY" in error and "pw-77" not in error and fake.cancel_calls == 0
+
+
 def test_the_spending_setting_is_saved_checked_and_the_environment_wins(fake, folder, monkeypatch):
     status, _, raw = call(folder, "POST", "/runcomfy/seedream/spending", body={"per_run_usd": 2.5, "per_day_usd": None})
     assert status == 200 and json.loads(raw)["per_run_usd"] == 2.5 and json.loads(raw)["per_day_usd"] is None
