@@ -119,10 +119,12 @@ async def thumbnail(state_dir: Path, request_id: str) -> bytes | None:
     key = saved_key(entry) if entry is not None else None
     if key is None:
         return None
-    cached = await ResumeStore(state_dir, warn=lambda line: None).peek(key)  # looking never sets it aside
-    if cached is None or not cached.files:
-        return None
-    async with _DECODE_TURNS.setdefault(asyncio.get_running_loop(), asyncio.Lock()):  # queued on the loop, not in threads
+    # One at a time, queued on the loop (not in threads): reading the saved files (every one of the result) and decoding
+    # the first, so that the panel asking for many at once holds one result's files and one decode in memory.
+    async with _DECODE_TURNS.setdefault(asyncio.get_running_loop(), asyncio.Lock()):
+        cached = await ResumeStore(state_dir, warn=lambda line: None).peek(key)  # looking never sets it aside
+        if cached is None or not cached.files:
+            return None
         return await asyncio.to_thread(small_png, cached.files[0])
 
 
