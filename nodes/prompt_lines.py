@@ -24,7 +24,7 @@ def fitting(budget: int) -> tuple[int, str]:
     """(the most lines a list can have within `budget`, at one image each at the size that takes least memory, and at
     most MAX_PROMPTS; how many fit at other max_images)."""
     width, height = min((tuple(int(v) for v in size.split(" ", 1)[0].split(":")) for size in IMAGE_SIZES), key=lambda s: s[0] * s[1])
-    most = min(MAX_PROMPTS, items_that_fit(budget, width, height, 1))
+    most = max(1, min(MAX_PROMPTS, items_that_fit(budget, width, height, 1)))  # one line is one run: it is always fitted
     others = ", ".join(f"{items_that_fit(budget, width, height, n)} at max_images {n}" for n in (3, 6, 15))
     return most, f"at most {most} lines (one image each at {width}x{height}; {others})"
 

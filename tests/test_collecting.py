@@ -280,3 +280,12 @@ def test_a_proxy_asking_for_its_password_on_a_result_file_keeps_the_paid_job_col
     fake.behaviour.faults.clear()
     _, _, _, collected = run_node(**node_inputs())
     assert collected == request_id and fake.submits == 1
+
+
+def test_prompt_lines_always_takes_one_line_however_small_the_budget(monkeypatch):
+    from runcomfy_seedream.nodes.prompt_lines import RunComfyPromptLines
+
+    monkeypatch.setenv("RUNCOMFY_SEEDREAM_BATCH_MB", "1")  # a single run is fitted into any budget; a list of two is not
+    assert RunComfyPromptLines().split("Generate 1 image of a fox.") == (["Generate 1 image of a fox."],)
+    with pytest.raises(InputError, match="has 2 prompts"):
+        RunComfyPromptLines().split("Generate 1 image of a fox.\nGenerate 1 image of a hare.")
