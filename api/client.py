@@ -456,7 +456,11 @@ def _retry(
 def _gave_up(call: Call, tries: int, problem: str, error: ServiceError | None) -> RunComfyError:
     """What is raised when the policy allows no more tries after this one."""
     if not call.idempotent:
-        check = f"Check that {call.proxy} is running and reachable (or unset it for ComfyUI)" if call.proxy else "Check your connection"
+        check = (
+            f"Check that {call.proxy} is running and reachable, or unset that variable for ComfyUI,"
+            if call.proxy
+            else "Check your connection"
+        )
         return ServiceError(
             f"{call.action} failed: RunComfy could not be reached or turned it away ({problem}; {tries} tries). "
             f"No job was created and nothing was charged. {check} and run again."
