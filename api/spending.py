@@ -50,6 +50,7 @@ from .ledger import (
     today_totals,
 )
 from .price_sanity import judge_price, plausible
+from .proxies import proxy_for
 from .shared import MEMORY
 from .wording import plural
 
@@ -308,9 +309,11 @@ class Spending:
             return None
         usd = last
         if usd is None:
+            proxy = proxy_for(self.service + "/")  # the catalog is read through it: it may be what is down
+            through = f" (it is read through {proxy}: check that the proxy is running, or unset that variable)" if proxy else ""
             raise SpendingLimitError(
-                "Your spending limit cannot be checked: RunComfy's price for this model could not be read, and none was "
-                f"seen in the last 24 hours. Try again in a minute, or clear the limit ({SETTING}, {PER_RUN_ENV}, "
+                f"Your spending limit cannot be checked: RunComfy's price for this model could not be read{through}, and none "
+                f"was seen in the last 24 hours. Try again in a minute, or clear the limit ({SETTING}, {PER_RUN_ENV}, "
                 f"{PER_DAY_ENV}). {NOTHING_SENT}"
             )
         return usd

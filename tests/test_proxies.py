@@ -117,3 +117,21 @@ def test_a_download_through_a_dead_proxy_names_it(fake, no_proxies):
     with pytest.raises(DownloadError) as caught:
         asyncio.run(downloader.fetch_all([f"{fake.origin}/files/x/0.png"], request_id="r-1"))
     assert f"the proxy 127.0.0.1:{port} set by HTTP_PROXY" in str(caught.value) and "pw-51aa" not in str(caught.value)
+
+
+def test_a_dead_proxy_under_a_spending_limit_is_named_where_the_price_could_not_be_read(fake, comfy, no_proxies):
+    """Before: "RunComfy's price for this model could not be read…", with no word of the proxy it went through."""
+    from runcomfy_seedream.api import shared
+    from runcomfy_seedream.api.errors import SpendingLimitError
+    from runcomfy_seedream.api.spending import PER_RUN_ENV
+
+    shared.reset_all()  # no price known to this process
+    port = closed_port()
+    no_proxies.setenv("HTTP_PROXY", f"http://corp:pw-51aa@127.0.0.1:{port}")
+    no_proxies.setenv(PER_RUN_ENV, "5")
+    with pytest.raises(SpendingLimitError) as caught:
+        run_node(timing=quick_timing(limit_price_wait_s=5.0), **node_inputs())
+    shared.reset_all()
+    message = str(caught.value)
+    assert f"it is read through the proxy 127.0.0.1:{port} set by HTTP_PROXY" in message and "pw-51aa" not in message
+    assert fake.submits == 0
