@@ -22,15 +22,15 @@ from dataclasses import dataclass
 
 from .client import Price
 from .errors import BatchError, InputError, RunComfyError, StopRequested
-from .ledger import Totals
 from .pipeline import GenerationResult, Plan, Reference, Session, execute, paying, plan
 from .price_sanity import plausible
 from .progress import Phase, Progress, ProgressReporter
+from .records import Totals
 from .schema import EditSequentialRequest
 from .wording import plural
 
 MAX_LISTED_FAILURES = 10
-MAX_LIST_JOBS = 1000  # distinct items of one list: every job in flight keeps its record (`resume.MAX_JOURNAL_ENTRIES`)
+MAX_LIST_JOBS = 1000  # distinct items of one list: every job in flight keeps its record (the records never delete a job that may still run)
 
 LineSink = Callable[[str, float], None]  # (text under the node, fraction of the bar)
 OUTPUT_BYTES_PER_PIXEL = 3 * 4  # ComfyUI's IMAGE: float32 RGB
@@ -172,10 +172,10 @@ class Batch:
     async def _admit(self, leaders: list[Member]) -> None:
         """The spending limits, before anything is encoded: every distinct item that would submit a job is reserved
         at once, or the run is refused (`SpendingLimitError`) and nothing is sent. Items collecting paid work
-        (a saved result, a journaled request, an identical run in progress) cost nothing and are never refused."""
+        (a saved result, a recorded request, an identical run in progress) cost nothing and are never refused."""
         jobs = [planned.job for planned in await paying([member.plan for member in leaders], self.session)]
         warn = leaders[0].reporter.warn if leaders else (lambda line: None)
-        await self.session.spending.admit(jobs, self.session.usd_per_image, lambda line: warn(line, key="ledger"))
+        await self.session.spending.admit(jobs, self.session.usd_per_image, lambda line: warn(line, key="records"))
 
     async def _execute(self, member: Member) -> None:
         try:

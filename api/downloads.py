@@ -18,7 +18,7 @@ Invariants this module owns:
 - Transient trouble (5xx, 429, resets, truncated files, DNS hiccups) is retried until the
   overall download deadline; links that answer 403/404/410, or 200 without a byte, are tried `GONE_TRIES` times
   (a fresh link can fail for a moment), then reported as transient: the paid job stays
-  journaled, so a re-run asks RunComfy for the result again. Every error carries the request id.
+  recorded, so a re-run asks RunComfy for the result again. Every error carries the request id.
   These rules live in `classify_download`, a pure function of what one GET came to (`Fetched`);
   the waiting is `retries.with_retries`, the loop the API client uses too.
 - The batch is float32 [B, H, W, 3] in 0..1. Its canvas is planned from the files' headers

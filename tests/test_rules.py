@@ -20,8 +20,8 @@ from PIL import Image
 from runcomfy_seedream.api.addresses import is_private_host, is_public_address
 from runcomfy_seedream.api.batch import MAX_LISTED_FAILURES, failure_list, item_numbers
 from runcomfy_seedream.api.errors import InputError
+from runcomfy_seedream.api.records import request_fingerprint
 from runcomfy_seedream.api.references import encode_reference, prepare_reference
-from runcomfy_seedream.api.resume import request_fingerprint
 from runcomfy_seedream.api.schema import (
     IMAGE_SIZES,
     DataUri,
@@ -408,17 +408,17 @@ NOTES = [
     (
         "more stated than allowed",
         dict(prompt="Generate 6 images", max_images=4),
-        ("the prompt asks for 6 images, max_images is 4: at most 4 will be made and 4 are charged",),
+        ("the prompt asks for 6 images ('6 images'), max_images is 4: at most 4 will be made and 4 are charged",),
     ),
     (
         "fewer stated than charged",
         dict(prompt="Generate 2 images", max_images=4),
-        ("the prompt asks for 2 images, max_images is 4: at most 2 will be made and 4 are charged",),
+        ("the prompt asks for 2 images ('2 images'), max_images is 4: at most 2 will be made and 4 are charged",),
     ),
     (
         "a set asked of a single image",
         dict(prompt="Generate 4 images", sequential_image_generation="disabled"),
-        ("the prompt asks for 4 images, but sequential_image_generation is disabled: exactly 1 will be made",),
+        ("the prompt asks for 4 images ('4 images'), but sequential_image_generation is disabled: exactly 1 will be made",),
     ),
     ("one asked of a single image", dict(prompt="Generate 1 image", sequential_image_generation="disabled"), ()),
 ]
@@ -498,7 +498,7 @@ def fingerprint(**changes) -> str:
 def test_the_fingerprint_is_the_same_in_another_process(tmp_path):
     script = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); from pack_import import load_pack; load_pack()\n"
-        "from runcomfy_seedream.api.resume import request_fingerprint\n"
+        "from runcomfy_seedream.api.records import request_fingerprint\n"
         "print(request_fingerprint(**json.loads(sys.argv[2])))\n"
     )
     scripts = str(Path(__file__).resolve().parents[1] / "scripts")
