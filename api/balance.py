@@ -47,6 +47,7 @@ import httpx
 
 from .config import DEFAULT_BASE_URL, Credentials
 from .errors import InsufficientBalanceError, StopRequested
+from .proxies import unusable_proxy
 from .shared import LOOP_STATE, tls_context
 from .spending import JobPlan, describe
 from .stop import StopCheck, Waited, never_stop, wait_watching
@@ -118,6 +119,8 @@ async def read_balance(credentials: Credentials, base: str, timeout_s: float = R
     the request nor the token."""
     problem: str | None
     usd: float | None = None
+    if unusable_proxy() is not None:  # httpx would refuse to build its pool (ImportError, ValueError); the run says why
+        return Reading(None, time.monotonic(), time.time(), "the proxy set for ComfyUI cannot be used")
 
     async def fetch() -> tuple[int, bytes]:
         async with httpx.AsyncClient(

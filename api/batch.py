@@ -23,16 +23,24 @@ from dataclasses import dataclass
 from .balance import BalanceRanOutError, BalanceTooLowError
 from .client import Price
 from .errors import BatchError, InputError, InsufficientBalanceError, RunComfyError, StopRequested
-from .ledger import Totals
 from .pipeline import GenerationResult, Plan, Reference, Session, execute, paying, plan
+from .price_sanity import plausible
 from .progress import Phase, Progress, ProgressReporter
+from .records import Totals
 from .schema import EditSequentialRequest
 from .wording import plural
 
 MAX_LISTED_FAILURES = 10
-MAX_LIST_JOBS = 1000  # distinct items of one list: every job in flight keeps its record (`resume.MAX_JOURNAL_ENTRIES`)
+MAX_LIST_JOBS = 1000  # distinct items of one list: every job in flight keeps its record (the records never delete a job that may still run)
 
 LineSink = Callable[[str, float], None]  # (text under the node, fraction of the bar)
+OUTPUT_BYTES_PER_PIXEL = 3 * 4  # ComfyUI's IMAGE: float32 RGB
+
+
+def items_that_fit(budget_bytes: int, width: int, height: int, max_images: int) -> int:
+    """How many list items of up to `max_images` images at `width`x`height` the outputs' memory budget holds: ComfyUI
+    keeps every item's outputs at once, as float32."""
+    return budget_bytes // (max(1, max_images) * width * height * OUTPUT_BYTES_PER_PIXEL)
 
 
 @dataclass(frozen=True)
@@ -148,12 +156,16 @@ class Batch:
         if needed > budget and len(leaders) > 1:
             images = sum(member.plan.images_charged for member in leaders)
             width, height = max((member.plan.request.output_size for member in leaders), key=lambda size: size[0] * size[1])
+            most = max(member.plan.images_charged for member in leaders)
+            fit = items_that_fit(budget, width, height, most)
+            fit_one = items_that_fit(budget, width, height, 1)
+            fitting = f"{plural(fit, 'item')} of up to {plural(most, 'image')} fit" + (f" ({fit_one} at max_images 1)" if most > 1 else "")
             raise InputError(
                 "max_images",
                 f"the outputs of this list would need {-(-needed // 2**20):,} MiB of memory ({plural(len(leaders), 'distinct item')}, "
                 f"up to {plural(images, 'image')} in all, at up to {width}x{height} as float32), over the {budget // 2**20:,} MiB "
-                f"budget for outputs. Split the list into smaller ones, lower max_images, or raise RUNCOMFY_SEEDREAM_BATCH_MB "
-                f"(now {budget // 2**20}). Nothing was sent.",
+                f"budget for outputs (ComfyUI keeps every item's images at once): at {width}x{height}, {fitting}. Split the list "
+                f"into smaller ones, lower max_images, or raise RUNCOMFY_SEEDREAM_BATCH_MB (now {budget // 2**20}). Nothing was sent.",
             )
         for member in leaders:
             member.output_budget = budget * member.plan.output_bytes // max(1, needed)
@@ -161,12 +173,12 @@ class Batch:
     async def _admit(self, leaders: list[Member]) -> None:
         """The spending limits, before anything is encoded: every distinct item that would submit a job is reserved
         at once, or the run is refused (`SpendingLimitError`) and nothing is sent. Items collecting paid work
-        (a saved result, a journaled request, an identical run in progress) cost nothing and are never refused."""
+        (a saved result, a recorded request, an identical run in progress) cost nothing and are never refused."""
         jobs = [planned.job for planned in await paying([member.plan for member in leaders], self.session)]
         if jobs:  # the balance too, read beside the price: a list the account cannot pay for sends nothing
             await self.session.balance.admit(jobs, self.session.usd_per_image)
         warn = leaders[0].reporter.warn if leaders else (lambda line: None)
-        await self.session.spending.admit(jobs, self.session.usd_per_image, lambda line: warn(line, key="ledger"))
+        await self.session.spending.admit(jobs, self.session.usd_per_image, lambda line: warn(line, key="records"))
 
     async def _execute(self, member: Member) -> None:
         try:
@@ -210,7 +222,7 @@ class Batch:
     def line(self) -> str:
         counts = {phase: sum(1 for m in self.members if m.phase is phase) for phase in Phase}
         line = f"Batch of {self.size}: " + ", ".join(f"{count} {phase.label}" for phase, count in counts.items() if count)
-        if self.price is not None:
+        if self.price is not None and plausible(self.price.usd_per_image):  # a price of 0 is no estimate
             line += f"; estimated cost up to ${self.price.usd_per_image * self.images_charged():.2f}"
         return line
 
@@ -285,12 +297,14 @@ class Batch:
     def _failed(self, failed: list[Member]) -> BatchError:
         listed = _listed(failed)
         done = self.size - len(failed)
-        others = f"The other {done} {'is' if done == 1 else 'are'} saved"
-        saved = f" {others}: running the node again collects them without paying and retries only these." if done else ""
+        others = "The other item is saved" if done == 1 else f"The other {done} are saved"
+        these = "this one" if len(failed) == 1 else "these"
+        saved = f" {others}: running the node again collects {'it' if done == 1 else 'them'} without paying and retries only {these}."
+        saved = saved if done else ""
         if any(isinstance(m.error, InsufficientBalanceError) for m in failed):  # running again only meets the same refusal
             kept = f" {others}." if done else ""
             saved = f"{kept} Your RunComfy balance ran out: top it up at runcomfy.com first, then run the node again" + (
-                " (it collects the saved items without paying and sends only these)." if done else "."
+                f" (it collects the saved {'item' if done == 1 else 'items'} without paying and sends only {these})." if done else "."
             )
         return BatchError(
             f"{len(failed)} of {self.size} items failed.{saved} {listed}",

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from .batch import LineSink, done_line, failure_list
 from .errors import BatchError, InputError, RunComfyError, StopRequested
 from .job import check_request_id
-from .ledger import Totals
 from .pipeline import GenerationResult, Session, collect
 from .progress import Phase, Progress, ProgressReporter
+from .records import Totals
 from .wording import plural
 
 _LABELS = {Phase.PREPARING: "checking"}  # before RunComfy's first answer about the request

@@ -247,7 +247,7 @@ class Limits:
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
-    """Where the resume journal and result cache live outside ComfyUI (inside, ComfyUI's user directory)."""
+    """Where the job records and saved results live outside ComfyUI (inside, ComfyUI's user directory)."""
     env = os.environ if env is None else env
     if env.get(STATE_DIR_ENV):
         return Path(env[STATE_DIR_ENV])

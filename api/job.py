@@ -29,7 +29,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from .errors import DeadlineExceededError, InputError, JobCancelledError, JobFailedError, OutcomeUnknownError, RunComfyError, StopRequested
+from .errors import (
+    DeadlineExceededError,
+    InputError,
+    JobCancelledError,
+    JobFailedError,
+    OutcomeUnknownError,
+    RequestNotFoundError,
+    RunComfyError,
+    StopRequested,
+)
 from .progress import Phase, generating_share
 from .stop import StopCheck, Waited, cancel_and_wait, never_stop, wait_watching
 from .wording import shorten
@@ -300,6 +309,9 @@ class Job:
             answer = await asyncio.wait_for(self.cancel(), CANCEL_WAIT_S)
         except asyncio.TimeoutError:
             return None, "RunComfy did not answer the cancel request in time"
+        except RequestNotFoundError:
+            self.state = "gone"
+            return False, ""
         except RunComfyError as exc:
             return None, f"the cancel request failed: {exc}"
         if answer.cancelled:
@@ -315,6 +327,8 @@ class Job:
         cancelled, detail = await self._cancel_outcome()
         if cancelled:
             return True, f"Queued request {self.request_id} was cancelled at RunComfy before it started generating."
+        if self.state == "gone":
+            return False, f"RunComfy no longer knows request {self.request_id}: nothing is left to cancel, and it is not charged now."
         if cancelled is False:
             return False, (
                 f"Request {self.request_id} had already started, so RunComfy could not cancel it; it will finish and may still be charged."

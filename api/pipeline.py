@@ -2,13 +2,13 @@
 
     async with Session.open(should_stop=…) as session:     # the account, one connection pool, one Stop
         planned = await plan(references, request, session, report)   # every check, clean pixels, fingerprint
-        result = await execute(planned, session, report)    # cache → journal → resume or submit → wait
+        result = await execute(planned, session, report)    # cache → records → resume or submit → wait
                                                             #   → download → save → assemble
 
 `generate()` does both for one run. `collect(request_id, session, report)` is the other kind of run: a request
 made elsewhere, collected by its id (never submitted, never cancelled). Plain Python on numpy arrays, so scripts
 and tests drive exactly what the ComfyUI node drives. Every check runs before anything is encoded or sent. Runs
-of identical inputs are serialised (`resume.ResumeStore.exclusive`), so the second one collects what the first
+of identical inputs are serialised (`resume.RunStore.exclusive`, across processes too), so the second one collects what the first
 paid for. Once a submit may have reached RunComfy, local trouble (disk, cache, assembly) only ever adds a
 warning line: the run goes on. Every wait is set by `Timing`, every memory and disk bound by `Limits`.
 """
@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +49,22 @@ from .errors import (
     OutcomeUnknownError,
     RequestNotFoundError,
     RunComfyError,
+    SpendingLimitError,
     StopRequested,
 )
 from .job import DEFAULT_DEADLINE_S, Job, JobEvent, JobResult, PollSchedule, UploadTracker, check_request_id, submit_watching
-from .ledger import Ledger, LedgerEntry
+from .price_sanity import overcharge_line, overcharge_refusal, overcharged, plausible
 from .progress import Phase, ProgressReporter, ProgressSink
+from .records import (
+    LEASE_S,
+    LOCK_WAIT_S,
+    UNKNOWN_OUTCOME_HOLD_S,
+    CachedResult,
+    Records,
+    collection_fingerprint,
+    plausible_cost,
+    request_fingerprint,
+)
 from .references import (
     REFERENCE_FORMATS,
     EncodedReference,
@@ -62,11 +74,11 @@ from .references import (
     per_reference_byte_limit,
     prepare_reference,
 )
-from .resume import UNKNOWN_OUTCOME_HOLD_S, CachedResult, ResumeStore, collection_fingerprint, request_fingerprint
+from .resume import RunStore
 from .schema import MAX_IMAGES_LIMIT, MODEL_ID, EditSequentialRequest, check_choice
 from .shared import LOOP_STATE
 from .spending import JobPlan, Spending, SpendingLimits
-from .stop import Latch, StopCheck, never_stop, stoppable
+from .stop import Latch, StopCheck, Waited, never_stop, stoppable, wait_watching
 from .threads import map_in_threads
 
 log = logging.getLogger("runcomfy.seedream")
@@ -89,6 +101,8 @@ class Timing:
     limit_price_wait_s: float = 20.0  # how long a run under a spending limit waits for the price (a limit needs one)
     status_interval_s: float = STATUS_INTERVAL_S  # the least time between two status polls of this process
     balance_wait_s: float = BALANCE_WAIT_S  # how long a run waits for the balance (read beside the price); then it goes unchecked
+    lease_s: float = LEASE_S  # a run that dies frees its locks and reservations for other processes after this
+    records_wait_s: float = LOCK_WAIT_S  # how long another process may hold the records before a run goes on without it
 
 
 @dataclass(frozen=True)
@@ -128,9 +142,12 @@ class Session:
     timing: Timing
     limits: Limits
     spending: Spending
+    records: Records
+    owner: str  # this run's name in the records
     state_dir: Path | None = None
     after_submit: Callable[[], None] = lambda: None  # once RunComfy holds the references and their copies are freed
     _price: asyncio.Future | None = field(default=None, repr=False)
+    held_back: str | None = None  # why the jobs not yet sent are not sent: a job of this run cost more than its estimate
     balance: Balance | None = None  # the account's balance, read beside the price (`balance.Balance`)
 
     @classmethod
@@ -153,7 +170,19 @@ class Session:
         base_url = base_url or resolve_base_url()
         timing = timing or Timing()
         limits_of_spending = spending_limits or SpendingLimits.resolve()  # the environment's, when set
-        spending = Spending(limits_of_spending, Ledger(state_dir), service=base_url.rstrip("/"), node_id=node_id, prompt_id=prompt_id)
+        stop = Latch(should_stop)
+        records = await asyncio.to_thread(Records.at, state_dir)
+        owner = uuid.uuid4().hex  # this run, in the records: its lease says it is alive
+        spending = Spending(
+            limits_of_spending,
+            records,
+            service=base_url.rstrip("/"),
+            owner=owner,
+            should_stop=stop,
+            node_id=node_id,
+            prompt_id=prompt_id,
+            lock_wait_s=timing.records_wait_s,
+        )
         client = RunComfyClient(
             credentials,
             base_url,
@@ -162,23 +191,30 @@ class Session:
             timeouts=timing.timeouts,
             status_interval_s=timing.status_interval_s,
         )
-        session = cls(credentials, base_url, client, Latch(should_stop), timing, limits or Limits(), spending, state_dir, after_submit)
+        session = cls(credentials, base_url, client, stop, timing, limits or Limits(), spending, records, owner, state_dir, after_submit)
+        await asyncio.to_thread(records.renew, owner, timing.lease_s)  # alive before it reserves or locks anything
         session.balance = Balance(credentials, model_base=base_url, wait_s=timing.balance_wait_s, stop=session.stop)
+        lease = asyncio.ensure_future(_keep_alive(records, owner, timing.lease_s))
         try:
             yield session
         finally:
+            lease.cancel()
             if session._price is not None:
                 session._price.cancel()
             await client.aclose()
             await spending.close(lambda line: log.warning("RunComfy Seedream: %s", line))
+            with contextlib.suppress(Exception):  # its locks and lease end with it; a refusal ends them with the lease
+                await asyncio.to_thread(records.end_run, owner)
 
     async def price(self, *, wait_s: float | None = None) -> Price | None:
         """The catalog price if it is known within `wait_s` (default `Timing.price_wait_s`), else None (the lookup
-        goes on)."""
+        goes on). The wait watches Stop: nothing has been sent yet, so Stop ends the run at once."""
         if self._price is None:
             self.balance.start()  # read beside the price, so that waiting for it adds no time
             self._price = asyncio.ensure_future(self.client.price(fresh=self.spending.limits.any))  # a limit needs today's
-        await asyncio.wait({self._price}, timeout=self.timing.price_wait_s if wait_s is None else wait_s)
+        deadline = asyncio.get_running_loop().time() + (self.timing.price_wait_s if wait_s is None else wait_s)
+        if await wait_watching(self._price, self.stop, deadline=deadline) is Waited.STOP:
+            raise StopRequested(f"Stopped while reading RunComfy's price for this model: {NOTHING_SENT}")
         done = self._price.done() and not self._price.cancelled() and self._price.exception() is None
         return self._price.result() if done else None
 
@@ -187,10 +223,33 @@ class Session:
         price = await self.price(wait_s=self.timing.limit_price_wait_s if self.spending.limits.any else None)
         return price.usd_per_image if price is not None else None
 
-    def store(self, warn: Callable[[str], None]) -> ResumeStore:
-        """The resume store of the session's folder, within the cache bounds."""
+    def charged(self, request_id: str, cost_usd: float | None, estimate_usd: float | None, warn: Callable[[str], None]) -> None:
+        """A job of this run was charged `cost_usd`: above the estimate its spending limit was checked with, the jobs
+        not yet sent are held back, and the run says so once (not once per item)."""
+        if not self.spending.limits.any or not overcharged(cost_usd, estimate_usd) or self.held_back is not None:
+            return
+        self.held_back = overcharge_refusal(request_id, cost_usd, estimate_usd)
+        warn(overcharge_line(request_id, cost_usd, estimate_usd))
+
+    def store(self, warn: Callable[[str], None]) -> RunStore:
+        """The records and saved results of the session's folder, within the cache bounds."""
         limits = self.limits
-        return ResumeStore(self.state_dir, warn=warn, max_entries=limits.cache_max_entries, max_bytes=limits.cache_max_bytes)
+        return RunStore(
+            self.records,
+            self.owner,
+            warn,
+            max_entries=limits.cache_max_entries,
+            max_bytes=limits.cache_max_bytes,
+            wait_s=self.timing.records_wait_s,
+        )
+
+
+async def _keep_alive(records: Records, owner: str, lease_s: float) -> None:
+    """Renew the run's lease every third of it, for as long as the run lasts."""
+    while True:
+        await asyncio.sleep(lease_s / 3)
+        with contextlib.suppress(Exception):  # the records keep themselves in memory when the disk refuses
+            await asyncio.to_thread(records.renew, owner, lease_s)
 
 
 @dataclass
@@ -209,7 +268,7 @@ class Plan:
 
     @property
     def job(self) -> JobPlan:
-        """What its job would be, for the spending gate and the ledger."""
+        """What its job would be, for the spending gate and the records."""
         return JobPlan(self.fingerprint, self.images_charged, self.request.prompt)
 
     @property
@@ -224,14 +283,15 @@ class Plan:
 class _Run:
     """One run being carried out: a plan's, or (no plan: nothing to submit) a request collected by its id."""
 
-    fingerprint: str  # what its saved result, journal entry and run lock are keyed by
+    fingerprint: str  # what its saved result, job record and run lock are keyed by
     session: Session
     report: ProgressReporter
-    store: ResumeStore
+    store: RunStore
     client: RunComfyClient  # the session's pool, announcing its retries to this run
     plan: Plan | None = None
     output_budget: int | None = None  # bytes its outputs may take; None: `Limits.batch_max_bytes`
     notes: list[str] = field(default_factory=list)
+    estimate_usd: float | None = None  # what its submitted job was estimated at when the spending limit was checked
 
     @classmethod
     def start(
@@ -242,8 +302,8 @@ class _Run:
         notes = list(plan.notes) if plan is not None else []
         return cls(fingerprint, session, report, store, session.client.sharing_pool(on_retry=report), plan, output_budget, notes)
 
-    def warn_ledger(self, line: str) -> None:
-        self.report.warn(line, key="ledger")
+    def warn_records(self, line: str) -> None:
+        self.report.warn(line, key="records")
 
     @property
     def most_images(self) -> int:
@@ -262,7 +322,7 @@ async def generate(
     """One run: `references` (pixels) are encoded and sent before the URLs in `request.images`.
 
     `session_options` are those of `Session.open`: credentials, base_url, should_stop, timing, limits,
-    state_dir (a paid request is journaled and its result saved there; None: in memory) and after_submit.
+    state_dir (a paid request is recorded and its result saved there; None: in memory) and after_submit.
     `reference_format` is "png" (lossless) or "jpeg" (quality 95, far fewer bytes to upload).
     """
     report = ProgressReporter(on_progress)
@@ -295,14 +355,14 @@ async def plan(
 
 
 async def paying(plans: Sequence[Plan], session: Session) -> list[Plan]:
-    """The plans whose run would submit a job: no saved result and no journaled request of their inputs (a request
+    """The plans whose run would submit a job: no saved result and no recorded request of their inputs (a request
     that turns out to be gone is admitted when it is found to be)."""
     held = await session.store(lambda line: None).holding([p.fingerprint for p in plans])  # each run reports its store's trouble
     return [p for p in plans if p.fingerprint not in held]
 
 
 async def execute(planned: Plan, session: Session, report: ProgressReporter, *, output_budget: int | None = None) -> GenerationResult:
-    """cache → journal → resume or submit → wait → download → save → assemble, one run per distinct inputs at a time.
+    """cache → records → resume or submit → wait → download → save → assemble, one run per distinct inputs at a time.
     `output_budget`: bytes its outputs may take (its share of a list's; None: `Limits.batch_max_bytes`)."""
     run = _Run.start(planned.fingerprint, session, report, plan=planned, output_budget=output_budget)
     store = run.store
@@ -311,15 +371,15 @@ async def execute(planned: Plan, session: Session, report: ProgressReporter, *, 
         saved, resume_id = await _saved_result(run)
         if saved is not None:
             return saved
-        resume_id = resume_id or await _journaled_request(run)
+        resume_id = resume_id or await _held_request(run)
         result = await _resume(run, resume_id) if resume_id else None
         resumed = result is not None  # paid for by an earlier run: nothing is charged now
         if result is None:
             result = await _settle(run, await _submit(run))
         result = _at_most_asked(run, result)
         files = await _download(run, result)
-        # The journal entry stays: a second record if the saved copy is lost.
-        await store.store_result(run.fingerprint, CachedResult(result.request_id, result.urls, result.cost_usd, files))
+        # The job's record keeps holding the inputs: a second record if the saved copy is lost.
+        await store.save(run.fingerprint, CachedResult(result.request_id, result.urls, result.cost_usd, files))
         return dataclasses.replace(await _deliver(run, result, files), resumed=resumed)
 
 
@@ -337,10 +397,10 @@ async def collect(request_id: str, session: Session, report: ProgressReporter, *
         saved, _ = await _saved_result(run)  # saved files that are unusable: collected again below
         if saved is not None:
             return saved
-        result = _at_most_asked(run, await _collected(run, request_id))
-        await _settled(run, result.request_id, "done", images=len(result.urls), cost_usd=result.cost_usd)  # if it is ours
+        result, doubt = _sane_cost(run, _at_most_asked(run, await _collected(run, request_id)))
+        await _settled(run, result.request_id, "done", images=len(result.urls), cost_usd=result.cost_usd, detail=doubt)  # if ours
         files = await _download(run, result)
-        await run.store.store_result(fingerprint, CachedResult(result.request_id, result.urls, result.cost_usd, files))
+        await run.store.save(fingerprint, CachedResult(result.request_id, result.urls, result.cost_usd, files))
         return dataclasses.replace(await _deliver(run, result, files), resumed=True)
 
 
@@ -376,13 +436,15 @@ def _at_most_asked(run: _Run, result: JobResult) -> JobResult:
     if len(result.urls) <= most:
         return result
     asked = f" for max_images {most}" if run.plan is not None else ""
-    run.notes.append(f"the service listed {len(result.urls)} images{asked}; the first {most} were kept")
+    run.notes.append(
+        f"the service listed {len(result.urls)} images{asked}; {'only the first was' if most == 1 else f'the first {most} were'} kept"
+    )
     return dataclasses.replace(result, urls=result.urls[:most])
 
 
 async def _saved_result(run: _Run) -> tuple[GenerationResult | None, str | None]:
     """(the saved result, None), or (None, the request id to collect again when the saved files are unusable)."""
-    cached = await run.store.cached(run.fingerprint)
+    cached = await run.store.saved(run.fingerprint)
     if cached is None:
         return None, None
     if not cached.files:
@@ -391,7 +453,7 @@ async def _saved_result(run: _Run) -> tuple[GenerationResult | None, str | None]
         images = await _assemble(run, cached.files, "Saved result")
     except DownloadError as damaged:
         run.report.warn(f"the saved images of request {cached.request_id} are damaged ({damaged}); collecting them again", key="saved")
-        await run.store.drop_result(run.fingerprint)
+        await run.store.drop_saved(run.fingerprint)
         return None, cached.request_id
     run.report(f"Reused the saved images of request {cached.request_id}: nothing sent, nothing charged.", Phase.DONE)
     new_images = "; change the seed for new images" if run.plan is not None else ""
@@ -399,15 +461,15 @@ async def _saved_result(run: _Run) -> tuple[GenerationResult | None, str | None]
     return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, run.report.warnings, reused=True), None
 
 
-async def _journaled_request(run: _Run) -> str | None:
-    """The request these inputs already paid for, by the journal; a submit that got no answer holds them."""
-    entry = await run.store.journal_entry(run.fingerprint)
-    if entry is not None and entry.state == "unknown_outcome":
+async def _held_request(run: _Run) -> str | None:
+    """The request these inputs already paid for, by the records; a submit that got no answer holds them."""
+    entry = await run.store.held(run.fingerprint)
+    if entry is not None and entry.state == "unknown":
         raise OutcomeUnknownError(
             "An earlier submit of exactly these inputs got no answer, so it may be running and charged; to avoid "
             "paying twice it is not sent again. Check your RunComfy dashboard, or change the seed to submit anew "
             f"(this hold ends {UNKNOWN_OUTCOME_HOLD_S // 60} minutes after that submit"
-            + (", or when ComfyUI restarts, since the user folder could not keep it)." if entry.only_in_memory else ").")
+            + (", or when ComfyUI restarts, since the user folder could not keep it)." if run.store.records.in_memory else ").")
         )
     return entry.request_id if entry is not None else None
 
@@ -419,8 +481,8 @@ async def _deliver(run: _Run, result: JobResult, files: list[bytes]) -> Generati
     try:
         images = await _assemble(run, files, "Result image")
     except DownloadError as unusable:  # a hostile or broken file: collecting this request again cannot help
-        await run.store.drop_result(run.fingerprint)
-        await run.store.forget(run.fingerprint)
+        await run.store.drop_saved(run.fingerprint)
+        await run.store.release(run.fingerprint)
         raise DownloadError(f"{unusable} {_unusable(run, result.request_id)}", request_id=result.request_id) from None
     return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(run.notes), run.report.warnings)
 
@@ -462,24 +524,27 @@ async def _submit(run: _Run) -> Job:
     upload slot: encode the references and submit once."""
     request, spending = run.plan.request, run.session.spending
     price = await run.session.price()
-    if price is not None:
+    if price is not None and plausible(price.usd_per_image):  # a price of 0 is no estimate
         run.report.pin(price.estimate(request.max_images_sent), key="cost")
     balance = run.session.balance
     await balance.ticket(run.plan.job, run.session.usd_per_image)  # the balance, beside the spending limits
-    entry = await spending.ticket(run.plan.job, run.session.usd_per_image, run.warn_ledger)
+    job_id = await spending.ticket(run.plan.job, run.session.usd_per_image, run.warn_records)
+    run.estimate_usd = spending.estimate_of(job_id)
     sending = False
     try:
+        _not_held_back(run)
         async with _upload_turn(run):
             balance.check_not_run_out()  # another item's submit was refused for lack of credit meanwhile
             encoded = await _encode(run, run.plan.references)
             run.plan.references = []  # the clean pixels are not needed any more
             balance.check_not_run_out()
+            _not_held_back(run)
             sending = True
-            job = await _send(run, entry, request.with_references([e.uri for e in encoded]), _uploading_message(run, encoded))
+            job = await _send(run, job_id, request.with_references([e.uri for e in encoded]), _uploading_message(run, encoded))
     except InsufficientBalanceError:  # RunComfy refused it for lack of credit: no job, and nothing more is sent
         balance.ran_out(run.plan.job)
         if not sending:
-            await spending.dropped(entry, run.warn_ledger, "not submitted: the balance ran out")
+            await spending.dropped(job_id, run.warn_records, "not submitted: the balance ran out")
         raise
     except OutcomeUnknownError:
         balance.submitted(run.plan.job)  # it may be running and charged
@@ -487,10 +552,16 @@ async def _submit(run: _Run) -> Job:
     except BaseException:
         balance.refused(run.plan.job)
         if not sending:  # stopped or failed before anything was sent: the reservation was never used
-            await spending.dropped(entry, run.warn_ledger)
+            await spending.dropped(job_id, run.warn_records)
         raise
     balance.submitted(run.plan.job)
     return job
+
+
+def _not_held_back(run: _Run) -> None:
+    """A job of this run cost more than its estimate under a spending limit: what is not sent yet is not sent."""
+    if run.session.held_back is not None:
+        raise SpendingLimitError(run.session.held_back)
 
 
 async def _encode(run: _Run, prepared: list[PreparedReference]) -> list[EncodedReference]:
@@ -523,19 +594,21 @@ def _uploading_message(run: _Run, encoded: list[EncodedReference]) -> str:
     return f"Submitting the job to RunComfy: uploading {count}, {size:.1f} MB…"
 
 
-async def _send(run: _Run, entry: LedgerEntry, sendable: EditSequentialRequest, message: str) -> Job:
+async def _send(run: _Run, job_id: str, sendable: EditSequentialRequest, message: str) -> Job:
     """Submit once.
 
-    Just before the body's last piece is handed over, the inputs are journaled as "outcome unknown": a process
-    killed before the answer arrives leaves a hold, not an invitation to pay again. The answer then replaces it:
-    the request id, or (a definite refusal, or an upload that broke off) nothing.
+    Just before the body's last piece is handed over, the job's record says "outcome unknown": it holds the inputs
+    and counts at its estimate, so a process killed before the answer arrives leaves a hold, not an invitation to
+    pay again. The answer then replaces it: the request id, or (a definite refusal, or an upload that broke off)
+    nothing.
     """
     unanswered = False
+    spending = run.session.spending
 
     async def sending_last_piece() -> None:
         nonlocal unanswered
         unanswered = True
-        await run.store.record_unknown_outcome(run.fingerprint)
+        await spending.may_have_sent(job_id, run.warn_records)
 
     try:
         job = await submit_watching(
@@ -547,24 +620,16 @@ async def _send(run: _Run, entry: LedgerEntry, sendable: EditSequentialRequest, 
             message=message,
         )
     except OutcomeUnknownError:
-        await run.store.record_unknown_outcome(run.fingerprint)
-        await run.session.spending.outcome_unknown(entry, run.warn_ledger)
+        await spending.may_have_sent(job_id, run.warn_records)
         raise
-    except RunComfyError as refused:
-        if unanswered:  # RunComfy answered, or the upload broke off: no job exists
-            await run.store.forget(run.fingerprint)
-        await run.session.spending.dropped(entry, run.warn_ledger, f"not submitted: {type(refused).__name__}")
+    except RunComfyError as refused:  # RunComfy answered, or the upload broke off: no job exists
+        await spending.dropped(job_id, run.warn_records, f"not submitted: {type(refused).__name__}")
         raise
-    except asyncio.CancelledError:  # ComfyUI ended the prompt mid-submit
-        await (
-            run.session.spending.outcome_unknown(entry, run.warn_ledger)
-            if unanswered
-            else run.session.spending.dropped(entry, run.warn_ledger)
-        )
+    except asyncio.CancelledError:  # ComfyUI ended the prompt mid-submit: after the last piece, it may exist
+        await (spending.may_have_sent(job_id, run.warn_records) if unanswered else spending.dropped(job_id, run.warn_records))
         raise
     del sendable  # the service has the references: the encoded copies are freed while we wait
-    await run.store.record_submitted(run.fingerprint, job.request_id)
-    await run.session.spending.submitted(entry, job.request_id, run.warn_ledger)
+    await spending.submitted(job_id, job.request_id, run.warn_records)
     try:
         run.session.after_submit()
     except Exception as exc:  # noqa: BLE001 - a caller's hook cannot end a paid job
@@ -578,7 +643,7 @@ async def _wait(run: _Run, job: Job, *, leave_running: bool = False) -> JobResul
 
     def heard(event: JobEvent) -> None:
         run.report.job_event(event)
-        run.session.spending.heard(event, run.warn_ledger)
+        run.session.spending.heard(event, run.warn_records)
 
     return await job.wait(
         deadline_s=timing.deadline_s,
@@ -590,34 +655,46 @@ async def _wait(run: _Run, job: Job, *, leave_running: bool = False) -> JobResul
 
 
 async def _settle(run: _Run, job: Job) -> JobResult:
-    """Wait for a job, keeping the journal and the ledger right: a job that ended without results is forgotten."""
+    """Wait for a job, keeping its record right: a job that ended without results holds its inputs no more."""
     try:
         result = await _wait(run, job)
     except JobFailedError as failed:
-        await run.store.forget(run.fingerprint)
+        await run.store.release(run.fingerprint)
         await _settled(run, job.request_id, "failed", detail=failed.reason or str(failed))
         raise
     except JobCancelledError:
-        await run.store.forget(run.fingerprint)
+        await run.store.release(run.fingerprint)
         await _settled(run, job.request_id, "cancelled")
         raise
     except (DeadlineExceededError, StopRequested) as ended:
         if ended.cancelled:  # the queued job was cancelled: nothing is left to collect
-            await run.store.forget(run.fingerprint)
+            await run.store.release(run.fingerprint)
             await _settled(run, job.request_id, "cancelled")
         raise
     except asyncio.CancelledError:  # ComfyUI ended the prompt; the job cancelled its queued request on the way out
         if job.state == "cancelled":
-            await run.store.forget(run.fingerprint)
+            await run.store.release(run.fingerprint)
             await _settled(run, job.request_id, "cancelled")
         raise
-    await _settled(run, result.request_id, "done", images=min(len(result.urls), run.most_images), cost_usd=result.cost_usd)
+    result, doubt = _sane_cost(run, result)
+    await _settled(run, result.request_id, "done", images=min(len(result.urls), run.most_images), cost_usd=result.cost_usd, detail=doubt)
+    run.session.charged(result.request_id, result.cost_usd, run.estimate_usd, lambda line: run.report.warn(line, key="price"))
     return result
 
 
+def _sane_cost(run: _Run, result: JobResult) -> tuple[JobResult, str | None]:
+    """A cost no job of this size can have is shown and kept as unknown (the job counts at its estimate); the raw
+    value is named in the note and the record."""
+    if plausible_cost(result.cost_usd, run.most_images):
+        return result, None
+    doubt = f"RunComfy reported a cost of {result.cost_usd!r} USD, which cannot be right: it is shown as unknown"
+    run.notes.append(doubt)
+    return dataclasses.replace(result, cost_usd=None), doubt
+
+
 async def _settled(run: _Run, request_id: str, status: str, **what) -> None:
-    """The ledger learns what became of a job; nothing it does can end the run."""
-    await run.session.spending.settled(request_id, status, run.warn_ledger, **what)
+    """The records learn what became of a job; nothing they do can end the run."""
+    await run.session.spending.settled(request_id, status, run.warn_records, **what)
 
 
 async def _resume(run: _Run, request_id: str) -> JobResult | None:
@@ -629,7 +706,8 @@ async def _resume(run: _Run, request_id: str) -> JobResult | None:
     except (RequestNotFoundError, AuthenticationError) as gone:
         if isinstance(gone, AuthenticationError) and gone.error_code != "403001":
             raise
-    await run.store.forget(run.fingerprint)
+    await _settled(run, request_id, "gone", detail="RunComfy no longer knows this request")
+    await run.store.release(run.fingerprint)
     run.notes[-1] = f"request {request_id} is no longer known to RunComfy, so a new one was submitted"
     run.report(f"Request {request_id} is no longer known to RunComfy; submitting a new one.")
     return None
@@ -666,7 +744,7 @@ async def _download(run: _Run, result: JobResult) -> list[bytes]:
                 "with the same inputs, once they can be fetched from here, collects them without paying again."
             )
         else:
-            await run.store.forget(run.fingerprint)  # unusable files: collecting this request again cannot help
+            await run.store.release(run.fingerprint)  # unusable files: collecting this request again cannot help
             raise DownloadError(f"{failed} {_unusable(run, result.request_id)}", request_id=result.request_id) from None
         raise DownloadError(f"{failed} {again}", request_id=result.request_id, transient=failed.transient, collectable=True) from None
 

@@ -82,7 +82,7 @@ class ProgressReporter:
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        parts = sorted(self._warning_parts.items(), key=lambda part: part[0] == "ledger")  # paid work's trouble first
+        parts = sorted(self._warning_parts.items(), key=lambda part: part[0] == "records")  # paid work's trouble first
         return ("Warning: " + "; ".join(part for _, part in parts),) if parts else ()
 
     def pin(self, line: str, *, key: str) -> None:

@@ -68,7 +68,7 @@ JPEG_QUALITY = 95
 class PreparedReference:
     label: str
     rgb8: np.ndarray  # (H, W, 3) uint8
-    digest: str  # SHA-256 of the clean pixels: what the resume journal and result cache key on
+    digest: str  # SHA-256 of the clean pixels: what the job records and saved results key on
     notes: tuple[str, ...] = ()
 
 

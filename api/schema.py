@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from .addresses import is_private_host
 from .errors import InputError
-from .prompt_count import count_sentence, stated_image_counts
+from .prompt_count import count_sentence, stated_counts, stated_image_counts, writes_chinese
 from .wording import plural, shorten
 
 MODEL_ID = "bytedance/seedream-4-0/edit-sequential"
@@ -269,10 +269,11 @@ class EditSequentialRequest:
 
     @property
     def added_sentence(self) -> str | None:
-        """The sentence added to the prompt, if any: only for a set ("auto") whose prompt states no count."""
+        """The sentence added to the prompt, if any: only for a set ("auto") whose prompt states no count; in Chinese
+        ("生成4张图片。") for a prompt written in Chinese."""
         if self.count_in_prompt != "add if missing" or self.sequential_image_generation != "auto" or stated_image_counts(self.prompt):
             return None
-        return count_sentence(self.max_images)
+        return count_sentence(self.max_images, chinese=writes_chinese(self.prompt))
 
     @property
     def text(self) -> str:
@@ -281,6 +282,9 @@ class EditSequentialRequest:
         if added is None:
             return self.prompt
         base = self.prompt.rstrip().rstrip(",;:，；：").rstrip()
+        ended = base.endswith((".", "!", "?", "…", '."', ".'", '!"', '?"', "。", "！", "？", "。”", "！”", "？”", "。」", "！」", "？」"))
+        if not added.isascii():  # Chinese: no space, a full stop of its own
+            return base + ("" if ended else "。") + added
         if base.endswith((".", "!", "?", "…", '."', ".'", '!"', '?"')):
             return f"{base} {added}"
         if base.endswith(("。", "！", "？")) or (base and "\u3000" <= base[-1] <= "\u9fff"):  # CJK: no space, a full stop
@@ -291,13 +295,15 @@ class EditSequentialRequest:
         """What the user should know before paying about the count the prompt states."""
         if self.added_sentence is not None:
             return (f"added to the prompt: {self.added_sentence!r}",)
-        counts, most = stated_image_counts(self.prompt), self.max_images_sent
+        stated, most = stated_counts(self.prompt), self.max_images_sent
+        counts = [count for count, _ in stated]
+        quoted = ", ".join(repr(words) for _, words in stated)  # the user's own words: what was read, in any language
         if len(counts) > 1:
             listed = " and ".join(str(count) for count in counts)
-            return (f"the prompt mentions {listed} images; max_images is {most}: at most {most} will be made and charged",)
+            return (f"the prompt mentions {listed} images ({quoted}); max_images is {most}: at most {most} will be made and charged",)
         if not counts or counts[0] == most:
             return ()
-        asked = f"the prompt asks for {plural(counts[0], 'image')}"
+        asked = f"the prompt asks for {plural(counts[0], 'image')} ({quoted})"
         if self.sequential_image_generation != "auto":
             return (f"{asked}, but sequential_image_generation is disabled: exactly 1 will be made",)
         charged = f"{most} {'is' if most == 1 else 'are'} charged"

@@ -4,8 +4,7 @@
   polls of every job in flight together, and one backoff for all submits after a 429), the upload slots,
   and the catalog price lookups in flight.
 - `PRICES`: the catalog price of each service for an hour, and when a lookup last failed.
-- `MEMORY`: what the user folder refused to keep (resume records, ledger entries and a few results, which end
-  with the process), the catalog prices last seen, and the run locks that keep identical inputs from being paid for twice at once.
+- `LIVE`: the queue position and phase of each job this process waits on, for the jobs panel.
 - `ENCODED`: the latest encoded references, so a re-run with the same references uploads at once.
 
 Nothing here is keyed by or holds the token. `reset_all()` empties every place (tests use it).
@@ -32,7 +31,6 @@ import httpx
 
 PRICE_TTL_S = 3600.0
 PRICE_RETRY_AFTER_FAILURE_S = 60.0
-MEMORY_RESULTS_KEPT = 2
 
 
 class SharedPace:
@@ -121,41 +119,11 @@ class PriceCache:
         self._failures.clear()
 
 
-class MemoryRecords:
-    def __init__(self) -> None:
-        self.journal: dict[tuple[str, str], Any] = {}  # (folder, fingerprint) -> a journal entry the disk refused
-        self._results: dict[tuple[str, str], Any] = {}  # (folder, fingerprint) -> a result the disk refused
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._guard = threading.Lock()
-        self.ledger: dict[str, dict[str, Any]] = {}  # folder -> ledger entries the disk refused (or no folder's)
-        self.last_prices: dict[str, tuple[float, float]] = {}  # service -> (catalog price, when it was seen)
-        self.live: dict[str, tuple[str, int | None]] = {}  # request id -> (queued/generating, queue position) of jobs in flight
-
-    def lock(self, key: tuple[str, str]) -> threading.Lock:
-        """The lock of one fingerprint in one folder, for every thread and task of the process."""
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
-
-    def result(self, key: tuple[str, str]) -> Any | None:
-        return self._results.get(key)
-
-    def keep_result(self, key: tuple[str, str], result: Any) -> None:
-        """Keep a result the disk refused, for the runs waiting on it; only the latest few (they are images)."""
-        self._results[key] = result
-        while len(self._results) > MEMORY_RESULTS_KEPT:
-            self._results.pop(next(iter(self._results)))
-
-    def drop_result(self, key: tuple[str, str]) -> None:
-        self._results.pop(key, None)
+class LiveJobs(dict):
+    """Request id -> (queued/generating, queue position) of the jobs this process is waiting on, for the jobs panel."""
 
     def reset(self) -> None:
-        self.journal.clear()
-        self._results.clear()
-        self.ledger.clear()
-        self.last_prices.clear()
-        self.live.clear()
-        with self._guard:
-            self._locks.clear()
+        self.clear()
 
 
 ENCODED_CACHE_BYTES = 256 * 2**20
@@ -249,11 +217,13 @@ def tls_context() -> ssl.SSLContext:
 
 LOOP_STATE = LoopState()
 PRICES = PriceCache()
-MEMORY = MemoryRecords()
+LIVE = LiveJobs()
 ENCODED = EncodedCache()
 
 
 def reset_all() -> None:
     """Forget everything the process shares (between tests; never while a run is going on)."""
-    for place in (LOOP_STATE, PRICES, MEMORY, ENCODED):
+    from .records import Records  # the databases this process opened: a test's user folder is its own
+
+    for place in (LOOP_STATE, PRICES, LIVE, ENCODED, Records):
         place.reset()

@@ -1,24 +1,26 @@
 """Spending limits, and the gate every submit passes: no job is submitted without a reservation within them.
 
     limits = SpendingLimits.resolve(saved_file)        # RUNCOMFY_SEEDREAM_MAX_USD_PER_RUN / _PER_DAY win when set
-    spending = Spending(limits, Ledger(state_dir), service=…, node_id=…, prompt_id=…)
+    spending = Spending(limits, Records.at(state_dir), service=…, owner=…)
     await spending.admit(jobs, price, warn)             # a list: every distinct item that would pay, all or none
-    entry = await spending.ticket(job, price, warn)     # just before encoding: its reservation, or one made now
-    await spending.submitted(entry, request_id, warn)   # or .outcome_unknown(entry, …), .dropped(entry, …)
-    await spending.settled(request_id, status, …)       # done, failed, cancelled: what it cost
+    job_id = await spending.ticket(job, price, warn)    # just before encoding: its reservation, or one made now
+    await spending.may_have_sent(job_id, warn)          # the last piece of the submit is about to go
+    await spending.submitted(job_id, request_id, warn)  # or .dropped(job_id, …)
+    await spending.settled(request_id, status, …)       # done, failed, cancelled, gone: what it cost
     await spending.close(warn)                          # reservations never used are dropped
 
 "Per run" is one execution (one `pipeline.Session`): a single job or a whole list. "Per day" is today's local
 calendar day over every process sharing the user folder: what finished jobs cost, the estimates of those that
 may still run or be charged, the live reservations of other runs, and this run's estimate. The daily check and
-the reservation happen under the ledger's lock, so two processes racing under the limit cannot both spend the
+the reservation are one transaction of the records, so two processes racing under the limit cannot both spend the
 same headroom. An estimate is the catalog price × `max_images` of each distinct item, once.
 
 Decisions:
 - A price that cannot be looked up, with a limit set: the last catalog price seen within 24 hours; with none, the
   run is refused. A limit that cannot be checked is not a limit.
-- A daily limit and a ledger that cannot be fully read or written: new jobs are refused, and the message says
-  how to repair it (collecting paid work is unaffected). Without a daily limit: one warning line, the run goes on.
+- A daily limit and records that cannot tell today's spending (another process holds them past `LOCK_WAIT_S`,
+  or damaged records were set aside today): new jobs are refused, and the message says what to do (collecting
+  paid work is unaffected). Without a daily limit: one warning line, the run goes on.
 - Collecting paid work (a resumed request, a saved result, an identical run in progress) passes no gate: it is
   never refused. An item found to need a job only later (its earlier request expired) is admitted then.
 """
@@ -29,7 +31,9 @@ import asyncio
 import json
 import math
 import os
+import sqlite3
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,19 +41,12 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import SpendingLimitError
 from .files import read_json, write_atomically
-from .ledger import (
-    FINAL,
-    RANK,
-    Ledger,
-    LedgerEntry,
-    LedgerUnavailable,
-    LedgerView,
-    Totals,
-    last_price,
-    remember_price,
-    today_totals,
-)
-from .shared import MEMORY
+from .price_sanity import judge_price, plausible
+from .proxies import proxy_for
+from .records import FINAL, LOCK_WAIT_S, NOT_CHARGED, RESERVATION, Records, Totals, prompt_words
+from .resume import patiently
+from .shared import LIVE
+from .stop import StopCheck, never_stop
 from .wording import plural
 
 if TYPE_CHECKING:
@@ -115,7 +112,8 @@ class SpendingLimits:
                 problems.append(f"{damage[key]}. Set the limits again in {SETTING} (or delete the file for no limit)")
             elif saved.get(key) is not None:
                 values[key], sources[key] = saved[key], SETTING
-        return cls(values.get("per_run_usd"), values.get("per_day_usd"), sources, "; ".join(problems) or None)
+        said_once = list(dict.fromkeys(problems))  # a damaged file is one problem, not one per limit
+        return cls(values.get("per_run_usd"), values.get("per_day_usd"), sources, "; ".join(said_once) or None)
 
     def where(self, key: str) -> str:
         source = self.sources.get(key, SETTING)
@@ -149,7 +147,7 @@ def save_limits(path: Path, per_run_usd: float | None, per_day_usd: float | None
 
 @dataclass(frozen=True)
 class JobPlan:
-    """What a job would be, for its estimate and its ledger entry."""
+    """What a job would be, for its estimate and its row in the records."""
 
     fingerprint: str
     max_images: int
@@ -198,21 +196,35 @@ def over_per_day(limits: SpendingLimits, today: Totals, jobs: Sequence[JobPlan],
 
 
 class Spending:
-    """One run's spending (one execution of a node): its limits, its reservations and the user folder's ledger."""
+    """One run's spending (one execution of a node): its limits, and its rows in the user folder's records.
+
+    `owner` names the run: its reservations and run locks count while its lease lives (`Session.open` renews it)."""
 
     def __init__(
-        self, limits: SpendingLimits, ledger: Ledger, *, service: str, node_id: str | None = None, prompt_id: str | None = None
+        self,
+        limits: SpendingLimits,
+        records: Records,
+        *,
+        service: str,
+        owner: str,
+        should_stop: StopCheck = never_stop,
+        node_id: str | None = None,
+        prompt_id: str | None = None,
+        lock_wait_s: float = LOCK_WAIT_S,
     ) -> None:
         self.limits = limits
-        self.ledger = ledger
+        self.records = records
         self.service = service
+        self.owner = owner
+        self.should_stop = should_stop
         self.node_id = node_id
         self.prompt_id = prompt_id
+        self.lock_wait_s = lock_wait_s
         self.run_usd = 0.0  # what this run reserved, as estimated
-        self._reserved: dict[str, LedgerEntry] = {}  # fingerprint -> reservation not used yet
-        self._mine: dict[str, LedgerEntry] = {}  # request id -> the latest snapshot of a job this run wrote
+        self._reserved: dict[str, str] = {}  # fingerprint -> the id of its reservation, not used yet
+        self._estimates: dict[str, float | None] = {}  # job id -> the estimate its limits were checked with
         self._lock = asyncio.Lock()
-        self._writes: set[asyncio.Future] = set()
+        self._price_warned = False
 
     async def admit(self, jobs: Sequence[JobPlan], price: PriceLookup, warn: Warn) -> None:
         """Reserve every job in `jobs` within the limits, all or none (`SpendingLimitError`: nothing reserved).
@@ -221,118 +233,138 @@ class Spending:
         async with self._lock:
             await self._admit([job for job in jobs if job.fingerprint not in self._reserved], price, warn, share_identical=True)
 
-    async def ticket(self, job: JobPlan, price: PriceLookup, warn: Warn) -> LedgerEntry:
-        """The job's reservation, just before anything is encoded: the one made for it, or one made now within the
-        limits (`SpendingLimitError`: nothing is sent)."""
+    async def ticket(self, job: JobPlan, price: PriceLookup, warn: Warn) -> str:
+        """The id of the job's reservation, just before anything is encoded: the one made for it, or one made now
+        within the limits (`SpendingLimitError`: nothing is sent)."""
         async with self._lock:
             if job.fingerprint not in self._reserved:  # found to need a job only now: it pays, whoever else runs it
                 await self._admit([job], price, warn, share_identical=False)
             return self._reserved.pop(job.fingerprint)
+
+    def estimate_of(self, job_id: str) -> float | None:
+        """What the job reserved by this run was estimated at when its spending limits were checked (None: no price)."""
+        return self._estimates.get(job_id)
 
     async def _admit(self, jobs: list[JobPlan], price: PriceLookup, warn: Warn, *, share_identical: bool) -> None:
         if not jobs:
             return
         if self.limits.problem:  # a limit was set and cannot be read: never taken for no limit
             raise SpendingLimitError(f"Your spending limits cannot be checked: {self.limits.problem}. {NOTHING_SENT}")
-        usd_per_image = await self._price(price)
+        usd_per_image = await self._price(price, warn)
         if usd_per_image is not None and (refusal := over_per_run(self.limits, self.run_usd, jobs, usd_per_image)):
             raise SpendingLimitError(refusal)
-        candidates = {job.fingerprint: self._reservation(job, usd_per_image) for job in jobs}
-        damage: list[str] = []
+        rows = {job.fingerprint: self._reservation(job, usd_per_image) for job in jobs}
 
-        def decide(view: LedgerView) -> list[LedgerEntry]:
-            """Under the ledger's lock: what to reserve, or the refusal."""
-            now = time.time()
-            busy = {e.fingerprint for e in view.entries if e.in_flight(now)} if share_identical else set()
+        def decide(conn: sqlite3.Connection) -> list[str]:
+            """In one transaction: what to reserve, or the refusal."""
+            busy = self.records.in_flight(rows, conn) if share_identical else set()
             paying = [job for job in jobs if job.fingerprint not in busy]
-            if (problem := view.damage()) is not None:
-                if self.limits.per_day_usd is not None and paying:
-                    raise SpendingLimitError(_unknown_day(problem, self.limits))
-                damage.append(problem)
-            if usd_per_image is not None and (refusal := over_per_day(self.limits, today_totals(view.entries, now), paying, usd_per_image)):
+            if paying and self.limits.per_day_usd is not None:
+                if lost := self.records.lost_today(conn):
+                    raise SpendingLimitError(_unknown_day(lost, "Clear the daily limit until tomorrow", self.limits))
+                if self.records.folder is not None and self.records.memory_reason:  # other processes cannot be seen
+                    again = "Free the disk or fix the folder and restart ComfyUI, or clear the daily limit"
+                    raise SpendingLimitError(_unknown_day(self.records.memory_reason, again, self.limits))
+            today = self.records.today(conn, besides=[] if share_identical else [job.fingerprint for job in paying])
+            if usd_per_image is not None and (refusal := over_per_day(self.limits, today, paying, usd_per_image)):
                 raise SpendingLimitError(refusal)
-            return [candidates[job.fingerprint] for job in paying]
+            for job in paying:
+                conn.execute(f"INSERT INTO jobs ({', '.join(rows[job.fingerprint])}) VALUES ({', '.join('?' * len(RESERVATION))})",
+                             tuple(rows[job.fingerprint].values()))  # fmt: skip
+            return [job.fingerprint for job in paying]
 
-        try:
-            reserved = await asyncio.to_thread(self.ledger.write, [], decide)
-        except asyncio.CancelledError:  # ComfyUI ended the prompt: the write goes on in its thread
-            for entry in candidates.values():  # whatever it reserves is dropped when the run closes
-                self._reserved.setdefault(entry.fingerprint, entry)
-            raise
-        except LedgerUnavailable as trouble:
+        reserved = await self._decide(decide)
+        for fingerprint in reserved:
+            self._reserved[fingerprint] = rows[fingerprint]["id"]
+            self._estimates[rows[fingerprint]["id"]] = rows[fingerprint]["estimate_usd"]
+            self.run_usd += rows[fingerprint]["estimate_usd"] or 0.0
+
+    async def _decide(self, decide: Callable[[sqlite3.Connection], list[str]]) -> list[str]:
+        """`decide` in one transaction, retried while another process holds the records, watching Stop meanwhile.
+        Held past `lock_wait_s`: under a daily limit the run is refused; without one, this process goes on alone."""
+
+        def refuse() -> None:
             if self.limits.per_day_usd is not None:
-                await asyncio.to_thread(self.ledger.unkeep, candidates.values())
-                raise SpendingLimitError(_unknown_day(str(trouble), self.limits)) from None
-            warn(f"{trouble}: only this ComfyUI counts this run's jobs in today's spending, until it closes")
-            reserved = list(candidates.values())
-        if damage:
-            warn(f"{damage[0]}: today's total leaves those lines out")
-        for entry in reserved:
-            self._reserved[entry.fingerprint] = entry
-            self.run_usd += entry.estimate_usd or 0.0
+                raise SpendingLimitError(
+                    f"Your daily spending limit cannot be checked: another ComfyUI process keeps the job records "
+                    f"{self.records.path} locked. Try again in a moment, or clear the daily limit "
+                    f"({self.limits.where('per_day_usd')}). Collecting jobs already paid for still works. {NOTHING_SENT}"
+                )
 
-    def _reservation(self, job: JobPlan, usd_per_image: float | None) -> LedgerEntry:
-        return LedgerEntry.reserve(
-            fingerprint=job.fingerprint,
-            max_images=job.max_images,
-            estimate_usd=round(usd_per_image * job.max_images, 6) if usd_per_image is not None else None,
-            prompt=job.prompt,
-            node_id=self.node_id,
-            prompt_id=self.prompt_id,
-        )
+        stopped = f"Stopped while waiting for the job records: {NOTHING_SENT}"
+        return await patiently(self.records, decide, self.should_stop, self.lock_wait_s, stopped, refuse)
 
-    async def _price(self, price: PriceLookup) -> float | None:
-        """The catalog price per image; with a limit set, the last one seen within 24 hours when the catalog fails,
-        and a refusal when there is none."""
+    def _reservation(self, job: JobPlan, usd_per_image: float | None) -> dict[str, Any]:
+        now = time.time()
+        estimate = round(usd_per_image * job.max_images, 6) if usd_per_image is not None else None
+        values = (uuid.uuid4().hex, job.fingerprint, "reserved", now, now, self.owner, job.max_images, estimate,
+                  prompt_words(job.prompt), self.node_id, self.prompt_id)  # fmt: skip
+        return dict(zip(RESERVATION, values, strict=True))
+
+    async def _price(self, price: PriceLookup, warn: Warn) -> float | None:
+        """The catalog price per image; with a limit set, the last sound one seen within 24 hours when the catalog fails
+        or reports a price that cannot be right (`price_sanity`), and a refusal when there is none."""
         usd = await price()
+        last = None
+        if self.limits.any:
+            last = await asyncio.to_thread(self.records.last_price, self.service, LAST_PRICE_MAX_AGE_S)
+            last = last if plausible(last) else None
         if usd is not None:
-            await asyncio.to_thread(remember_price, self.ledger.folder, self.service, usd)
-            return usd
+            verdict = judge_price(usd, last)
+            if verdict.trusted:
+                await asyncio.to_thread(self.records.remember_price, self.service, usd)
+                return usd
+            if not self.limits.any:
+                return usd  # only an estimate to show: never remembered, never a limit's
+            if verdict.refusal:
+                raise SpendingLimitError(
+                    f"Your spending limit cannot be checked: {verdict.refusal}. Try again later and check the price on "
+                    f"runcomfy.com, or clear the limit ({SETTING}, {PER_RUN_ENV}, {PER_DAY_ENV}). {NOTHING_SENT}"
+                )
+            warn(verdict.note)
+            return verdict.usd
         if not self.limits.any:
             return None
-        usd = await asyncio.to_thread(last_price, self.ledger.folder, self.service, LAST_PRICE_MAX_AGE_S)
+        usd = last
         if usd is None:
+            proxy = proxy_for(self.service + "/")  # the catalog is read through it: it may be what is down
+            through = f" (it is read through {proxy}: check that the proxy is running, or unset that variable)" if proxy else ""
             raise SpendingLimitError(
-                "Your spending limit cannot be checked: RunComfy's price for this model could not be read, and none was "
-                f"seen in the last 24 hours. Try again in a minute, or clear the limit ({SETTING}, {PER_RUN_ENV}, "
+                f"Your spending limit cannot be checked: RunComfy's price for this model could not be read{through}, and none "
+                f"was seen in the last 24 hours. Try again in a minute, or clear the limit ({SETTING}, {PER_RUN_ENV}, "
                 f"{PER_DAY_ENV}). {NOTHING_SENT}"
             )
         return usd
 
     # --- what became of a job: recorded, never in the way of paid work ------------------------------
 
-    async def _record(self, entry: LedgerEntry, warn: Warn) -> None:
-        if entry.request_id:
-            self._mine[entry.request_id] = entry
+    async def _change(self, job_id: str, warn: Warn, **changes: Any) -> None:
         try:
-            await asyncio.to_thread(self.ledger.write, [entry])
-        except LedgerUnavailable as trouble:
-            warn(f"{trouble}: only this ComfyUI counts this job in today's spending, until it closes")
-        except Exception as failure:  # noqa: BLE001 - a paid job goes on whatever the ledger does
-            warn(f"the spending ledger could not be updated ({type(failure).__name__})")
+            await asyncio.to_thread(self.records.change, job_id, **changes)
+        except Exception as failure:  # noqa: BLE001 - a paid job goes on whatever the records do
+            warn(f"the job records could not be updated ({type(failure).__name__})")
 
-    async def submitted(self, entry: LedgerEntry, request_id: str, warn: Warn) -> None:
-        await self._record(entry.changed(status="queued", request_id=request_id), warn)
+    async def may_have_sent(self, job_id: str, warn: Warn) -> None:
+        """The last piece of the submit is about to go: from now on the job may exist. It holds its inputs and counts
+        at its estimate, also if this process dies before the answer comes."""
+        await self._change(job_id, warn, state="unknown", hold=1, detail="the submit got no answer: it may be running and charged")
 
-    async def outcome_unknown(self, entry: LedgerEntry, warn: Warn) -> None:
-        await self._record(entry.changed(status="unknown", detail="the submit got no answer: it may be running and charged"), warn)
+    async def submitted(self, job_id: str, request_id: str, warn: Warn) -> None:
+        await self._change(job_id, warn, state="queued", request_id=request_id, hold=1, detail=None)
 
-    async def dropped(self, entry: LedgerEntry, warn: Warn, detail: str = "not submitted") -> None:
-        await self._record(entry.changed(status="dropped", detail=detail), warn)
+    async def dropped(self, job_id: str, warn: Warn, detail: str = "not submitted") -> None:
+        await self._change(job_id, warn, state="dropped", hold=0, detail=detail)
 
     def heard(self, event: JobEvent, warn: Warn) -> None:
-        """A job's live state for the jobs panel (its queue position lives in memory only); the ledger learns once
+        """A job's live state for the jobs panel (its queue position lives in memory only); the records learn once
         that it started generating."""
         status = {"queued": "queued", "generating": "generating"}.get(getattr(event.phase, "value", None))
         if event.request_id is None or status is None:
             return
-        MEMORY.live[event.request_id] = (status, event.queue_position)
-        entry = self._mine.get(event.request_id)
-        if status == "generating" and entry is not None and entry.status == "queued":
-            self._mine[event.request_id] = entry.changed(status="generating")  # written once, in the background
-            task = asyncio.ensure_future(self._record(self._mine[event.request_id], warn))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+        known = LIVE.get(event.request_id)
+        LIVE[event.request_id] = (status, event.queue_position)
+        if status == "generating" and (known is None or known[0] != "generating"):
+            asyncio.ensure_future(self.settled(event.request_id, "generating", warn))
 
     async def settled(
         self,
@@ -345,49 +377,42 @@ class Spending:
         detail: str | None = None,
     ) -> None:
         """What became of a job (this run's, or one an earlier run submitted and this one collected)."""
-        entry = self._mine.get(request_id)
-        if entry is None:
-            try:
-                entry = (await asyncio.to_thread(self.ledger.read)).by_request(request_id)
-            except Exception:  # noqa: BLE001 - reading the ledger cannot end a paid job
-                entry = None
         if status in FINAL:
-            MEMORY.live.pop(request_id, None)
-        if entry is None or RANK[status] < RANK[entry.status] or (entry.status == status and status not in FINAL):
-            return  # never back from an ending to a live state (a late write), never the same live state twice
-        estimate = entry.estimate_usd
-        if status == "done" and self.limits.any and cost_usd is not None and estimate is not None and cost_usd > estimate + 0.005:
-            warn(
-                f"request {request_id} cost ${cost_usd:.2f}, more than the ${estimate:.2f} your spending limit was checked "
-                "with (RunComfy's price changed meanwhile)"
-            )
-        changes: dict[str, Any] = {"status": status, "detail": detail}
+            LIVE.pop(request_id, None)
+        try:
+            job = await asyncio.to_thread(self.records.by_request, request_id)
+        except Exception:  # noqa: BLE001 - reading the records cannot end a paid job
+            job = None
+        if job is None:
+            return
+        changes: dict[str, Any] = {"state": status}
+        if status in FINAL:
+            changes["detail"] = detail
         if images is not None:
             changes["images"] = images
         if cost_usd is not None:
             changes["cost_usd"] = cost_usd
-        await self._record(entry.changed(**changes), warn)
+        if status in NOT_CHARGED:
+            changes["hold"] = 0
+        await self._change(job.id, warn, **changes)
 
     async def close(self, warn: Warn) -> None:
         """Drop the reservations this run never used (its items were collected, reused or failed before submitting)."""
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
-        for entry in list(self._reserved.values()):
-            await self.dropped(entry, warn)
+        for job_id in list(self._reserved.values()):
+            await self.dropped(job_id, warn)
         self._reserved.clear()
 
     async def today(self) -> Totals | None:
-        """Today's totals over every process, or None when the ledger cannot be read."""
+        """Today's totals over every process, or None when the records cannot be read."""
         try:
-            view = await asyncio.to_thread(self.ledger.read)
-            return None if view.problem else today_totals(view.entries)
+            return await asyncio.to_thread(self.records.today)
         except Exception:  # noqa: BLE001 - a total that cannot be had is left out of a paid run's last line
             return None
 
 
-def _unknown_day(problem: str, limits: SpendingLimits) -> str:
+def _unknown_day(problem: str, remedy: str, limits: SpendingLimits) -> str:
     return (
-        f"Your daily spending limit cannot be checked: {problem}. Repair or delete the unreadable lines (or move the "
-        f"file away to start a new ledger), free the disk or fix the folder's permissions, or clear the daily limit "
-        f"({limits.where('per_day_usd')}). Collecting jobs already paid for still works. {NOTHING_SENT}"
+        f"Your daily spending limit cannot be checked: {problem}, so today's spending is unknown. {remedy} "
+        f"({limits.where('per_day_usd')}), or check today's spending in your RunComfy dashboard first. Collecting jobs "
+        f"already paid for still works. {NOTHING_SENT}"
     )

@@ -109,7 +109,7 @@ def interruption(message: str) -> BaseException:
 
 
 def state_directory() -> Path:
-    """Where the resume journal and result cache live: ComfyUI's user directory, else a per-user cache folder."""
+    """Where the job records and saved results live: ComfyUI's user directory, else a per-user cache folder."""
     folder_paths = _module("folder_paths")
     user_dir = getattr(folder_paths, "get_user_directory", None)
     if callable(user_dir):
@@ -126,7 +126,7 @@ def spending_file() -> Path:
 
 
 def prompt_id() -> str | None:
-    """The id of the prompt ComfyUI is executing, for the ledger; None outside ComfyUI."""
+    """The id of the prompt ComfyUI is executing, for the job records; None outside ComfyUI."""
     server = _module("server")
     value = getattr(getattr(getattr(server, "PromptServer", None), "instance", None), "last_prompt_id", None)
     return value if isinstance(value, str) else None

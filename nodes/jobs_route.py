@@ -2,12 +2,12 @@
 
 GET  /runcomfy/seedream/jobs                      -> today's and this month's totals, the balance, the limits, the newest jobs
 GET  /runcomfy/seedream/jobs/{request_id}/thumbnail -> a small PNG of the job's first saved image
-POST /runcomfy/seedream/jobs/{request_id}/cancel  -> cancel a queued job of the ledger, worded as the node words it
+POST /runcomfy/seedream/jobs/{request_id}/cancel  -> cancel a queued job of the records, worded as the node words it
 GET  /runcomfy/seedream/spending                  -> the limits in effect, the saved setting, which variables win
 POST /runcomfy/seedream/spending {"per_run_usd": 2, "per_day_usd": null} -> save the setting
 
 They keep the token route's rules (`token_route.refusal`): answered only for a host this ComfyUI can be reached
-under and a same-origin request, writes only as capped JSON, and no answer holds the token. The ledger holds no
+under and a same-origin request, writes only as capped JSON, and no answer holds the token. The records hold no
 token, and the cancel reads it on the server.
 """
 
@@ -17,8 +17,10 @@ import asyncio
 import io
 import json
 import os
-import re
+import threading
 import time
+import warnings
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -27,11 +29,12 @@ from urllib.parse import quote
 from ..api.balance import panel_reading
 from ..api.client import RunComfyClient
 from ..api.config import find_credentials, resolve_base_url, resolve_credentials
+from ..api.downloads import MAX_OUTPUT_PIXELS
 from ..api.errors import RunComfyError
 from ..api.job import Job, check_request_id
-from ..api.ledger import Ledger, LedgerEntry, LedgerUnavailable, month_totals, today_totals
-from ..api.resume import ResumeStore
-from ..api.shared import MEMORY
+from ..api.records import Job as JobRecord
+from ..api.records import Records
+from ..api.shared import LIVE
 from ..api.spending import PER_DAY_ENV, PER_RUN_ENV, SpendingLimits, limit_value, read_saved, save_limits
 from .token_route import MAX_BODY_BYTES, read_capped, refusal
 
@@ -39,20 +42,17 @@ JOBS_ROUTE = "/runcomfy/seedream/jobs"
 SPENDING_ROUTE = "/runcomfy/seedream/spending"
 ROUTES = (JOBS_ROUTE, f"{JOBS_ROUTE}/{{request_id}}/thumbnail", f"{JOBS_ROUTE}/{{request_id}}/cancel", SPENDING_ROUTE)
 JOBS_SHOWN = 100
+JOBS_SHOWN_WHERE = "jobs.state != 'dropped'"
 THUMBNAIL_PX = 128
 CANCEL_TIMEOUT_S = 30.0
-_FINGERPRINT = re.compile(r"[0-9a-f]{64}")  # what `resume.request_fingerprint` names a saved result by
-
-
-def saved_key(entry: LedgerEntry) -> str | None:
-    """The name of the entry's saved result, when its fingerprint can be one: a hand-edited ledger cannot point the
-    panel at a folder outside the saved results ("../..")."""
-    return entry.fingerprint if entry.fingerprint and _FINGERPRINT.fullmatch(entry.fingerprint) else None
+_DECODING = threading.Lock()  # one thumbnail decode at a time in the process, whatever the panel asks for at once
+_RESIZABLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
+_DECODE_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 def url_request_id(request_id: str | None) -> str | None:
     """`request_id` as one segment of a route's path, or None when it cannot be one: an id that is no RunComfy
-    request id (a hand-edited ledger: "a/b", "x y", or "." and "..", which a browser resolves however encoded, so a
+    request id (hand-edited records: "a/b", "x y", or "." and "..", which a browser resolves however encoded, so a
     thumbnail or a cancel would reach another route). "?", "#" and "%" are encoded, so they stay in the segment."""
     if request_id is None:
         return None
@@ -63,19 +63,19 @@ def url_request_id(request_id: str | None) -> str | None:
     return quote(checked, safe="") if checked == request_id else None
 
 
-def job_row(entry: LedgerEntry, has_thumbnail: bool) -> dict[str, Any]:
+def job_row(entry: JobRecord, has_thumbnail: bool) -> dict[str, Any]:
     """One job as the panel shows it; a job in flight here carries its live state and queue position."""
-    status, position = entry.status, None
+    status, position = entry.shown_state, None
     in_url = url_request_id(entry.request_id)
-    live = MEMORY.live.get(entry.request_id or "")
-    if live is not None and entry.status in ("queued", "generating"):
+    live = LIVE.get(entry.request_id or "")
+    if live is not None and entry.state in ("queued", "generating"):
         status, position = live
     return {
-        "entry": entry.entry,
+        "entry": entry.id,
         "request_id": entry.request_id,
         "status": status,
         "queue_position": position,
-        "time": entry.time,
+        "time": entry.created,
         "images": entry.images,
         "max_images": entry.max_images,
         "estimate_usd": entry.estimate_usd,
@@ -91,44 +91,66 @@ def job_row(entry: LedgerEntry, has_thumbnail: bool) -> dict[str, Any]:
 
 def jobs_answer(state_dir: Path, spending_file: Path) -> dict[str, Any]:
     """Blocking: what GET /jobs answers."""
-    view = Ledger(state_dir).read()
+    records = Records.at(state_dir)
     now = time.time()
-    today, month = today_totals(view.entries, now), month_totals(view.entries, now)
+    today, month = records.today(), records.month()
     limits = SpendingLimits.resolve(spending_file)
-    shown = [entry for entry in view.entries if entry.status != "dropped"][:JOBS_SHOWN]
-    results = state_dir / "results"
+    shown = [job for job in records.jobs(JOBS_SHOWN_WHERE, limit=JOBS_SHOWN) if job.shown_state != "dropped"]
+    saved = records.has_saved([job.fingerprint for job in shown if job.state == "done"])
     return {
         "ok": True,
         "today": {"usd": round(today.usd, 4), "jobs": today.jobs, "day": time.strftime("%Y-%m-%d", time.localtime(now))},
         "month": {"usd": round(month.usd, 4), "jobs": month.jobs, "month": time.strftime("%Y-%m", time.localtime(now))},
         "limits": {"per_run_usd": limits.per_run_usd, "per_day_usd": limits.per_day_usd} if not limits.problem else None,
-        "warning": "; ".join(filter(None, (view.damage(), limits.problem))) or None,
-        "jobs": [job_row(e, e.status == "done" and (key := saved_key(e)) is not None and (results / key).is_dir()) for e in shown],
+        "warning": "; ".join(filter(None, (records.trouble, limits.problem))) or None,
+        "jobs": [job_row(job, job.state == "done" and job.fingerprint in saved) for job in shown],
     }
 
 
 async def thumbnail(state_dir: Path, request_id: str) -> bytes | None:
     """A PNG of at most THUMBNAIL_PX of the job's first saved image, or None."""
-    entry = (await asyncio.to_thread(Ledger(state_dir).read)).by_request(request_id)
-    key = saved_key(entry) if entry is not None else None
-    if key is None:
-        return None
-    cached = await ResumeStore(state_dir, warn=lambda line: None).peek(key)  # looking never sets it aside
-    return await asyncio.to_thread(small_png, cached.files[0]) if cached is not None and cached.files else None
+
+    def first_file() -> bytes | None:
+        records = Records.at(state_dir)
+        entry = records.by_request(request_id)
+        try:  # looking never sets a damaged result aside: the next run of these inputs does that
+            cached = records.saved(entry.fingerprint) if entry is not None else None
+        except ValueError:
+            return None
+        return cached.files[0] if cached is not None and cached.files else None
+
+    # One at a time, queued on the loop (not in threads): reading the saved files (every one of the result) and decoding
+    # the first, so that the panel asking for many at once holds one result's files and one decode in memory.
+    async with _DECODE_TURNS.setdefault(asyncio.get_running_loop(), asyncio.Lock()):
+        file = await asyncio.to_thread(first_file)
+        return await asyncio.to_thread(small_png, file) if file is not None else None
 
 
 def small_png(file: bytes) -> bytes | None:
-    """Blocking: `file` as a PNG of at most THUMBNAIL_PX a side; None when no image can come from it."""
+    """Blocking: `file` as a PNG of at most THUMBNAIL_PX a side; None when no image can come from it.
+
+    A saved file is judged by its header first, with the pipeline's pixel cap: past it (a file planted in the user
+    folder), nothing is decoded. Within it, one thumbnail is decoded at a time in the whole process, a JPEG at the
+    scale a thumbnail needs (`draft`), any other reduced before it is converted: the panel asking for many at once
+    costs one decode's memory, not many."""
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(file)) as image:
-            image.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))
-            small = image.convert("RGB")
-            small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-            out = io.BytesIO()
-            small.save(out, format="PNG")
-            return out.getvalue()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(file)) as image:
+                width, height = image.size
+                if width * height > MAX_OUTPUT_PIXELS:
+                    return None
+                with _DECODING:
+                    image.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))
+                    # reduced in its own mode first; a mode PIL cannot resize (16-bit, float) is converted first
+                    shrinking = image if image.mode in _RESIZABLE_MODES else image.convert("RGB")
+                    shrinking.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), reducing_gap=2.0)
+                    small = shrinking.convert("RGB")
+        out = io.BytesIO()
+        small.save(out, format="PNG")
+        return out.getvalue()
     except Exception:  # noqa: BLE001 - a file no thumbnail can come from has none
         return None
 
@@ -155,29 +177,30 @@ def spending_answer(spending_file: Path) -> dict[str, Any]:
 
 
 async def cancel_queued(state_dir: Path, token_file: Path, request_id: str) -> tuple[int, dict[str, Any]]:
-    """Cancel a queued job of the ledger at RunComfy, as Stop does; the ledger learns the outcome."""
-    entry = await asyncio.to_thread(lambda: Ledger(state_dir).read().by_request(request_id))
+    """Cancel a queued job of the records at RunComfy, as Stop does; the records learn the outcome."""
+    records = await asyncio.to_thread(Records.at, state_dir)
+    entry = await asyncio.to_thread(records.by_request, request_id)
     if entry is None:
-        return 404, {"ok": False, "error": f"Request {request_id} is not in this ComfyUI's ledger."}
-    if entry.status not in ("queued", "unknown"):
-        return 409, {"ok": False, "error": f"Request {request_id} is {entry.status}, not queued: there is nothing to cancel."}
+        return 404, {"ok": False, "error": f"Request {request_id} is not in this ComfyUI's job records."}
+    if entry.state not in ("queued", "unknown"):
+        return 409, {"ok": False, "error": f"Request {request_id} is {entry.shown_state}, not queued: there is nothing to cancel."}
     try:
         credentials, base_url = resolve_credentials(settings_file=token_file), resolve_base_url()
-    except RunComfyError as unusable:  # no token, or a RUNCOMFY_MODEL_API_BASE that is no https URL: say which
+        client = RunComfyClient(credentials, base_url)
+    except RunComfyError as unusable:  # no token, a RUNCOMFY_MODEL_API_BASE that is no https URL, a proxy it cannot use
         return 400, {"ok": False, "error": str(unusable)}
-    async with RunComfyClient(credentials, base_url) as client:
+    async with client:
+        handle = Job.resume(client, request_id)
         try:
-            cancelled, message = await asyncio.wait_for(Job.resume(client, request_id).cancel_queued(), CANCEL_TIMEOUT_S)
+            cancelled, message = await asyncio.wait_for(handle.cancel_queued(), CANCEL_TIMEOUT_S)
         except asyncio.TimeoutError:
             cancelled, message = (
                 None,
                 f"Cancelling request {request_id} is unconfirmed (no answer in time); it may still run and be charged.",
             )
-    if cancelled:
-        try:
-            await asyncio.to_thread(Ledger(state_dir).write, [entry.changed(status="cancelled", detail="cancelled from the jobs panel")])
-        except LedgerUnavailable as trouble:
-            message += f" ({trouble})"
+    if cancelled or handle.state == "gone":
+        state, detail = ("cancelled", "cancelled from the jobs panel") if cancelled else ("gone", "RunComfy no longer knows this request")
+        await asyncio.to_thread(records.change, entry.id, state=state, detail=detail, hold=0)
     return 200, {"ok": True, "cancelled": bool(cancelled), "message": message}
 
 

@@ -52,6 +52,6 @@ class RunComfyResultByRequestId:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    async def collect(self, **inputs: Any) -> tuple[list, list, list, list]:
-        """Each input arrives as a list (`INPUT_IS_LIST`); each output is a list with one entry per id."""
+    async def collect(self, **inputs: Any) -> dict[str, Any]:
+        """Each input arrives as a list (`INPUT_IS_LIST`); each output is a list with one entry per id, and `ui` the final line."""
         return await run_in_comfy(self, inputs, lambda values, session, show: collect_all(values.get("request_id", [""]), session, show))

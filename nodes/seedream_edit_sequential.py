@@ -87,8 +87,8 @@ class RunComfySeedream4EditSequential:
                 "default": _DEFAULTS.count_in_prompt,
                 "tooltip": "The model takes the number of images from the prompt; max_images is only the most it may make "
                 "(and what is charged). 'add if missing': a prompt that states no number gets 'Generate N images.' "
-                "(N = max_images), shown under the node. 'as written': the prompt is sent unchanged. Either way, a number "
-                "in the prompt that differs from max_images is pointed out before submitting.",
+                "('生成N张图片。' if it is in Chinese; N = max_images), shown under the node. 'as written': the prompt is "
+                "sent unchanged. Either way, a number in the prompt that differs from max_images is pointed out before submitting.",
             },
         )
         optional["reference_format"] = (
@@ -158,9 +158,10 @@ class RunComfySeedream4EditSequential:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    async def generate(self, **inputs: Any) -> tuple[list, list, list, list]:
+    async def generate(self, **inputs: Any) -> dict[str, Any]:
         """Every input arrives as a list (`INPUT_IS_LIST`): one item per element of the longest, as ComfyUI maps
-        other nodes. Each output is a list with one entry per item; `image_list` holds every image of every item."""
+        other nodes. Each output is a list with one entry per item; `image_list` holds every image of every item.
+        The returned `ui` holds the run's final line (see `run_in_comfy`)."""
 
         async def run(values: dict[str, list], session: Session, show: LineSink) -> list[GenerationResult]:
             return await Batch([_item(one) for one in list_items(values)], session, show).run()
@@ -169,14 +170,39 @@ class RunComfySeedream4EditSequential:
 
 
 NodeWork = Callable[[dict[str, list], Session, LineSink], Awaitable[list[GenerationResult]]]
+FINAL_LINE = "runcomfy_line"  # the `ui` entry with the run's final line, shown under the node by web/js/runcomfy_final_line.js
 
 
-async def run_in_comfy(node: Any, inputs: dict[str, Any], work: NodeWork) -> tuple[list, list, list, list]:
+async def run_in_comfy(node: Any, inputs: dict[str, Any], work: NodeWork) -> dict[str, Any]:
     """What each of the pack's RunComfy nodes does around its `work(values, session, show)`, as ComfyUI calls it:
     every input a list, an unknown input refused, the token and spending limits first (a clear error, no work), ComfyUI's progress
-    text, bar and Stop (which latches in the Session), and the outputs as lists."""
+    text, bar and Stop (which latches in the Session), and the outputs as lists.
+
+    The last text shown is the run's final line ("Done: 4 images, request …, cost $0.12 …"). It is returned as the
+    node's `ui` output ({"runcomfy_line": [line]}, which ComfyUI also keeps in its history with the prompt's
+    outputs), and the pack's frontend extension keeps it under the node after the run, where the current frontend
+    removes the progress text. A run that fails shows what went wrong as its last progress text, also when it fails
+    before any work (a missing token), so that line is the one kept."""
+    shown: list[str] = []
     values = list_values(inputs)
     node_id = next((str(v) for v in values.pop("unique_id", []) if v is not None), None)
+
+    def show(text: str, fraction: float) -> None:
+        shown.append(text)
+        comfy_bridge.send_progress_text(text, node_id)
+        bar.set(round(fraction * PROGRESS_STEPS))
+
+    bar = comfy_bridge.ProgressBar(PROGRESS_STEPS, node_id)
+    try:
+        results = await _run_in_comfy(node, values, node_id, work, show)
+    except RunComfyError as failure:
+        if not shown or shown[-1] != str(failure):  # a failure before any work said nothing under the node yet
+            comfy_bridge.send_progress_text(str(failure), node_id)
+        raise
+    return {"ui": {FINAL_LINE: shown[-1:]}, "result": outputs(results)}
+
+
+async def _run_in_comfy(node: Any, values: dict[str, list], node_id: str | None, work: NodeWork, show: LineSink) -> list[GenerationResult]:
     declared = node.INPUT_TYPES()
     unknown = sorted(set(values) - set(declared["required"]) - set(declared.get("optional", {})))
     if unknown:
@@ -185,12 +211,6 @@ async def run_in_comfy(node: Any, inputs: dict[str, Any], work: NodeWork) -> tup
     base_url = resolve_base_url()
     spending_limits = SpendingLimits.resolve(comfy_bridge.spending_file())
     comfy_bridge.quiet_status_polls(base_url)
-    bar = comfy_bridge.ProgressBar(PROGRESS_STEPS, node_id)
-
-    def show(text: str, fraction: float) -> None:
-        comfy_bridge.send_progress_text(text, node_id)
-        bar.set(round(fraction * PROGRESS_STEPS))
-
     async with Session.open(
         credentials=credentials,
         base_url=base_url,
@@ -204,10 +224,9 @@ async def run_in_comfy(node: Any, inputs: dict[str, Any], work: NodeWork) -> tup
         prompt_id=comfy_bridge.prompt_id(),
     ) as session:
         try:
-            results = await work(values, session, show)
+            return await work(values, session, show)
         except StopRequested as stopped:
             raise comfy_bridge.interruption(str(stopped)) from None
-    return outputs(results)
 
 
 def list_values(inputs: dict[str, Any]) -> dict[str, list]:

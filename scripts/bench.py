@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -151,7 +152,7 @@ def run_ours(
     inputs = {f"image_{i}": tensor for i, tensor in enumerate(references, start=1)}
     with RssSampler() as sampler:
         started = time.perf_counter()
-        (images,), _, _, (request_id,) = asyncio.run(  # one item: each output is a list of one
+        (images,), _, _, (request_id,) = asyncio.run(  # one item: each output is a list of one; `ui` holds the final line
             node.generate(
                 prompt=fields["text"],
                 max_images=fields["sequential_image_generation_options"],
@@ -163,7 +164,7 @@ def run_ours(
                 unique_id="bench",
                 **inputs,
             )
-        )
+        )["result"]
         wall = time.perf_counter() - started
     phases, phase_memory, previous = {}, {}, started
     for phase, marker in PHASE_MARKS:
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uplink-mbit", type=float, default=50.0, help="simulated upload bandwidth")
     parser.add_argument("--service-seconds", type=float, default=3.0, help="fixed queue + generation time of the fake")
     parser.add_argument("--quick", action="store_true", help="only the small job (a smoke test of this script)")
-    parser.add_argument("--job", choices=["reference", "many", "small", "formats", "batch", "balance"], help="run only this job")
+    parser.add_argument("--job", choices=["reference", "many", "small", "formats", "batch", "records", "balance"], help="run only this job")
     parser.add_argument("--detect-runs", type=int, default=8, help="extra tiny jobs to measure completion detection")
     args = parser.parse_args(argv)
 
@@ -337,6 +338,13 @@ def main(argv: list[str] | None = None) -> int:
             del references
     if args.job == "balance":
         return balance_row(pack, args.detect_runs)
+    if args.job in (None, "records"):
+        with FakeRunComfy(behaviour) as fake:
+            _fake = fake
+            os.environ["RUNCOMFY_MODEL_API_BASE"] = fake.base_url
+            records_row(pack, behaviour)
+        if args.job == "records":
+            return 0
     if args.job in (None, "batch"):
         with FakeRunComfy(behaviour) as fake:
             _fake = fake
@@ -365,6 +373,83 @@ def main(argv: list[str] | None = None) -> int:
         f"status requests/s: mean {statistics.mean(_status_rates):.2f}"
     )
     return 0
+
+
+def records_row(pack, behaviour, rows: int = 5000, repeats: int = 7) -> None:
+    """The cost of the bookkeeping: a run that reuses its saved result, the jobs panel's answer, and 20 panel answers
+    at once, in a user folder holding `rows` jobs and a results cache at its caps, against an empty folder."""
+    import sqlite3
+    import uuid
+
+    from runcomfy_seedream.api.config import MAX_CACHED_RESULTS
+    from runcomfy_seedream.api.records import Records
+    from runcomfy_seedream.api.shared import reset_all
+    from runcomfy_seedream.nodes import comfy_bridge, jobs_route
+
+    comfy_bridge.send_progress_text = lambda text, node_id: None
+    saved_scale, behaviour.output_scale = behaviour.output_scale, 1 / 16
+    node = pack.NODE_CLASS_MAPPINGS["RunComfySeedream4EditSequential"]()
+    reference = torch.from_numpy(photo_like(256, 256, 7)).unsqueeze(0)
+
+    def run(seed: int) -> None:
+        asyncio.run(node.generate(image_1=reference, prompt="Generate 2 images.", max_images=2, image_size="2048:2048 (1:1)",
+                                  seed=seed, optimize_prompt="fast", sequential_image_generation="auto", unique_id="bench"))  # fmt: skip
+
+    def filled(folder: str) -> None:
+        records = Records.at(Path(folder))
+        now = time.time()
+        with sqlite3.connect(records.path) as shell:
+            shell.executemany(
+                "INSERT INTO jobs (id, fingerprint, state, request_id, created, updated, max_images, estimate_usd, cost_usd, prompt) "
+                "VALUES (?, ?, 'done', ?, ?, ?, 2, 0.06, 0.06, 'Generate 2 images of a scene')",
+                [(uuid.uuid4().hex, f"{n:064x}", f"r{n}", now - n * 60, now - n * 60) for n in range(rows)],
+            )
+        for seed in range(MAX_CACHED_RESULTS):  # the results cache at its cap
+            run(20_000 + seed)
+
+    timings: dict[str, dict[str, float]] = {}
+    for name in ("empty", "full"):
+        folder = tempfile.mkdtemp(prefix=f"bench-records-{name}-")
+        os.environ["RUNCOMFY_SEEDREAM_STATE_DIR"] = folder
+        reset_all()
+        if name == "full":
+            filled(folder)
+        run(30_000)  # paid once; every later run of these inputs reuses the saved result
+        reused = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            run(30_000)
+            reused.append(time.perf_counter() - started)
+        spending = Path(folder) / "spending_limits.json"
+        panel = []
+        for _ in range(repeats * 3):
+            started = time.perf_counter()
+            jobs_route.jobs_answer(Path(folder), spending)
+            panel.append(time.perf_counter() - started)
+
+        async def twenty(folder: Path, spending: Path) -> list[float]:
+            async def one() -> float:
+                started = time.perf_counter()
+                await asyncio.to_thread(jobs_route.jobs_answer, folder, spending)
+                return time.perf_counter() - started
+
+            return await asyncio.gather(*(one() for _ in range(20)))
+
+        timings[name] = {
+            "reuse": statistics.median(reused),
+            "panel": statistics.median(panel),
+            "twenty": statistics.median(asyncio.run(twenty(Path(folder), spending))),
+        }
+    behaviour.output_scale = saved_scale
+    print(f"\n== records: {rows} jobs and {MAX_CACHED_RESULTS} saved results, against an empty user folder (medians)")
+    print(f"{'':34s}{'empty ms':>10s}{'full ms':>10s}{'full/empty':>12s}")
+    for key, label in (
+        ("reuse", "a run reusing its saved result"),
+        ("panel", "the panel's list answer"),
+        ("twenty", "each of 20 panel answers at once"),
+    ):
+        empty, full = timings["empty"][key] * 1000, timings["full"][key] * 1000
+        print(f"{label:34s}{empty:>10.1f}{full:>10.1f}{full / empty:>12.2f}")
 
 
 def batch_row(pack, fake, behaviour, items: int = 24) -> None:

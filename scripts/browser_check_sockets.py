@@ -32,7 +32,7 @@ import re
 import sys
 from pathlib import Path
 
-from comfy_browser import comfy_page
+from comfy_browser import comfy_page, screenshot_node
 
 NODE = "RunComfySeedream4EditSequential"
 SOCKET = re.compile(r"image_\d+")
@@ -211,25 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
         step("reload the export", expected(1, 5, shown=6), settle_ms=400)
         if args.screenshot:
-            page.mouse.move(5, 500)
-            box = page.evaluate(
-                """async () => {
-                  const node = __rc.ours()[0];
-                  app.canvas.ds.scale = 1;
-                  await __rc.centre([node]);  // clear of the bars a newer frontend draws over the canvas's edges
-                  const element = __rc.vueNodes() ? __rc.nodeElement(node) : null;
-                  if (element) {
-                    const r = element.getBoundingClientRect();
-                    return [r.left - 40, r.top - 40, r.width + 80, r.height + 80];
-                  }
-                  const title = LiteGraph.NODE_TITLE_HEIGHT;
-                  const rect = app.canvas.canvas.getBoundingClientRect();
-                  const [x, y] = app.canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - title]);
-                  return [rect.left + x - 40, rect.top + y - 40, node.size[0] + 80, node.size[1] + title + 80];
-                }"""
-            )
-            page.wait_for_timeout(300)
-            page.screenshot(path=args.screenshot, clip={"x": box[0], "y": box[1], "width": box[2], "height": box[3]})
+            screenshot_node(page, page.evaluate("() => __rc.ours()[0].id"), args.screenshot)
         queue("queue the reloaded graph", "run_reloaded")
 
         for path in sorted(EXAMPLES.glob("*.json")):

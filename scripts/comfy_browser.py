@@ -31,7 +31,8 @@ PAGE_HELPERS = r"""
 () => {
   const api = window.comfyAPI.api.api;
   const texts = [];
-  api.addEventListener("progress_text", (e) => texts.push(e.detail));
+  // what the node sent; not the final line the pack's extension shows again after the run (runcomfy_kept)
+  api.addEventListener("progress_text", (e) => { if (!e.detail?.runcomfy_kept) texts.push(e.detail); });
   window.__rc = {
     texts,
     ours: () => app.graph.nodes.filter((n) => n.type === "RunComfySeedream4EditSequential"),
@@ -139,6 +140,43 @@ PAGE_HELPERS = r"""
 """
 
 
+READY = "window.app && window.app.graph && window.LiteGraph && window.comfyAPI"
+
+
+def reload_page(page: Any, settle_ms: int = 3000) -> None:
+    """Reload the page as a person pressing F5 would (the workflow comes back from the browser's storage), wait
+    for the frontend and install `window.__rc` again."""
+    page.reload()
+    page.wait_for_function(READY, timeout=60_000)
+    page.wait_for_timeout(settle_ms)
+    page.evaluate(PAGE_HELPERS)
+
+
+def screenshot_node(page: Any, node_id: int, path: str, margin: int = 40) -> None:
+    """Save a picture of one node at zoom 1, moved to the middle of the canvas (clear of the bars a newer frontend
+    draws over the canvas's edges), with `margin` pixels around it; the mouse is moved away so no hover shows."""
+    page.mouse.move(5, 500)
+    box = page.evaluate(
+        """async ([id, margin]) => {
+          const node = app.graph.getNodeById(id);
+          app.canvas.ds.scale = 1;
+          await __rc.centre([node]);
+          const element = __rc.vueNodes() ? __rc.nodeElement(node) : null;
+          if (element) {
+            const r = element.getBoundingClientRect();
+            return [r.left - margin, r.top - margin, r.width + 2 * margin, r.height + 2 * margin];
+          }
+          const title = LiteGraph.NODE_TITLE_HEIGHT;
+          const rect = app.canvas.canvas.getBoundingClientRect();
+          const [x, y] = app.canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - title]);
+          return [rect.left + x - margin, rect.top + y - margin, node.size[0] + 2 * margin, node.size[1] + title + 2 * margin];
+        }""",
+        [node_id, margin],
+    )
+    page.wait_for_timeout(300)
+    page.screenshot(path=path, clip={"x": box[0], "y": box[1], "width": box[2], "height": box[3]})
+
+
 @contextlib.contextmanager
 def comfy_page(
     url: str,
@@ -165,7 +203,7 @@ def comfy_page(
         restore = None
         try:
             page = context.new_page()
-            ready = "window.app && window.app.graph && window.LiteGraph && window.comfyAPI"
+            ready = READY
             page.goto(url)
             page.wait_for_function(ready, timeout=60_000)
             page.evaluate(

@@ -4,7 +4,9 @@
 
 Starts the fake RunComfy service on 127.0.0.1, points the node at it exactly as
 a user would (RUNCOMFY_MODEL_API_BASE and a token), runs it the way ComfyUI
-calls it, and writes the generated images as PNG files.
+calls it, and writes the generated images as PNG files. Its records (journal,
+saved results, ledger) go to a temporary folder removed at the end, so the fake
+job never appears in the ledger or saved results of real runs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import asyncio
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,14 +56,15 @@ def main(argv: list[str] | None = None) -> int:
 
     references = [load_image(p) for p in args.image] or sample_references()
     behaviour = FakeBehaviour(queue_s=args.service_seconds / 3, run_s=args.service_seconds * 2 / 3)
-    with FakeRunComfy(behaviour) as fake:
+    with FakeRunComfy(behaviour) as fake, tempfile.TemporaryDirectory(prefix="seedream-demo-", ignore_cleanup_errors=True) as state:
+        os.environ["RUNCOMFY_SEEDREAM_STATE_DIR"] = state
         os.environ["RUNCOMFY_API_TOKEN"] = behaviour.token
         os.environ["RUNCOMFY_MODEL_API_BASE"] = fake.base_url
         os.environ["RUNCOMFY_SERVERLESS_API_BASE"] = fake.serverless_base
         node = pack.NODE_CLASS_MAPPINGS["RunComfySeedream4EditSequential"]()
         inputs = {f"image_{i}": tensor for i, tensor in enumerate(references, start=1)}
         started = time.monotonic()
-        (images,), image_list, (urls,), (request_id,) = asyncio.run(  # one item: each output is a list of one
+        (images,), image_list, (urls,), (request_id,) = asyncio.run(  # one item: each output is a list of one; `ui` holds the final line
             node.generate(
                 prompt=args.prompt,
                 max_images=args.max_images,
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 unique_id="demo",
                 **inputs,
             )
-        )
+        )["result"]
         elapsed = time.monotonic() - started
 
     out = Path(args.out)

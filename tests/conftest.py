@@ -113,7 +113,7 @@ def comfy(monkeypatch) -> ComfyRuntime:
 
 @pytest.fixture
 def fresh_process_state():
-    """Nothing a process shares (prices, ledger entries kept in memory, live job states) carries over into the test or out of it."""
+    """Nothing a process shares (prices, open job records, live job states) carries over into the test or out of it."""
     from runcomfy_seedream.api import shared
 
     shared.reset_all()

@@ -76,9 +76,15 @@ def as_lists(inputs: dict) -> dict:
     return {name: value if isinstance(value, list) else [value] for name, value in inputs.items()}
 
 
-def per_item(outputs) -> list[tuple]:
+def results(returned) -> tuple:
+    """The node's four output lists, from what it returned as ComfyUI takes it ({"ui": …, "result": outputs})."""
+    assert set(returned) == {"ui", "result"}, "the node returns its outputs and its ui for ComfyUI"
+    return returned["result"]
+
+
+def per_item(returned) -> list[tuple]:
     """The node's output lists as one (images, image_list, urls, request_id) per item."""
-    images, image_list, urls, request_ids = outputs
+    images, image_list, urls, request_ids = results(returned)
     items, start = [], 0
     for batch, url_lines, request_id in zip(images, urls, request_ids, strict=True):
         items.append((batch, image_list[start : start + batch.shape[0]], url_lines, request_id))
@@ -87,8 +93,8 @@ def per_item(outputs) -> list[tuple]:
     return items
 
 
-def single(outputs) -> tuple:
-    (item,) = per_item(outputs)
+def single(returned) -> tuple:
+    (item,) = per_item(returned)
     return item
 
 
@@ -146,3 +152,13 @@ def load_copy(name: str, monkeypatch):
 def state_dir(home) -> Path:
     """Where the node keeps its records outside ComfyUI, for a HOME of `home` (the `fake` fixture's is tmp_path)."""
     return Path(home) / ".cache" / "runcomfy-seedream"
+
+
+def job_rows(home_or_state, *columns: str) -> list[tuple]:
+    """The job records as a user with the sqlite3 shell would read them (oldest first): `columns` of each row."""
+    import sqlite3
+
+    state = Path(home_or_state)
+    path = state / "records.db" if (state / "records.db").exists() else state_dir(state) / "records.db"
+    with sqlite3.connect(path) as database:
+        return database.execute(f"SELECT {', '.join(columns) or '*'} FROM jobs ORDER BY created").fetchall()

@@ -11,7 +11,7 @@ import logging
 import pytest
 from test_result_by_id import collect_by_id, submit_elsewhere
 
-from helpers import node_inputs, quick_timing, run_list, run_node, state_dir
+from helpers import job_rows, node_inputs, quick_timing, run_list, run_node, state_dir
 from runcomfy_seedream.api import Limits
 from runcomfy_seedream.api.balance import (
     ACCOUNTS,
@@ -177,8 +177,8 @@ def test_a_402_after_the_first_job_sends_nothing_more_and_names_every_other_item
     assert fake.submits == 1 and fake.submit_attempts == 2, "one job, one 402, no further submit"
     message = str(error)
     assert message.startswith(
-        "4 of 5 items failed. The other 1 is saved. Your RunComfy balance ran out: top it up at runcomfy.com first, "
-        "then run the node again (it collects the saved items without paying and sends only these)."
+        "4 of 5 items failed. The other item is saved. Your RunComfy balance ran out: top it up at runcomfy.com first, "
+        "then run the node again (it collects the saved item without paying and sends only these)."
     )
     assert "refused by RunComfy: the balance ran out (no job was created, nothing was charged)" in message
     assert "not sent: the balance ran out" in message
@@ -186,9 +186,8 @@ def test_a_402_after_the_first_job_sends_nothing_more_and_names_every_other_item
     assert len(error.failures) == 4 and all(isinstance(err, InsufficientBalanceError) for _, _, err in error.failures)
     assert message.count("refused by RunComfy") == 1, "one 402; the three items after it were never sent"
     # A 402 holds nothing: after a top-up, running again collects the saved one and submits the other four.
-    journal = state_dir(tmp_path) / "journal.json"
-    held = json.loads(journal.read_text())["entries"] if journal.exists() else {}
-    assert [entry["request_id"] for entry in held.values()] == list(fake.jobs)
+    held = [request_id for request_id, hold in job_rows(tmp_path, "request_id", "hold") if hold]
+    assert held == list(fake.jobs)
     low_balance(fake, 100.0)
     again = run_list(items, limits=Limits(max_uploads=1))
     assert all(isinstance(output, tuple) for output in again) and fake.submits == 5
@@ -215,11 +214,11 @@ def test_saved_results_and_resumed_requests_are_never_refused_by_a_low_balance(f
     from runcomfy_seedream.api.errors import DeadlineExceededError
 
     with pytest.raises(DeadlineExceededError):
-        run_node(timing=quick_timing(deadline_s=0.8), **item(2))  # paid, journaled, not collected yet
+        run_node(timing=quick_timing(deadline_s=0.8), **item(2))  # paid, recorded, not collected yet
     fake.behaviour.run_s = 0.1
     low_balance(fake, 0.0)
     assert run_node(**item(1))[3] == saved  # the saved result
-    resumed = run_node(**item(2))[3]  # the journaled request
+    resumed = run_node(**item(2))[3]  # the recorded request
     assert resumed in fake.jobs and fake.submits == 2
     with pytest.raises(BalanceTooLowError):
         run_node(**item(3))  # a new job is refused: the low balance was seen
@@ -258,8 +257,35 @@ def test_the_stop_button_is_honoured_while_the_balance_is_read(fake, comfy):
     comfy.stop_when = lambda text: text.startswith("Preparing references 1/1")
     with pytest.raises(comfy.InterruptProcessingException) as caught:
         run_node(timing=quick_timing(balance_wait_s=30.0), **item(1))
-    assert "Stopped while reading the RunComfy balance: nothing was sent" in str(caught.value)
+    # the price and the balance are read together: Stop ends the wait for either, before anything is sent
+    assert "Stopped while reading RunComfy's price for this model: nothing was sent" in str(caught.value)
     assert fake.submit_attempts == 0
+
+
+def test_the_stop_button_is_honoured_while_the_balance_is_read_after_the_price(fake):
+    """Once the price is known, the wait is for the balance alone: Stop pressed while RunComfy holds the read back
+    ends it with the balance named."""
+    import asyncio
+
+    from runcomfy_seedream.api import Credentials
+    from runcomfy_seedream.api.balance import Balance
+    from runcomfy_seedream.api.errors import StopRequested
+    from runcomfy_seedream.api.spending import JobPlan
+
+    low_balance(fake, 100.0)
+    fake.behaviour.inject("balance", Fault("stall", seconds=3.0))
+
+    async def price():
+        return 0.03
+
+    async def admit():
+        balance = Balance(Credentials(fake.token), model_base=fake.base_url, wait_s=30.0, stop=lambda: balance_reads(fake) > 0)
+        await balance.admit([JobPlan("f" * 64, 2, TWO)], price)
+
+    with pytest.raises(StopRequested) as caught:
+        asyncio.run(admit())
+    assert str(caught.value) == "Stopped while reading the RunComfy balance: nothing was sent and nothing is charged."
+    assert balance_reads(fake) == 1 and fake.submit_attempts == 0
 
 
 def test_the_balance_is_read_beside_the_price(fake, comfy):
@@ -291,3 +317,25 @@ def test_the_jobs_panel_shows_the_balance_with_the_time_it_was_read_or_unknown(f
     ACCOUNTS.reset()
     answer = json.loads(call(folder, "GET", "/runcomfy/seedream/jobs")[2])
     assert answer["balance"] == {"usd": None, "read_at": answer["balance"]["read_at"], "problem": "RunComfy answered HTTP 404"}
+
+
+def test_the_jobs_panel_answers_with_a_proxy_the_balance_read_cannot_use(fake, comfy, tmp_path, monkeypatch):
+    """A SOCKS proxy without socksio made httpx's ImportError escape the balance read and the panel's route; the
+    balance is then unknown, saying why, and nothing is sent to the balance route."""
+    pytest.importorskip("aiohttp")
+    from test_jobs_panel import call
+
+    from runcomfy_seedream.api.proxies import unusable_proxy
+
+    folder = state_dir(tmp_path)
+    run_node(**item(1))
+    reads = balance_reads(fake)
+    ACCOUNTS.reset()
+    monkeypatch.setenv("ALL_PROXY", "socks5://vpn:pw-77@127.0.0.1:1080")
+    if unusable_proxy() is None:
+        pytest.skip("socksio is installed here: SOCKS proxies work")
+    status, _, raw = call(folder, "GET", "/runcomfy/seedream/jobs")
+    answer = json.loads(raw)
+    assert status == 200 and "pw-77" not in raw.decode()
+    assert answer["balance"]["usd"] is None and answer["balance"]["problem"] == "the proxy set for ComfyUI cannot be used"
+    assert answer["today"]["jobs"] == 1 and balance_reads(fake) == reads

@@ -10,9 +10,11 @@ a `nowhere(...)` word in no progress text and not in the error.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,7 @@ from runcomfy_seedream.api.errors import (
 )
 from runcomfy_seedream.fake_service import Fault
 
-TIMING = quick_timing(download_read_timeout_s=0.75)
+TIMING = quick_timing(download_read_timeout_s=0.75, records_wait_s=0.3)
 LIMITS = Limits(max_download_bytes=2 * 1024 * 1024)
 
 
@@ -104,18 +106,24 @@ def state_trouble(make):
 
 
 def after_a_first_run(damage):
-    """Run once (paid, saved), then damage what was saved."""
+    """Run once (paid, saved), then damage what was saved: `damage(its folder, the database)`."""
 
     def arrange(fake, comfy, state: Path):
         run_node(timing=TIMING, limits=LIMITS, **node_inputs())
         (entry,) = (state / "results").iterdir()
-        damage(entry)
+        with contextlib.closing(sqlite3.connect(state / "records.db", isolation_level=None)) as database:
+            damage(entry, database)
 
     return arrange
 
 
-def _journal_folder(state: Path) -> None:
-    (state / "journal.json").mkdir(parents=True)
+def _records_folder(state: Path) -> None:
+    (state / "records.db").mkdir(parents=True)
+
+
+def _records_garbage(state: Path) -> None:
+    state.mkdir(parents=True)
+    (state / "records.db").write_bytes(b"\x00\xff not a database" * 100)
 
 
 def _state_is_a_file(state: Path) -> None:
@@ -139,21 +147,25 @@ def _results_is_a_file(state: Path) -> None:
     (state / "results").write_text("a file where a folder should be")
 
 
-def _undecodable(entry: Path) -> None:
+def _undecodable(entry: Path, database) -> None:
     for image in entry.glob("*.img"):
         image.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
 
 
-def _pointing_outside(entry: Path) -> None:
-    meta = json.loads((entry / "meta.json").read_text())
-    meta["files"] = ["../../journal.json"]
-    (entry / "meta.json").write_text(json.dumps(meta))
+def _pointing_outside(entry: Path, database) -> None:
+    database.execute("""UPDATE saved SET files = '["../../records.db"]'""")
 
 
-def _wrong_types(entry: Path) -> None:
-    meta = json.loads((entry / "meta.json").read_text())
-    meta["urls"] = 5
-    (entry / "meta.json").write_text(json.dumps(meta))
+def _folder_outside(entry: Path, database) -> None:
+    database.execute("UPDATE saved SET folder = '../..'")
+
+
+def _wrong_types(entry: Path, database) -> None:
+    database.execute("UPDATE saved SET urls = '5'")
+
+
+def _index_garbage(entry: Path, database) -> None:
+    database.execute("UPDATE saved SET files = '{not json'")
 
 
 def _deeply_nested_journal(state: Path) -> None:
@@ -166,17 +178,16 @@ def _journal_is_a_fifo(state: Path) -> None:
     os.mkfifo(state / "journal.json")  # opening it for reading would wait for a writer forever
 
 
-def _fifo_image(entry: Path) -> None:
+def _fifo_image(entry: Path, database) -> None:
     (entry / "00.img").unlink()
     os.mkfifo(entry / "00.img")
 
 
-def _meta_links_outside(entry: Path) -> None:
-    outside = entry.parent.parent / "outside.json"
-    outside.write_text((entry / "meta.json").read_text())
-    os.utime(outside, (1000, 1000))
-    (entry / "meta.json").unlink()
-    (entry / "meta.json").symlink_to(outside)
+def _image_links_outside(entry: Path, database) -> None:
+    outside = entry.parent.parent / "outside.img"
+    outside.write_bytes((entry / "00.img").read_bytes())
+    (entry / "00.img").unlink()
+    (entry / "00.img").symlink_to(outside)
 
 
 def _journal_with_huge_time(state: Path) -> None:
@@ -185,22 +196,17 @@ def _journal_with_huge_time(state: Path) -> None:
     (state / "journal.json").write_text(json.dumps({"version": 1, "entries": {"f" * 64: entry}}))
 
 
-def _huge_cost(entry: Path) -> None:
-    meta = json.loads((entry / "meta.json").read_text())
-    meta["cost_usd"] = 10**400
-    (entry / "meta.json").write_text(json.dumps(meta))
+_HELD: list[sqlite3.Connection] = []  # kept open (and locked) until the test process ends, like a suspended ComfyUI
 
 
-_HELD_LOCKS: list[int] = []  # kept open (and locked) until the test process ends, like a suspended ComfyUI
-
-
-def _journal_locked(state: Path) -> None:
-    import fcntl
-
-    (state / "locks").mkdir(parents=True)
-    fd = os.open(state / "locks" / "journal.lock", os.O_RDWR | os.O_CREAT)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    _HELD_LOCKS.append(fd)
+def _records_locked(state: Path) -> None:
+    """Another process holds a write transaction on the records and never ends it."""
+    state.mkdir(parents=True)
+    holder = sqlite3.connect(state / "records.db", isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE IF NOT EXISTS other (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO other VALUES (1)")
+    _HELD.append(holder)
 
 
 def _huge_journal(state: Path) -> None:
@@ -221,7 +227,7 @@ LOGIN_PAGE = b"<!doctype html><html><head><title>Sign in</title></head><body><fo
 LARGE_REFERENCE = {"image_1": torch.rand((1, 1400, 1400, 3))}  # a PNG of several MB: larger than socket buffers
 STORM = [Fault("http", status=429, retry_after="0")] * 6
 STORM_NO_HINT = [Fault("http", status=429)] * 3
-SAVE_WARNING = "Warning: could not"
+MEMORY_WARNING = "kept in memory only"
 
 # (name, arrange, expected: number of images or an error type, words the last text or the error must contain, jobs paid, inputs)
 MATRIX = [
@@ -316,7 +322,15 @@ MATRIX = [
         1,
         {},
     ),
-    ("submit answered 500 by the service", faults(submit=[Fault("http", status=500)]), ServiceError, ["server error"], 0, {}),
+    # RunComfy's own 500001 once the whole body was sent: it may have come after the job was made.
+    (
+        "the submit arrived and RunComfy answered 500 500001",
+        faults(submit=[Fault("gateway", status=500, error_code="500001")]),
+        OutcomeUnknownError,
+        ["500001", "may have been charged"],
+        1,
+        {},
+    ),
     ("submit connection dropped after the body", faults(submit=[Fault("drop")]), OutcomeUnknownError, ["may have been charged"], 1, {}),
     ("submit answered with unreadable JSON", faults(submit=[Fault("garbage")]), OutcomeUnknownError, ["may be running"], 1, {}),
     (
@@ -347,29 +361,39 @@ MATRIX = [
     ("result URL in IPv4-mapped IPv6", result_urls("https://[::ffff:127.0.0.1]/x.png"), DownloadError, ["not a public host"], 1, {}),
     ("job cancelled at RunComfy by someone else", once_queued(_cancel_every_job), JobCancelledError, ["cancelled at RunComfy"], 1, {}),
     # Local trouble never ends a paid run.
-    ("journal.json is a folder", state_trouble(_journal_folder), 3, [SAVE_WARNING, "this run goes on"], 1, {}),
-    ("the state folder is a file", state_trouble(_state_is_a_file), 3, [SAVE_WARNING, "this run goes on"], 1, {}),
+    ("records.db is a folder", state_trouble(_records_folder), 3, [MEMORY_WARNING, "a folder is in its place", "this run goes on"], 1, {}),
+    ("records.db is not a database", state_trouble(_records_garbage), 3, ["were damaged", "set aside as records.db.damaged-"], 1, {}),
+    ("the state folder is a file", state_trouble(_state_is_a_file), 3, [MEMORY_WARNING, "this run goes on"], 1, {}),
+    # What an earlier version left behind is imported as far as it can be read, never in the way of a run.
     ("a journal entry's time is a string", state_trouble(_journal_with_string_time), 3, None, 1, {}),
     ("journal.json is garbage", state_trouble(_journal_garbage), 3, None, 1, {}),
     ("the results path is a file", state_trouble(_results_is_a_file), 3, ["could not save the images", "this run goes on"], 1, {}),
     ("a saved image no longer decodes", after_a_first_run(_undecodable), 3, ["damaged", "request resumed"], 1, {}),
     ("a saved entry points outside its folder", after_a_first_run(_pointing_outside), 3, ["set aside", "request resumed"], 1, {}),
+    ("a saved entry's folder is outside", after_a_first_run(_folder_outside), 3, ["set aside", "request resumed"], 1, {}),
     ("a saved entry has the wrong types", after_a_first_run(_wrong_types), 3, ["set aside", "request resumed"], 1, {}),
     ("journal.json is nested 200000 deep", state_trouble(_deeply_nested_journal), 3, None, 1, {}),
     ("journal.json is a FIFO", state_trouble(_journal_is_a_fifo), 3, None, 1, {}),
     ("a saved image is a FIFO", after_a_first_run(_fifo_image), 3, ["set aside", "request resumed"], 1, {}),
-    ("a saved entry's meta.json links outside", after_a_first_run(_meta_links_outside), 3, ["set aside", "request resumed"], 1, {}),
+    ("a saved image links outside", after_a_first_run(_image_links_outside), 3, ["set aside", "request resumed"], 1, {}),
     # Answers that cannot be decoded, and 404s that are not RunComfy's word.
     ("submit answer that cannot be decoded", faults(submit=[Fault("undecodable")]), OutcomeUnknownError, ["could not be decoded"], 1, {}),
     ("status answers that cannot be decoded", faults(status=[Fault("undecodable")] * 2), 3, None, 1, {}),
     ("bare 404s on status (a proxy's page)", faults(status=[Fault("http", status=404)] * 3), 3, None, 1, {}),
     ("a proxy answers 413 and drains the upload", faults(submit=[Fault("answer_first", status=413)]), ServiceError, ["413"], 0, {}),
     ("a proxy answers 411 and drains the upload", faults(submit=[Fault("answer_first", status=411)]), ServiceError, ["411"], 0, {}),
-    ("RunComfy itself answers the submit 503", faults(submit=[Fault("http", status=503)]), ServiceError, ["server error"], 0, {}),
+    (
+        "the submit arrived and RunComfy answered 503 500001",
+        faults(submit=[Fault("gateway", status=503, error_code="500001")]),
+        OutcomeUnknownError,
+        ["500001", "not sent again"],
+        1,
+        {},
+    ),
     ("a 404 with another code on status", faults(status=[Fault("http", status=404, error_code="404")] * 2), 3, None, 1, {}),
     ("a journal time of 400 digits", state_trouble(_journal_with_huge_time), 3, None, 1, {}),
-    ("a saved cost of 400 digits", after_a_first_run(_huge_cost), 3, ["set aside", "request resumed"], 1, {}),
-    ("another process keeps the journal locked", state_trouble(_journal_locked), 3, ["save the resume record"], 1, {}),
+    ("a saved index that is not JSON", after_a_first_run(_index_garbage), 3, ["set aside", "request resumed"], 1, {}),
+    ("another process keeps the records locked", state_trouble(_records_locked), 3, ["locked", MEMORY_WARNING], 1, {}),
     ("a 20 MB journal.json", state_trouble(_huge_journal), 3, None, 1, {}),
     # A 5xx that is not RunComfy's own error, once the submit arrived: it may have made the job.
     (

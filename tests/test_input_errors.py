@@ -131,8 +131,10 @@ def test_bad_input_is_refused_before_anything_is_sent(fake, comfy, monkeypatch, 
     assert fake.requests == [], "nothing may reach the service"
     assert fake.submits == 0, "nothing is paid"
     assert not any(t.startswith("Encoding") for t in comfy.progress_texts()), "nothing may be encoded"
+    assert comfy.progress_texts()[-1] == message, "the refusal is the node's last line, kept under it after the run"
     for secret in secrets:
         assert secret not in message + repr(caught.value) + caplog.text, "the value is never shown"
+        assert not any(secret in text for text in comfy.progress_texts()), "nor under the node"
 
 
 def test_exactly_one_to_three_is_accepted_as_the_schema_says(fake, comfy):

@@ -1,14 +1,15 @@
-"""The jobs panel's and the spending setting's routes, served by a real aiohttp server on 127.0.0.1 over the ledger
-that real node runs against the fake wrote: what the panel shows, its thumbnails, cancelling a queued job with the
+"""The jobs panel's and the spending setting's routes, served by a real aiohttp server on 127.0.0.1 over the job
+records that real node runs against the fake wrote: what the panel shows, its thumbnails, cancelling a queued job with the
 node's own wording, and the same refusals as the token route."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import io
 import json
 import re
+import sqlite3
 import time
 
 import pytest
@@ -18,9 +19,8 @@ from aiohttp import web  # noqa: E402
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from helpers import as_lists, node_inputs, node_object, run_node, state_dir  # noqa: E402
+from helpers import as_lists, job_rows, node_inputs, node_object, run_node, state_dir  # noqa: E402
 from runcomfy_seedream.api.errors import JobCancelledError  # noqa: E402
-from runcomfy_seedream.api.ledger import Ledger  # noqa: E402
 from runcomfy_seedream.api.spending import PER_RUN_ENV  # noqa: E402
 from runcomfy_seedream.nodes import jobs_route  # noqa: E402
 
@@ -33,6 +33,25 @@ pytestmark = pytest.mark.usefixtures("fresh_process_state")
 @pytest.fixture
 def folder(tmp_path):
     return state_dir(tmp_path)
+
+
+def edit_records(folder, statement: str, *rows) -> None:
+    """A change to the job records, as a user with the sqlite3 shell would make it."""
+    with contextlib.closing(sqlite3.connect(folder / "records.db")) as database, database:
+        database.executemany(statement, rows or [()])
+
+
+def copies_of(folder, job_id: str, changes: list[dict]) -> None:
+    """More rows like job `job_id`, each with `changes` to its columns."""
+    with contextlib.closing(sqlite3.connect(folder / "records.db")) as database:
+        database.row_factory = sqlite3.Row
+        (row,) = database.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchall()
+    columns = list(row.keys())
+    edit_records(
+        folder,
+        f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+        *[tuple((dict(row) | change)[name] for name in columns) for change in changes],
+    )
 
 
 def app_for(folder) -> web.Application:
@@ -80,22 +99,24 @@ def test_the_panel_lists_jobs_newest_first_with_totals_thumbnails_and_no_token(f
 
 def test_a_request_id_stays_one_segment_of_the_thumbnail_and_cancel_paths(fake, comfy, folder):
     run_node(**node_inputs(seed=3, prompt="Generate 3 images of a harbour at noon."))
-    (done,) = Ledger(folder).read().entries
+    ((done_id, done_request),) = job_rows(folder, "id", "request_id")
     odd = ["a?b#c%2F", "..", ".", "a/b", "../../x", "a b"]
-    Ledger(folder).write(
-        [dataclasses.replace(done, entry=f"done{n}", request_id=rid) for n, rid in enumerate(odd)]
-        + [dataclasses.replace(done, entry=f"queued{n}", status="queued", request_id=rid) for n, rid in enumerate(odd)]
+    copies_of(
+        folder,
+        done_id,
+        [{"id": f"done{n}", "request_id": rid} for n, rid in enumerate(odd)]
+        + [{"id": f"queued{n}", "state": "queued", "request_id": rid} for n, rid in enumerate(odd)],
     )
     jobs = json.loads(call(folder, "GET", "/runcomfy/seedream/jobs")[2])["jobs"]
-    rows = {(job["entry"][0], job["request_id"]): job for job in jobs if job["entry"] != done.entry}
+    rows = {(job["entry"][0], job["request_id"]): job for job in jobs if job["entry"] != done_id}
     assert rows[("d", "a?b#c%2F")]["thumbnail"] == "/runcomfy/seedream/jobs/a%3Fb%23c%252F/thumbnail"
     assert rows[("q", "a?b#c%2F")]["cancellable"] is True
     status, kind, _ = call(folder, "GET", rows[("d", "a?b#c%2F")]["thumbnail"])
     assert status == 200 and kind == "image/png"  # the route reads the id back whole
     for rid in odd[1:]:  # a browser resolves "." and ".." (encoded or not) into another route; the others are no ids
         assert rows[("d", rid)]["thumbnail"] is None and rows[("q", rid)]["cancellable"] is False
-    (real,) = [job for job in jobs if job["entry"] == done.entry]
-    assert real["thumbnail"] == f"/runcomfy/seedream/jobs/{done.request_id}/thumbnail"
+    (real,) = [job for job in jobs if job["entry"] == done_id]
+    assert real["thumbnail"] == f"/runcomfy/seedream/jobs/{done_request}/thumbnail"
 
 
 def test_a_queued_job_is_cancelled_from_the_panel_and_the_node_says_so(fake, comfy, folder):
@@ -123,14 +144,13 @@ def test_a_queued_job_is_cancelled_from_the_panel_and_the_node_says_so(fake, com
     assert status == 200 and answer["cancelled"] is True
     assert answer["message"] == f"Queued request {request_id} was cancelled at RunComfy before it started generating."
     assert request_id in str(ended) and fake.jobs[request_id].cancelled
-    (entry,) = Ledger(folder).read().entries
-    assert entry.status == "cancelled"
+    assert job_rows(folder, "state", "request_id") == [("cancelled", request_id)]
     again = json.loads(call(folder, "GET", "/runcomfy/seedream/jobs")[2])
     assert again["today"]["usd"] == 0 and again["jobs"][0]["status"] == "cancelled" and again["jobs"][0]["cancellable"] is False
     status, _, raw = call(folder, "POST", f"/runcomfy/seedream/jobs/{request_id}/cancel", body={})
     assert status == 409 and "not queued" in json.loads(raw)["error"]  # nothing left to cancel
     status, _, raw = call(folder, "POST", "/runcomfy/seedream/jobs/someone-elses-request/cancel", body={})
-    assert status == 404 and fake.cancel_calls == 1  # only jobs of this ledger, and nothing sent for the others
+    assert status == 404 and fake.cancel_calls == 1  # only jobs of these records, and nothing sent for the others
 
 
 @pytest.mark.parametrize(
@@ -155,13 +175,22 @@ def test_requests_another_site_could_make_are_refused(fake, folder, method, path
 
 def test_a_cancel_with_an_unusable_service_address_answers_in_json_with_what_to_change(fake, comfy, folder, monkeypatch):
     """Before: the ConfigurationError escaped the route, and the panel got aiohttp's bare "500 Internal Server Error"."""
-    run_node(**node_inputs(seed=4))
-    (done,) = Ledger(folder).read().entries
-    Ledger(folder).write([dataclasses.replace(done, status="queued")])
+    request_id = run_node(**node_inputs(seed=4))[3]
+    edit_records(folder, "UPDATE jobs SET state = 'queued' WHERE request_id = ?", (request_id,))
     monkeypatch.setenv("RUNCOMFY_MODEL_API_BASE", "ftp://model-api.runcomfy.net")
-    status, kind, raw = call(folder, "POST", f"/runcomfy/seedream/jobs/{done.request_id}/cancel", body={})
+    status, kind, raw = call(folder, "POST", f"/runcomfy/seedream/jobs/{request_id}/cancel", body={})
     assert status == 400 and kind == "application/json"
     assert "RUNCOMFY_MODEL_API_BASE" in json.loads(raw)["error"] and fake.cancel_calls == 0
+
+
+def test_a_cancel_with_a_proxy_it_cannot_use_answers_in_json_naming_the_variable(fake, comfy, folder, monkeypatch):
+    request_id = run_node(**node_inputs(seed=4))[3]
+    edit_records(folder, "UPDATE jobs SET state = 'queued' WHERE request_id = ?", (request_id,))
+    monkeypatch.setenv("ALL_PROXY", "socks4://vpn:pw-77@127.0.0.1:1080")  # no proxy kind httpx speaks
+    status, kind, raw = call(folder, "POST", f"/runcomfy/seedream/jobs/{request_id}/cancel", body={})
+    assert status == 400 and kind == "application/json"
+    error = json.loads(raw)["error"]
+    assert "ALL_PROXY" in error and "pw-77" not in error and fake.cancel_calls == 0
 
 
 def test_the_spending_setting_is_saved_checked_and_the_environment_wins(fake, folder, monkeypatch):
@@ -193,3 +222,42 @@ def test_a_setting_that_is_not_two_limits_is_refused_with_what_to_send(raw, mess
 def test_the_setting_reads_two_limits_or_none():
     assert jobs_route.limits_in(b'{"per_run_usd": 2.5, "per_day_usd": null}') == (2.5, None)
     assert jobs_route.limits_in(b"{}") == (None, None)
+
+
+def huge_png(width: int = 7000, height: int = 6000) -> bytes:
+    """A PNG past the pipeline's pixel cap that is small on disk (one bit a pixel, all black): 42 MP, 126 MB as RGB."""
+    buffer = io.BytesIO()
+    Image.new("1", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_thumbnail_is_never_decoded_from_an_image_past_the_pixel_cap(fake, comfy, folder):
+    """Before: a huge PNG planted in a saved result was decoded whole (and converted to RGB) for every thumbnail asked
+    for, six at once: ComfyUI was killed for memory."""
+    request_id = run_node(**node_inputs(seed=1))[3]
+    (saved,) = [path for path in (folder / "results").iterdir() if not path.name.startswith(".")]
+    (saved / "00.img").write_bytes(huge_png())
+    path = f"/runcomfy/seedream/jobs/{request_id}/thumbnail"
+
+    async def six_at_once():
+        async with TestClient(TestServer(app_for(folder), host="127.0.0.1")) as client:
+            return await asyncio.gather(*(request(client, "GET", path) for _ in range(6)))
+
+    assert [status for status, _, _ in asyncio.run(six_at_once())] == [404] * 6
+    assert jobs_route.small_png(huge_png()) is None
+
+
+@pytest.mark.parametrize("mode", ["I;16", "P", "LA", "CMYK"])
+def test_a_thumbnail_comes_from_any_mode_a_saved_image_may_have(mode):
+    buffer = io.BytesIO()
+    Image.new(mode, (640, 480)).save(buffer, format="TIFF" if mode == "CMYK" else "PNG")
+    with Image.open(io.BytesIO(jobs_route.small_png(buffer.getvalue()))) as image:
+        assert image.size == (128, 96) and image.mode == "RGB"
+
+
+def test_a_thumbnail_of_a_large_image_within_the_cap_is_small(fake, comfy, folder):
+    buffer = io.BytesIO()
+    Image.new("RGB", (4096, 3072), (10, 200, 30)).save(buffer, format="PNG")
+    png = jobs_route.small_png(buffer.getvalue())
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.size == (128, 96) and image.mode == "RGB" and image.getpixel((5, 5)) == (10, 200, 30)

@@ -1,4 +1,4 @@
-"""The library without the node: the README's script, the client, the job handle and resume, through real HTTP."""
+"""The library without the node: the documented script (docs/script.md), the client, the job handle and resume, through real HTTP."""
 
 from __future__ import annotations
 
@@ -33,17 +33,16 @@ URL = "https://example.com/ref.png"
 QUICK_POLLS = PollSchedule(first_s=0.02, steady_s=0.03, ceiling_s=0.05)
 
 
-def readme_script() -> str:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Use it from a script", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def documented_script() -> str:
+    page = (ROOT / "docs" / "script.md").read_text(encoding="utf-8")
+    return re.search(r"```python\n(.*?)```", page, re.S).group(1)
 
 
-def test_the_readme_script_runs_where_torch_cannot_be_imported(tmp_path):
+def test_the_documented_script_runs_where_torch_cannot_be_imported(tmp_path):
     no_torch = tmp_path / "no_torch" / "torch"
     no_torch.mkdir(parents=True)
     (no_torch / "__init__.py").write_text("raise ImportError('torch is not installed here')\n")
-    script = readme_script() + "import sys; assert 'torch' not in sys.modules\n"
+    script = documented_script() + "import sys; assert 'torch' not in sys.modules\n"
     done = subprocess.run(
         [sys.executable, "-c", script],
         cwd=tmp_path,  # not the repository: the installed package is what is imported

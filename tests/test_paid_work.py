@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -15,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import node_inputs, node_object, quick_timing, run_node, single
-from runcomfy_seedream.api import RetryPolicy
+from helpers import job_rows, node_inputs, node_object, quick_timing, run_node, single
+from runcomfy_seedream.api import Limits, RetryPolicy
 from runcomfy_seedream.api.errors import DeadlineExceededError, OutcomeUnknownError, ServiceError
-from runcomfy_seedream.api.resume import CachedResult, ResumeStore
+from runcomfy_seedream.api.records import CachedResult, Records, request_fingerprint
+from runcomfy_seedream.api.resume import RunStore
 from runcomfy_seedream.fake_service import Fault
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,20 +30,54 @@ import asyncio, sys
 sys.path.insert(0, {scripts!r}); sys.path.insert(0, {tests!r})
 from pack_import import load_pack
 load_pack()
-from helpers import node_inputs, run_node
-images, _, _, request_id = run_node(**node_inputs())
+from helpers import node_inputs, quick_timing, run_node
+images, _, _, request_id = run_node(timing=quick_timing(lease_s={lease_s!r}), **node_inputs())
 print("RESULT", request_id, images.shape[0], float(images.sum()), flush=True)
 """
+SHORT_LEASE_S = 1.0  # a process killed with its run lock lets the next run of these inputs in after this
 
 
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path / ".cache" / "runcomfy-seedream"  # HOME is tmp_path in these tests
 
 
-def start_child(tmp_path: Path) -> subprocess.Popen:
+def start_child(tmp_path: Path, lease_s: float = 60.0) -> subprocess.Popen:
     """Another ComfyUI process on the same user folder, running the same inputs."""
-    code = CHILD.format(scripts=str(ROOT / "scripts"), tests=str(ROOT / "tests"))
+    code = CHILD.format(scripts=str(ROOT / "scripts"), tests=str(ROOT / "tests"), lease_s=lease_s)
     return subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def created(fake, monkeypatch) -> threading.Event:
+    """Set once the fake service created a job (the submit's last piece arrived)."""
+    event, create = threading.Event(), fake.create_job
+
+    def create_job(*args, **kwargs):
+        try:
+            return create(*args, **kwargs)
+        finally:
+            event.set()
+
+    monkeypatch.setattr(fake, "create_job", create_job)
+    return event
+
+
+def polled(fake, monkeypatch) -> threading.Event:
+    """Set once a job's status is asked for: its request id is in the records by then."""
+    event, record = threading.Event(), fake.record
+
+    def recorded(request):
+        record(request)
+        if request.path.split("?")[0].endswith("/status"):
+            event.set()
+
+    monkeypatch.setattr(fake, "record", recorded)
+    return event
+
+
+def edit_records(state: Path, statement: str, *params) -> None:
+    """A change to the job records, as a user with the sqlite3 shell would make it."""
+    with contextlib.closing(sqlite3.connect(state / "records.db")) as database, database:
+        database.execute(statement, params)
 
 
 def test_identical_runs_at_once_in_one_process_share_one_paid_job(fake, comfy):
@@ -56,13 +93,12 @@ def test_identical_runs_at_once_in_one_process_share_one_paid_job(fake, comfy):
     assert any(t.startswith("Waiting for an identical run") for t in comfy.progress_texts())
 
 
-def test_identical_runs_in_two_processes_on_one_user_folder_share_one_paid_job(fake, comfy):
+def test_identical_runs_in_two_processes_on_one_user_folder_share_one_paid_job(fake, comfy, monkeypatch):
     fake.behaviour.run_s = 1.5
+    submitted = created(fake, monkeypatch)
     child = start_child(Path(os.environ["HOME"]))
     try:
-        deadline = time.monotonic() + 30
-        while not fake.jobs and time.monotonic() < deadline:  # the other process submits first
-            time.sleep(0.05)
+        submitted.wait(timeout=60)  # the other process submits first
         images, _, _, request_id = run_node(**node_inputs())
         out, err = child.communicate(timeout=60)
     finally:
@@ -76,14 +112,13 @@ def test_identical_runs_in_two_processes_on_one_user_folder_share_one_paid_job(f
     assert any(t.startswith("Waiting for an identical run") for t in comfy.progress_texts())
 
 
-def test_kill_9_while_generating_then_running_again_collects_without_paying(fake, comfy, tmp_path):
+def test_kill_9_while_generating_then_running_again_collects_without_paying(fake, comfy, tmp_path, monkeypatch):
     fake.behaviour.run_s = 4.0
-    child = start_child(tmp_path)
-    journal = state_dir(tmp_path) / "journal.json"
+    waiting = polled(fake, monkeypatch)
+    child = start_child(tmp_path, lease_s=SHORT_LEASE_S)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (journal.exists() and '"submitted"' in journal.read_text()):
-            time.sleep(0.05)  # the request id is on disk (before it, a hold would be the right outcome)
+        waiting.wait(timeout=60)  # the request id is on disk (before it, a hold would be the right outcome)
+        assert job_rows(tmp_path, "request_id", "hold") == [(*fake.jobs, 1)]
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
     finally:
@@ -95,14 +130,13 @@ def test_kill_9_while_generating_then_running_again_collects_without_paying(fake
     assert any(t.startswith(f"Resumed request {request_id}") for t in comfy.progress_texts())
 
 
-def test_kill_9_after_the_upload_before_the_answer_holds_instead_of_paying_again(fake, comfy, tmp_path):
+def test_kill_9_after_the_upload_before_the_answer_holds_instead_of_paying_again(fake, comfy, tmp_path, monkeypatch):
     fake.behaviour.inject("submit", Fault("stall", seconds=20.0))  # the job exists; its answer is slow
-    child = start_child(tmp_path)
-    journal = state_dir(tmp_path) / "journal.json"
+    arrived = created(fake, monkeypatch)
+    child = start_child(tmp_path, lease_s=SHORT_LEASE_S)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (fake.jobs and journal.exists() and "unknown_outcome" in journal.read_text()):
-            time.sleep(0.05)
+        arrived.wait(timeout=60)  # written down before the last piece of the upload went
+        assert job_rows(tmp_path, "state", "hold", "request_id") == [("unknown", 1, None)]
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
     finally:
@@ -196,39 +230,88 @@ def test_retry_after_zero_still_backs_off(fake, comfy):
     assert polls[6] - polls[0] >= 0.04 * 0.75 * (1 + 2 + 4 + 8 + 16 + 32)  # exponential, not a burst
 
 
-def test_an_unwritable_state_folder_keeps_the_record_in_memory_and_warns_once(tmp_path):
-    blocked = tmp_path / "state"
-    blocked.write_text("a file, not a folder")
-    warnings: list[str] = []
-    store = ResumeStore(blocked, warn=warnings.append)
-
-    async def scenario():
-        await store.record_submitted("f" * 64, "req-1")
-        await store.record_submitted("e" * 64, "req-2")
-        await store.store_result("f" * 64, CachedResult("req-1", (), None, [b"x"]))
-        return await store.journal_entry("f" * 64), await store.cached("f" * 64)
-
-    entry, kept = asyncio.run(scenario())
-    assert entry is not None and entry.request_id == "req-1" and entry.only_in_memory
-    assert kept is not None and kept.files == [b"x"]
-    assert warnings[-1].count("resume record") == 1 and "save the images" in warnings[-1] and "this run goes on" in warnings[-1]
+def _user_folder_is_a_file(state: Path) -> None:
+    state.parent.mkdir(parents=True)
+    state.write_text("a file, not a folder")
 
 
-def test_the_result_cache_is_capped_in_bytes_least_recently_used_first(tmp_path):
-    store = ResumeStore(tmp_path, max_bytes=3500)
+def _records_db_is_a_folder(state: Path) -> None:
+    (state / "records.db").mkdir(parents=True)
+
+
+def _writes_are_refused(state: Path) -> None:
+    """SQLite cannot start its rollback journal beside the records: every write is refused, as on a full disk."""
+    (state / "records.db-journal").mkdir(parents=True)
+
+
+def _read_only_folder(state: Path) -> None:
+    state.mkdir(parents=True)
+    state.chmod(0o500)
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        _user_folder_is_a_file,
+        _records_db_is_a_folder,
+        _writes_are_refused,
+        pytest.param(
+            _read_only_folder,
+            marks=pytest.mark.skipif(
+                os.name == "nt" or (hasattr(os, "geteuid") and os.geteuid() == 0), reason="root and Windows write into a 0o500 folder"
+            ),
+        ),
+    ],
+)
+def test_records_the_disk_refuses_move_to_memory_with_one_warning_and_the_paid_job_is_still_collected(fake, comfy, tmp_path, block):
+    state = state_dir(tmp_path)
+    block(state)
+    try:
+        fake.behaviour.run_s = 1.5
+        comfy.stop_when = lambda text: text.startswith("Generating")
+        with pytest.raises(comfy.InterruptProcessingException):
+            run_node(**node_inputs())
+        comfy.stop_when = None
+        (request_id,) = fake.jobs
+        images, _, _, collected = run_node(**node_inputs())
+    finally:
+        if state.is_dir():
+            state.chmod(0o700)
+    assert collected == request_id and images.shape[0] == 3
+    assert fake.submits == 1 and fake.submit_attempts == 1
+    assert any(t.startswith(f"Resumed request {request_id}") for t in comfy.progress_texts())
+    warnings = [line for line in comfy.progress_texts()[-1].splitlines() if line.startswith("Warning")]
+    assert len(warnings) == 1 and warnings[0].count("kept in memory only") == 1 and warnings[0].endswith("this run goes on.")
+    assert "closing ComfyUI before this job is collected means the next run pays again" in warnings[0]
+
+
+def test_saved_results_are_capped_in_bytes_least_recently_used_first(tmp_path, fresh_process_state):
+    records = Records.at(tmp_path)
     names = ["a" * 64, "b" * 64, "c" * 64, "d" * 64]
 
-    async def scenario():
-        for age, name in enumerate(names[:3]):
-            await store.store_result(name, CachedResult(f"req-{name[0]}", (), None, [os.urandom(1000)]))
-            meta = tmp_path / "results" / name / "meta.json"
-            os.utime(meta, (1_000_000 + age, 1_000_000 + age))  # stored long ago, a before b before c
-        assert (await store.cached(names[0])) is not None  # a is used again: now the most recent
-        await store.store_result(names[3], CachedResult("req-d", (), None, [os.urandom(1000)]))
+    def store(name: str) -> None:
+        records.store(name, CachedResult(f"req-{name[0]}", (), None, [os.urandom(1000)]), max_entries=100, max_bytes=3500)
 
-    asyncio.run(scenario())
+    for age, name in enumerate(names[:3]):
+        store(name)
+        edit_records(tmp_path, "UPDATE saved SET used = ? WHERE fingerprint = ?", 1_000_000 + age, name)  # long ago, a before b before c
+    assert records.saved(names[0]) is not None  # a is used again: now the most recent
+    store(names[3])
     kept = sorted(p.name[0] for p in (tmp_path / "results").iterdir() if not p.name.startswith("."))
     assert kept == ["a", "c", "d"]  # b was the least recently used
+    assert records.saved(names[1]) is None
+    assert [records.saved(name).request_id for name in (names[0], *names[2:])] == ["req-a", "req-c", "req-d"]
+
+
+def test_saved_results_beyond_the_count_bound_go_first_and_their_jobs_are_collected_again_free(fake, comfy, tmp_path):
+    limits = Limits(cache_max_entries=2)
+    first, second, third = (run_node(limits=limits, **node_inputs(seed=seed))[3] for seed in (1, 2, 3))
+    assert len(list((state_dir(tmp_path) / "results").iterdir())) == 2
+    assert run_node(limits=limits, **node_inputs(seed=3))[3] == third
+    assert "saved result reused" in comfy.progress_texts()[-1]
+    assert run_node(limits=limits, **node_inputs(seed=1))[3] == first  # evicted: its request is collected again
+    assert "request resumed" in comfy.progress_texts()[-1] and fake.submits == 3
+    assert len(list((state_dir(tmp_path) / "results").iterdir())) == 2
 
 
 def test_a_batch_over_the_memory_budget_is_fitted_and_the_user_told(fake, comfy):
@@ -245,48 +328,54 @@ def test_a_batch_over_the_memory_budget_is_fitted_and_the_user_told(fake, comfy)
     assert np.isfinite(images.numpy()).all()
 
 
-def test_the_run_lock_waits_stops_and_survives_cancelled_runs(tmp_path):
+def test_the_run_lock_waits_stops_and_survives_cancelled_runs(tmp_path, fresh_process_state):
     from runcomfy_seedream.api.errors import StopRequested
 
-    store = ResumeStore(tmp_path)
+    records = Records.at(tmp_path)
+    first, second = (RunStore(records, owner, lambda line: None, max_entries=10, max_bytes=2**20) for owner in ("first", "second"))
+    for owner in ("first", "second"):
+        records.renew(owner, 600.0)  # both runs are alive: only an unlock frees the lock
     waits: list[str] = []
 
     async def scenario():
-        async def holder(seconds: float):
-            async with store.exclusive("f" * 64, lambda: False, lambda: None):
-                await asyncio.sleep(seconds)
+        holding, never = asyncio.Event(), asyncio.Event()
 
-        first = asyncio.ensure_future(holder(5.0))
-        await asyncio.sleep(0.05)
+        async def holder():
+            async with first.exclusive("f" * 64, lambda: False, lambda: None):
+                holding.set()
+                await never.wait()
+
+        task = asyncio.ensure_future(holder())
+        await holding.wait()
         with pytest.raises(StopRequested) as stopped:  # Stop while waiting: nothing was sent
-            async with store.exclusive("f" * 64, lambda: bool(waits), lambda: waits.append("waiting")):
+            async with second.exclusive("f" * 64, lambda: bool(waits), lambda: waits.append("waiting")):
                 pass
         assert "waiting for an identical run" in str(stopped.value)
-        first.cancel()  # a cancelled run must let go of the lock
-        await asyncio.gather(first, return_exceptions=True)
-        async with store.exclusive("f" * 64, lambda: False, lambda: waits.append("again")):
+        task.cancel()  # a cancelled run must let go of the lock
+        await asyncio.gather(task, return_exceptions=True)
+        async with second.exclusive("f" * 64, lambda: False, lambda: waits.append("again")):
             pass
-        async with store.exclusive("e" * 64, lambda: False, lambda: waits.append("other inputs")):
+        async with first.exclusive("e" * 64, lambda: False, lambda: waits.append("other inputs")):
             pass
 
-    asyncio.run(asyncio.wait_for(scenario(), 10))
+    asyncio.run(scenario())
     assert waits == ["waiting"]  # the lock was free again at once, and other inputs never wait
-    assert not list((tmp_path / "locks").iterdir())  # lock files go with their run
+    with contextlib.closing(sqlite3.connect(tmp_path / "records.db")) as database:
+        assert database.execute("SELECT * FROM locks").fetchall() == []  # locks go with their run
 
 
-def test_a_hold_survives_the_clock_being_set_back(tmp_path):
-    store = ResumeStore(tmp_path)
-    path = tmp_path / "journal.json"
-
-    async def scenario():
-        await store.record_unknown_outcome("f" * 64)
-        data = json.loads(path.read_text())
-        data["entries"]["f" * 64]["at"] += 30  # the clock was 30 s ahead when the hold was written
-        path.write_text(json.dumps(data))
-        return await store.journal_entry("f" * 64)
-
-    entry = asyncio.run(scenario())
-    assert entry is not None and entry.state == "unknown_outcome"
+def test_a_hold_survives_the_clock_being_set_back(tmp_path, fresh_process_state):
+    records = Records.at(tmp_path)
+    later = time.time() + 30  # the clock was 30 s ahead when the hold was written
+    edit_records(
+        tmp_path,
+        "INSERT INTO jobs (id, fingerprint, state, hold, created, updated) VALUES ('j1', ?, 'unknown', 1, ?, ?)",
+        "f" * 64,
+        later,
+        later,
+    )
+    entry = records.held("f" * 64)
+    assert entry is not None and entry.state == "unknown"
 
 
 @pytest.mark.parametrize(
@@ -298,8 +387,6 @@ def test_a_hold_survives_the_clock_being_set_back(tmp_path):
     ],
 )
 def test_one_service_spelled_differently_is_one_fingerprint(spelling, same_as):
-    from runcomfy_seedream.api.resume import request_fingerprint
-
     def key(base_url):
         return request_fingerprint(model_id="m", base_url=base_url, settings={"seed": 1}, reference_digests=["d"], reference_urls=[])
 
@@ -328,3 +415,16 @@ def test_a_hold_the_disk_refused_still_holds_and_says_it_ends_with_comfyui(fake,
     with pytest.raises(OutcomeUnknownError) as held:
         run_node(**node_inputs(seed=777))
     assert "when ComfyUI restarts" in str(held.value) and fake.submit_attempts == 1
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_runcomfys_own_500001_after_the_upload_holds_the_inputs(fake, comfy, status):
+    """A 5xx to a submit whose whole body was sent does not prove no job exists, even with RunComfy's own code."""
+    fake.behaviour.inject("submit", Fault("gateway", status=status, error_code="500001"))
+    with pytest.raises(OutcomeUnknownError) as first:
+        run_node(**node_inputs())
+    assert "may have been charged" in str(first.value) and "500001" in str(first.value)
+    assert "Wait a moment and run again" not in str(first.value)
+    with pytest.raises(OutcomeUnknownError) as second:
+        run_node(**node_inputs())
+    assert "not sent again" in str(second.value) and fake.submit_attempts == 1

@@ -1,11 +1,13 @@
 """When trouble comes together: what the records keep (many jobs in flight, a disk that fills between two writes, a
-forget the disk refuses, a prompt ComfyUI cancels) and what the texts say (a batch's warnings, Stop in a list with a
+release the disk refuses, a prompt ComfyUI cancels) and what the texts say (a batch's warnings, Stop in a list with a
 failed item, jobs that did not report a cost, a saved cost that cannot be true, a tensor that cannot be read)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
+import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,10 @@ from helpers import image_batch, node_inputs, node_object, run_list, run_node
 from runcomfy_seedream.api import GenerationResult, ImageBatch, StopRequested
 from runcomfy_seedream.api.batch import Batch
 from runcomfy_seedream.api.errors import BatchError, InputError
-from runcomfy_seedream.api.resume import ResumeStore
+from runcomfy_seedream.api.records import MAX_ROWS, Records
+from runcomfy_seedream.api.spending import JobPlan, Spending, SpendingLimits
+
+pytestmark = pytest.mark.usefixtures("fresh_process_state")
 
 
 def state_dir(tmp_path: Path) -> Path:
@@ -24,51 +29,70 @@ def state_dir(tmp_path: Path) -> Path:
 
 
 def block_the_disk(state: Path) -> None:
-    """From now on the journal cannot be written (its lock folder is a file), as when the disk fills up."""
-    locks = state / "locks"
-    if locks.is_dir():
-        for lock in locks.iterdir():
-            lock.unlink()
-        locks.rmdir()
-    locks.write_text("in the way")
+    """From now on the records cannot be written (SQLite cannot start its rollback journal), as when the disk fills up."""
+    (state / "records.db-journal").mkdir()
+
+
+def shell(state: Path, statement: str, rows=((),)) -> None:
+    """A change to the job records, as a user with the sqlite3 shell would make it."""
+    with contextlib.closing(sqlite3.connect(state / "records.db")) as database, database:
+        database.executemany(statement, rows)
+
+
+async def usd_per_image() -> float:
+    return 0.03
+
+
+async def submitting(records: Records, fingerprint: str) -> tuple[Spending, str]:
+    """A run's reservation of one job, up to the last piece of its submit: it holds its inputs from now on."""
+    records.renew("run", 600.0)
+    spending = Spending(SpendingLimits(), records, service="https://model-api.runcomfy.net/v1", owner="run")
+    job_id = await spending.ticket(JobPlan(fingerprint, 3, "Generate 3 images."), usd_per_image, print)
+    await spending.may_have_sent(job_id, print)
+    return spending, job_id
 
 
 def test_every_job_of_a_long_list_in_flight_keeps_its_record(tmp_path):
-    store = ResumeStore(tmp_path)
-
-    async def in_flight():
-        for index in range(205):  # more than the 200 the journal used to keep, all of them just submitted
-            await store.record_submitted(f"fp{index}", f"req{index}")
-        return [await store.journal_entry(f"fp{index}") for index in (0, 204)]
-
-    oldest, newest = asyncio.run(in_flight())
+    records = Records.at(tmp_path)
+    now = time.time()
+    in_flight = [(f"j{n}", f"fp{n}", "queued", 1, f"req{n}", now - 600 + n, now - 600 + n) for n in range(205)]
+    finished = [(f"d{n}", f"old{n}", "done", 0, f"old-req{n}", now - 300 + n * 0.01, now) for n in range(MAX_ROWS + 50)]
+    insert = "INSERT INTO jobs (id, fingerprint, state, hold, request_id, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    shell(tmp_path, insert, in_flight + finished)
+    records.tidy()  # more rows than the records keep, and every in-flight job older than every finished one
+    oldest, newest = records.held("fp0"), records.held("fp204")
     assert oldest.request_id == "req0" and newest.request_id == "req204"
-    assert len(json.loads((tmp_path / "journal.json").read_text())["entries"]) == 205
+    kept = {job.id for job in records.jobs()}
+    assert {f"j{n}" for n in range(205)} <= kept and len(kept) == 205 + MAX_ROWS  # the newest finished ones, and every held one
+    assert not kept & {f"d{n}" for n in range(50)}  # the oldest finished ones went
 
 
 def test_a_request_id_that_came_back_after_the_disk_filled_outranks_the_hold_written_before(tmp_path):
-    store = ResumeStore(tmp_path)
+    records = Records.at(tmp_path)
 
     async def scenario():
-        await store.record_unknown_outcome("fp")  # on disk, just before the last piece of the upload
+        spending, job_id = await submitting(records, "fp")  # on disk, just before the last piece of the upload
         block_the_disk(tmp_path)
-        await store.record_submitted("fp", "req-1")  # RunComfy answered; the disk refuses: kept in memory
-        return await store.journal_entry("fp")
+        warned: list[str] = []
+        await spending.submitted(job_id, "req-1", warned.append)  # RunComfy answered; the disk refuses: kept in memory
+        return records.held("fp"), warned
 
-    entry = asyncio.run(scenario())
-    assert entry.state == "submitted" and entry.request_id == "req-1" and entry.only_in_memory
+    entry, warned = asyncio.run(scenario())
+    assert entry.state == "queued" and entry.request_id == "req-1" and records.in_memory and warned == []
+    assert "kept in memory only" in records.trouble and str(tmp_path / "records.db") in records.trouble
 
 
-def test_a_forget_the_disk_refuses_still_forgets(tmp_path):
-    store = ResumeStore(tmp_path)
+def test_a_release_the_disk_refuses_still_releases(tmp_path):
+    records = Records.at(tmp_path)
 
     async def scenario():
-        await store.record_submitted("fp", "req-1")
+        spending, job_id = await submitting(records, "fp")
+        await spending.submitted(job_id, "req-1", print)
         block_the_disk(tmp_path)
-        await store.forget("fp")  # the job was cancelled; the stale entry stays on disk
-        return await store.journal_entry("fp")
+        records.release("fp")  # the job was cancelled; the row on disk still holds the inputs
+        return records.held("fp")
 
-    assert asyncio.run(scenario()) is None
+    assert asyncio.run(scenario()) is None and records.in_memory
 
 
 def test_a_prompt_comfyui_cancels_while_queued_is_forgotten_and_the_next_run_submits(fake, comfy):
@@ -98,9 +122,9 @@ def test_a_batch_shows_its_items_local_trouble_and_says_a_restart_pays_again(fak
     final = comfy.progress_texts()[-1]
     assert final.startswith("Batch of 2 done: 2 jobs")
     warning = final.splitlines()[-1]
-    assert (
-        warning.startswith("Warning: could not") and "closing ComfyUI before this job is collected means the next run pays again" in warning
-    )
+    assert warning.startswith(f"Warning: the job records cannot be kept in {state / 'records.db'}")
+    assert "closing ComfyUI before this job is collected means the next run pays again" in warning
+    assert "could not save the images for a free re-run" in warning and warning.endswith("this run goes on.")
     assert sum(line.startswith("Warning") for line in final.splitlines()) == 1  # one line for the batch
 
 
@@ -132,12 +156,13 @@ def test_a_single_run_s_last_text_keeps_its_warning_line(fake, comfy, tmp_path):
 
 def test_a_saved_cost_that_cannot_be_true_is_set_aside_not_shown(fake, comfy, tmp_path):
     run_node(**node_inputs())
-    (saved,) = (state_dir(tmp_path) / "results").iterdir()
-    meta = json.loads((saved / "meta.json").read_text())
-    (saved / "meta.json").write_text(json.dumps(meta | {"cost_usd": -5.0}))
+    state = state_dir(tmp_path)
+    with pytest.raises(sqlite3.IntegrityError):
+        shell(state, "UPDATE saved SET cost_usd = -5.0")  # the records refuse a negative cost
+    shell(state, "UPDATE saved SET cost_usd = 5000.0")  # an amount, but no job of 3 images can have cost it
     run_node(**node_inputs())
     final = comfy.progress_texts()[-1]
-    assert "$-5" not in final and "set aside" in final and "request resumed" in final and fake.submits == 1
+    assert "$5000" not in final and "set aside" in final and "request resumed" in final and fake.submits == 1
 
 
 def test_an_item_whose_tensor_cannot_be_read_fails_alone(fake, comfy):

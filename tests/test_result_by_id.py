@@ -5,6 +5,7 @@ it cannot be collected is said plainly."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -254,8 +255,10 @@ def test_saved_copies_keep_within_the_cache_bounds(fake, comfy, tmp_path):
     first, second = submit_elsewhere(fake), submit_elsewhere(fake)
     collect_by_id(first, limits=Limits(cache_max_entries=1))
     collect_by_id(second, limits=Limits(cache_max_entries=1))
-    (saved,) = (tmp_path / ".cache" / "runcomfy-seedream" / "results").iterdir()  # HOME is tmp_path here
-    assert second in (saved / "meta.json").read_text()
+    state = tmp_path / ".cache" / "runcomfy-seedream"  # HOME is tmp_path here
+    assert len(list((state / "results").iterdir())) == 1
+    with sqlite3.connect(state / "records.db") as database:
+        assert database.execute("SELECT request_id FROM saved").fetchall() == [(second,)]
 
 
 def test_collect_cancelled_by_its_caller_leaves_a_queued_job_alone(fake, tmp_path):

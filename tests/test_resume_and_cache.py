@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
 
-from helpers import node_inputs, node_object, quick_timing, run_node, single
+from helpers import job_rows, node_inputs, node_object, quick_timing, run_node, single
 from runcomfy_seedream.api.errors import DeadlineExceededError, OutcomeUnknownError
 from runcomfy_seedream.fake_service import Fault
 
@@ -23,16 +22,14 @@ def test_after_a_timeout_running_again_collects_the_same_request(fake, comfy, mo
         run_node(timing=quick_timing(deadline_s=1.0), **node_inputs())
     (request_id,) = fake.jobs
     assert request_id in str(caught.value)
-    journal = json.loads((state_dir(tmp_path) / "journal.json").read_text())
-    assert [e["request_id"] for e in journal["entries"].values()] == [request_id]
+    assert job_rows(tmp_path, "request_id", "hold") == [(request_id, 1)]  # it holds these inputs
 
     images, _, _, second_id = run_node(**node_inputs())  # a fresh node object, as after a restart
     assert second_id == request_id and images.shape[0] == 3
     assert fake.submits == 1 and fake.submit_attempts == 1
     assert any(t.startswith(f"Resumed request {request_id}") for t in comfy.progress_texts())
     assert "request resumed" in comfy.progress_texts()[-1]
-    entries = json.loads((state_dir(tmp_path) / "journal.json").read_text())["entries"]
-    assert [(e["state"], e["request_id"]) for e in entries.values()] == [("submitted", request_id)]  # a second record
+    assert job_rows(tmp_path, "state", "request_id", "hold") == [("done", request_id, 1)]  # a second record
 
 
 def test_after_an_outage_outlasts_the_deadline_running_again_resumes(fake, comfy):
@@ -127,10 +124,7 @@ def test_a_failed_job_is_not_resumed(fake, comfy):
     assert fake.submits == 2
 
 
-def test_the_journal_stays_small_and_holds_no_secret(fake, comfy, tmp_path):
-    from runcomfy_seedream.api.batch import MAX_LIST_JOBS
-    from runcomfy_seedream.api.resume import MAX_JOURNAL_ENTRIES, ResumeStore
-
+def test_the_records_hold_no_secret_and_only_the_owner_reads_them(fake, comfy, tmp_path):
     secret = "rc_live_SECRET_in_env_9d8c"
     fake.valid_tokens.add(secret)
     import os
@@ -138,26 +132,14 @@ def test_the_journal_stays_small_and_holds_no_secret(fake, comfy, tmp_path):
     os.environ["RUNCOMFY_API_TOKEN"] = secret  # restored by the fixture's monkeypatch at teardown
     fake.behaviour.run_s = 2.5
     with pytest.raises(DeadlineExceededError):
-        run_node(timing=quick_timing(deadline_s=0.8), **node_inputs())  # leaves a journal entry behind
-    path = state_dir(tmp_path) / "journal.json"
-    written = "".join(p.read_text(errors="replace") for p in state_dir(tmp_path).rglob("*") if p.is_file())
-    assert next(iter(fake.jobs)) in path.read_text()  # the paid request was journaled
-    assert secret not in written and "SECRET" not in written
-    limit = 200  # the bound is a parameter; the default (MAX_JOURNAL_ENTRIES) is larger than any list's jobs in flight
-    store = ResumeStore(state_dir(tmp_path), max_journal_entries=limit)
-
-    async def many():
-        for index in range(limit + 25):
-            await store.record_submitted(f"fp{index}", f"req{index}")
-
-    asyncio.run(many())
-    entries = json.loads(path.read_text())["entries"]
-    assert len(entries) == limit and "fp0" not in entries and f"fp{limit + 24}" in entries
-    assert MAX_JOURNAL_ENTRIES >= 2 * MAX_LIST_JOBS
-    assert oct(path.stat().st_mode & 0o777) == "0o600"
+        run_node(timing=quick_timing(deadline_s=0.8), **node_inputs())  # leaves a job that holds its inputs behind
+    written = b"".join(p.read_bytes() for p in state_dir(tmp_path).rglob("*") if p.is_file())
+    assert [rid for (rid,) in job_rows(tmp_path, "request_id")] == list(fake.jobs)  # the paid request was recorded
+    assert secret.encode() not in written and b"SECRET" not in written
+    assert oct(state_dir(tmp_path).stat().st_mode & 0o777) == "0o700"
 
 
-def test_two_nodes_running_at_once_keep_one_consistent_journal(fake, comfy, tmp_path):
+def test_two_nodes_running_at_once_keep_consistent_records(fake, comfy, tmp_path):
     async def both():
         nodes = [node_object() for _ in range(2)]
         return await asyncio.gather(
@@ -165,6 +147,5 @@ def test_two_nodes_running_at_once_keep_one_consistent_journal(fake, comfy, tmp_
         )
 
     first, second = map(single, asyncio.run(both()))
-    journal = json.loads((state_dir(tmp_path) / "journal.json").read_text())
-    assert sorted(e["request_id"] for e in journal["entries"].values()) == sorted([first[3], second[3]])  # neither lost
+    assert sorted(rid for (rid,) in job_rows(tmp_path, "request_id")) == sorted([first[3], second[3]])  # neither lost
     assert fake.submits == 2 and len(list((state_dir(tmp_path) / "results").iterdir())) == 2

@@ -53,7 +53,7 @@ def test_a_full_run_and_its_failures_never_show_the_token(fake, comfy, secret_to
     assert not any(SECRET in e for e in errors)
     assert not any(SECRET in text for text in comfy.progress_texts())
     state = tmp_path / ".cache" / "runcomfy-seedream"
-    assert (state / "journal.json").exists() and any((state / "results").iterdir())
+    assert (state / "records.db").exists() and any((state / "results").iterdir())
     assert SECRET not in everything_written(state)
 
 
