@@ -20,9 +20,11 @@ import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from .balance import BalanceRanOutError, BalanceTooLowError
 from .client import Price
-from .errors import BatchError, InputError, RunComfyError, StopRequested
+from .errors import BatchError, InputError, InsufficientBalanceError, RunComfyError, StopRequested
 from .pipeline import GenerationResult, Plan, Reference, Session, execute, paying, plan
+from .price_sanity import plausible
 from .progress import Phase, Progress, ProgressReporter
 from .records import Totals
 from .schema import EditSequentialRequest
@@ -32,6 +34,13 @@ MAX_LISTED_FAILURES = 10
 MAX_LIST_JOBS = 1000  # distinct items of one list: every job in flight keeps its record (the records never delete a job that may still run)
 
 LineSink = Callable[[str, float], None]  # (text under the node, fraction of the bar)
+OUTPUT_BYTES_PER_PIXEL = 3 * 4  # ComfyUI's IMAGE: float32 RGB
+
+
+def items_that_fit(budget_bytes: int, width: int, height: int, max_images: int) -> int:
+    """How many list items of up to `max_images` images at `width`x`height` the outputs' memory budget holds: ComfyUI
+    keeps every item's outputs at once, as float32."""
+    return budget_bytes // (max(1, max_images) * width * height * OUTPUT_BYTES_PER_PIXEL)
 
 
 @dataclass(frozen=True)
@@ -103,7 +112,7 @@ class Batch:
         failure = self.outcome()
         if failure is not None:
             raise failure
-        self._show(self._with_warning(self.final_line(await self.session.spending.today())), 1.0)
+        self._show(self._with_warning(self.session.balance.quietly(self.final_line(await self.session.spending.today()))), 1.0)
         return [member.result for member in self.members]
 
     # --- the steps ------------------------------------------------------------------------------
@@ -147,12 +156,16 @@ class Batch:
         if needed > budget and len(leaders) > 1:
             images = sum(member.plan.images_charged for member in leaders)
             width, height = max((member.plan.request.output_size for member in leaders), key=lambda size: size[0] * size[1])
+            most = max(member.plan.images_charged for member in leaders)
+            fit = items_that_fit(budget, width, height, most)
+            fit_one = items_that_fit(budget, width, height, 1)
+            fitting = f"{plural(fit, 'item')} of up to {plural(most, 'image')} fit" + (f" ({fit_one} at max_images 1)" if most > 1 else "")
             raise InputError(
                 "max_images",
                 f"the outputs of this list would need {-(-needed // 2**20):,} MiB of memory ({plural(len(leaders), 'distinct item')}, "
                 f"up to {plural(images, 'image')} in all, at up to {width}x{height} as float32), over the {budget // 2**20:,} MiB "
-                f"budget for outputs. Split the list into smaller ones, lower max_images, or raise RUNCOMFY_SEEDREAM_BATCH_MB "
-                f"(now {budget // 2**20}). Nothing was sent.",
+                f"budget for outputs (ComfyUI keeps every item's images at once): at {width}x{height}, {fitting}. Split the list "
+                f"into smaller ones, lower max_images, or raise RUNCOMFY_SEEDREAM_BATCH_MB (now {budget // 2**20}). Nothing was sent.",
             )
         for member in leaders:
             member.output_budget = budget * member.plan.output_bytes // max(1, needed)
@@ -162,6 +175,8 @@ class Batch:
         at once, or the run is refused (`SpendingLimitError`) and nothing is sent. Items collecting paid work
         (a saved result, a recorded request, an identical run in progress) cost nothing and are never refused."""
         jobs = [planned.job for planned in await paying([member.plan for member in leaders], self.session)]
+        if jobs:  # the balance too, read beside the price: a list the account cannot pay for sends nothing
+            await self.session.balance.admit(jobs, self.session.usd_per_image)
         warn = leaders[0].reporter.warn if leaders else (lambda line: None)
         await self.session.spending.admit(jobs, self.session.usd_per_image, lambda line: warn(line, key="records"))
 
@@ -207,7 +222,7 @@ class Batch:
     def line(self) -> str:
         counts = {phase: sum(1 for m in self.members if m.phase is phase) for phase in Phase}
         line = f"Batch of {self.size}: " + ", ".join(f"{count} {phase.label}" for phase, count in counts.items() if count)
-        if self.price is not None:
+        if self.price is not None and plausible(self.price.usd_per_image):  # a price of 0 is no estimate
             line += f"; estimated cost up to ${self.price.usd_per_image * self.images_charged():.2f}"
         return line
 
@@ -282,7 +297,15 @@ class Batch:
     def _failed(self, failed: list[Member]) -> BatchError:
         listed = _listed(failed)
         done = self.size - len(failed)
-        saved = f" The other {done} are saved: running the node again collects them without paying and retries only these." if done else ""
+        others = "The other item is saved" if done == 1 else f"The other {done} are saved"
+        these = "this one" if len(failed) == 1 else "these"
+        saved = f" {others}: running the node again collects {'it' if done == 1 else 'them'} without paying and retries only {these}."
+        saved = saved if done else ""
+        if any(isinstance(m.error, InsufficientBalanceError) for m in failed):  # running again only meets the same refusal
+            kept = f" {others}." if done else ""
+            saved = f"{kept} Your RunComfy balance ran out: top it up at runcomfy.com first, then run the node again" + (
+                f" (it collects the saved {'item' if done == 1 else 'items'} without paying and sends only {these})." if done else "."
+            )
         return BatchError(
             f"{len(failed)} of {self.size} items failed.{saved} {listed}",
             failures=[(m.number, m.request_id, m.error) for m in failed],
@@ -292,7 +315,16 @@ class Batch:
 def _listed(failed: list[Member]) -> str:
     """The failed members with their reasons, each with its request id unless the reason names it already."""
     noted = [(m, f" (request {m.request_id})" if m.request_id and m.request_id not in str(m.error) else "") for m in failed]
-    return failure_list((m.number, note, str(m.error)) for m, note in noted)
+    return failure_list((m.number, note, _reason(m.error)) for m, note in noted)
+
+
+def _reason(error: RunComfyError) -> str:
+    """What an item's error says in the list: an item the balance stopped in a few plain words."""
+    if isinstance(error, BalanceRanOutError):
+        return "not sent: the balance ran out"
+    if isinstance(error, InsufficientBalanceError) and not isinstance(error, BalanceTooLowError):
+        return "refused by RunComfy: the balance ran out (no job was created, nothing was charged)"
+    return str(error)
 
 
 def failure_list(failures: Iterable[tuple[int, str, str]]) -> str:

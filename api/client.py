@@ -16,10 +16,10 @@ what it means; `retries.with_retries` returns, raises, or waits and sends again.
       or not read: see below)
     3xx (redirects are never followed)        as a 2xx                                  ServiceError: not the API; no job
     429                                       retry; Retry-After is a lower bound       retry; every submit of the process waits
-    5xx without a documented error_code       retry                                     OutcomeUnknownError once the whole body was
-      (bare, {"detail": …}, a proxy's code)                                               sent (ServiceError before: no job)
-    5xx with a documented error_code          retry                                     ServiceError: RunComfy's word (500001: retry
-                                                                                          later); no job
+    5xx (bare, {"detail": …}, a proxy's code, retry                                     OutcomeUnknownError once the whole body was
+      RunComfy's own 500001)                                                              sent (ServiceError before: no job)
+    5xx with a refusal's code (400001,        retry                                     the ServiceError it says; no job
+      400002, 400004, 403001)
     408, 425, 404 without 404001              retry                                     ServiceError: no job
     any other 4xx, or 404001                  the ServiceError it says (Authentication, the ServiceError it says; no job
                                                 InsufficientBalance, RequestNotFound …)
@@ -41,9 +41,10 @@ Invariants this module owns:
   handed to the connection and no answer of RunComfy's came back: a dropped connection or a
   timeout after the upload, an answer that cannot be read (but not one that is plainly not the
   API, such as a login page: that means no job), or a 5xx without one of RunComfy's
-  documented error codes (a gateway's or proxy's, which may have forwarded the whole request).
+  refusal codes (RunComfy's own 500001 included: a server error after the whole request arrived
+  does not prove the job was not made; a gateway or proxy may have forwarded it).
   An upload that broke off part way, a request that could not leave this machine, a 5xx with
-  a documented code (500001 …), and every 4xx (401, 411, 413 …, even when sent before the
+  a refusal's code (balance, token …), and every 4xx (401, 411, 413 …, even when sent before the
   body was read) mean no job exists: the error says so and nothing is held.
 - Reads of a paid job (status, result) retry through 429 (with or without
   Retry-After), 5xx, unreadable answers and refused connections with `job_retry`,
@@ -80,8 +81,9 @@ from urllib.parse import quote
 import httpx
 
 from .config import DEFAULT_BASE_URL, Credentials
-from .errors import _CODE_MESSAGES, InputError, OutcomeUnknownError, RunComfyError, ServiceError, error_from_response
+from .errors import _CODE_MESSAGES, ConfigurationError, InputError, OutcomeUnknownError, RunComfyError, ServiceError, error_from_response
 from .job import CancelResult, Job, JobResult, JobStatus, UploadTracker
+from .proxies import proxy_for, unusable_proxy
 from .retries import (  # RetryPolicy and parse_retry_after are imported from this module too
     Done,
     Fail,
@@ -98,8 +100,12 @@ from .shared import LOOP_STATE, PRICES, tls_context
 
 QUEUED_STATES = frozenset({"in_queue", "queued", "pending"})
 RUNNING_STATES = frozenset({"in_progress", "running", "processing"})
-# RunComfy's published error codes (the spec's list): a 5xx that carries one is RunComfy's own word, any other is not.
+# RunComfy's published error codes (the spec's list).
 DOCUMENTED_CODES = frozenset(_CODE_MESSAGES)
+# The codes that say a submit was refused before any work (unknown model, balance, token, account): whatever the HTTP
+# status that carries them, no job exists. Any other 5xx to a submit whose whole body was sent, RunComfy's own 500001
+# included, may have come after the job was made.
+REFUSED_BEFORE_WORK = frozenset({"400001", "400002", "400004", "403001"})
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})  # a page for a browser: never an answer of the API
 PRICE_LOOKUP_TIMEOUT_S = 10.0
 # An answer of the API is a few hundred bytes (a result with 15 URLs a few KB): past this, once decoded, it is not read.
@@ -309,6 +315,7 @@ class Call:
     idempotent: bool = True  # False for the submit: sent twice, it may be paid twice
     request_id: str | None = None  # the job it is about (status, result, cancel)
     redact: str | None = field(default=None, repr=False)  # the token, hidden wherever the service echoes it
+    proxy: str | None = None  # the proxy it goes through, named ("the proxy host:port set by HTTPS_PROXY"); None: direct
 
     @property
     def reads_job(self) -> bool:
@@ -413,15 +420,17 @@ def _answered_ok(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping[st
 def _answered_error(call: Call, attempt: Attempt, tries: int) -> Verdict[Mapping[str, Any]]:
     status = attempt.status or 0
     error = error_from_response(status, attempt.body, action=call.action, request_id=call.request_id, redact=call.redact)
-    if not call.idempotent and status >= 500 and error.error_code not in DOCUMENTED_CODES and attempt.body_complete:
-        # Bare, {"detail": …}, a proxy's own code: not RunComfy's answer, and the proxy may have forwarded the whole request.
-        return Fail(
-            _may_be_charged(
-                call.action,
+    if not call.idempotent and status >= 500 and error.error_code not in REFUSED_BEFORE_WORK and attempt.body_complete:
+        # The whole request was sent: a server error (RunComfy's 500001, a gateway's bare 502, a proxy's own code) may
+        # have come after the job was made, so it is never taken for "no job".
+        if error.error_code in DOCUMENTED_CODES:
+            what = f"HTTP {status} came back with RunComfy's server error [error_code {error.error_code}] after the whole request was sent"
+        else:
+            what = (
                 f"HTTP {status} came back without RunComfy's documented error format (not RunComfy's answer, as a gateway or "
-                "proxy in front of it gives) after the whole request was sent",
+                "proxy in front of it gives) after the whole request was sent"
             )
-        )
+        return Fail(_may_be_charged(call.action, what))
     if status == 429:
         problem = "HTTP 429" + ("" if call.idempotent else " (rate limited)")
         return _retry(call, tries, problem, "busy", error, retry_after=attempt.retry_after, rate_limited=True)
@@ -447,9 +456,14 @@ def _retry(
 def _gave_up(call: Call, tries: int, problem: str, error: ServiceError | None) -> RunComfyError:
     """What is raised when the policy allows no more tries after this one."""
     if not call.idempotent:
+        check = (
+            f"Check that {call.proxy} is running and reachable, or unset that variable for ComfyUI,"
+            if call.proxy
+            else "Check your connection"
+        )
         return ServiceError(
             f"{call.action} failed: RunComfy could not be reached or turned it away ({problem}; {tries} tries). "
-            "No job was created and nothing was charged. Check your connection and run again."
+            f"No job was created and nothing was charged. {check} and run again."
         )
     if error is not None:
         return type(error)(
@@ -492,6 +506,10 @@ class RunComfyClient:
         self.on_retry = on_retry
         t = self.timeouts
         self._token = credentials.token  # only to keep it out of what the service echoes back
+        if (unusable := unusable_proxy()) is not None:  # httpx would fail with its own ImportError or ValueError
+            raise ConfigurationError(unusable)
+        proxy = proxy_for(self.base_url + "/")
+        self._proxy = str(proxy) if proxy is not None else None
         self._owns_pool = True
         self._http = httpx.AsyncClient(
             base_url=self.base_url + "/",
@@ -639,7 +657,7 @@ class RunComfyClient:
         `idempotent=False` (the submit) is what makes a lost answer "may have been charged" instead of a retry;
         a call about a job (`request_id`) retries with `job_retry`, any other with `retry`.
         """
-        call = Call(action, idempotent, request_id, redact=self._token)
+        call = Call(action, idempotent, request_id, redact=self._token, proxy=self._proxy)
 
         def send() -> Awaitable[Attempt]:
             return self._send_once(method, path, idempotent=idempotent, params=params, body=body, headers=headers, upload=upload)
@@ -672,10 +690,11 @@ class RunComfyClient:
         try:
             async with self._http.stream(method, path, **options) as response:  # streamed, so that no answer is held past the cap
                 data, unreadable = await _read_capped(response)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            failure, problem = Transport.NOT_CONNECTED, describe_transport_error(exc)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError) as exc:
+            # ProxyError: the proxy refused to open the tunnel (407, 502 …): nothing reached RunComfy
+            failure, problem = Transport.NOT_CONNECTED, describe_transport_error(exc) + self._through()
         except httpx.HTTPError as exc:  # broken, timed out, or an answer that could not be read or decoded
-            failure, problem = Transport.BROKEN, describe_transport_error(exc)
+            failure, problem = Transport.BROKEN, describe_transport_error(exc) + self._through()
         else:
             complete = upload is None or upload.complete
             body = None if unreadable else _json_or_none(data)
@@ -684,6 +703,9 @@ class RunComfyClient:
                 response.status_code, response.headers, body, body_complete=complete, unreadable=unreadable, html_page=page
             )
         return Attempt.failed(failure, problem, body_complete=upload is None or upload.complete)
+
+    def _through(self) -> str:
+        return f" through {self._proxy}" if self._proxy else ""
 
     def _retry_heard(self, call: Call, announce: bool) -> RetryHeard:
         """What happens before each retry's wait: a submit's 429 holds every submit of the process; the notice."""

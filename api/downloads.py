@@ -6,7 +6,10 @@ Invariants this module owns:
   multicast, reserved and unspecified addresses are refused, whatever the spelling
   (`https://2130706433/`, `https://127.1/`, a name that resolves to 127.0.0.1), unless the
   URL is on the configured API base's own origin (a local test service). The check is
-  repeated for every redirect hop; more than 5 hops (a loop) is a `DownloadError`.
+  repeated for every redirect hop; more than 5 hops (a loop) is a `DownloadError`. Each of these
+  refusals is collectable: the paid job stays on record, and a re-run from a network that can fetch it pays nothing.
+  So is any HTTP answer no rule below names (a redirect without a Location, a proxy's 407, a 400): only a file
+  that arrives and can never be used (not an image, over the size cap) ends the job's record.
 - Only https is fetched (plus the API base's origin), never with an Authorization header.
 - Files are size-capped, and decoding refuses decompression bombs.
 - A 200 answer that is a web page (text/html, or a body that opens as HTML: a proxy's block page, a login
@@ -50,6 +53,7 @@ from PIL import Image, UnidentifiedImageError
 from .addresses import is_private_host, is_public_address
 from .config import DEFAULT_BATCH_BYTES, MAX_DOWNLOAD_BYTES
 from .errors import DownloadError
+from .proxies import proxy_for
 from .retries import Done, Fail, Retry, RetryPolicy, Verdict, opens_as_html_page, parse_retry_after, with_retries
 from .shared import tls_context
 from .threads import map_in_threads
@@ -252,7 +256,9 @@ def classify_download(fetched: Fetched, tries: int, *, label: str, request_id: s
         return Fail(gone) if tries >= GONE_TRIES else retry(str(gone))
     if status == 429 or status >= 500:
         return retry(f"HTTP {status}", fetched.retry_after)
-    return Fail(DownloadError(f"{label} could not be downloaded (HTTP {status}).", request_id=request_id))
+    # Any other answer (a redirect without a Location, a proxy asking for its password, a 400) is about the way to the
+    # file, not the images: the paid job stays collectable.
+    return Fail(_refused(f"{label} could not be downloaded (HTTP {status}).", request_id))
 
 
 class ResultDownloader:
@@ -348,10 +354,13 @@ class ResultDownloader:
         except DownloadError as refused:  # from a redirect hop's check or the size cap, with the request id
             return Fetched(refused=refused)
         except httpx.TooManyRedirects:
-            loop = DownloadError(f"{label}: more than {MAX_REDIRECTS} redirects (a redirect loop); not downloaded.", request_id=request_id)
-            return Fetched(refused=loop)
+            # Network trouble between this machine and the file (a proxy or a CDN going in circles), as a refused host is:
+            # it says nothing about the images, so the paid job stays collectable.
+            loop = f"{label}: more than {MAX_REDIRECTS} redirects (a redirect loop, as a proxy or a filter in front of the file gives)"
+            return Fetched(refused=_refused(f"{loop}; not downloaded.", request_id))
         except httpx.TransportError as exc:
-            return Fetched(transport=type(exc).__name__)
+            proxy = proxy_for(url)  # trouble reaching a proxy is named as such, never with its credentials
+            return Fetched(transport=type(exc).__name__ + (f" through {proxy}" if proxy is not None else ""))
         except (httpx.HTTPError, httpx.InvalidURL) as exc:  # an invalid redirect target and the like
             return Fetched(refused=_refused(f"{label} could not be downloaded ({type(exc).__name__}).", request_id))
         except ValueError as exc:  # a host no name encoding allows (https://xn--n3h/, IDNA's UnicodeError), here or in a hop

@@ -86,7 +86,7 @@ class AuthenticationError(ServiceError):
 
 
 class InsufficientBalanceError(ServiceError):
-    """The account has no credit left (400002)."""
+    """The account has no credit left (HTTP 402, or 400002)."""
 
 
 class RequestNotFoundError(ServiceError):
@@ -206,6 +206,14 @@ def error_from_response(
         cls, sentence = ServiceError, "RunComfy is rate limiting requests. Wait a minute and run again."
     elif http_status >= 500:
         cls, sentence = ServiceError, "RunComfy reported a server error. Wait a moment and run again."
+    elif http_status == 402:  # what RunComfy's own nodes take a 402 to mean
+        cls, sentence = (
+            InsufficientBalanceError,
+            (
+                "Your RunComfy balance has run out: RunComfy refused it for lack of credit, so no job was created and "
+                "nothing was charged. Top up at runcomfy.com, then run again."
+            ),
+        )
     elif http_status == 404:  # without 404001 this may be a proxy's page, not RunComfy's word that the request is gone
         cls, sentence = ServiceError, "The service answered 404 (not found) without saying what was not found."
     else:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .balance import DEFAULT_WAIT_S as BALANCE_WAIT_S
+from .balance import Balance
 from .client import STATUS_INTERVAL_S, Price, RetryPolicy, RunComfyClient, Timeouts
 from .config import Credentials, Limits, resolve_base_url, resolve_credentials
 from .downloads import (
@@ -42,14 +44,17 @@ from .errors import (
     AuthenticationError,
     DeadlineExceededError,
     DownloadError,
+    InsufficientBalanceError,
     JobCancelledError,
     JobFailedError,
     OutcomeUnknownError,
     RequestNotFoundError,
     RunComfyError,
+    SpendingLimitError,
     StopRequested,
 )
 from .job import DEFAULT_DEADLINE_S, Job, JobEvent, JobResult, PollSchedule, UploadTracker, check_request_id, submit_watching
+from .price_sanity import overcharge_line, overcharge_refusal, overcharged, plausible
 from .progress import Phase, ProgressReporter, ProgressSink
 from .records import (
     LEASE_S,
@@ -74,7 +79,7 @@ from .resume import RunStore
 from .schema import MAX_IMAGES_LIMIT, MODEL_ID, EditSequentialRequest, check_choice
 from .shared import LOOP_STATE
 from .spending import JobPlan, Spending, SpendingLimits
-from .stop import Latch, StopCheck, never_stop, stoppable
+from .stop import Latch, StopCheck, Waited, never_stop, stoppable, wait_watching
 from .threads import map_in_threads
 
 log = logging.getLogger("runcomfy.seedream")
@@ -96,6 +101,7 @@ class Timing:
     price_wait_s: float = 0.5  # how long the submit may wait for the catalog price; then it goes without an estimate
     limit_price_wait_s: float = 20.0  # how long a run under a spending limit waits for the price (a limit needs one)
     status_interval_s: float = STATUS_INTERVAL_S  # the least time between two status polls of this process
+    balance_wait_s: float = BALANCE_WAIT_S  # how long a run waits for the balance (read beside the price); then it goes unchecked
     lease_s: float = LEASE_S  # a run that dies frees its locks and reservations for other processes after this
     records_wait_s: float = LOCK_WAIT_S  # how long another process may hold the records before a run goes on without it
 
@@ -142,6 +148,8 @@ class Session:
     state_dir: Path | None = None
     after_submit: Callable[[], None] = lambda: None  # once RunComfy holds the references and their copies are freed
     _price: asyncio.Future | None = field(default=None, repr=False)
+    held_back: str | None = None  # why the jobs not yet sent are not sent: a job of this run cost more than its estimate
+    balance: Balance | None = None  # the account's balance, read beside the price (`balance.Balance`)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -188,6 +196,7 @@ class Session:
         session = cls(credentials, base_url, client, stop, timing, limits or Limits(), spending, records, owner, state_dir, after_submit)
         with contextlib.suppress(Exception):  # alive at once; its reservations renew the lease in their own transaction
             await asyncio.to_thread(records.renew, owner, timing.lease_s)
+        session.balance = Balance(credentials, model_base=base_url, wait_s=timing.balance_wait_s, stop=session.stop)
         lease = asyncio.ensure_future(_keep_alive(records, owner, timing.lease_s))
         try:
             yield session
@@ -202,10 +211,13 @@ class Session:
 
     async def price(self, *, wait_s: float | None = None) -> Price | None:
         """The catalog price if it is known within `wait_s` (default `Timing.price_wait_s`), else None (the lookup
-        goes on)."""
+        goes on). The wait watches Stop: nothing has been sent yet, so Stop ends the run at once."""
         if self._price is None:
+            self.balance.start()  # read beside the price, so that waiting for it adds no time
             self._price = asyncio.ensure_future(self.client.price(fresh=self.spending.limits.any))  # a limit needs today's
-        await asyncio.wait({self._price}, timeout=self.timing.price_wait_s if wait_s is None else wait_s)
+        deadline = asyncio.get_running_loop().time() + (self.timing.price_wait_s if wait_s is None else wait_s)
+        if await wait_watching(self._price, self.stop, deadline=deadline) is Waited.STOP:
+            raise StopRequested(f"Stopped while reading RunComfy's price for this model: {NOTHING_SENT}")
         done = self._price.done() and not self._price.cancelled() and self._price.exception() is None
         return self._price.result() if done else None
 
@@ -213,6 +225,14 @@ class Session:
         """The price per image for the spending gate: under a limit, waited for up to `Timing.limit_price_wait_s`."""
         price = await self.price(wait_s=self.timing.limit_price_wait_s if self.spending.limits.any else None)
         return price.usd_per_image if price is not None else None
+
+    def charged(self, request_id: str, cost_usd: float | None, estimate_usd: float | None, warn: Callable[[str], None]) -> None:
+        """A job of this run was charged `cost_usd`: above the estimate its spending limit was checked with, the jobs
+        not yet sent are held back, and the run says so once (not once per item)."""
+        if not self.spending.limits.any or not overcharged(cost_usd, estimate_usd) or self.held_back is not None:
+            return
+        self.held_back = overcharge_refusal(request_id, cost_usd, estimate_usd)
+        warn(overcharge_line(request_id, cost_usd, estimate_usd))
 
     def store(self, warn: Callable[[str], None]) -> RunStore:
         """The records and saved results of the session's folder, within the cache bounds."""
@@ -275,6 +295,7 @@ class _Run:
     plan: Plan | None = None
     output_budget: int | None = None  # bytes its outputs may take; None: `Limits.batch_max_bytes`
     notes: list[str] = field(default_factory=list)
+    estimate_usd: float | None = None  # what its submitted job was estimated at when the spending limit was checked
 
     @classmethod
     def start(
@@ -419,7 +440,9 @@ def _at_most_asked(run: _Run, result: JobResult) -> JobResult:
     if len(result.urls) <= most:
         return result
     asked = f" for max_images {most}" if run.plan is not None else ""
-    run.notes.append(f"the service listed {len(result.urls)} images{asked}; the first {most} were kept")
+    run.notes.append(
+        f"the service listed {len(result.urls)} images{asked}; {'only the first was' if most == 1 else f'the first {most} were'} kept"
+    )
     return dataclasses.replace(result, urls=result.urls[:most])
 
 
@@ -505,20 +528,44 @@ async def _submit(run: _Run) -> Job:
     upload slot: encode the references and submit once."""
     request, spending = run.plan.request, run.session.spending
     price = await run.session.price()
-    if price is not None:
+    if price is not None and plausible(price.usd_per_image):  # a price of 0 is no estimate
         run.report.pin(price.estimate(request.max_images_sent), key="cost")
+    balance = run.session.balance
+    await balance.ticket(run.plan.job, run.session.usd_per_image)  # the balance, beside the spending limits
     job_id = await spending.ticket(run.plan.job, run.session.usd_per_image, run.warn_records)
+    run.estimate_usd = spending.estimate_of(job_id)
     sending = False
     try:
+        _not_held_back(run)
         async with _upload_turn(run):
+            balance.check_not_run_out()  # another item's submit was refused for lack of credit meanwhile
             encoded = await _encode(run, run.plan.references)
             run.plan.references = []  # the clean pixels are not needed any more
+            balance.check_not_run_out()
+            _not_held_back(run)
             sending = True
-            return await _send(run, job_id, request.with_references([e.uri for e in encoded]), _uploading_message(run, encoded))
+            job = await _send(run, job_id, request.with_references([e.uri for e in encoded]), _uploading_message(run, encoded))
+    except InsufficientBalanceError:  # RunComfy refused it for lack of credit: no job, and nothing more is sent
+        balance.ran_out(run.plan.job)
+        if not sending:
+            await spending.dropped(job_id, run.warn_records, "not submitted: the balance ran out")
+        raise
+    except OutcomeUnknownError:
+        balance.submitted(run.plan.job)  # it may be running and charged
+        raise
     except BaseException:
+        balance.refused(run.plan.job)
         if not sending:  # stopped or failed before anything was sent: the reservation was never used
             await spending.dropped(job_id, run.warn_records)
         raise
+    balance.submitted(run.plan.job)
+    return job
+
+
+def _not_held_back(run: _Run) -> None:
+    """A job of this run cost more than its estimate under a spending limit: what is not sent yet is not sent."""
+    if run.session.held_back is not None:
+        raise SpendingLimitError(run.session.held_back)
 
 
 async def _encode(run: _Run, prepared: list[PreparedReference]) -> list[EncodedReference]:
@@ -635,6 +682,7 @@ async def _settle(run: _Run, job: Job) -> JobResult:
         raise
     result, doubt = _sane_cost(run, result)
     await _settled(run, result.request_id, "done", images=min(len(result.urls), run.most_images), cost_usd=result.cost_usd, detail=doubt)
+    run.session.charged(result.request_id, result.cost_usd, run.estimate_usd, lambda line: run.report.warn(line, key="price"))
     return result
 
 

@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import RecordsError, SpendingLimitError
 from .files import read_json, write_atomically
+from .price_sanity import judge_price, plausible
+from .proxies import proxy_for
 from .records import FINAL, LEASE_S, LOCK_WAIT_S, NOT_CHARGED, RESERVATION, Busy, Records, Totals, prompt_words, renew_in
 from .resume import patiently
 from .shared import LIVE
@@ -224,6 +226,7 @@ class Spending:
         self.lease_s = lease_s
         self.run_usd = 0.0  # what this run reserved, as estimated
         self._reserved: dict[str, str] = {}  # fingerprint -> the id of its reservation, not used yet
+        self._estimates: dict[str, float | None] = {}  # job id -> the estimate its limits were checked with
         self._lock = asyncio.Lock()
         self._price_warned = False
 
@@ -242,12 +245,16 @@ class Spending:
                 await self._admit([job], price, warn, share_identical=False)
             return self._reserved.pop(job.fingerprint)
 
+    def estimate_of(self, job_id: str) -> float | None:
+        """What the job reserved by this run was estimated at when its spending limits were checked (None: no price)."""
+        return self._estimates.get(job_id)
+
     async def _admit(self, jobs: list[JobPlan], price: PriceLookup, warn: Warn, *, share_identical: bool) -> None:
         if not jobs:
             return
         if self.limits.problem:  # a limit was set and cannot be read: never taken for no limit
             raise SpendingLimitError(f"Your spending limits cannot be checked: {self.limits.problem}. {NOTHING_SENT}")
-        usd_per_image = await self._price(price)
+        usd_per_image = await self._price(price, warn)
         if usd_per_image is not None and (refusal := over_per_run(self.limits, self.run_usd, jobs, usd_per_image)):
             raise SpendingLimitError(refusal)
         rows = {job.fingerprint: self._reservation(job, usd_per_image) for job in jobs}
@@ -274,6 +281,7 @@ class Spending:
         reserved = await self._decide(decide)
         for fingerprint in reserved:
             self._reserved[fingerprint] = rows[fingerprint]["id"]
+            self._estimates[rows[fingerprint]["id"]] = rows[fingerprint]["estimate_usd"]
             self.run_usd += rows[fingerprint]["estimate_usd"] or 0.0
 
     async def _decide(self, decide: Callable[[sqlite3.Connection], list[str]]) -> list[str]:
@@ -298,20 +306,37 @@ class Spending:
                   prompt_words(job.prompt), self.node_id, self.prompt_id)  # fmt: skip
         return dict(zip(RESERVATION, values, strict=True))
 
-    async def _price(self, price: PriceLookup) -> float | None:
-        """The catalog price per image; with a limit set, the last one seen within 24 hours when the catalog fails,
-        and a refusal when there is none."""
+    async def _price(self, price: PriceLookup, warn: Warn) -> float | None:
+        """The catalog price per image; with a limit set, the last sound one seen within 24 hours when the catalog fails
+        or reports a price that cannot be right (`price_sanity`), and a refusal when there is none."""
         usd = await price()
+        last = None
+        if self.limits.any:
+            last = await asyncio.to_thread(self.records.last_price, self.service, LAST_PRICE_MAX_AGE_S)
+            last = last if plausible(last) else None
         if usd is not None:
-            await asyncio.to_thread(self.records.remember_price, self.service, usd)
-            return usd
+            verdict = judge_price(usd, last)
+            if verdict.trusted:
+                await asyncio.to_thread(self.records.remember_price, self.service, usd)
+                return usd
+            if not self.limits.any:
+                return usd  # only an estimate to show: never remembered, never a limit's
+            if verdict.refusal:
+                raise SpendingLimitError(
+                    f"Your spending limit cannot be checked: {verdict.refusal}. Try again later and check the price on "
+                    f"runcomfy.com, or clear the limit ({SETTING}, {PER_RUN_ENV}, {PER_DAY_ENV}). {NOTHING_SENT}"
+                )
+            warn(verdict.note)
+            return verdict.usd
         if not self.limits.any:
             return None
-        usd = await asyncio.to_thread(self.records.last_price, self.service, LAST_PRICE_MAX_AGE_S)
+        usd = last
         if usd is None:
+            proxy = proxy_for(self.service + "/")  # the catalog is read through it: it may be what is down
+            through = f" (it is read through {proxy}: check that the proxy is running, or unset that variable)" if proxy else ""
             raise SpendingLimitError(
-                "Your spending limit cannot be checked: RunComfy's price for this model could not be read, and none was "
-                f"seen in the last 24 hours. Try again in a minute, or clear the limit ({SETTING}, {PER_RUN_ENV}, "
+                f"Your spending limit cannot be checked: RunComfy's price for this model could not be read{through}, and none "
+                f"was seen in the last 24 hours. Try again in a minute, or clear the limit ({SETTING}, {PER_RUN_ENV}, "
                 f"{PER_DAY_ENV}). {NOTHING_SENT}"
             )
         return usd
@@ -392,12 +417,6 @@ class Spending:
             job = None
         if job is None:
             return
-        estimate = job.estimate_usd
-        if status == "done" and self.limits.any and cost_usd is not None and estimate is not None and cost_usd > estimate + 0.005:
-            warn(
-                f"request {request_id} cost ${cost_usd:.2f}, more than the ${estimate:.2f} your spending limit was checked "
-                "with (RunComfy's price changed meanwhile)"
-            )
         changes: dict[str, Any] = {"state": status}
         if status in FINAL:
             changes["detail"] = detail

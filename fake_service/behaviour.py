@@ -55,7 +55,8 @@ class FakeBehaviour:
     output_scale: float = 1.0  # outputs are image_size x scale (small in tests)
     mixed_sizes: bool = False  # every other output comes out at a smaller size
     photographic: bool = False  # noisy outputs that compress like photos (benchmarks)
-    balance_usd: float = 100.0
+    balance_usd: float = 100.0  # served at GET /prod/v2/balance; jobs lower it; a submit whose maximum price passes it gets 402
+    serves_balance: bool = True  # False: the balance route is missing (404)
     price_per_image_usd: float = 0.03
     upload_bytes_per_s: float | None = None  # simulated uplink for submit bodies
     result_urls: list[str] | None = None  # serve these result URLs instead of the real files
@@ -70,7 +71,7 @@ class FakeBehaviour:
     unanswered: int = 0  # requests answered by an outage (not by an injected fault)
 
     def inject(self, endpoint: str, *faults: Fault) -> None:
-        """endpoint: submit, status, result, cancel, file, catalog."""
+        """endpoint: submit, status, result, cancel, file, catalog, balance."""
         self.faults.setdefault(endpoint, []).extend(faults)
 
     def start_outage(self, seconds: float, fault: Fault, endpoints: tuple[str, ...] = ("status", "result", "file")) -> None:

@@ -104,6 +104,13 @@ def check_payload(payload: object, *, inspect_pixels: bool = True) -> list[tuple
     return [_reference_colour(i, item, inspect_pixels) for i, item in enumerate(images)]
 
 
+def most_images(payload: dict) -> int:
+    """The most images a submit may make, and so be charged for: its maximum price over the price per image."""
+    if payload.get("sequential_image_generation", "auto") == "disabled":
+        return 1
+    return payload.get("sequential_image_generation_options", 3)
+
+
 def planned_image_count(payload: dict, behaviour: FakeBehaviour) -> int:
     """Like Seedream: the prompt says how many; never more than the maximum; one when disabled."""
     if payload.get("sequential_image_generation", "auto") == "disabled":

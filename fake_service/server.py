@@ -20,9 +20,11 @@ from typing import Any
 from urllib.parse import unquote
 
 from .behaviour import FakeBehaviour, Fault
-from .jobs import Job, SchemaViolation, check_payload, new_job, planned_image_count
+from .jobs import Job, SchemaViolation, check_payload, most_images, new_job
 
 MODEL_PATH = "/v1/models/bytedance/seedream-4-0/edit-sequential"
+SERVERLESS_PREFIX = "/prod/v2"  # the serverless API (the balance), on the same server
+BALANCE_PATH = f"{SERVERLESS_PREFIX}/balance"
 _REQUEST_PATH = re.compile(r"^/v1/requests/([^/]+)/(status|result|cancel)$")
 _FILE_PATH = re.compile(r"^/files/([^/]+)/(\d+)\.png$")
 _UPLOAD_CHUNK = 64 * 1024
@@ -255,8 +257,8 @@ class _Handler(BaseHTTPRequestHandler):
         token = self.headers["Authorization"][7:]
         try:
             job = fake.create_job(payload, colours, token)
-        except _NoBalance:
-            self._error(400, "400002", "Insufficient balance")
+        except _NoBalance:  # as RunComfy's own nodes expect it: HTTP 402
+            self._error(402, None, "Insufficient balance")
             return
         job.body_bytes, job.upload_s, job.processing_s = len(body), upload_s, time.monotonic() - received
         if fault is not None and fault.kind not in _SHAPED:  # the job exists (it reached the service), but the answer goes wrong
@@ -293,6 +295,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._serve_file(file_match.group(1), int(file_match.group(2)))
             return
         if self._authorised() is None:
+            return
+        if path == BALANCE_PATH and fake.behaviour.serves_balance:
+            fault = fake.behaviour.take_fault("balance")
+            if not self._apply_fault(fault):
+                self._reply(200, {"balance_usd": round(fake.behaviour.balance_usd, 6), "currency": "USD"}, fault)
             return
         if path == MODEL_PATH:
             fault = fake.behaviour.take_fault("catalog")
@@ -461,6 +468,11 @@ class FakeRunComfy:
         return f"{self.origin}/v1"
 
     @property
+    def serverless_base(self) -> str:
+        """What RUNCOMFY_SERVERLESS_API_BASE is set to, to read the balance here."""
+        return f"{self.origin}{SERVERLESS_PREFIX}"
+
+    @property
     def token(self) -> str:
         """The token this service accepts."""
         return self.behaviour.token
@@ -493,9 +505,9 @@ class FakeRunComfy:
             self.submit_attempts += 1
 
     def create_job(self, payload: dict, colours: list[tuple[int, int, int]], token: str) -> Job:
+        """A job, its cost taken from the balance; `_NoBalance` when its maximum price passes the balance."""
         with self._lock:
-            cost = planned_image_count(payload, self.behaviour) * self.behaviour.price_per_image_usd
-            if cost > self.behaviour.balance_usd:
+            if most_images(payload) * self.behaviour.price_per_image_usd > self.behaviour.balance_usd + 1e-9:
                 raise _NoBalance()
             job = new_job(payload, colours, token, self.behaviour)
             self.behaviour.balance_usd -= job.cost_usd

@@ -1,6 +1,6 @@
 """The server routes behind the RunComfy jobs panel (ComfyUI's sidebar) and the "Spending limit" setting.
 
-GET  /runcomfy/seedream/jobs                      -> today's and this month's totals, the limits, the newest jobs
+GET  /runcomfy/seedream/jobs                      -> today's and this month's totals, the balance, the limits, the newest jobs
 GET  /runcomfy/seedream/jobs/{request_id}/thumbnail -> a small PNG of the job's first saved image
 POST /runcomfy/seedream/jobs/{request_id}/cancel  -> cancel a queued job of the records, worded as the node words it
 GET  /runcomfy/seedream/spending                  -> the limits in effect, the saved setting, which variables win
@@ -17,14 +17,19 @@ import asyncio
 import io
 import json
 import os
+import threading
 import time
+import warnings
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ..api.balance import panel_reading
 from ..api.client import RunComfyClient
-from ..api.config import resolve_base_url, resolve_credentials
+from ..api.config import find_credentials, resolve_base_url, resolve_credentials
+from ..api.downloads import MAX_OUTPUT_PIXELS
 from ..api.errors import RunComfyError
 from ..api.job import Job, check_request_id
 from ..api.records import Busy, Records
@@ -41,6 +46,9 @@ BUSY = "The job records are held by another program for the moment (another Comf
 JOBS_SHOWN_WHERE = "jobs.state != 'dropped'"
 THUMBNAIL_PX = 128
 CANCEL_TIMEOUT_S = 30.0
+_DECODING = threading.Lock()  # one thumbnail decode at a time in the process, whatever the panel asks for at once
+_RESIZABLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
+_DECODE_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 def url_request_id(request_id: str | None) -> str | None:
@@ -112,24 +120,51 @@ async def thumbnail(state_dir: Path, request_id: str) -> bytes | None:
             return None
         return cached.files[0] if cached is not None and cached.files else None
 
-    file = await asyncio.to_thread(first_file)
-    return await asyncio.to_thread(small_png, file) if file is not None else None
+    # One at a time, queued on the loop (not in threads): reading the saved files (every one of the result) and decoding
+    # the first, so that the panel asking for many at once holds one result's files and one decode in memory.
+    async with _DECODE_TURNS.setdefault(asyncio.get_running_loop(), asyncio.Lock()):
+        file = await asyncio.to_thread(first_file)
+        return await asyncio.to_thread(small_png, file) if file is not None else None
 
 
 def small_png(file: bytes) -> bytes | None:
-    """Blocking: `file` as a PNG of at most THUMBNAIL_PX a side; None when no image can come from it."""
+    """Blocking: `file` as a PNG of at most THUMBNAIL_PX a side; None when no image can come from it.
+
+    A saved file is judged by its header first, with the pipeline's pixel cap: past it (a file planted in the user
+    folder), nothing is decoded. Within it, one thumbnail is decoded at a time in the whole process, a JPEG at the
+    scale a thumbnail needs (`draft`), any other reduced before it is converted: the panel asking for many at once
+    costs one decode's memory, not many."""
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(file)) as image:
-            image.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))
-            small = image.convert("RGB")
-            small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-            out = io.BytesIO()
-            small.save(out, format="PNG")
-            return out.getvalue()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(file)) as image:
+                width, height = image.size
+                if width * height > MAX_OUTPUT_PIXELS:
+                    return None
+                with _DECODING:
+                    image.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))
+                    # reduced in its own mode first; a mode PIL cannot resize (16-bit, float) is converted first
+                    shrinking = image if image.mode in _RESIZABLE_MODES else image.convert("RGB")
+                    shrinking.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), reducing_gap=2.0)
+                    small = shrinking.convert("RGB")
+        out = io.BytesIO()
+        small.save(out, format="PNG")
+        return out.getvalue()
     except Exception:  # noqa: BLE001 - a file no thumbnail can come from has none
         return None
+
+
+async def balance_answer(token_file: Path) -> dict[str, Any]:
+    """The account's balance beside today's total: {"usd", "read_at", "problem"}; "usd" None when it cannot be read
+    (kept `balance.BALANCE_TTL_S`, so the panel's polls read it at most that often)."""
+    try:
+        credentials = await asyncio.to_thread(find_credentials, settings_file=token_file)
+        base_url = resolve_base_url()
+    except RunComfyError:  # a token or address that cannot be used: the node says why when it runs
+        return {"usd": None, "read_at": None, "problem": "the RunComfy token or address cannot be used"}
+    return await panel_reading(credentials, base_url)
 
 
 def spending_answer(spending_file: Path) -> dict[str, Any]:
@@ -152,9 +187,10 @@ async def cancel_queued(state_dir: Path, token_file: Path, request_id: str) -> t
         return 409, {"ok": False, "error": f"Request {request_id} is {entry.shown_state}, not queued: there is nothing to cancel."}
     try:
         credentials, base_url = resolve_credentials(settings_file=token_file), resolve_base_url()
-    except RunComfyError as unusable:  # no token, or a RUNCOMFY_MODEL_API_BASE that is no https URL: say which
+        client = RunComfyClient(credentials, base_url)
+    except RunComfyError as unusable:  # no token, a RUNCOMFY_MODEL_API_BASE that is no https URL, a proxy it cannot use
         return 400, {"ok": False, "error": str(unusable)}
-    async with RunComfyClient(credentials, base_url) as client:
+    async with client:
         handle = Job.resume(client, request_id)
         try:
             cancelled, message = await asyncio.wait_for(handle.cancel_queued(), CANCEL_TIMEOUT_S)
@@ -221,9 +257,12 @@ def register(routes: Any, state_dir: Callable[[], Path], token_file: Callable[[]
     @guarded
     async def list_jobs(request: web.Request) -> web.Response:
         try:
-            return web.json_response(await asyncio.to_thread(jobs_answer, state_dir(), spending_file()))
+            answer, balance = await asyncio.gather(
+                asyncio.to_thread(jobs_answer, state_dir(), spending_file()), balance_answer(token_file())
+            )
         except Busy:
             return refuse(503, BUSY)
+        return web.json_response({**answer, "balance": balance})
 
     @routes.get(ROUTES[1])
     @guarded

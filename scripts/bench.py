@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uplink-mbit", type=float, default=50.0, help="simulated upload bandwidth")
     parser.add_argument("--service-seconds", type=float, default=3.0, help="fixed queue + generation time of the fake")
     parser.add_argument("--quick", action="store_true", help="only the small job (a smoke test of this script)")
-    parser.add_argument("--job", choices=["reference", "many", "small", "formats", "batch", "records"], help="run only this job")
+    parser.add_argument("--job", choices=["reference", "many", "small", "formats", "batch", "records", "balance"], help="run only this job")
     parser.add_argument("--detect-runs", type=int, default=8, help="extra tiny jobs to measure completion detection")
     args = parser.parse_args(argv)
 
@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         _fake = fake
         os.environ["RUNCOMFY_API_TOKEN"] = behaviour.token
         os.environ["RUNCOMFY_MODEL_API_BASE"] = fake.base_url
+        os.environ["RUNCOMFY_SERVERLESS_API_BASE"] = fake.serverless_base
         seed = 1000
         for job in jobs:
             references = [torch.from_numpy(photo_like(job.ref_size, job.ref_size, i)).unsqueeze(0) for i in range(job.ref_count)]
@@ -335,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             if job is jobs[0]:
                 print_tradeoff(png_tradeoff(references, uplink_bps), args.uplink_mbit)
             del references
+    if args.job == "balance":
+        return balance_row(pack, args.detect_runs)
     if args.job in (None, "records"):
         with FakeRunComfy(behaviour) as fake:
             _fake = fake
@@ -346,12 +349,14 @@ def main(argv: list[str] | None = None) -> int:
         with FakeRunComfy(behaviour) as fake:
             _fake = fake
             os.environ["RUNCOMFY_MODEL_API_BASE"] = fake.base_url
+            os.environ["RUNCOMFY_SERVERLESS_API_BASE"] = fake.serverless_base
             batch_row(pack, fake, behaviour)
         if args.job == "batch":
             return 0
     with FakeRunComfy(behaviour) as fake:
         _fake = fake
         os.environ["RUNCOMFY_MODEL_API_BASE"] = fake.base_url
+        os.environ["RUNCOMFY_SERVERLESS_API_BASE"] = fake.serverless_base
         tiny = [torch.from_numpy(photo_like(256, 256, 99)).unsqueeze(0)]
         fields = {
             "text": "Generate 1 image of the scene.",
@@ -495,6 +500,62 @@ def batch_row(pack, fake, behaviour, items: int = 24) -> None:
     for name, wall, extra, peak_rate, peak_status, _ in rows:
         print(f"{name:20s}{wall:>9.2f}{extra / 2**20:>9.0f}{peak_rate:>12d}{peak_status:>15d}")
     print(f"speed-up of the list: {rows[1][1] / rows[0][1]:.1f}x")
+
+
+def balance_row(pack, runs: int) -> int:
+    """What reading the balance adds to a run: the time to submit and the wall time of a small run with no balance
+    read, with a balance that answers, and with one that never answers (the run goes on after
+    `Timing.balance_wait_s`), in turn."""
+    from runcomfy_seedream.api import Timing
+    from runcomfy_seedream.api.balance import ACCOUNTS
+    from runcomfy_seedream.fake_service import FakeBehaviour, FakeRunComfy, Fault
+    from runcomfy_seedream.nodes import comfy_bridge
+
+    behaviour = FakeBehaviour(queue_s=0.2, run_s=0.3, output_scale=0.25, balance_usd=1e6)
+    tiny = torch.from_numpy(photo_like(256, 256, 7)).unsqueeze(0)
+    node = pack.NODE_CLASS_MAPPINGS["RunComfySeedream4EditSequential"]()
+    times: dict[str, list[tuple[float, float]]] = {"not read": [], "readable": [], "hanging": []}
+    marks: list[tuple[str, float]] = []
+    comfy_bridge.send_progress_text = lambda text, node_id: marks.append((text, time.perf_counter()))
+    with FakeRunComfy(behaviour) as fake:
+        os.environ["RUNCOMFY_API_TOKEN"] = behaviour.token
+        os.environ["RUNCOMFY_MODEL_API_BASE"] = fake.base_url
+        os.environ["RUNCOMFY_SERVERLESS_API_BASE"] = fake.serverless_base
+        for run in range(3 * runs + 3):
+            kind = list(times)[run % 3]
+            ACCOUNTS.reset()  # every run reads the balance
+            if kind == "hanging":
+                behaviour.inject("balance", Fault("stall", seconds=30.0))
+            if kind == "not read":  # the Model API moved, the serverless base not: the balance is not read at all
+                os.environ.pop("RUNCOMFY_SERVERLESS_API_BASE", None)
+            else:
+                os.environ["RUNCOMFY_SERVERLESS_API_BASE"] = fake.serverless_base
+            marks.clear()
+            started = time.perf_counter()
+            asyncio.run(
+                node.generate(
+                    image_1=tiny,
+                    prompt="Generate 1 image of the scene.",
+                    max_images=1,
+                    image_size="1440:2560 (9:16)",
+                    seed=7000 + run,
+                    optimize_prompt="fast",
+                    sequential_image_generation="auto",
+                    unique_id="bench",
+                )
+            )
+            wall = time.perf_counter() - started
+            submitted = next(t for text, t in marks if text.startswith("Submitted:")) - started
+            if run >= 3:  # the first three warm up
+                times[kind].append((submitted, wall))
+    print(f"\n== balance: a small run, {runs} of each, in turn (balance wait {Timing().balance_wait_s:g} s)")
+    print(f"{'balance':12s}{'to submit s (median)':>22s}{'wall s (median)':>18s}")
+    for kind, rows in times.items():
+        print(f"{kind:12s}{statistics.median(r[0] for r in rows):>22.3f}{statistics.median(r[1] for r in rows):>18.3f}")
+    wall = {kind: statistics.median(r[1] for r in rows) for kind, rows in times.items()}
+    print(f"added by reading the balance: {wall['readable'] - wall['not read']:.3f} s of wall time")
+    print(f"added by a balance that never answers, over a readable one: {wall['hanging'] - wall['readable']:.3f} s of wall time")
+    return 0
 
 
 def format_rows(pack, comfy_bridge, references, fields, job: Job, behaviour, seed: int) -> int:

@@ -5,24 +5,25 @@ Python Playwright. It starts nothing itself. To run it against the local fake se
 queue slow enough to see each state of a job:
 
     python scripts/fake_service.py --port 8775 --queue-seconds 6 --run-seconds 3 --output-scale 0.25
-    RUNCOMFY_MODEL_API_BASE=http://127.0.0.1:8775/v1 RUNCOMFY_API_TOKEN=fake-runcomfy-token \
-        python main.py --cpu --port 8195          # in ComfyUI; its input/ must hold example.png
+    RUNCOMFY_MODEL_API_BASE=http://127.0.0.1:8775/v1 RUNCOMFY_SERVERLESS_API_BASE=http://127.0.0.1:8775/prod/v2 \
+        RUNCOMFY_API_TOKEN=fake-runcomfy-token python main.py --cpu --port 8195          # in ComfyUI; its input/ must hold example.png
     python scripts/browser_check_panel.py http://127.0.0.1:8195 [--vue-nodes] [--screenshot docs/images/jobs_panel.png]
 
 It runs with the classic node design, or with --vue-nodes in "Nodes 2.0" (setting Comfy.VueNodes.Enabled); either
 way it sets the setting for its session and puts it back afterwards.
 
-Steps (each prints what the panel shows): open the jobs tab from the sidebar; queue a graph with the Seedream node
-(a new seed, so a new job) and follow its row from queued through generating to done, with its thumbnail loaded and
-its cost; copy its request id with the Copy button (through the clipboard API, then through the fallback used where
-that API is refused); queue another, press its Cancel button while it is queued, and see the server's message in
-the row, the row cancelled and the node's run end as cancelled; reload the page, open the tab again and see the
-same request ids with the same states; optionally save a screenshot of the panel; count the panel's requests while
-it is shown (one every 2 s), with another sidebar tab shown and with the sidebar closed (none); then in Settings →
-RunComfy → Spending limit, check the two inputs show what the server holds (an input whose limit an environment
-variable sets is disabled and names the variable), save a limit per run and per day, see the jobs panel show them,
-refuse a negative amount, clear both (or, when variables set both, see Save disabled), and put back what was saved
-before. Exits 1 if any step sees something else.
+Steps (each prints what the panel shows): open the jobs tab from the sidebar; see the balance beside today's total
+with the time it was read (and "unknown" when the server answers none); queue a graph with the Seedream node (a new
+seed, so a new job) and follow its row from queued through generating to done, with its thumbnail loaded and its
+cost, and the balance lowered by it; copy its request id with the Copy button (through the clipboard API, then
+through the fallback used where that API is refused); queue another, press its Cancel button while it is queued, and
+see the server's message in the row, the row cancelled and the node's run end as cancelled; reload the page, open
+the tab again and see the same request ids with the same states; optionally save a screenshot of the panel; count
+the panel's requests while it is shown (one every 2 s), with another sidebar tab shown and with the sidebar closed
+(none); then in Settings → RunComfy → Spending limit, check the two inputs show what the server holds (an input
+whose limit an environment variable sets is disabled and names the variable), save a limit per run and per day, see
+the jobs panel show them, refuse a negative amount, clear both (or, when variables set both, see Save disabled), and
+put back what was saved before. Exits 1 if any step sees something else.
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ PANEL_HELPERS = r"""
     shown: () => visible(document.querySelector(".runcomfy-jobs")),
     head: () => ({
       totals: text(document, ".runcomfy-jobs-totals"),
+      balance: text(document, ".runcomfy-jobs-balance"),
+      // beside today's total: in the same row, on its line unless the panel is too narrow
+      balanceBeside: (() => {
+        const totals = document.querySelector(".runcomfy-jobs-totals"), balance = document.querySelector(".runcomfy-jobs-balance");
+        if (!visible(totals) || !visible(balance) || totals.parentElement !== balance.parentElement) return false;
+        const a = totals.getBoundingClientRect(), b = balance.getBoundingClientRect();
+        return b.top < a.bottom || b.top - a.bottom < 4;
+      })(),
       limits: text(document, ".runcomfy-jobs-limits"),
       warning: visible(document.querySelector(".runcomfy-jobs-warning")) ? text(document, ".runcomfy-jobs-warning") : null,
       error: visible(document.querySelector(".runcomfy-jobs-error")) ? text(document, ".runcomfy-jobs-error") : null,
@@ -75,6 +84,7 @@ PANEL_HELPERS = r"""
     }),
     row: (entry) => __panel.rows().find((r) => r.entry === entry) ?? null,
     spending: async () => (await (await window.comfyAPI.api.api.fetchApi("/runcomfy/seedream/spending")).json()),
+    jobs: async () => (await (await window.comfyAPI.api.api.fetchApi("/runcomfy/seedream/jobs", { cache: "no-store" })).json()),
     setSpending: async (body) => (await (await window.comfyAPI.api.api.fetchApi("/runcomfy/seedream/spending", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) })).json()),
   };
@@ -192,6 +202,39 @@ def main(argv: list[str] | None = None) -> int:
             print("FAILED: the jobs tab did not open")
             return 1
 
+        def balance_shown(name: str) -> float | None:
+            """The balance beside today's total is the server's, with the time it was read; returns it (None: unknown)."""
+            page.wait_for_timeout(2500)  # one more poll
+            answer = page.evaluate("() => __panel.jobs()").get("balance") or {}
+            head = page.evaluate("() => __panel.head()")
+            usd = answer.get("usd")
+            want = f"Balance: ${usd:.2f} (read " if usd is not None else "Balance: unknown"
+            shown = head.get("balance") or ""
+            ok = shown.startswith(want) and head.get("balanceBeside") and (usd is None or shown.endswith(")"))
+            report(
+                name, bool(ok), shown, f"the server: {answer}", f"beside today's total ({head['totals']!r}): {head.get('balanceBeside')}"
+            )
+            return usd
+
+        # 0. the balance, beside today's total; "unknown" when the server cannot read it
+        balance_before = balance_shown("the balance shows beside today's total, with the time it was read")
+
+        def unknown_balance(route) -> None:
+            response = route.fetch()
+            body = response.json()
+            body["balance"] = {"usd": None, "read_at": None, "problem": "RunComfy answered HTTP 503"}
+            route.fulfill(response=response, json=body)
+
+        page.route("**/runcomfy/seedream/jobs", unknown_balance)
+        try:
+            page.wait_for_function("() => __panel.head().balance === 'Balance: unknown'", timeout=6_000)
+        except Exception:  # noqa: BLE001 - reported below with what the page shows
+            pass
+        title = page.evaluate("() => document.querySelector('.runcomfy-jobs-balance')?.title")
+        shown = page.evaluate("() => __panel.head().balance")
+        report("a balance the server cannot read shows as unknown", shown == "Balance: unknown", shown, f"its tooltip: {title!r}")
+        page.unroute("**/runcomfy/seedream/jobs", unknown_balance)
+
         # 1. a job followed from queued to done
         before = queue("__run1", random.randrange(1, 2**31 - 1), "Generate 2 images of this scene, one at noon and one at night.")
         statuses: list[str] = []
@@ -220,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         done_row = row
         head = page.evaluate("() => __panel.head()")
         print(f"    totals now: {head['totals']}")
+        balance_after = balance_shown("the balance after the job, beside today's total")
+        if balance_before is not None and balance_after is not None:
+            lowered = balance_before - balance_after
+            report("the job lowered the balance shown by its price", lowered > 0.005, f"${balance_before:.2f} -> ${balance_after:.2f}")
 
         # 2. Copy: the clipboard API, then the fallback (a selected textarea) where that API refuses
         if done_row and done_row.get("request_id"):

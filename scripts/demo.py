@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["RUNCOMFY_SEEDREAM_STATE_DIR"] = state
         os.environ["RUNCOMFY_API_TOKEN"] = behaviour.token
         os.environ["RUNCOMFY_MODEL_API_BASE"] = fake.base_url
+        os.environ["RUNCOMFY_SERVERLESS_API_BASE"] = fake.serverless_base
         node = pack.NODE_CLASS_MAPPINGS["RunComfySeedream4EditSequential"]()
         inputs = {f"image_{i}": tensor for i, tensor in enumerate(references, start=1)}
         started = time.monotonic()

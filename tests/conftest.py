@@ -43,6 +43,7 @@ def fake(behaviour, monkeypatch, tmp_path):
         monkeypatch.delenv("RUNCOMFY_TOKEN", raising=False)
         monkeypatch.setenv("RUNCOMFY_API_TOKEN", behaviour.token)
         monkeypatch.setenv("RUNCOMFY_MODEL_API_BASE", service.base_url)
+        monkeypatch.setenv("RUNCOMFY_SERVERLESS_API_BASE", service.serverless_base)
         yield service
 
 

@@ -238,3 +238,12 @@ def test_items_that_fail_alike_are_named_together_with_the_fix_said_once(fake, c
     assert message.startswith("12 of 12 items failed. items 1-5, 7-12: max_images: 1 reference + max_images 15 = 16")
     assert message.count("Set max_images to 14 or less") == 1 and "item 6: prompt: has 700 characters" in message
     assert comfy.progress_texts()[-1] == message
+
+
+def test_a_list_of_two_with_one_failure_says_the_other_item_is_saved(fake, comfy):
+    """Before: "1 of 2 items failed. The other 1 are saved: …"."""
+    fake.behaviour.inject("submit", Fault("http", status=422, error_code="422001"))
+    error = run_list([node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id="9") for seed in range(2)])
+    assert isinstance(error, BatchError) and fake.submits == 1
+    assert str(error).startswith("1 of 2 items failed. The other item is saved: running the node again collects it without paying")
+    assert "1 are" not in str(error)

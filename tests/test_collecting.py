@@ -176,6 +176,21 @@ def test_a_result_url_whose_host_no_name_encoding_allows_is_refused_as_collectab
     assert fake.submits == 1
 
 
+def test_a_redirect_loop_on_a_result_url_keeps_the_paid_job_collectable(fake, comfy):
+    """Six same-origin redirects made the paid job "not kept", and running again paid for a new one: a redirect loop is
+    network trouble between this machine and the file, like a non-public host, not a file that can never be used."""
+    fake.behaviour.result_urls = [f"{fake.origin}/loop/out.png"]
+    with pytest.raises(DownloadError) as caught:
+        run_node(**node_inputs())
+    message = str(caught.value)
+    assert "redirect loop" in message and "is paid" in message and "without paying again" in message
+    assert "charged again" not in message and caught.value.collectable
+    (request_id,) = fake.jobs
+    fake.behaviour.result_urls = None  # the files can be had now
+    _, _, _, collected = run_node(**node_inputs())
+    assert collected == request_id and fake.submits == 1 and fake.submit_attempts == 1
+
+
 def test_an_image_labelled_as_a_web_page_is_still_the_image(fake, comfy):
     buffer = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 10, 10)).save(buffer, format="PNG")
@@ -223,3 +238,54 @@ def test_an_empty_result_file_keeps_the_paid_job_collectable(fake, comfy):
     fake.behaviour.faults.clear()
     _, _, _, collected = run_node(**node_inputs())
     assert collected == request_id and fake.submits == 1
+
+
+def test_a_list_refused_for_memory_says_how_many_items_fit_at_its_size_and_max_images(fake, comfy):
+    """Before: the refusal gave the figures but never how many items would fit, so a user learnt it by trial."""
+    budget = Limits(batch_max_bytes=int(2.5 * ONE_ITEM_BYTES))  # 7.5 images at 2560x1440
+    message = str(run_list(items(3), limits=budget))
+    assert "at 2560x1440, 2 items of up to 3 images fit (7 at max_images 1)" in message, message
+    assert fake.submits == 0
+
+
+def test_prompt_lines_refuses_more_lines_than_the_outputs_budget_can_ever_hold(monkeypatch):
+    """Before: Prompt lines took 100 lines, and the default 3 GiB output budget refuses any list of more than 64-72
+    items, so such a list could never run."""
+    from runcomfy_seedream.nodes.prompt_lines import RunComfyPromptLines
+
+    monkeypatch.delenv("RUNCOMFY_SEEDREAM_BATCH_MB", raising=False)
+    node = RunComfyPromptLines()
+    (prompts,) = node.split("\n".join(f"Generate 1 image of fox {i}." for i in range(72)))
+    assert len(prompts) == 72
+    with pytest.raises(InputError) as caught:
+        node.split("\n".join(f"Generate 1 image of fox {i}." for i in range(73)))
+    message = str(caught.value)
+    assert "has 73 prompts" in message and "at most 72 lines" in message and "3,072 MiB" in message
+    assert "RUNCOMFY_SEEDREAM_BATCH_MB" in message and "24 at max_images 3" in message
+    tooltip = RunComfyPromptLines.INPUT_TYPES()["required"]["text"][1]["tooltip"]
+    assert "72" in tooltip and "max_images" in tooltip
+    monkeypatch.setenv("RUNCOMFY_SEEDREAM_BATCH_MB", "8192")  # room for more: the paid-job cap of 100 lines is what is left
+    assert len(node.split("\n".join(f"Generate 1 image of fox {i}." for i in range(100)))[0]) == 100
+
+
+def test_a_proxy_asking_for_its_password_on_a_result_file_keeps_the_paid_job_collectable(fake, comfy):
+    """Before: any HTTP status without a rule of its own (407, a 302 without a Location, 400) forgot the paid job, and
+    running again paid for a new one."""
+    fake.behaviour.inject("file", *[Fault("http", status=407)] * 3)
+    with pytest.raises(DownloadError) as caught:
+        run_node(**node_inputs())
+    message = str(caught.value)
+    assert "HTTP 407" in message and "is paid" in message and "without paying again" in message
+    (request_id,) = fake.jobs
+    fake.behaviour.faults.clear()
+    _, _, _, collected = run_node(**node_inputs())
+    assert collected == request_id and fake.submits == 1
+
+
+def test_prompt_lines_always_takes_one_line_however_small_the_budget(monkeypatch):
+    from runcomfy_seedream.nodes.prompt_lines import RunComfyPromptLines
+
+    monkeypatch.setenv("RUNCOMFY_SEEDREAM_BATCH_MB", "1")  # a single run is fitted into any budget; a list of two is not
+    assert RunComfyPromptLines().split("Generate 1 image of a fox.") == (["Generate 1 image of a fox."],)
+    with pytest.raises(InputError, match="has 2 prompts"):
+        RunComfyPromptLines().split("Generate 1 image of a fox.\nGenerate 1 image of a hare.")

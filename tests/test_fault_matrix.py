@@ -322,7 +322,15 @@ MATRIX = [
         1,
         {},
     ),
-    ("submit answered 500 by the service", faults(submit=[Fault("http", status=500)]), ServiceError, ["server error"], 0, {}),
+    # RunComfy's own 500001 once the whole body was sent: it may have come after the job was made.
+    (
+        "the submit arrived and RunComfy answered 500 500001",
+        faults(submit=[Fault("gateway", status=500, error_code="500001")]),
+        OutcomeUnknownError,
+        ["500001", "may have been charged"],
+        1,
+        {},
+    ),
     ("submit connection dropped after the body", faults(submit=[Fault("drop")]), OutcomeUnknownError, ["may have been charged"], 1, {}),
     ("submit answered with unreadable JSON", faults(submit=[Fault("garbage")]), OutcomeUnknownError, ["may be running"], 1, {}),
     (
@@ -374,7 +382,14 @@ MATRIX = [
     ("bare 404s on status (a proxy's page)", faults(status=[Fault("http", status=404)] * 3), 3, None, 1, {}),
     ("a proxy answers 413 and drains the upload", faults(submit=[Fault("answer_first", status=413)]), ServiceError, ["413"], 0, {}),
     ("a proxy answers 411 and drains the upload", faults(submit=[Fault("answer_first", status=411)]), ServiceError, ["411"], 0, {}),
-    ("RunComfy itself answers the submit 503", faults(submit=[Fault("http", status=503)]), ServiceError, ["server error"], 0, {}),
+    (
+        "the submit arrived and RunComfy answered 503 500001",
+        faults(submit=[Fault("gateway", status=503, error_code="500001")]),
+        OutcomeUnknownError,
+        ["500001", "not sent again"],
+        1,
+        {},
+    ),
     ("a 404 with another code on status", faults(status=[Fault("http", status=404, error_code="404")] * 2), 3, None, 1, {}),
     ("a journal time of 400 digits", state_trouble(_journal_with_huge_time), 3, None, 1, {}),
     ("a saved index that is not JSON", after_a_first_run(_index_garbage), 3, ["set aside", "request resumed"], 1, {}),

@@ -183,6 +183,16 @@ def test_a_cancel_with_an_unusable_service_address_answers_in_json_with_what_to_
     assert "RUNCOMFY_MODEL_API_BASE" in json.loads(raw)["error"] and fake.cancel_calls == 0
 
 
+def test_a_cancel_with_a_proxy_it_cannot_use_answers_in_json_naming_the_variable(fake, comfy, folder, monkeypatch):
+    request_id = run_node(**node_inputs(seed=4))[3]
+    edit_records(folder, "UPDATE jobs SET state = 'queued' WHERE request_id = ?", (request_id,))
+    monkeypatch.setenv("ALL_PROXY", "socks4://vpn:pw-77@127.0.0.1:1080")  # no proxy kind httpx speaks
+    status, kind, raw = call(folder, "POST", f"/runcomfy/seedream/jobs/{request_id}/cancel", body={})
+    assert status == 400 and kind == "application/json"
+    error = json.loads(raw)["error"]
+    assert "ALL_PROXY" in error and "pw-77" not in error and fake.cancel_calls == 0
+
+
 def test_the_spending_setting_is_saved_checked_and_the_environment_wins(fake, folder, monkeypatch):
     status, _, raw = call(folder, "POST", "/runcomfy/seedream/spending", body={"per_run_usd": 2.5, "per_day_usd": None})
     assert status == 200 and json.loads(raw)["per_run_usd"] == 2.5 and json.loads(raw)["per_day_usd"] is None
@@ -212,3 +222,42 @@ def test_a_setting_that_is_not_two_limits_is_refused_with_what_to_send(raw, mess
 def test_the_setting_reads_two_limits_or_none():
     assert jobs_route.limits_in(b'{"per_run_usd": 2.5, "per_day_usd": null}') == (2.5, None)
     assert jobs_route.limits_in(b"{}") == (None, None)
+
+
+def huge_png(width: int = 7000, height: int = 6000) -> bytes:
+    """A PNG past the pipeline's pixel cap that is small on disk (one bit a pixel, all black): 42 MP, 126 MB as RGB."""
+    buffer = io.BytesIO()
+    Image.new("1", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_thumbnail_is_never_decoded_from_an_image_past_the_pixel_cap(fake, comfy, folder):
+    """Before: a huge PNG planted in a saved result was decoded whole (and converted to RGB) for every thumbnail asked
+    for, six at once: ComfyUI was killed for memory."""
+    request_id = run_node(**node_inputs(seed=1))[3]
+    (saved,) = [path for path in (folder / "results").iterdir() if not path.name.startswith(".")]
+    (saved / "00.img").write_bytes(huge_png())
+    path = f"/runcomfy/seedream/jobs/{request_id}/thumbnail"
+
+    async def six_at_once():
+        async with TestClient(TestServer(app_for(folder), host="127.0.0.1")) as client:
+            return await asyncio.gather(*(request(client, "GET", path) for _ in range(6)))
+
+    assert [status for status, _, _ in asyncio.run(six_at_once())] == [404] * 6
+    assert jobs_route.small_png(huge_png()) is None
+
+
+@pytest.mark.parametrize("mode", ["I;16", "P", "LA", "CMYK"])
+def test_a_thumbnail_comes_from_any_mode_a_saved_image_may_have(mode):
+    buffer = io.BytesIO()
+    Image.new(mode, (640, 480)).save(buffer, format="TIFF" if mode == "CMYK" else "PNG")
+    with Image.open(io.BytesIO(jobs_route.small_png(buffer.getvalue()))) as image:
+        assert image.size == (128, 96) and image.mode == "RGB"
+
+
+def test_a_thumbnail_of_a_large_image_within_the_cap_is_small(fake, comfy, folder):
+    buffer = io.BytesIO()
+    Image.new("RGB", (4096, 3072), (10, 200, 30)).save(buffer, format="PNG")
+    png = jobs_route.small_png(buffer.getvalue())
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.size == (128, 96) and image.mode == "RGB" and image.getpixel((5, 5)) == (10, 200, 30)

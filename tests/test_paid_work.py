@@ -415,3 +415,16 @@ def test_a_hold_the_disk_refused_still_holds_and_says_it_ends_with_comfyui(fake,
     with pytest.raises(OutcomeUnknownError) as held:
         run_node(**node_inputs(seed=777))
     assert "when ComfyUI restarts" in str(held.value) and fake.submit_attempts == 1
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_runcomfys_own_500001_after_the_upload_holds_the_inputs(fake, comfy, status):
+    """A 5xx to a submit whose whole body was sent does not prove no job exists, even with RunComfy's own code."""
+    fake.behaviour.inject("submit", Fault("gateway", status=status, error_code="500001"))
+    with pytest.raises(OutcomeUnknownError) as first:
+        run_node(**node_inputs())
+    assert "may have been charged" in str(first.value) and "500001" in str(first.value)
+    assert "Wait a moment and run again" not in str(first.value)
+    with pytest.raises(OutcomeUnknownError) as second:
+        run_node(**node_inputs())
+    assert "not sent again" in str(second.value) and fake.submit_attempts == 1

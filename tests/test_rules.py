@@ -622,3 +622,40 @@ def test_a_nat64_address_is_judged_by_the_ipv4_address_it_embeds(address, public
     """On an IPv6-only network (DNS64), every IPv4-only result host resolves into 64:ff9b::/96: it was refused as not
     public, so no paid result could ever be fetched there (Python before 3.12.4 calls the prefix not global)."""
     assert is_public_address(address) is public
+
+
+# --- whether a catalog price can check a spending limit -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reported,last,usd,said",
+    [
+        (0.03, None, 0.03, None),  # a sound price, nothing seen before
+        (0.03, 0.03, 0.03, None),
+        (0.05, 0.03, 0.05, None),  # a rise is always trusted: it only makes the limit stricter
+        (0.01, 0.03, 0.01, None),  # a cut to a third: still this model's price
+        (0.0, None, None, "refused"),
+        (0.0001, None, None, "refused"),
+        (0.0049, None, None, "refused"),
+        (0.0, 0.03, 0.03, "last"),
+        (0.0001, 0.03, 0.03, "last"),
+        (0.006, 0.03, 0.03, "last"),  # far below the last sound price: a broken answer, not a price cut
+        (0.0, 0.0001, None, "refused"),  # a last price that is not sound is no fallback
+    ],
+)
+def test_a_price_that_cannot_be_right_is_not_trusted(reported, last, usd, said):
+    from runcomfy_seedream.api.price_sanity import judge_price
+
+    verdict = judge_price(reported, last)
+    assert verdict.usd == usd and verdict.trusted == (said is None)
+    if said == "refused":
+        assert "does not look right for this model" in verdict.refusal and verdict.note is None
+    elif said == "last":
+        assert f"last sound price seen, ${last:.3f} per image" in verdict.note and verdict.refusal is None
+
+
+def test_a_charge_is_above_its_estimate_only_past_rounding():
+    from runcomfy_seedream.api.price_sanity import money, overcharged
+
+    assert overcharged(0.15, 0.09) and not overcharged(0.094, 0.09) and not overcharged(None, 0.09) and not overcharged(0.5, None)
+    assert [money(v) for v in (0, 0.0001, 0.0049, 0.03, 1.5)] == ["$0", "$0.0001", "$0.0049", "$0.030", "$1.500"]

@@ -176,7 +176,21 @@ ROWS = [
     ("502 bare on status", STATUS, answer(502), retry(), ()),
     ("504 bare on the catalog", CATALOG, answer(504), retry(), ()),
     ("500 on cancel", CANCEL, answer(500), retry(), ()),
-    ("500 with 500001 on the submit", SUBMIT, answer(500, code="500001"), ServiceError, ["server error", "500001"]),
+    (
+        "500 with 500001 on the submit",
+        SUBMIT,
+        answer(500, code="500001"),
+        OutcomeUnknownError,
+        ["server error", "500001", "not sent again"],
+    ),
+    (
+        "500 with 500001 on the submit before the body was all sent",
+        SUBMIT,
+        answer(500, code="500001", body_complete=False),
+        ServiceError,
+        ["500001"],
+    ),
+    ("503 with RunComfy's 400004 on the submit", SUBMIT, answer(503, code="400004"), AuthenticationError, ["400004"]),
     ("500 with RunComfy's 400002 on the submit", SUBMIT, answer(500, code="400002"), InsufficientBalanceError, ["400002"]),
     # Any other 5xx to a submit whose body arrived is not RunComfy's word: the job may exist.
     ("500 bare on the submit after the body", SUBMIT, answer(500), OutcomeUnknownError, ["HTTP 500", "may have been charged"]),
@@ -202,8 +216,14 @@ ROWS = [
     ("502 bare on the submit after the body", SUBMIT, answer(502), OutcomeUnknownError, ["gateway", "HTTP 502", "not sent again"]),
     ("503 bare on the submit after the body", SUBMIT, answer(503), OutcomeUnknownError, ["HTTP 503", "may have been charged"]),
     ("504 bare on the submit after the body", SUBMIT, answer(504), OutcomeUnknownError, ["HTTP 504", "may have been charged"]),
-    ("503 with RunComfy's error_code on the submit", SUBMIT, answer(503, code="500001"), ServiceError, ["500001"]),
-    ("502 with RunComfy's error_code on the submit", SUBMIT, answer(502, code="500001"), ServiceError, ["server error"]),
+    (
+        "503 with RunComfy's 500001 on the submit",
+        SUBMIT,
+        answer(503, code="500001"),
+        OutcomeUnknownError,
+        ["500001", "may have been charged"],
+    ),
+    ("502 with RunComfy's 500001 on the submit", SUBMIT, answer(502, code="500001"), OutcomeUnknownError, ["server error"]),
     ("502 bare on the submit before the body was all sent", SUBMIT, answer(502, body_complete=False), ServiceError, ["server error"]),
     # 404: RunComfy's 404001 is its word that the request is gone; a bare 404 is a proxy or an edge in trouble.
     ("404 bare on status", STATUS, answer(404), retry(None, "unavailable", "HTTP 404"), ()),
@@ -326,13 +346,15 @@ CHARGE_ROWS = [
     ("gateway 504 after the whole body", answer(504), True),
     ("200 with the job", answer(200, JOB), False),
     ("gateway 502 before the whole body was sent", answer(502, body_complete=False), False),
-    ("503 with RunComfy's error_code", answer(503, code="500001"), False),
-    ("504 with RunComfy's error_code", answer(504, code="500001"), False),
+    ("503 with RunComfy's 500001", answer(503, code="500001"), True),
+    ("504 with RunComfy's 500001", answer(504, code="500001"), True),
+    ("503 with RunComfy's 400004 (token refused)", answer(503, code="400004"), False),
     ("500 bare after the whole body", answer(500), True),
     ("500 {detail} after the whole body", answer(500, {"detail": "internal error"}), True),
     ("502 with a code that is not RunComfy's", answer(502, code="UPSTREAM_RESET"), True),
     ("500 {detail} before the whole body was sent", answer(500, {"detail": "internal error"}, body_complete=False), False),
-    ("500 with RunComfy's error_code", answer(500, code="500001"), False),
+    ("500 with RunComfy's 500001", answer(500, code="500001"), True),
+    ("500 with RunComfy's 500001 before the whole body was sent", answer(500, code="500001", body_complete=False), False),
     ("500 with RunComfy's 400002", answer(500, code="400002"), False),
     ("connection broken mid-upload", BROKEN_MID_UPLOAD, False),
     ("write timeout mid-upload", TIMED_OUT_MID_UPLOAD, False),
@@ -651,3 +673,11 @@ def test_an_image_labelled_as_a_web_page_is_still_the_image_in_any_format_the_de
     assert _a_page("text/html; charset=utf-8", buffer.getvalue()) is None
     assert _a_page("text/html", b"BMW dealer login: access denied") == "text/html"  # two letters are no BMP
     assert _a_page("text/html", b"Access denied by policy") == "text/html"
+
+
+@pytest.mark.parametrize("status", [204, 302, 400, 401, 405, 407, 451])
+def test_an_http_answer_that_is_not_the_file_keeps_the_paid_job_collectable(status):
+    """A status no rule names (a redirect without a Location, a proxy asking for its password) says nothing about the
+    images: before, it made the paid job "unusable" and forgotten, and the re-run paid again."""
+    verdict = classify_download(Fetched(status=status), 1, label=LABEL, request_id="r-1")
+    assert isinstance(verdict, Fail) and verdict.error.collectable and f"HTTP {status}" in str(verdict.error)

@@ -28,10 +28,12 @@ def test_wrong_token_is_explained(fake, comfy, monkeypatch):
 
 def test_out_of_credit_is_explained(fake, comfy):
     fake.behaviour.balance_usd = 0.01
+    fake.behaviour.serves_balance = False  # the balance cannot be read first: RunComfy's 402 says it
     with pytest.raises(InsufficientBalanceError) as caught:
         run_node(**node_inputs())
-    assert "balance is too low" in str(caught.value) and "400002" in str(caught.value)
-    assert fake.submits == 0
+    assert str(caught.value).startswith("Submitting the job failed: Your RunComfy balance has run out")
+    assert "HTTP 402" not in str(caught.value) and "may have been charged" not in str(caught.value)
+    assert fake.submits == 0 and fake.submit_attempts == 1
 
 
 def test_a_failed_generation_shows_the_service_reason(fake, comfy):

@@ -461,3 +461,92 @@ def test_a_failure_reason_that_quotes_the_request_keeps_no_pixels_and_a_short_de
     assert b"base64" not in written and b"iVBORw0KGgo" not in written
     ((state, detail),) = job_rows(tmp_path, "state", "detail")
     assert state == "failed" and detail.startswith("invalid reference data:…") and len(detail) < 1000
+
+
+# --- a catalog price that cannot be right, and a charge above its estimate ------------------------------------------
+
+
+@pytest.mark.parametrize("price", [0.0, 0.0001])
+def test_a_catalog_price_that_cannot_be_right_is_not_trusted_under_a_limit(fake, comfy, monkeypatch, tmp_path, price):
+    """Before: a catalog answering base_price_usd 0 admitted a 10-line list at max_images 5 under a $0.01 limit per run,
+    and the batch paid $1.50."""
+    monkeypatch.setenv(PER_RUN_ENV, "0.01")
+    fake.behaviour.price_per_image_usd = price
+    outcome = run_list([node_inputs(seed=i, max_images=5, prompt="Generate 5 images of a fox.") for i in range(10)])
+    message = str(outcome)
+    assert isinstance(outcome, SpendingLimitError), outcome
+    shown = "$0" if price == 0 else "$0.0001"
+    assert f"the price RunComfy reports ({shown} per image) does not look right for this model" in message
+    assert "no sound price was seen in the last 24 hours" in message and "clear the limit" in message
+    assert "Nothing was sent." in message and fake.submits == 0
+
+
+def test_a_catalog_price_far_below_the_last_sound_one_checks_the_limit_with_the_last(fake, comfy, monkeypatch, tmp_path):
+    monkeypatch.setenv(PER_RUN_ENV, "0.50")
+    assert isinstance(run_list([node_inputs(seed=1)]), list) and fake.submits == 1  # $0.030 seen, and kept
+    from runcomfy_seedream.api import shared
+
+    shared.reset_all()  # a restart: only the user folder remembers the price
+    fake.behaviour.price_per_image_usd = 0.0001
+    outcome = run_list([node_inputs(seed=10 + i, max_images=5, prompt="Generate 5 images of a fox.") for i in range(10)])
+    assert isinstance(outcome, SpendingLimitError) and fake.submits == 1
+    assert "This run may cost up to $1.50 (10 jobs × up to 5 images × $0.030)" in str(outcome)
+    assert comfy.progress_texts()[-1] == str(outcome)  # the refusal is the final line under the node
+    shown = comfy.progress_texts()[-2]  # said just before it, why the limit was checked with $0.030
+    assert "the price RunComfy reports ($0.0001 per image) does not look right for this model" in shown
+    assert "checked with the last sound price seen, $0.030 per image" in shown
+
+
+def test_a_charge_above_its_estimate_holds_back_the_jobs_of_the_run_not_yet_sent(fake, tmp_path):
+    """Under a limit, a job charged above the estimate the limit was checked with shows the estimate was wrong: the
+    run's jobs not yet sent are not sent, and the run says so once."""
+    import numpy as np
+
+    from helpers import quick_timing
+    from runcomfy_seedream.api import Credentials, EditSequentialRequest, Reference, Session, execute, plan
+    from runcomfy_seedream.api.progress import ProgressReporter
+    from runcomfy_seedream.api.spending import SpendingLimits
+
+    fake.behaviour.result_fields = {"cost": 0.5}  # RunComfy charges more than its catalog said ($0.09 for 3 images)
+
+    async def two_jobs_one_after_the_other():
+        options = dict(credentials=Credentials(fake.token), base_url=fake.base_url, timing=quick_timing(), state_dir=tmp_path)
+        async with Session.open(spending_limits=SpendingLimits(per_run_usd=1.0), **options) as session:
+            reports = [ProgressReporter(None), ProgressReporter(None)]
+            plans = []
+            for seed, report in zip((1, 2), reports, strict=True):
+                pixels = np.random.default_rng(seed).random((48, 64, 3), dtype=np.float32)
+                request = EditSequentialRequest("Generate 3 images.", max_images=3, seed=seed)
+                plans.append(await plan([Reference("portrait", pixels)], request, session, report, reference_format="png"))
+            first = await execute(plans[0], session, reports[0])
+            try:
+                await execute(plans[1], session, reports[1])
+            except SpendingLimitError as held:
+                return first, held, reports
+            raise AssertionError("the second job was sent")
+
+    first, held, reports = asyncio.run(two_jobs_one_after_the_other())
+    assert fake.submits == 1
+    assert any(
+        f"request {first.request_id} cost $0.50, more than the $0.09 your spending limit was checked with" in w for w in first.warnings
+    )
+    assert f"Not sent: request {first.request_id} of this run cost $0.50, more than the $0.09 estimated" in str(held)
+    assert not any("checked with" in w for w in reports[1].warnings)  # said once per run, not once per item
+
+
+def test_a_lists_charges_above_their_estimates_are_said_once(fake, comfy, monkeypatch):
+    """Before: "…more than the $0.00 your spending limit was checked with…" repeated once per item."""
+    monkeypatch.setenv(PER_RUN_ENV, "1")
+    fake.behaviour.result_fields = {"cost": 0.5}
+    outcome = run_list([node_inputs(seed=20 + i) for i in range(3)])
+    shown = comfy.progress_texts()[-1]
+    assert shown.count("your spending limit was checked with") == 1, shown
+    held = 0 if isinstance(outcome, list) else len([f for f in outcome.failures if "Not sent" in str(f[2])])
+    assert fake.submits + held == 3  # each item is paid or held back, none twice
+
+
+def test_a_catalog_price_of_zero_is_no_estimate_to_show(fake, comfy):
+    """Without a limit a run goes on whatever the catalog says; a price of 0 is then not shown as an estimate of $0.00."""
+    fake.behaviour.price_per_image_usd = 0.0
+    assert isinstance(run_list([node_inputs(seed=i) for i in range(2)]), list) and fake.submits == 2
+    assert not [text for text in comfy.progress_texts() if "$0.00" in text and "stimated" in text]

@@ -130,3 +130,37 @@ def test_two_nodes_run_concurrently_each_with_one_submit(fake, comfy):
     assert first[3] != second[3]
     assert not bool((first[0] == second[0]).all())  # different seeds, different pictures
     assert {node for _, node in comfy.texts} == {"1", "2"}
+
+
+def test_stop_while_a_run_under_a_limit_waits_for_the_catalog_price_sends_nothing(fake, comfy, monkeypatch):
+    """Before: Stop was not seen while the run waited for the catalog price its limit needs (up to 10 s for the lookup):
+    the run then ended on "the price could not be read" instead of Stop."""
+    import threading
+
+    from runcomfy_seedream.api import shared
+    from runcomfy_seedream.api.spending import PER_RUN_ENV
+    from runcomfy_seedream.fake_service import Fault
+
+    shared.reset_all()  # no price known to this process
+    monkeypatch.setenv(PER_RUN_ENV, "5")
+    fake.behaviour.inject("catalog", Fault("stall", seconds=30.0))
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_node(**node_inputs())
+        except BaseException as raised:  # noqa: BLE001 - the test looks at it
+            outcome.append(raised)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    asked = threading.Event()
+    while not asked.wait(0.01):  # until the catalog is being read (the run is waiting for its answer)
+        asked.set() if any(r.path.endswith("/edit-sequential") and r.method == "GET" for r in fake.requests) else None
+    comfy.press_stop()
+    worker.join(60)
+    shared.reset_all()
+    (error,) = outcome
+    assert isinstance(error, comfy.InterruptProcessingException), error
+    assert "price" in str(error) and "nothing was sent" in str(error)
+    assert fake.submits == 0 and not [r for r in fake.requests if r.method == "POST"]

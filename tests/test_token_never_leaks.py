@@ -67,8 +67,8 @@ def test_a_refused_token_is_not_echoed(fake, comfy, monkeypatch):
 def test_only_api_calls_carry_the_token(fake, comfy, secret_token):
     run_node(**node_inputs())
     with_token = {r.path.split("?")[0].rsplit("/", 1)[-1] for r in fake.requests if SECRET in str(r.headers)}
-    assert with_token == {"edit-sequential", "status", "result"}
-    assert all(r.path.startswith("/v1/") for r in fake.requests if SECRET in str(r.headers))
+    assert with_token == {"edit-sequential", "status", "result", "balance"}  # the balance: as RunComfy's CLI reads it
+    assert all(r.path.startswith(("/v1/", "/prod/v2/")) for r in fake.requests if SECRET in str(r.headers))
     assert all("Authorization" not in r.headers for r in fake.requests_to("/files/"))
 
 

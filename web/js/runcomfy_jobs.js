@@ -1,4 +1,4 @@
-// "RunComfy jobs" in ComfyUI's sidebar: what was spent today and this month, the limits in effect, and the
+// "RunComfy jobs" in ComfyUI's sidebar: what was spent today and this month, the balance, the limits in effect, and the
 // jobs this pack sent to RunComfy, newest first, with their live state. The list comes from the pack's server
 // route (kept in ComfyUI's user folder), so it is the same after a page reload or in another tab.
 // Everything the server sends is shown with textContent, never as HTML.
@@ -61,6 +61,19 @@ function totalsText(data) {
   const today = data.today ?? {}, month = data.month ?? {};
   return `Today: ${usd(today.usd ?? 0)} over ${jobs(today.jobs ?? 0)} · ` +
     `${monthName(month.month)}: ${usd(month.usd ?? 0)} over ${jobs(month.jobs ?? 0)}`;
+}
+
+// The account's balance as the server last read it (less what this ComfyUI submitted since), with when it was read.
+function balanceText(balance) {
+  const amount = Number(balance?.usd);
+  if (balance?.usd == null || !Number.isFinite(amount)) return "Balance: unknown";
+  const read = typeof balance.read_at === "number" ? ` (read ${new Date(balance.read_at * 1000).toLocaleTimeString()})` : "";
+  return `Balance: ${amount < 0 ? "-" : ""}$${Math.abs(amount).toFixed(2)}${read}`;
+}
+
+function balanceTitle(balance) {
+  if (balance?.problem) return `The RunComfy balance could not be read: ${balance.problem}. Runs are not held back by it.`;
+  return "Your RunComfy balance, as last read (kept a short while), less what this ComfyUI submitted since.";
 }
 
 function limitsText(limits) {
@@ -146,7 +159,9 @@ const STYLE = `
 .runcomfy-jobs { padding: 8px; font-size: 13px; display: flex; flex-direction: column; gap: 6px; }
 .runcomfy-jobs-head { display: flex; flex-direction: column; gap: 2px; padding-bottom: 6px;
   border-bottom: 1px solid var(--border-color, #444); }
-.runcomfy-jobs-totals { font-weight: 600; }
+.runcomfy-jobs-totals, .runcomfy-jobs-balance { font-weight: 600; }
+.runcomfy-jobs-money { display: flex; flex-wrap: wrap; column-gap: 12px; row-gap: 2px; }
+.runcomfy-jobs-balance[data-known="false"] { opacity: 0.75; font-weight: normal; }
 .runcomfy-jobs-limits, .runcomfy-job-meta, .runcomfy-jobs-empty { opacity: 0.75; }
 .runcomfy-jobs-warning, .runcomfy-jobs-error { color: var(--error-text, #f5a623); }
 .runcomfy-jobs-list { display: flex; flex-direction: column; gap: 6px; }
@@ -258,13 +273,14 @@ function createRow(refresh) {
 
 function createPanel() {
   const totals = el("div", { className: "runcomfy-jobs-totals", textContent: "Loading…" });
+  const balance = el("div", { className: "runcomfy-jobs-balance" });
   const limits = el("div", { className: "runcomfy-jobs-limits" });
   const warning = el("div", { className: "runcomfy-jobs-warning" });
   const error = el("div", { className: "runcomfy-jobs-error" });
   const empty = el("div", { className: "runcomfy-jobs-empty", textContent: "No RunComfy jobs yet." });
   const list = el("div", { className: "runcomfy-jobs-list" });
   const root = el("div", { className: "runcomfy-jobs" }, [
-    el("div", { className: "runcomfy-jobs-head" }, [totals, limits, warning, error]),
+    el("div", { className: "runcomfy-jobs-head" }, [el("div", { className: "runcomfy-jobs-money" }, [totals, balance]), limits, warning, error]),
     empty, list,
   ]);
   empty.hidden = true;
@@ -275,6 +291,9 @@ function createPanel() {
   function show(data) {
     error.hidden = true;
     setText(totals, totalsText(data));
+    setText(balance, balanceText(data.balance));
+    balance.title = balanceTitle(data.balance);
+    balance.dataset.known = String(data.balance?.usd != null);
     setText(limits, limitsText(data.limits));
     warning.hidden = !data.warning;
     setText(warning, data.warning ? String(data.warning) : "");
