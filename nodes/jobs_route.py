@@ -234,11 +234,17 @@ def refuse(status: int, message: str) -> Any:
 
 
 def guarded(handler: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
-    """`handler` behind the token route's guard: refused for a host or origin that is not this ComfyUI's own."""
+    """`handler` behind the token route's guard: refused for a host or origin that is not this ComfyUI's own, and
+    answered in words (503) while another program holds the job records."""
 
     async def answer(request: Any) -> Any:
         refused = refusal(request)
-        return refused if refused is not None else await handler(request)
+        if refused is not None:
+            return refused
+        try:
+            return await handler(request)
+        except Busy:
+            return refuse(503, BUSY)
 
     return answer
 
@@ -256,22 +262,14 @@ def register(routes: Any, state_dir: Callable[[], Path], token_file: Callable[[]
     @routes.get(JOBS_ROUTE)
     @guarded
     async def list_jobs(request: web.Request) -> web.Response:
-        try:
-            answer, balance = await asyncio.gather(
-                asyncio.to_thread(jobs_answer, state_dir(), spending_file()), balance_answer(token_file())
-            )
-        except Busy:
-            return refuse(503, BUSY)
+        answer, balance = await asyncio.gather(asyncio.to_thread(jobs_answer, state_dir(), spending_file()), balance_answer(token_file()))
         return web.json_response({**answer, "balance": balance})
 
     @routes.get(ROUTES[1])
     @guarded
     async def job_thumbnail(request: web.Request) -> web.Response:
         request_id = request_id_of(request)
-        try:
-            png = await thumbnail(state_dir(), request_id) if request_id else None
-        except Busy:
-            return refuse(503, BUSY)
+        png = await thumbnail(state_dir(), request_id) if request_id else None
         if png is None:
             return refuse(404, "No saved image for this job.")
         return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
@@ -286,10 +284,7 @@ def register(routes: Any, state_dir: Callable[[], Path], token_file: Callable[[]
         request_id = request_id_of(request)
         if request_id is None:
             return refuse(400, "That is not a RunComfy request id.")
-        try:
-            status, answer = await cancel_queued(state_dir(), token_file(), request_id)
-        except Busy:
-            return refuse(503, BUSY)
+        status, answer = await cancel_queued(state_dir(), token_file(), request_id)
         return web.json_response(answer, status=status)
 
     @routes.get(SPENDING_ROUTE)

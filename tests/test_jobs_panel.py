@@ -261,3 +261,20 @@ def test_a_thumbnail_of_a_large_image_within_the_cap_is_small(fake, comfy, folde
     png = jobs_route.small_png(buffer.getvalue())
     with Image.open(io.BytesIO(png)) as image:
         assert image.size == (128, 96) and image.mode == "RGB" and image.getpixel((5, 5)) == (10, 200, 30)
+
+
+def test_the_panel_answers_in_words_while_another_program_holds_the_records(fake, comfy, folder):
+    """A database tool left open on the records: the panel says so (503, JSON), never a raw error or a hang."""
+    from runcomfy_seedream.api.records import Records
+
+    request_id = run_node(**node_inputs(seed=1))[3]
+    Records.at(folder, wait_s=0.2)  # how long this process waits for another's hold, from now on
+    holder = sqlite3.connect(folder / "records.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        answers = [call(folder, "GET", path) for path in ("/runcomfy/seedream/jobs", f"/runcomfy/seedream/jobs/{request_id}/thumbnail")]
+    finally:
+        holder.close()
+    for status, kind, raw in answers:
+        assert (status, kind) == (503, "application/json") and "held by another program" in json.loads(raw)["error"]
+    assert call(folder, "GET", "/runcomfy/seedream/jobs")[0] == 200  # and as soon as it lets go, the panel works again
