@@ -486,9 +486,10 @@ class Records:
     # --- runs: leases and locks ----------------------------------------------------------------------------
 
     def renew(self, owner: str, lease_s: float) -> None:
-        """Renew a run's lease: one try (`Busy` when another process holds the records: the lease outlasts the wait
-        for the next renewal)."""
-        self.write(lambda c: renew_in(c, owner, lease_s))
+        """Start or extend a run's lease: one try (`Busy` when another process holds the records: the lease outlasts
+        the wait for the next renewal). A lease that ran out is not revived here: a run held up past it (a laptop
+        asleep) counts as gone until its next transaction checks again what others did meanwhile."""
+        self.write(lambda c: extend_lease(c, owner, lease_s))
 
     def try_lock(self, fingerprint: str, owner: str, conn: sqlite3.Connection) -> bool:
         """Within a transaction: take the run lock of `fingerprint` for `owner` unless a run whose lease lives holds it."""
@@ -498,7 +499,9 @@ class Records:
         return True
 
     def unlock(self, fingerprint: str, owner: str) -> None:
-        self.write_even_if_busy(lambda c: c.execute("DELETE FROM locks WHERE fingerprint = ? AND owner = ?", (fingerprint, owner)))
+        """Let go of a run lock; held by another program meanwhile, it ends with the run's lease instead."""
+        with contextlib.suppress(Busy):
+            self.write(lambda c: c.execute("DELETE FROM locks WHERE fingerprint = ? AND owner = ?", (fingerprint, owner)))
 
     def end_run(self, owner: str) -> None:
         """A run ended: its unused reservations are dropped, its locks and its lease go."""
@@ -511,7 +514,8 @@ class Records:
             conn.execute("DELETE FROM locks WHERE owner = ?", (owner,))
             conn.execute("DELETE FROM leases WHERE owner = ?", (owner,))
 
-        self.write_even_if_busy(end)
+        with contextlib.suppress(Busy):  # held by another program: its reservations and locks end with its lease
+            self.write(end)
 
     # --- jobs ----------------------------------------------------------------------------------------------
 
@@ -741,7 +745,18 @@ def _regular_or_absent(path: Path) -> bool:
 
 
 def renew_in(conn: sqlite3.Connection, owner: str, lease_s: float) -> None:
+    """Within a transaction that checked what other runs hold: this run is alive for `lease_s` more."""
     conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?)", (owner, time.time() + lease_s))
+
+
+def extend_lease(conn: sqlite3.Connection, owner: str, lease_s: float) -> None:
+    """A new lease, or a live one extended; never one that ran out."""
+    now = time.time()
+    conn.execute(
+        "INSERT INTO leases VALUES (:owner, :until) ON CONFLICT (owner) DO UPDATE SET until = excluded.until "
+        f"WHERE leases.until > :now AND leases.until <= :now + {MAX_LEASE_S}",
+        {"owner": owner, "until": now + lease_s, "now": now},
+    )
 
 
 def _salvage(path: Path, memory: sqlite3.Connection) -> bool:

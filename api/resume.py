@@ -34,11 +34,12 @@ async def patiently(
     should_stop: StopCheck,
     wait_s: float,
     stopped: str,
-    held_too_long: Callable[[], None] = lambda: None,
+    held_too_long: Callable[[], None] | None = None,
 ) -> Any:
-    """`records.write(work)`, retried while another process holds the database, watching Stop meanwhile
-    (`StopRequested(stopped)`); held past `wait_s`, `held_too_long()` may refuse (it raises), else this process
-    goes on with the records in memory."""
+    """`records.write(work)` before anything is paid, retried while another process holds the database, watching
+    Stop meanwhile (`StopRequested(stopped)`). Held past `wait_s`, the run is refused (`held_too_long()` may
+    say why in its own words, else `RecordsError`): a run that went on alone could pay for what another process is
+    paying for."""
     give_up = time.monotonic() + wait_s
     while True:
         if should_stop():
@@ -47,9 +48,18 @@ async def patiently(
             return await asyncio.to_thread(records.write, work)
         except Busy:
             if time.monotonic() >= give_up:
-                held_too_long()
-                return await asyncio.to_thread(records.write_even_if_busy, work, wait_s=0.0)
+                if held_too_long is not None:
+                    held_too_long()
+                _held_elsewhere(records)
             await asyncio.sleep(0.05)
+
+
+def _held_elsewhere(records: Records) -> None:
+    raise RecordsError(
+        f"The job records in {records.folder} are held by another program (another ComfyUI, or a database tool left "
+        "open), so whether these inputs are already being paid for cannot be checked; to never pay twice, nothing was "
+        "sent. Close that program, or wait a moment, and run the node again."
+    )
 
 
 class RunStore:
@@ -121,11 +131,7 @@ class RunStore:
     def _unreadable(self, error: Exception) -> None:
         """Before anything is sent, records that cannot be read are never taken for "nothing paid yet"."""
         if isinstance(error, Busy):
-            raise RecordsError(
-                f"The job records in {self.records.folder} are held by another program (another ComfyUI, or a database "
-                "tool left open), so whether these inputs were already paid for cannot be read; to never pay twice, nothing "
-                "was sent. Close that program, or wait a moment, and run the node again."
-            ) from None
+            _held_elsewhere(self.records)
 
     async def held(self, fingerprint: str) -> Job | None:
         """The job these inputs are held by (`RecordsError` when that cannot be read: nothing may be sent then)."""

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import RecordsError, SpendingLimitError
+from .errors import RecordsError, RunComfyError, SpendingLimitError
 from .files import read_json, write_atomically
 from .price_sanity import judge_price, plausible
 from .proxies import proxy_for
@@ -286,14 +286,14 @@ class Spending:
 
     async def _decide(self, decide: Callable[[sqlite3.Connection], list[str]]) -> list[str]:
         """`decide` in one transaction, retried while another process holds the records, watching Stop meanwhile.
-        Held past `lock_wait_s`: under a daily limit the run is refused; without one, this process goes on alone."""
+        Held past `lock_wait_s`, the run is refused (nothing was sent): under a daily limit in the limit's words."""
 
         def refuse() -> None:
             if self.limits.per_day_usd is not None:
                 raise SpendingLimitError(
-                    f"Your daily spending limit cannot be checked: another ComfyUI process keeps the job records "
-                    f"{self.records.path} locked. Try again in a moment, or clear the daily limit "
-                    f"({self.limits.where('per_day_usd')}). Collecting jobs already paid for still works. {NOTHING_SENT}"
+                    f"Your daily spending limit cannot be checked: another program keeps the job records "
+                    f"{self.records.path} locked (another ComfyUI, or a database tool). Try again in a moment, or clear the "
+                    f"daily limit ({self.limits.where('per_day_usd')}). Collecting jobs already paid for still works. {NOTHING_SENT}"
                 )
 
         stopped = f"Stopped while waiting for the job records: {NOTHING_SENT}"
@@ -371,9 +371,9 @@ class Spending:
                         f"({self.limits.where('per_day_usd')}). {NOTHING_SENT}"
                     )
 
-        try:
-            await asyncio.to_thread(self.records.write_even_if_busy, claim, wait_s=self.lock_wait_s)
-        except (RecordsError, SpendingLimitError):
+        try:  # the last piece waits for this: records held elsewhere past the wait refuse it, nothing is sent
+            await patiently(self.records, claim, self.should_stop, self.lock_wait_s, f"Stopped before the last piece: {NOTHING_SENT}")
+        except RunComfyError:
             raise
         except Exception as failure:  # noqa: BLE001 - the records cannot say no: the job goes on, said once
             warn(f"the job records could not be updated ({type(failure).__name__})")

@@ -594,3 +594,24 @@ def test_result_files_a_killed_process_left_half_saved_are_tidied(tmp_path):
     fresh.mkdir()
     Records(tmp_path)
     assert not left.exists() and fresh.exists()  # another process may be saving into the fresh one
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGSTOP"), reason="stops a process the POSIX way")
+def test_a_run_paused_past_its_lease_checks_the_daily_limit_again_before_it_pays(fake, tmp_path):
+    """Its reservation stopped counting when its lease ran out, and another run spent the day's room meanwhile: waking
+    up, it must not pay on its old reservation (its lease is not revived by its own keep-alive)."""
+    import signal
+
+    fake.behaviour.price_per_image_usd = 0.03
+    first = start(fake, tmp_path, seed=1, lease_s=0.5, per_day="0.06", pause_at="Encoding references")
+    go(first)
+    assert first.stdout.readline().strip() == "paused"
+    records = Records(tmp_path)
+    until(lambda: not records.jobs()[0].alive, "the paused run's lease run out")
+    second = start(fake, tmp_path, seed=2, per_day="0.06")
+    go(second)
+    assert answer(second)["images"] == 2 and fake.submits == 1
+    first.send_signal(signal.SIGCONT)
+    woke = answer(first)
+    assert woke["error"] == "SpendingLimitError" and "While this run was held up" in woke["message"]
+    assert fake.submits == 1 and records.today().usd == pytest.approx(0.06)

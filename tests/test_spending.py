@@ -17,7 +17,7 @@ import pytest
 
 from helpers import job_rows, node_inputs, quick_timing, run_list, run_node, state_dir
 from runcomfy_seedream.api import Limits, shared
-from runcomfy_seedream.api.errors import SpendingLimitError
+from runcomfy_seedream.api.errors import RecordsError, SpendingLimitError
 from runcomfy_seedream.api.records import MAX_LEASE_S, Records, Totals, local_day_start
 from runcomfy_seedream.api.spending import PER_DAY_ENV, PER_RUN_ENV, SETTING, JobPlan, Spending, SpendingLimits
 from runcomfy_seedream.fake_service import Fault
@@ -195,7 +195,7 @@ sys.path.insert(0, {scripts!r})
 from pack_import import load_pack
 load_pack()
 from pathlib import Path
-from runcomfy_seedream.api.errors import SpendingLimitError
+from runcomfy_seedream.api.errors import RecordsError, SpendingLimitError
 from runcomfy_seedream.api.records import Records
 from runcomfy_seedream.api.spending import JobPlan, Spending, SpendingLimits
 
@@ -346,24 +346,34 @@ def release_held():
             _HELD.pop().close()
 
 
-@pytest.mark.parametrize(
-    ("make", "says"),
-    [(_records_a_folder, "a folder is in its place"), (_records_held, "another program keeps it locked")],
-    ids=["records.db is a folder", "another process holds the records"],
-)
 @pytest.mark.usefixtures("release_held")
-def test_unusable_records_let_paid_work_go_on_and_refuse_new_jobs_under_a_daily_limit(fake, comfy, monkeypatch, tmp_path, make, says):
+def test_unusable_records_let_paid_work_go_on_and_refuse_new_jobs_under_a_daily_limit(fake, comfy, monkeypatch, tmp_path):
+    """records.db is a folder: the run goes on with the records in memory, and under a daily limit new jobs are refused,
+    because what other processes spend today cannot be seen."""
     folder = state_dir(tmp_path)
     folder.mkdir(parents=True)
-    make(folder)
+    _records_a_folder(folder)
     timing = quick_timing(records_wait_s=0.3)
     images, *_ = run_node(timing=timing, **node_inputs(seed=1))
     assert images.shape[0] == 3 and fake.submits == 1
     text = comfy.progress_texts()[-1]
-    assert "kept in memory only" in text and says in text and "(today: $0.09 over 1 job)" in text
+    assert "kept in memory only" in text and "a folder is in its place" in text and "(today: $0.09 over 1 job)" in text
     monkeypatch.setenv(PER_DAY_ENV, "10")
     message = refused(run_list(items(1, seed=2), timing=timing))
     assert "daily spending limit cannot be checked" in message and fake.submits == 1
+
+
+@pytest.mark.usefixtures("release_held")
+def test_records_another_program_holds_send_nothing_rather_than_go_on_alone(fake, comfy, tmp_path):
+    """A run that went on alone, in memory, could pay for inputs another process is paying for: before anything is
+    paid, records held past the wait refuse the run, and nothing is sent."""
+    folder = state_dir(tmp_path)
+    folder.mkdir(parents=True)
+    _records_held(folder)
+    with pytest.raises(RecordsError) as refusal:
+        run_node(timing=quick_timing(records_wait_s=0.3), **node_inputs(seed=1))
+    assert "held by another program" in str(refusal.value) and "nothing was sent" in str(refusal.value)
+    assert fake.submits == 0 and fake.submit_attempts == 0
 
 
 @pytest.mark.usefixtures("release_held")
@@ -377,7 +387,7 @@ def test_records_another_process_holds_refuse_new_jobs_under_a_daily_limit_and_n
     with pytest.raises(SpendingLimitError) as caught:
         asyncio.run(spending.admit([JobPlan("f", 2, "p")], price, print))
     message = str(caught.value)
-    assert f"another ComfyUI process keeps the job records {tmp_path / 'records.db'} locked" in message
+    assert f"another program keeps the job records {tmp_path / 'records.db'} locked" in message
     assert "Collecting jobs already paid for still works" in message and message.endswith("Nothing was sent.")
     _HELD.pop().close()
     assert Records.at(tmp_path).jobs() == []  # nothing reserved
