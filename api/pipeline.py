@@ -60,6 +60,7 @@ from .records import (
     LEASE_S,
     LOCK_WAIT_S,
     UNKNOWN_OUTCOME_HOLD_S,
+    Busy,
     CachedResult,
     Records,
     collection_fingerprint,
@@ -75,7 +76,7 @@ from .references import (
     per_reference_byte_limit,
     prepare_reference,
 )
-from .resume import RunStore
+from .resume import RunStore, held_elsewhere
 from .schema import MAX_IMAGES_LIMIT, MODEL_ID, EditSequentialRequest, check_choice
 from .shared import LOOP_STATE
 from .spending import JobPlan, Spending, SpendingLimits
@@ -172,7 +173,10 @@ class Session:
         timing = timing or Timing()
         limits_of_spending = spending_limits or SpendingLimits.resolve()  # the environment's, when set
         stop = Latch(should_stop)
-        records = await asyncio.to_thread(functools.partial(Records.at, state_dir, wait_s=timing.records_wait_s))
+        try:
+            records = await asyncio.to_thread(functools.partial(Records.at, state_dir, wait_s=timing.records_wait_s))
+        except Busy:  # another program holds them: going on alone could pay for what another process pays for
+            held_elsewhere(state_dir)
         owner = uuid.uuid4().hex  # this run, in the records: its lease says it is alive
         spending = Spending(
             limits_of_spending,

@@ -349,8 +349,8 @@ class Records:
                 if _is_busy(error) and time.monotonic() < give_up:  # another process is setting it up: wait for it
                     time.sleep(0.02)
                     continue
-                if _is_busy(error):
-                    return self._in_memory("another program keeps it locked (another ComfyUI, or a database tool)")
+                if _is_busy(error):  # not kept: the next run tries to open them again
+                    raise Busy(f"another program keeps {self.path} locked") from None
                 if _is_damage(error):
                     return self._set_aside(error)
                 return self._in_memory(_why(error, self.path))

@@ -18,7 +18,8 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 from .errors import RecordsError, StopRequested
 from .records import LEASE_S, LOCK_WAIT_S, Busy, CachedResult, Job, Records, renew_in
@@ -50,13 +51,13 @@ async def patiently(
             if time.monotonic() >= give_up:
                 if held_too_long is not None:
                     held_too_long()
-                _held_elsewhere(records)
+                held_elsewhere(records.folder)
             await asyncio.sleep(0.05)
 
 
-def _held_elsewhere(records: Records) -> None:
+def held_elsewhere(folder: Path | None) -> NoReturn:
     raise RecordsError(
-        f"The job records in {records.folder} are held by another program (another ComfyUI, or a database tool left "
+        f"The job records in {folder} are held by another program (another ComfyUI, or a database tool left "
         "open), so whether these inputs are already being paid for cannot be checked; to never pay twice, nothing was "
         "sent. Close that program, or wait a moment, and run the node again."
     )
@@ -131,7 +132,7 @@ class RunStore:
     def _unreadable(self, error: Exception) -> None:
         """Before anything is sent, records that cannot be read are never taken for "nothing paid yet"."""
         if isinstance(error, Busy):
-            _held_elsewhere(self.records)
+            held_elsewhere(self.records.folder)
 
     async def held(self, fingerprint: str) -> Job | None:
         """The job these inputs are held by (`RecordsError` when that cannot be read: nothing may be sent then)."""

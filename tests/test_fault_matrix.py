@@ -28,6 +28,7 @@ from runcomfy_seedream.api.errors import (
     JobCancelledError,
     JobFailedError,
     OutcomeUnknownError,
+    RecordsError,
     ServiceError,
 )
 from runcomfy_seedream.fake_service import Fault
@@ -393,7 +394,15 @@ MATRIX = [
     ("a 404 with another code on status", faults(status=[Fault("http", status=404, error_code="404")] * 2), 3, None, 1, {}),
     ("a journal time of 400 digits", state_trouble(_journal_with_huge_time), 3, None, 1, {}),
     ("a saved index that is not JSON", after_a_first_run(_index_garbage), 3, ["set aside", "request resumed"], 1, {}),
-    ("another process keeps the records locked", state_trouble(_records_locked), 3, ["locked", MEMORY_WARNING], 1, {}),
+    # Going on alone could pay for what another process pays for: nothing is sent, and the next run tries again.
+    (
+        "another program keeps the records locked",
+        state_trouble(_records_locked),
+        RecordsError,
+        ["held by another program", "nothing was sent"],
+        0,
+        {},
+    ),
     ("a 20 MB journal.json", state_trouble(_huge_journal), 3, None, 1, {}),
     # A 5xx that is not RunComfy's own error, once the submit arrived: it may have made the job.
     (

@@ -152,8 +152,7 @@ def test_a_killed_run_holds_its_inputs_only_until_its_lease_ends_and_is_never_pa
     assert fake.submits == 1
 
 
-@both_ways
-def test_a_run_killed_before_it_sent_anything_frees_its_reservation_after_its_lease(fake, tmp_path, no_fcntl):
+def test_a_run_killed_before_it_sent_anything_frees_its_reservation_after_its_lease(fake, tmp_path, no_fcntl=True):
     """The dead run's reservation counts while its lease lives, then neither counts nor shows (rows and totals agree)."""
     fake.behaviour.price_per_image_usd = 0.03
     first = start(fake, tmp_path, lease_s=0.5, die_at="Encoding references", per_day="0.06", no_fcntl=no_fcntl)
@@ -202,9 +201,9 @@ def test_a_request_the_service_no_longer_knows_counts_nothing_and_cannot_be_canc
     from runcomfy_seedream.api.errors import DeadlineExceededError
     from runcomfy_seedream.nodes.jobs_route import job_row
 
-    fake.behaviour.run_s = 2.5
+    fake.behaviour.run_s = 1.2
     with pytest.raises(DeadlineExceededError):
-        run_node(timing=quick_timing(deadline_s=1.0), **node_inputs())
+        run_node(timing=quick_timing(deadline_s=0.5), **node_inputs())
     (forgotten,) = fake.jobs
     fake.jobs.clear()  # expired at RunComfy
     fake.behaviour.run_s = 0.3
@@ -239,9 +238,9 @@ def test_saved_results_and_paid_jobs_are_collected_when_the_records_refuse_write
 
     state = state_dir(tmp_path)
     run_node(**node_inputs(seed=1))  # saved
-    fake.behaviour.run_s = 2.5
+    fake.behaviour.run_s = 1.2
     with pytest.raises(DeadlineExceededError):
-        run_node(timing=quick_timing(deadline_s=1.0), **node_inputs(seed=2))  # paid, not collected
+        run_node(timing=quick_timing(deadline_s=0.5), **node_inputs(seed=2))  # paid, not collected
     fake.behaviour.run_s = 0.1
     from runcomfy_seedream.api import shared
 
@@ -275,9 +274,9 @@ def test_a_real_read_only_or_full_filesystem_still_collects_the_paid_job(fake, c
         from runcomfy_seedream.api import shared
         from runcomfy_seedream.api.errors import DeadlineExceededError
 
-        fake.behaviour.run_s = 2.5
+        fake.behaviour.run_s = 1.2
         with pytest.raises(DeadlineExceededError):
-            run_node(timing=quick_timing(deadline_s=1.0), **node_inputs())
+            run_node(timing=quick_timing(deadline_s=0.5), **node_inputs())
         fake.behaviour.run_s = 0.1
         shared.reset_all()  # a new ComfyUI process
         if trouble == "read-only":
@@ -330,11 +329,11 @@ def test_a_folder_an_earlier_version_wrote_is_imported_whole(fake, comfy, tmp_pa
     state.mkdir(parents=True)
     # What the previous version wrote for three runs, in its formats: the job of seed 1 was killed mid-wait, seeds
     # 2 and 3 finished and were saved. Their fingerprints come from running those inputs once here.
-    fake.behaviour.run_s = 2.5
+    fake.behaviour.run_s = 1.2
     from runcomfy_seedream.api.errors import DeadlineExceededError
 
     with pytest.raises(DeadlineExceededError):
-        run_node(timing=quick_timing(deadline_s=1.0), **node_inputs(seed=1))
+        run_node(timing=quick_timing(deadline_s=0.5), **node_inputs(seed=1))
     fake.behaviour.run_s = 0.1
     run_node(**node_inputs(seed=2))
     run_node(**node_inputs(seed=3))
@@ -472,8 +471,7 @@ def test_a_damaged_limits_file_is_said_once(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "SIGSTOP"), reason="stops a process the POSIX way")
-@both_ways
-def test_a_run_paused_past_its_lease_sends_nothing_once_another_took_its_inputs_over(fake, tmp_path, no_fcntl):
+def test_a_run_paused_past_its_lease_sends_nothing_once_another_took_its_inputs_over(fake, tmp_path, no_fcntl=True):
     """A laptop asleep mid-upload: its lease ends, an identical run takes the inputs over and pays; when the first
     wakes up it must not pay again."""
     import signal
@@ -494,9 +492,9 @@ def test_records_held_by_another_program_are_never_read_as_nothing_paid(fake, co
     """A database tool holding the records while a paid job's inputs run again: the run never submits a second job."""
     from runcomfy_seedream.api.errors import DeadlineExceededError, RecordsError
 
-    fake.behaviour.run_s = 2.5
+    fake.behaviour.run_s = 1.2
     with pytest.raises(DeadlineExceededError):
-        run_node(timing=quick_timing(deadline_s=1.0), **node_inputs())
+        run_node(timing=quick_timing(deadline_s=0.5), **node_inputs())
     fake.behaviour.run_s = 0.1
     holder = sqlite3.connect(state_dir(tmp_path) / "records.db", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
@@ -518,9 +516,9 @@ def test_damaged_records_keep_every_job_that_can_still_be_read(fake, comfy, tmp_
     from runcomfy_seedream.api import shared
     from runcomfy_seedream.api.errors import DeadlineExceededError
 
-    fake.behaviour.run_s = 2.5
+    fake.behaviour.run_s = 1.2
     with pytest.raises(DeadlineExceededError):
-        run_node(timing=quick_timing(deadline_s=1.0), **node_inputs(seed=1))
+        run_node(timing=quick_timing(deadline_s=0.5), **node_inputs(seed=1))
     fake.behaviour.run_s = 0.05
     state = state_dir(tmp_path)
     with sqlite3.connect(state / "records.db") as shell:  # many later jobs, on later pages
@@ -559,9 +557,9 @@ def test_an_earlier_versions_files_written_after_the_upgrade_are_imported_too(fa
     from runcomfy_seedream.api.errors import DeadlineExceededError
 
     run_node(**node_inputs(seed=9))  # the records exist
-    fake.behaviour.run_s = 2.5
+    fake.behaviour.run_s = 1.2
     with pytest.raises(DeadlineExceededError):
-        run_node(timing=quick_timing(deadline_s=1.0), **node_inputs(seed=1))
+        run_node(timing=quick_timing(deadline_s=0.5), **node_inputs(seed=1))
     ((fingerprint, request_id),) = job_rows(tmp_path, "fingerprint", "request_id")[1:]
     state = state_dir(tmp_path)
     with sqlite3.connect(state / "records.db") as shell:  # as if the older version had made this job instead
