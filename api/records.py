@@ -18,10 +18,14 @@ A job's row follows it through its states, and every question about paid work is
 - Saved results: their files stay files (`results/<folder>/NN.img`); their index is the `saved` table.
 
 Local trouble never ends a paid run. A database that cannot be opened or written (a read-only or full folder, a
-folder in its place, another process holding it past `LOCK_WAIT_S`) is copied into memory, as far as it can be
-read, and this process goes on there, with one warning line; a damaged one is set aside under a new name, which
-the warning names, and a fresh one is started. On first use the records of earlier versions (`journal.json`,
-`ledger.jsonl`, `results/*/meta.json`, `last_price.json`) are imported, and the old files renamed `*.imported`.
+folder or a FIFO in its place) is copied into memory, as far as it can be read, and this process goes on there, with
+one warning line. Another program holding it (another ComfyUI mid-write, a database tool left open) is waited for
+up to `wait_s`; then reads and writes made before anything is paid raise `Busy` (the run refuses: going on alone
+could pay for what another process pays for), and records of a paid job move to memory (it goes on). A damaged
+database is set aside under a new name, which the warning names, and what can still be read of it is copied into
+a fresh one. Records written by a newer version make this one send nothing. The records of earlier versions
+(`journal.json`, `ledger.jsonl`, `results/*/meta.json`, `last_price.json`) are imported whenever they are found,
+and the old files renamed `*.imported`.
 
 Only fingerprints, request ids, result URLs, counts, costs, the prompt's first words and result files are kept:
 never the token, never the references' pixels. Every call here is blocking: callers run it in a worker thread.
@@ -379,7 +383,7 @@ class Records:
             with contextlib.suppress(OSError):
                 old.replace(old.with_name(old.name + ".imported"))
 
-    def _in_memory(self, why: str | None, source: sqlite3.Connection | None = None) -> sqlite3.Connection:
+    def _in_memory(self, why: str | None) -> sqlite3.Connection:
         """A database in this process's memory, holding what could still be read of the one on disk."""
         memory = sqlite3.connect(":memory:", timeout=BUSY_S, isolation_level=None, check_same_thread=False)
         _create(memory)
