@@ -94,7 +94,8 @@ class RunStore:
 
     async def _call(self, what: str | None, work: Callable[[], Any], fallback: Callable[[Exception], Any] = lambda error: None) -> Any:
         """Run records work in a thread. This is the one place its failures are caught: anything it raises becomes
-        part of the warning line (`what` could not be done), and `fallback(error)` the answer (a fallback may refuse the run, before anything is sent)."""
+        part of the warning line (`what` could not be done), and `fallback(error)` the answer (a fallback may refuse
+        the run, before anything is sent)."""
         try:
             answer = await asyncio.to_thread(work)
         except Exception as error:  # noqa: BLE001 - local trouble never ends a run
