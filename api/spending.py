@@ -18,9 +18,10 @@ same headroom. An estimate is the catalog price × `max_images` of each distinct
 Decisions:
 - A price that cannot be looked up, with a limit set: the last catalog price seen within 24 hours; with none, the
   run is refused. A limit that cannot be checked is not a limit.
-- A daily limit and records that cannot tell today's spending (another process holds them past `LOCK_WAIT_S`,
-  or damaged records were set aside today): new jobs are refused, and the message says what to do (collecting
-  paid work is unaffected). Without a daily limit: one warning line, the run goes on.
+- A daily limit and records that cannot tell today's spending (they live in memory, or damaged records were set
+  aside today): new jobs are refused, and the message says what to do (collecting paid work is unaffected).
+- Records another program holds past `lock_wait_s` before anything is sent: the run is refused, with or without a
+  limit (going on alone could pay for what another process pays for).
 - Collecting paid work (a resumed request, a saved result, an identical run in progress) passes no gate: it is
   never refused. An item found to need a job only later (its earlier request expired) is admitted then.
 """
@@ -228,7 +229,7 @@ class Spending:
         self._reserved: dict[str, str] = {}  # fingerprint -> the id of its reservation, not used yet
         self._estimates: dict[str, float | None] = {}  # job id -> the estimate its limits were checked with
         self._lock = asyncio.Lock()
-        self._price_warned = False
+        self._writes: set[asyncio.Future] = set()  # "generating" learned in the background, awaited at close
 
     async def admit(self, jobs: Sequence[JobPlan], price: PriceLookup, warn: Warn) -> None:
         """Reserve every job in `jobs` within the limits, all or none (`SpendingLimitError`: nothing reserved).
@@ -392,8 +393,10 @@ class Spending:
             return
         known = LIVE.get(event.request_id)
         LIVE[event.request_id] = (status, event.queue_position)
-        if status == "generating" and (known is None or known[0] != "generating"):
-            asyncio.ensure_future(self.settled(event.request_id, "generating", warn))
+        if status == "generating" and (known is None or known[0] != "generating"):  # written once, in the background
+            task = asyncio.ensure_future(self.settled(event.request_id, "generating", warn))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
 
     async def settled(
         self,
@@ -429,7 +432,10 @@ class Spending:
         await self._change(job.id, warn, **changes)
 
     async def close(self, warn: Warn) -> None:
-        """Drop the reservations this run never used (its items were collected, reused or failed before submitting)."""
+        """Drop the reservations this run never used (its items were collected, reused or failed before submitting),
+        once the background writes of the run are done."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
         for job_id in list(self._reserved.values()):
             await self.dropped(job_id, warn)
         self._reserved.clear()
