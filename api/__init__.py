@@ -9,13 +9,13 @@
         result = await job.result()
 
 `generate()` does a whole run from numpy pixels: checks, encoding, one submit, resume, downloads;
-`plan()` and `execute()` are its two halves, and `Batch` runs many items in one `Session`. `collect()` collects a
-request made elsewhere by its id (free: never submitted, never cancelled); `collect_all()` a list of them.
+`plan()` and `execute()` are its two halves, and `SeedreamList` runs many items in one `Session`. `collect()` collects
+a request made elsewhere by its id (free: never submitted, never cancelled); `CollectList` a list of them. What a run
+has to say is handed up as events: listen with `events.heard_by(listener)`, and fold them with `View`.
 """
 
-from .batch import Batch, Item
+from .batch import CollectList, Item, SeedreamList
 from .client import Price, RetryPolicy, RunComfyClient, Timeouts
-from .collection import collect_all
 from .config import DEFAULT_BASE_URL, Credentials, Limits, resolve_base_url, resolve_credentials
 from .downloads import ImageBatch
 from .errors import (
@@ -34,22 +34,23 @@ from .errors import (
     ServiceError,
     StopRequested,
 )
+from .events import Event, Phase, Progress, View, heard_by
 from .job import CancelResult, Job, JobEvent, JobResult, JobStatus, PollSchedule
 from .pipeline import GenerationResult, Plan, Reference, Session, Timing, collect, execute, generate, plan
-from .progress import Phase, Progress
 from .schema import IMAGE_SIZES, MODEL_ID, EditSequentialRequest
 
 __all__ = [
     "AuthenticationError",
-    "Batch",
     "BatchError",
     "CancelResult",
+    "CollectList",
     "ConfigurationError",
     "Credentials",
     "DEFAULT_BASE_URL",
     "DeadlineExceededError",
     "DownloadError",
     "EditSequentialRequest",
+    "Event",
     "GenerationResult",
     "IMAGE_SIZES",
     "ImageBatch",
@@ -75,15 +76,17 @@ __all__ = [
     "RetryPolicy",
     "RunComfyClient",
     "RunComfyError",
+    "SeedreamList",
     "ServiceError",
     "Session",
     "StopRequested",
     "Timeouts",
     "Timing",
+    "View",
     "collect",
-    "collect_all",
     "execute",
     "generate",
+    "heard_by",
     "plan",
     "resolve_base_url",
     "resolve_credentials",

@@ -82,6 +82,7 @@ import httpx
 
 from .config import DEFAULT_BASE_URL, Credentials
 from .errors import _CODE_MESSAGES, ConfigurationError, InputError, OutcomeUnknownError, RunComfyError, ServiceError, error_from_response
+from .events import say
 from .job import CancelResult, Job, JobResult, JobStatus, UploadTracker
 from .proxies import proxy_for, unusable_proxy
 from .retries import (  # RetryPolicy and parse_retry_after are imported from this module too
@@ -119,7 +120,6 @@ MAX_QUEUE_POSITION = 1_000_000  # far past any real queue: a larger (or negative
 SUBMIT_ACTION = "Submitting the job"
 STATUS_INTERVAL_S = 0.22  # all status polls of a process to one service together: under five a second
 
-RetryNotice = Callable[[str], None]
 log = logging.getLogger("runcomfy.seedream")
 
 
@@ -484,7 +484,7 @@ class RunComfyClient:
     """One authenticated connection pool to the Model API. Use as `async with RunComfyClient(...)`.
 
     `retry` bounds the submit's retries (only when nothing can have arrived) and `job_retry`
-    the reads of a job that exists; `on_retry` hears each retry announced.
+    the reads of a job that exists; each retry is announced as an event (`events.say`).
     """
 
     def __init__(
@@ -495,7 +495,6 @@ class RunComfyClient:
         retry: RetryPolicy | None = None,
         job_retry: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
-        on_retry: RetryNotice | None = None,
         status_interval_s: float = STATUS_INTERVAL_S,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -503,14 +502,12 @@ class RunComfyClient:
         self.retry = retry or RetryPolicy()
         self.job_retry = job_retry or RetryPolicy.until_deadline()
         self.timeouts = timeouts or Timeouts()
-        self.on_retry = on_retry
         t = self.timeouts
         self._token = credentials.token  # only to keep it out of what the service echoes back
         if (unusable := unusable_proxy()) is not None:  # httpx would fail with its own ImportError or ValueError
             raise ConfigurationError(unusable)
         proxy = proxy_for(self.base_url + "/")
         self._proxy = str(proxy) if proxy is not None else None
-        self._owns_pool = True
         self._http = httpx.AsyncClient(
             base_url=self.base_url + "/",
             headers={"Authorization": f"Bearer {credentials.token}", "Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING},
@@ -526,17 +523,8 @@ class RunComfyClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool; a `sharing_pool` view leaves it to the client that made it."""
-        if self._owns_pool:
-            await self._http.aclose()
-
-    def sharing_pool(self, *, on_retry: RetryNotice | None) -> RunComfyClient:
-        """A client on this one's connection pool that announces its retries elsewhere (one run of a batch)."""
-        view = object.__new__(RunComfyClient)
-        view.__dict__.update(self.__dict__)
-        view.on_retry = on_retry
-        view._owns_pool = False
-        return view
+        """Close the connection pool."""
+        await self._http.aclose()
 
     # --- calls -------------------------------------------------------------------------------
 
@@ -714,7 +702,7 @@ class RunComfyClient:
         def heard(retry: Retry, delay: float) -> None:
             if not call.idempotent and retry.rate_limited:
                 pace.back_off_submits(delay)  # every submit of this process waits: one backoff for a whole batch
-            if announce and self.on_retry is not None:
-                self.on_retry(retry_notice(call, retry, delay))
+            if announce:
+                say(retry_notice(call, retry, delay))
 
         return heard

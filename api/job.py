@@ -4,7 +4,8 @@
     async for event in job.events(): ...           # queued / generating, until the result is known
     result = await job.result()                    # URLs and cost; JobFailedError / JobCancelledError otherwise
     await job.cancel()                             # RunComfy cancels a job only while it is queued
-    result = await job.wait(deadline_s=…, should_stop=…, on_event=…)   # all of the above, with Stop and a deadline
+    result = await job.wait(deadline_s=…, should_stop=…)   # all of the above, with Stop and a deadline; its events
+                                                           # are handed up to whoever listens (`events`)
 
 Invariants this module owns:
 
@@ -39,7 +40,7 @@ from .errors import (
     RunComfyError,
     StopRequested,
 )
-from .progress import Phase, generating_share
+from .events import Event, Phase, generating_share, hand_up
 from .stop import StopCheck, Waited, cancel_and_wait, never_stop, wait_watching
 from .wording import shorten
 
@@ -104,19 +105,7 @@ class CancelResult:
         return self.outcome == "cancelled" or self.state == "cancelled"
 
 
-@dataclass(frozen=True)
-class JobEvent:
-    """Something the user should see while a job runs."""
-
-    phase: Phase | None  # None: the phase goes on (a Stop being handled)
-    message: str
-    request_id: str | None = None
-    queue_position: int | None = None
-    elapsed_s: float | None = None
-    within: float = 0.0  # how far through `phase`
-
-
-EventSink = Callable[[JobEvent], None]
+JobEvent = Event  # what a job has to say: queued (with its position), generating, fetching the result
 
 
 class JobService(Protocol):
@@ -204,18 +193,18 @@ class Job:
             now = time.monotonic()
             if status.state == "in_queue":
                 where = f" (position {status.queue_position})" if status.queue_position is not None else ""
-                yield JobEvent(Phase.QUEUED, f"Queued at RunComfy{where}", self.request_id, status.queue_position, now - started, 0.4)
+                yield Event(Phase.QUEUED, f"Queued at RunComfy{where}", self.request_id, status.queue_position, now - started, 0.4)
             elif status.state == "in_progress":
                 self._running_since = self._running_since or now
                 elapsed = now - self._running_since
-                yield JobEvent(Phase.GENERATING, f"Generating… {elapsed:.0f} s", self.request_id, None, elapsed, generating_share(elapsed))
+                yield Event(Phase.GENERATING, f"Generating… {elapsed:.0f} s", self.request_id, None, elapsed, generating_share(elapsed))
             elif status.state == "cancelled":
                 raise JobCancelledError(
                     "The job was cancelled at RunComfy (not by this node). Run the node again to submit a new job.",
                     request_id=self.request_id,
                 )
             else:
-                yield JobEvent(Phase.GENERATING, "Fetching the result…", self.request_id, within=1.0)
+                yield Event(Phase.GENERATING, "Fetching the result…", self.request_id, within=1.0)
                 if await self._fetch_result():
                     return
             await asyncio.sleep(schedule.next_delay(progressed=progressed))
@@ -256,20 +245,18 @@ class Job:
         *,
         deadline_s: float = DEFAULT_DEADLINE_S,
         should_stop: StopCheck = never_stop,
-        on_event: EventSink | None = None,
         poll_schedule: PollSchedule | None = None,
         leave_running: bool = False,
     ) -> JobResult:
         """The result, unless Stop is pressed (`StopRequested`) or `deadline_s` passes (`DeadlineExceededError`);
         either way a job still queued is cancelled, so it costs nothing. With `leave_running` (a job somebody
         else submitted) nothing is ever cancelled: the wait ends and the job goes on."""
-        emit = on_event or (lambda event: None)
         deadline = asyncio.get_running_loop().time() + deadline_s
         stop = should_stop
 
         async def follow() -> JobResult:
             async for event in self.events(poll_schedule):
-                emit(event)
+                hand_up(event)
             assert self._result is not None
             return self._result
 
@@ -290,7 +277,7 @@ class Job:
         if leave_running:
             raise self._left_running(stopped=waited is Waited.STOP, deadline_s=deadline_s)
         if waited is Waited.STOP:
-            raise await self._stopped(emit)
+            raise await self._stopped()
         raise await self._deadline_passed(deadline_s)
 
     def _left_running(self, *, stopped: bool, deadline_s: float) -> RunComfyError:
@@ -335,7 +322,7 @@ class Job:
             )
         return None, f"Cancelling request {self.request_id} is unconfirmed ({detail}); it may still run and be charged."
 
-    async def _stopped(self, emit: EventSink) -> StopRequested:
+    async def _stopped(self) -> StopRequested:
         request_id = self.request_id
         if self.state not in (None, "in_queue"):
             return StopRequested(
@@ -343,10 +330,10 @@ class Job:
                 "so it will finish and may still be charged.",
                 request_id=request_id,
             )
-        emit(JobEvent(None, f"Stop pressed: cancelling queued request {request_id}…", request_id))
+        hand_up(Event(None, f"Stop pressed: cancelling queued request {request_id}…", request_id))
         cancelled, said = await self.cancel_queued()
         message = f"Stopped. {said}" if cancelled is not None else f"Stopped, but {said[0].lower()}{said[1:]}"
-        emit(JobEvent(None, message, request_id))
+        hand_up(Event(None, message, request_id))
         return StopRequested(message, request_id=request_id, cancelled=bool(cancelled))
 
     async def _deadline_passed(self, deadline_s: float) -> DeadlineExceededError:
@@ -386,17 +373,15 @@ async def submit_watching(
     request: EditSequentialRequest,
     *,
     should_stop: StopCheck = never_stop,
-    on_event: EventSink | None = None,
     upload: UploadTracker | None = None,
     message: str = "Submitting the job to RunComfy…",
 ) -> Job:
     """Submit once, watching Stop. Stop before the whole body is sent abandons the upload (no job can exist:
     `StopRequested`); Stop after it waits for RunComfy's answer, so that `job.wait()` can cancel the job."""
-    emit = on_event or (lambda event: None)
     upload = upload or UploadTracker()
     if should_stop():
         raise StopRequested("Stopped before submitting: nothing was sent and nothing is charged.")
-    emit(JobEvent(Phase.UPLOADING, message, within=0.6))
+    hand_up(Event(Phase.UPLOADING, message, within=0.6))
     task = asyncio.ensure_future(client.submit(request, upload=upload))
     try:
         stopped = await wait_watching(task, should_stop) is Waited.STOP
@@ -411,11 +396,11 @@ async def submit_watching(
                 "Stopped while uploading: the upload was abandoned before it completed, so no job was created and nothing is charged."
             )
         if stopped:
-            emit(JobEvent(None, "Stop pressed: waiting for RunComfy to confirm the submit so the job can be cancelled…"))
+            hand_up(Event(None, "Stop pressed: waiting for RunComfy to confirm the submit so the job can be cancelled…"))
             await asyncio.wait({task})
     except BaseException:
         await cancel_and_wait(task)
         raise
     job = task.result()
-    emit(JobEvent(Phase.QUEUED, f"Submitted: request {job.request_id}", request_id=job.request_id))
+    hand_up(Event(Phase.QUEUED, f"Submitted: request {job.request_id}", request_id=job.request_id))
     return job

@@ -1,11 +1,11 @@
 """One run, from numpy pixels to an assembled batch of results, and what the runs of one execution share.
 
     async with Session.open(should_stop=…) as session:     # the account, one connection pool, one Stop
-        planned = await plan(references, request, session, report)   # every check, clean pixels, fingerprint
-        result = await execute(planned, session, report)    # cache → records → resume or submit → wait
+        planned = await plan(references, request, session)   # every check, clean pixels, fingerprint
+        result = await execute(planned, session)    # cache → records → resume or submit → wait
                                                             #   → download → save → assemble
 
-`generate()` does both for one run. `collect(request_id, session, report)` is the other kind of run: a request
+`generate()` does both for one run. `collect(request_id, session)` is the other kind of run: a request
 made elsewhere, collected by its id (never submitted, never cancelled). Plain Python on numpy arrays, so scripts
 and tests drive exactly what the ComfyUI node drives. Every check runs before anything is encoded or sent. Runs
 of identical inputs are serialised (`resume.RunStore.exclusive`, across processes too), so the second one collects what the first
@@ -53,9 +53,9 @@ from .errors import (
     SpendingLimitError,
     StopRequested,
 )
-from .job import DEFAULT_DEADLINE_S, Job, JobEvent, JobResult, PollSchedule, UploadTracker, check_request_id, submit_watching
+from .events import Phase, Progress, View, also_heard_by, heard_by, pin, say, warn
+from .job import DEFAULT_DEADLINE_S, Job, JobResult, PollSchedule, UploadTracker, check_request_id, submit_watching
 from .price_sanity import overcharge_line, overcharge_refusal, overcharged, plausible
-from .progress import Phase, ProgressReporter, ProgressSink
 from .records import (
     LEASE_S,
     LOCK_WAIT_S,
@@ -209,7 +209,7 @@ class Session:
             if session._price is not None:
                 session._price.cancel()
             await client.aclose()
-            await spending.close(lambda line: log.warning("RunComfy Seedream: %s", line))
+            await spending.close()
             with contextlib.suppress(Exception):  # its locks and lease end with it; a refusal ends them with the lease
                 await asyncio.to_thread(records.end_run, owner)
 
@@ -230,21 +230,20 @@ class Session:
         price = await self.price(wait_s=self.timing.limit_price_wait_s if self.spending.limits.any else None)
         return price.usd_per_image if price is not None else None
 
-    def charged(self, request_id: str, cost_usd: float | None, estimate_usd: float | None, warn: Callable[[str], None]) -> None:
+    def charged(self, request_id: str, cost_usd: float | None, estimate_usd: float | None) -> None:
         """A job of this run was charged `cost_usd`: above the estimate its spending limit was checked with, the jobs
         not yet sent are held back, and the run says so once (not once per item)."""
         if not self.spending.limits.any or not overcharged(cost_usd, estimate_usd) or self.held_back is not None:
             return
         self.held_back = overcharge_refusal(request_id, cost_usd, estimate_usd)
-        warn(overcharge_line(request_id, cost_usd, estimate_usd))
+        warn(overcharge_line(request_id, cost_usd, estimate_usd), key="price")
 
-    def store(self, warn: Callable[[str], None]) -> RunStore:
+    def store(self) -> RunStore:
         """The records and saved results of the session's folder, within the cache bounds."""
         limits = self.limits
         return RunStore(
             self.records,
             self.owner,
-            warn,
             max_entries=limits.cache_max_entries,
             max_bytes=limits.cache_max_bytes,
             wait_s=self.timing.records_wait_s,
@@ -293,7 +292,6 @@ class _Run:
 
     fingerprint: str  # what its saved result, job record and run lock are keyed by
     session: Session
-    report: ProgressReporter
     store: RunStore
     client: RunComfyClient  # the session's pool, announcing its retries to this run
     plan: Plan | None = None
@@ -302,16 +300,11 @@ class _Run:
     estimate_usd: float | None = None  # what its submitted job was estimated at when the spending limit was checked
 
     @classmethod
-    def start(
-        cls, fingerprint: str, session: Session, report: ProgressReporter, *, plan: Plan | None = None, output_budget: int | None = None
-    ) -> _Run:
+    def start(cls, fingerprint: str, session: Session, *, plan: Plan | None = None, output_budget: int | None = None) -> _Run:
         """The run with its store (the session's folder, within the cache bounds) and its view of the session's pool."""
-        store = session.store(lambda line: report.warn(line, key="resume store"))
+        store = session.store()
         notes = list(plan.notes) if plan is not None else []
-        return cls(fingerprint, session, report, store, session.client.sharing_pool(on_retry=report), plan, output_budget, notes)
-
-    def warn_records(self, line: str) -> None:
-        self.report.warn(line, key="records")
+        return cls(fingerprint, session, store, session.client, plan, output_budget, notes)
 
     @property
     def most_images(self) -> int:
@@ -323,7 +316,7 @@ async def generate(
     references: Sequence[Reference],
     request: EditSequentialRequest,
     *,
-    on_progress: ProgressSink | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
     reference_format: str = "png",
     **session_options,
 ) -> GenerationResult:
@@ -333,15 +326,15 @@ async def generate(
     state_dir (a paid request is recorded and its result saved there; None: in memory) and after_submit.
     `reference_format` is "png" (lossless) or "jpeg" (quality 95, far fewer bytes to upload).
     """
-    report = ProgressReporter(on_progress)
-    async with Session.open(**session_options) as session:
-        planned = await plan(references, request, session, report, reference_format=reference_format)
-        return await execute(planned, session, report)
+    view = View()
+    with heard_by(lambda event: on_progress(view.take(event)) if on_progress is not None else view.take(event)):
+        async with Session.open(**session_options) as session:
+            planned = await plan(references, request, session, reference_format=reference_format)
+            result = await execute(planned, session)
+    return dataclasses.replace(result, warnings=view.warnings)
 
 
-async def plan(
-    references: Sequence[Reference], request: EditSequentialRequest, session: Session, report: ProgressReporter, *, reference_format: str
-) -> Plan:
+async def plan(references: Sequence[Reference], request: EditSequentialRequest, session: Session, *, reference_format: str) -> Plan:
     """Everything the user can get wrong, before any work or spending; then clean pixels and the fingerprint."""
     request = request.validate(encoded_references=len(references))
     check_choice("reference_format", reference_format, REFERENCE_FORMATS)
@@ -349,8 +342,8 @@ async def plan(
         check_frame_shape(ref.label, ref.pixels)
     notes = request.count_notes()
     for note in notes:  # before any spending, and kept in view until the end
-        report.pin(note[0].upper() + note[1:], key="count")
-    prepared = await _prepare(references, session.stop, report)
+        pin(note[0].upper() + note[1:], key="count")
+    prepared = await _prepare(references, session.stop)
     encoded_differently = reference_format != "png" and references
     fingerprint = request_fingerprint(
         model_id=MODEL_ID,
@@ -365,17 +358,17 @@ async def plan(
 async def paying(plans: Sequence[Plan], session: Session) -> list[Plan]:
     """The plans whose run would submit a job: no saved result and no recorded request of their inputs (a request
     that turns out to be gone is admitted when it is found to be)."""
-    held = await session.store(lambda line: None).holding([p.fingerprint for p in plans])  # each run reports its store's trouble
+    held = await session.store().holding([p.fingerprint for p in plans])
     return [p for p in plans if p.fingerprint not in held]
 
 
-async def execute(planned: Plan, session: Session, report: ProgressReporter, *, output_budget: int | None = None) -> GenerationResult:
+async def execute(planned: Plan, session: Session, *, output_budget: int | None = None) -> GenerationResult:
     """cache → records → resume or submit → wait → download → save → assemble, one run per distinct inputs at a time.
     `output_budget`: bytes its outputs may take (its share of a list's; None: `Limits.batch_max_bytes`)."""
-    run = _Run.start(planned.fingerprint, session, report, plan=planned, output_budget=output_budget)
+    run = _Run.start(planned.fingerprint, session, plan=planned, output_budget=output_budget)
     store = run.store
     waiting = "Waiting for an identical run of these inputs to finish, to share its result instead of paying twice…"
-    async with store.exclusive(planned.fingerprint, session.stop, lambda: report(waiting, Phase.SHARING)):
+    async with store.exclusive(planned.fingerprint, session.stop, waiting):
         saved, resume_id = await _saved_result(run)
         if saved is not None:
             return saved
@@ -391,7 +384,7 @@ async def execute(planned: Plan, session: Session, report: ProgressReporter, *, 
         return dataclasses.replace(await _deliver(run, result, files), resumed=resumed)
 
 
-async def collect(request_id: str, session: Session, report: ProgressReporter, *, output_budget: int | None = None) -> GenerationResult:
+async def collect(request_id: str, session: Session, *, output_budget: int | None = None) -> GenerationResult:
     """A request made anywhere (another machine, RunComfy's own site, before a user folder was lost) collected by
     its id: saved copy → wait → download → save → assemble. Free: nothing is ever submitted, and Stop or the
     deadline end the wait without cancelling the job, which is not this run's to cancel. The saved copy is keyed
@@ -399,9 +392,9 @@ async def collect(request_id: str, session: Session, report: ProgressReporter, *
     `output_budget`: bytes its outputs may take (None: `Limits.batch_max_bytes`)."""
     request_id = check_request_id(request_id)
     fingerprint = collection_fingerprint(model_id=MODEL_ID, base_url=session.base_url, request_id=request_id)
-    run = _Run.start(fingerprint, session, report, output_budget=output_budget)
+    run = _Run.start(fingerprint, session, output_budget=output_budget)
     waiting = f"Waiting for another run collecting request {request_id} to finish, to share its result…"
-    async with run.store.exclusive(fingerprint, session.stop, lambda: report(waiting, Phase.SHARING)):
+    async with run.store.exclusive(fingerprint, session.stop, waiting):
         saved, _ = await _saved_result(run)  # saved files that are unusable: collected again below
         if saved is not None:
             return saved
@@ -415,7 +408,7 @@ async def collect(request_id: str, session: Session, report: ProgressReporter, *
 async def _collected(run: _Run, request_id: str) -> JobResult:
     """The result of a request submitted elsewhere, waited for while it is queued or running; when RunComfy
     cannot give one, what that means for the person collecting it."""
-    run.report(f"Collecting request {request_id} from RunComfy (free: nothing is submitted)…")  # its state: once RunComfy says
+    say(f"Collecting request {request_id} from RunComfy (free: nothing is submitted)…")  # its state: once RunComfy says
     try:
         return await _wait(run, Job.resume(run.client, request_id), leave_running=True)
     except RequestNotFoundError as gone:
@@ -460,13 +453,13 @@ async def _saved_result(run: _Run) -> tuple[GenerationResult | None, str | None]
     try:
         images = await _assemble(run, cached.files, "Saved result")
     except DownloadError as damaged:
-        run.report.warn(f"the saved images of request {cached.request_id} are damaged ({damaged}); collecting them again", key="saved")
+        warn(f"the saved images of request {cached.request_id} are damaged ({damaged}); collecting them again", key="saved")
         await run.store.drop_saved(run.fingerprint)
         return None, cached.request_id
-    run.report(f"Reused the saved images of request {cached.request_id}: nothing sent, nothing charged.", Phase.DONE)
+    say(f"Reused the saved images of request {cached.request_id}: nothing sent, nothing charged.", Phase.DONE)
     new_images = "; change the seed for new images" if run.plan is not None else ""
     notes = (f"saved result reused{new_images}", *run.notes)  # the request is named beside it
-    return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, run.report.warnings, reused=True), None
+    return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, reused=True), None
 
 
 async def _held_request(run: _Run) -> str | None:
@@ -492,7 +485,7 @@ async def _deliver(run: _Run, result: JobResult, files: list[bytes]) -> Generati
         await run.store.drop_saved(run.fingerprint)
         await run.store.release(run.fingerprint)
         raise DownloadError(f"{unusable} {_unusable(run, result.request_id)}", request_id=result.request_id) from None
-    return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(run.notes), run.report.warnings)
+    return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(run.notes))
 
 
 @contextlib.asynccontextmanager
@@ -502,24 +495,23 @@ async def _upload_turn(run: _Run) -> AsyncIterator[None]:
     if not slots.locked():
         await slots.acquire()  # a free slot is taken at once, before any other run can look
     else:
-        run.report("Waiting for a free upload slot (other runs of this ComfyUI are uploading)…", Phase.WAITING)
+        say("Waiting for a free upload slot (other runs of this ComfyUI are uploading)…", Phase.WAITING)
         await stoppable(slots.acquire(), run.session.stop, f"Stopped while waiting to upload: {NOTHING_SENT}")
-    run.report.phase = Phase.UPLOADING
     try:
         yield
     finally:
         slots.release()
 
 
-async def _prepare(references: Sequence[Reference], stop: StopCheck, report: ProgressReporter) -> list[PreparedReference]:
+async def _prepare(references: Sequence[Reference], stop: StopCheck) -> list[PreparedReference]:
     """Clean and fingerprint every reference in worker threads."""
 
     def prepared_one(prepared: PreparedReference, done: int) -> None:
         extra = f" ({prepared.label}: {'; '.join(prepared.notes)})" if prepared.notes else ""
-        report(f"Preparing references {done}/{len(references)}{extra}", Phase.PREPARING, done / len(references))
+        say(f"Preparing references {done}/{len(references)}{extra}", Phase.PREPARING, done / len(references))
 
     if references:
-        report(f"Preparing references 0/{len(references)}", Phase.PREPARING)
+        say(f"Preparing references 0/{len(references)}", Phase.PREPARING)
     return await stoppable(
         map_in_threads(lambda ref: prepare_reference(ref.label, ref.pixels), references, on_done=prepared_one),
         stop,
@@ -533,10 +525,10 @@ async def _submit(run: _Run) -> Job:
     request, spending = run.plan.request, run.session.spending
     price = await run.session.price()
     if price is not None and plausible(price.usd_per_image):  # a price of 0 is no estimate
-        run.report.pin(price.estimate(request.max_images_sent), key="cost")
+        pin(price.estimate(request.max_images_sent), key="cost")
     balance = run.session.balance
     await balance.ticket(run.plan.job, run.session.usd_per_image)  # the balance, beside the spending limits
-    job_id = await spending.ticket(run.plan.job, run.session.usd_per_image, run.warn_records)
+    job_id = await spending.ticket(run.plan.job, run.session.usd_per_image)
     run.estimate_usd = spending.estimate_of(job_id)
     sending = False
     try:
@@ -552,7 +544,7 @@ async def _submit(run: _Run) -> Job:
     except InsufficientBalanceError:  # RunComfy refused it for lack of credit: no job, and nothing more is sent
         balance.ran_out(run.plan.job)
         if not sending:
-            await spending.dropped(job_id, run.warn_records, "not submitted: the balance ran out")
+            await spending.dropped(job_id, "not submitted: the balance ran out")
         raise
     except OutcomeUnknownError:
         balance.submitted(run.plan.job)  # it may be running and charged
@@ -560,7 +552,7 @@ async def _submit(run: _Run) -> Job:
     except BaseException:
         balance.refused(run.plan.job)
         if not sending:  # stopped or failed before anything was sent: the reservation was never used
-            await spending.dropped(job_id, run.warn_records)
+            await spending.dropped(job_id)
         raise
     balance.submitted(run.plan.job)
     return job
@@ -575,16 +567,15 @@ def _not_held_back(run: _Run) -> None:
 async def _encode(run: _Run, prepared: list[PreparedReference]) -> list[EncodedReference]:
     """Encode every reference in parallel, each within its share of the request body."""
     total = len(prepared)
-    report = run.report
     fmt = run.plan.reference_format
 
     def encoded_one(encoded: EncodedReference, done: int) -> None:
         fresh = [note for note in encoded.notes if note.startswith("downscaled")]
         extra = f" ({encoded.label}: {'; '.join(fresh)})" if fresh else ""
-        report(f"Encoding references {done}/{total} as {fmt.upper()}{extra}", Phase.UPLOADING, 0.4 * done / total)
+        say(f"Encoding references {done}/{total} as {fmt.upper()}{extra}", Phase.UPLOADING, 0.4 * done / total)
 
     if total:
-        report(f"Encoding references 0/{total} as {fmt.upper()}", Phase.UPLOADING)
+        say(f"Encoding references 0/{total} as {fmt.upper()}", Phase.UPLOADING)
     encoded = await stoppable(
         encode_references(prepared, max_file_bytes=per_reference_byte_limit(total), fmt=fmt, on_done=encoded_one),
         run.session.stop,
@@ -616,50 +607,44 @@ async def _send(run: _Run, job_id: str, sendable: EditSequentialRequest, message
     async def sending_last_piece() -> None:
         nonlocal unanswered
         unanswered = True
-        await spending.may_have_sent(job_id, run.warn_records)
+        await spending.may_have_sent(job_id)
 
     try:
         job = await submit_watching(
             run.client,
             sendable,
             should_stop=run.session.stop,
-            on_event=run.report.job_event,
             upload=UploadTracker(on_last_piece=sending_last_piece),
             message=message,
         )
     except OutcomeUnknownError:
-        await spending.may_have_sent(job_id, run.warn_records)
+        await spending.may_have_sent(job_id)
         raise
     except RunComfyError as refused:  # RunComfy answered, or the upload broke off: no job exists
-        await spending.dropped(job_id, run.warn_records, f"not submitted: {type(refused).__name__}")
+        await spending.dropped(job_id, f"not submitted: {type(refused).__name__}")
         raise
     except asyncio.CancelledError:  # ComfyUI ended the prompt mid-submit: after the last piece, it may exist
-        await (spending.may_have_sent(job_id, run.warn_records) if unanswered else spending.dropped(job_id, run.warn_records))
+        await (spending.may_have_sent(job_id) if unanswered else spending.dropped(job_id))
         raise
     del sendable  # the service has the references: the encoded copies are freed while we wait
-    await spending.submitted(job_id, job.request_id, run.warn_records)
+    await spending.submitted(job_id, job.request_id)
     try:
         run.session.after_submit()
     except Exception as exc:  # noqa: BLE001 - a caller's hook cannot end a paid job
-        run.report.warn(f"the after-submit hook failed ({type(exc).__name__})", key="hook")
+        warn(f"the after-submit hook failed ({type(exc).__name__})", key="hook")
     return job
 
 
 async def _wait(run: _Run, job: Job, *, leave_running: bool = False) -> JobResult:
     """Wait for a job with the run's Stop, deadline and poll schedule (`leave_running`: never cancel it)."""
     timing = run.session.timing
-
-    def heard(event: JobEvent) -> None:
-        run.report.job_event(event)
-        run.session.spending.heard(event, run.warn_records)
-
-    return await job.wait(
-        deadline_s=timing.deadline_s,
-        should_stop=run.session.stop,
-        on_event=heard,
-        poll_schedule=timing.poll_schedule(),
-        leave_running=leave_running,
-    )
+    with also_heard_by(run.session.spending.heard):  # the jobs panel's live state, and the records learn it started
+        return await job.wait(
+            deadline_s=timing.deadline_s,
+            should_stop=run.session.stop,
+            poll_schedule=timing.poll_schedule(),
+            leave_running=leave_running,
+        )
 
 
 async def _settle(run: _Run, job: Job) -> JobResult:
@@ -686,7 +671,7 @@ async def _settle(run: _Run, job: Job) -> JobResult:
         raise
     result, doubt = _sane_cost(run, result)
     await _settled(run, result.request_id, "done", images=min(len(result.urls), run.most_images), cost_usd=result.cost_usd, detail=doubt)
-    run.session.charged(result.request_id, result.cost_usd, run.estimate_usd, lambda line: run.report.warn(line, key="price"))
+    run.session.charged(result.request_id, result.cost_usd, run.estimate_usd)
     return result
 
 
@@ -702,12 +687,12 @@ def _sane_cost(run: _Run, result: JobResult) -> tuple[JobResult, str | None]:
 
 async def _settled(run: _Run, request_id: str, status: str, **what) -> None:
     """The records learn what became of a job; nothing they do can end the run."""
-    await run.session.spending.settled(request_id, status, run.warn_records, **what)
+    await run.session.spending.settled(request_id, status, **what)
 
 
 async def _resume(run: _Run, request_id: str) -> JobResult | None:
     """Wait for the request these inputs already paid for; None when the service no longer has it."""
-    run.report(f"Resumed request {request_id} (submitted earlier with the same inputs)…", Phase.QUEUED)
+    say(f"Resumed request {request_id} (submitted earlier with the same inputs)…", Phase.QUEUED)
     run.notes.append("request resumed")  # the request is named beside it
     try:
         return await _settle(run, Job.resume(run.client, request_id))
@@ -717,14 +702,14 @@ async def _resume(run: _Run, request_id: str) -> JobResult | None:
     await _settled(run, request_id, "gone", detail="RunComfy no longer knows this request")
     await run.store.release(run.fingerprint)
     run.notes[-1] = f"request {request_id} is no longer known to RunComfy, so a new one was submitted"
-    run.report(f"Request {request_id} is no longer known to RunComfy; submitting a new one.")
+    say(f"Request {request_id} is no longer known to RunComfy; submitting a new one.")
     return None
 
 
 async def _download(run: _Run, result: JobResult) -> list[bytes]:
     """Every result file as served, in parallel."""
-    report, timing = run.report, run.session.timing
-    report(f"Downloading 0/{len(result.urls)}", Phase.DOWNLOADING)
+    timing = run.session.timing
+    say(f"Downloading 0/{len(result.urls)}", Phase.DOWNLOADING)
     downloader = ResultDownloader(
         UrlPolicy.for_base_url(run.session.base_url),
         max_bytes=run.session.limits.max_download_bytes,
@@ -735,7 +720,7 @@ async def _download(run: _Run, result: JobResult) -> list[bytes]:
     fetching = downloader.fetch_all(
         result.urls,
         request_id=result.request_id,
-        on_progress=lambda done, total: report(f"Downloading {done}/{total}", Phase.DOWNLOADING, done / total),
+        on_progress=lambda done, total: say(f"Downloading {done}/{total}", Phase.DOWNLOADING, done / total),
     )
     stopped = (
         f"Stopped while downloading the results of request {result.request_id}; the job itself is finished "
@@ -778,6 +763,6 @@ async def _assemble(run: _Run, files: Sequence[bytes], label: str) -> ImageBatch
             "and run the node again with the same inputs to collect them without paying again."
         ) from None
     if assembled.warning:
-        run.report.warn(assembled.warning, key="memory")
+        warn(assembled.warning, key="memory")
     run.notes.extend(assembled.notes)
     return assembled.images

@@ -1,14 +1,14 @@
 """Never lose a paid result, never pay twice: what one run asks of the records, each call off the event loop.
 
-    store = RunStore(Records.at(state_dir), owner, warn, max_entries=…, max_bytes=…)
-    async with store.exclusive(fingerprint, should_stop, on_wait):   # one run of these inputs at a time, anywhere
+    store = RunStore(Records.at(state_dir), owner, max_entries=…, max_bytes=…)
+    async with store.exclusive(fingerprint, should_stop, waiting):   # one run of these inputs at a time, anywhere
         saved = await store.saved(fingerprint)       # the saved result, or its request id when its files are damaged
         job = await store.held(fingerprint)          # the job these inputs are held by: collect it, never pay again
         ...
         await store.save(fingerprint, result)        # the files, for a free re-run
 
 Local trouble never ends a run: anything the records or the results folder refuse becomes part of the run's one
-warning line, and the run goes on (`records.Records` keeps the records in memory when the disk refuses them).
+warning line (`events.warn`), and the run goes on (`records.Records` keeps the records in memory when the disk refuses them).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import RecordsError, StopRequested
+from .events import Phase, say, warn
 from .records import LEASE_S, LOCK_WAIT_S, Busy, CachedResult, Job, Records, renew_in
 from .stop import StopCheck
 
 LOCK_POLL_S = 0.1
-Warn = Callable[[str], None]  # called with the store's part of the run's warning line, each time it grows
 
 
 async def patiently(
@@ -70,7 +70,6 @@ class RunStore:
         self,
         records: Records,
         owner: str,
-        warn: Warn,
         *,
         max_entries: int,
         max_bytes: int,
@@ -83,14 +82,13 @@ class RunStore:
         self.lease_s = lease_s
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._warn = warn
         self._troubles: list[str] = []
 
     def _trouble(self, line: str) -> None:
-        """Local trouble: one line for the whole run (each `_warn` call replaces the last), and the run goes on."""
+        """Local trouble: one line for the whole run (each warning replaces the last), and the run goes on."""
         if line not in self._troubles:
             self._troubles.append(line)
-            self._warn("; ".join(self._troubles) + "; this run goes on.")
+            warn("; ".join(self._troubles) + "; this run goes on.", key="resume store")
 
     async def _call(self, what: str | None, work: Callable[[], Any], fallback: Callable[[Exception], Any] = lambda error: None) -> Any:
         """Run records work in a thread. This is the one place its failures are caught: anything it raises becomes
@@ -108,8 +106,8 @@ class RunStore:
         return answer
 
     @contextlib.asynccontextmanager
-    async def exclusive(self, fingerprint: str, should_stop: StopCheck, on_wait: Callable[[], None]) -> AsyncIterator[None]:
-        """Hold the run lock of `fingerprint` (in every process sharing the records) for the whole run; `on_wait()`
+    async def exclusive(self, fingerprint: str, should_stop: StopCheck, waiting: str) -> AsyncIterator[None]:
+        """Hold the run lock of `fingerprint` (in every process sharing the records) for the whole run; say `waiting`
         once if another run holds it. A run that died holds it only until its lease ends."""
         waited = False
         stopped = "Stopped while waiting for an identical run to finish: nothing was sent and nothing is charged."
@@ -123,7 +121,7 @@ class RunStore:
                 raise StopRequested("Stopped while waiting for an identical run to finish: nothing was sent and nothing is charged.")
             if not waited:
                 waited = True
-                on_wait()
+                say(waiting, Phase.SHARING)
             await asyncio.sleep(LOCK_POLL_S)
         try:
             yield

@@ -2,12 +2,14 @@
 
     limits = SpendingLimits.resolve(saved_file)        # RUNCOMFY_SEEDREAM_MAX_USD_PER_RUN / _PER_DAY win when set
     spending = Spending(limits, Records.at(state_dir), service=…, owner=…)
-    await spending.admit(jobs, price, warn)             # a list: every distinct item that would pay, all or none
-    job_id = await spending.ticket(job, price, warn)    # just before encoding: its reservation, or one made now
-    await spending.may_have_sent(job_id, warn)          # the last piece of the submit is about to go
-    await spending.submitted(job_id, request_id, warn)  # or .dropped(job_id, …)
-    await spending.settled(request_id, status, …)       # done, failed, cancelled, gone: what it cost
-    await spending.close(warn)                          # reservations never used are dropped
+    await spending.admit(jobs, price)             # a list: every distinct item that would pay, all or none
+    job_id = await spending.ticket(job, price)    # just before encoding: its reservation, or one made now
+    await spending.may_have_sent(job_id)          # the last piece of the submit is about to go
+    await spending.submitted(job_id, request_id)  # or .dropped(job_id, …)
+    await spending.settled(request_id, status, …) # done, failed, cancelled, gone: what it cost
+    await spending.close()                        # reservations never used are dropped
+
+What the records could not do is a warning event (`events.warn`): the run goes on.
 
 "Per run" is one execution (one `pipeline.Session`): a single job or a whole list. "Per day" is today's local
 calendar day over every process sharing the user folder: what finished jobs cost, the estimates of those that
@@ -39,9 +41,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import RecordsError, RunComfyError, SpendingLimitError
+from .events import Event, warn
 from .files import read_json, write_atomically
 from .price_sanity import judge_price, plausible
 from .proxies import proxy_for
@@ -51,9 +54,6 @@ from .shared import LIVE
 from .stop import StopCheck, never_stop
 from .wording import plural
 
-if TYPE_CHECKING:
-    from .job import JobEvent
-
 PER_RUN_ENV = "RUNCOMFY_SEEDREAM_MAX_USD_PER_RUN"
 PER_DAY_ENV = "RUNCOMFY_SEEDREAM_MAX_USD_PER_DAY"
 SETTING = "Settings → RunComfy → Spending limit"
@@ -62,7 +62,6 @@ MAX_LIMIT_USD = 1_000_000.0
 NOTHING_SENT = "Nothing was sent."
 AGAIN = "Run the node again to collect that run's result without paying."
 
-Warn = Callable[[str], None]
 PriceLookup = Callable[[], Awaitable[float | None]]  # the catalog price per image, or None when it cannot be had
 
 
@@ -231,31 +230,31 @@ class Spending:
         self._lock = asyncio.Lock()
         self._writes: set[asyncio.Future] = set()  # "generating" learned in the background, awaited at close
 
-    async def admit(self, jobs: Sequence[JobPlan], price: PriceLookup, warn: Warn) -> None:
+    async def admit(self, jobs: Sequence[JobPlan], price: PriceLookup) -> None:
         """Reserve every job in `jobs` within the limits, all or none (`SpendingLimitError`: nothing reserved).
         A job identical to one in flight (another run's live reservation or job with its fingerprint) is free: it
         will share that run's result, so it is neither counted nor reserved."""
         async with self._lock:
-            await self._admit([job for job in jobs if job.fingerprint not in self._reserved], price, warn, share_identical=True)
+            await self._admit([job for job in jobs if job.fingerprint not in self._reserved], price, share_identical=True)
 
-    async def ticket(self, job: JobPlan, price: PriceLookup, warn: Warn) -> str:
+    async def ticket(self, job: JobPlan, price: PriceLookup) -> str:
         """The id of the job's reservation, just before anything is encoded: the one made for it, or one made now
         within the limits (`SpendingLimitError`: nothing is sent)."""
         async with self._lock:
             if job.fingerprint not in self._reserved:  # found to need a job only now: it pays, whoever else runs it
-                await self._admit([job], price, warn, share_identical=False)
+                await self._admit([job], price, share_identical=False)
             return self._reserved.pop(job.fingerprint)
 
     def estimate_of(self, job_id: str) -> float | None:
         """What the job reserved by this run was estimated at when its spending limits were checked (None: no price)."""
         return self._estimates.get(job_id)
 
-    async def _admit(self, jobs: list[JobPlan], price: PriceLookup, warn: Warn, *, share_identical: bool) -> None:
+    async def _admit(self, jobs: list[JobPlan], price: PriceLookup, *, share_identical: bool) -> None:
         if not jobs:
             return
         if self.limits.problem:  # a limit was set and cannot be read: never taken for no limit
             raise SpendingLimitError(f"Your spending limits cannot be checked: {self.limits.problem}. {NOTHING_SENT}")
-        usd_per_image = await self._price(price, warn)
+        usd_per_image = await self._price(price)
         if usd_per_image is not None and (refusal := over_per_run(self.limits, self.run_usd, jobs, usd_per_image)):
             raise SpendingLimitError(refusal)
         rows = {job.fingerprint: self._reservation(job, usd_per_image) for job in jobs}
@@ -307,7 +306,7 @@ class Spending:
                   prompt_words(job.prompt), self.node_id, self.prompt_id)  # fmt: skip
         return dict(zip(RESERVATION, values, strict=True))
 
-    async def _price(self, price: PriceLookup, warn: Warn) -> float | None:
+    async def _price(self, price: PriceLookup) -> float | None:
         """The catalog price per image; with a limit set, the last sound one seen within 24 hours when the catalog fails
         or reports a price that cannot be right (`price_sanity`), and a refusal when there is none."""
         usd = await price()
@@ -327,7 +326,7 @@ class Spending:
                     f"Your spending limit cannot be checked: {verdict.refusal}. Try again later and check the price on "
                     f"runcomfy.com, or clear the limit ({SETTING}, {PER_RUN_ENV}, {PER_DAY_ENV}). {NOTHING_SENT}"
                 )
-            warn(verdict.note)
+            warn(verdict.note, key="records")
             return verdict.usd
         if not self.limits.any:
             return None
@@ -344,13 +343,13 @@ class Spending:
 
     # --- what became of a job: recorded, never in the way of paid work ------------------------------
 
-    async def _change(self, job_id: str, warn: Warn, **changes: Any) -> None:
+    async def _change(self, job_id: str, **changes: Any) -> None:
         try:
             await asyncio.to_thread(functools.partial(self.records.change, job_id, wait_s=self.lock_wait_s, **changes))
         except Exception as failure:  # noqa: BLE001 - a paid job goes on whatever the records do
-            warn(f"the job records could not be updated ({type(failure).__name__})")
+            warn(f"the job records could not be updated ({type(failure).__name__})", key="records")
 
-    async def may_have_sent(self, job_id: str, warn: Warn) -> None:
+    async def may_have_sent(self, job_id: str) -> None:
         """The last piece of the submit is about to go: from now on the job may exist. It holds its inputs and counts
         at its estimate, also if this process dies before the answer comes. A run that was paused past its lease
         (a laptop asleep mid-upload, the clock moved) checks first that nobody took its inputs over, and that the
@@ -377,15 +376,15 @@ class Spending:
         except RunComfyError:
             raise
         except Exception as failure:  # noqa: BLE001 - the records cannot say no: the job goes on, said once
-            warn(f"the job records could not be updated ({type(failure).__name__})")
+            warn(f"the job records could not be updated ({type(failure).__name__})", key="records")
 
-    async def submitted(self, job_id: str, request_id: str, warn: Warn) -> None:
-        await self._change(job_id, warn, state="queued", request_id=request_id, hold=1, detail=None)
+    async def submitted(self, job_id: str, request_id: str) -> None:
+        await self._change(job_id, state="queued", request_id=request_id, hold=1, detail=None)
 
-    async def dropped(self, job_id: str, warn: Warn, detail: str = "not submitted") -> None:
-        await self._change(job_id, warn, state="dropped", hold=0, detail=detail)
+    async def dropped(self, job_id: str, detail: str = "not submitted") -> None:
+        await self._change(job_id, state="dropped", hold=0, detail=detail)
 
-    def heard(self, event: JobEvent, warn: Warn) -> None:
+    def heard(self, event: Event) -> None:
         """A job's live state for the jobs panel (its queue position lives in memory only); the records learn once
         that it started generating."""
         status = {"queued": "queued", "generating": "generating"}.get(getattr(event.phase, "value", None))
@@ -394,7 +393,7 @@ class Spending:
         known = LIVE.get(event.request_id)
         LIVE[event.request_id] = (status, event.queue_position)
         if status == "generating" and (known is None or known[0] != "generating"):  # written once, in the background
-            task = asyncio.ensure_future(self.settled(event.request_id, "generating", warn))
+            task = asyncio.ensure_future(self.settled(event.request_id, "generating"))
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
 
@@ -402,7 +401,6 @@ class Spending:
         self,
         request_id: str,
         status: str,
-        warn: Warn,
         *,
         images: int | None = None,
         cost_usd: float | None = None,
@@ -429,15 +427,15 @@ class Spending:
             changes["cost_usd"] = cost_usd
         if status in NOT_CHARGED:
             changes["hold"] = 0
-        await self._change(job.id, warn, **changes)
+        await self._change(job.id, **changes)
 
-    async def close(self, warn: Warn) -> None:
+    async def close(self) -> None:
         """Drop the reservations this run never used (its items were collected, reused or failed before submitting),
         once the background writes of the run are done."""
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
         for job_id in list(self._reserved.values()):
-            await self.dropped(job_id, warn)
+            await self.dropped(job_id)
         self._reserved.clear()
 
     async def today(self) -> Totals | None:

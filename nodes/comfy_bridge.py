@@ -1,5 +1,5 @@
-"""The few ComfyUI services the node uses, looked up at call time with quiet fallbacks, and the manners
-of a guest in a long-running ComfyUI process.
+"""What every RunComfy node does inside ComfyUI around its one call (`node_run`), the few ComfyUI services it uses,
+looked up at call time with quiet fallbacks, and the manners of a guest in a long-running ComfyUI process.
 
 The pack imports and runs without ComfyUI (scripts, tests); inside ComfyUI these reach
 its progress text, progress bar and Stop button. Three things keep the process healthy:
@@ -14,20 +14,122 @@ would otherwise look as big as its largest past phase for as long as ComfyUI run
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import importlib
 import logging
 import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..api.config import default_state_dir
+from ..api.config import Limits, default_state_dir, resolve_base_url, resolve_credentials
+from ..api.errors import InputError, RunComfyError, StopRequested
+from ..api.pipeline import GenerationResult, Session
+from ..api.spending import SpendingLimits
+from .tensors import output_tensors
 
 log = logging.getLogger("runcomfy.seedream")
+PROGRESS_STEPS = 100
+FINAL_LINE = "runcomfy_line"  # the `ui` entry with the run's final line, shown under the node by web/js/runcomfy_final_line.js
+# What every RunComfy Seedream node returns, and what ComfyUI's node search also finds them by
+RETURN_TYPES = ("IMAGE", "IMAGE", "STRING", "STRING")
+RETURN_NAMES = ("images", "image_list", "urls", "request_id")
+SEARCH_ALIASES = ("seedream", "bytedance", "runcomfy", "sequential", "storyboard", "character sheet", "image set")
+
+
+@dataclass
+class NodeRun:
+    """One execution of a RunComfy node: its inputs as lists (`INPUT_IS_LIST`), its `Session`, and its line and bar."""
+
+    values: dict[str, list]
+    node_id: str | None
+    bar: ProgressBar
+    session: Session | None = None
+    shown: list[str] = field(default_factory=list)
+
+    def show(self, text: str, fraction: float) -> None:
+        """`text` under the node, and the bar at `fraction`."""
+        self.shown.append(text)
+        send_progress_text(text, self.node_id)
+        self.bar.set(round(fraction * PROGRESS_STEPS))
+
+    def outputs(self, results: list[GenerationResult]) -> dict[str, Any]:
+        """What the node returns to ComfyUI: its four output lists (identical items share one result, and so one tensor)
+        and, as its `ui`, the last text shown: the run's final line, which ComfyUI also keeps in its history and the
+        pack's frontend extension keeps under the node after the run (the current frontend removes progress text)."""
+        images, image_list, urls, request_ids = [], [], [], []
+        converted: dict[int, tuple] = {}
+        for result in results:
+            if id(result) not in converted:
+                converted[id(result)] = output_tensors(result.images)
+            batch, singles = converted[id(result)]
+            images.append(batch)
+            image_list.extend(singles)
+            urls.append("\n".join(result.urls))
+            request_ids.append(result.request_id)
+        return {"ui": {FINAL_LINE: self.shown[-1:]}, "result": (images, image_list, urls, request_ids)}
+
+
+@contextlib.asynccontextmanager
+async def node_run(node: Any, inputs: dict[str, Any]) -> AsyncIterator[NodeRun]:
+    """What each of the pack's RunComfy nodes does around its one call, as ComfyUI calls it: every input a list, an
+    unknown input refused, the token and spending limits first (a clear error, no work), ComfyUI's progress text, bar
+    and Stop (which latches in the Session, and ends the node as ComfyUI's own interruption). A run that fails shows
+    what went wrong as its last text, also when it fails before any work (a missing token), so that line is kept."""
+    values = list_values(inputs)
+    node_id = next((str(v) for v in values.pop("unique_id", []) if v is not None), None)
+    run = NodeRun(values, node_id, ProgressBar(PROGRESS_STEPS, node_id))
+    try:
+        declared = node.INPUT_TYPES()
+        unknown = sorted(set(values) - set(declared["required"]) - set(declared.get("optional", {})))
+        if unknown:
+            raise InputError(unknown[0], "is not an input of this node.")
+        credentials = resolve_credentials(settings_file=token_file())  # first: a clear error, no work
+        base_url = resolve_base_url()
+        spending_limits = SpendingLimits.resolve(spending_file())
+        quiet_status_polls(base_url)
+        async with Session.open(
+            credentials=credentials,
+            base_url=base_url,
+            should_stop=processing_interrupted,
+            timing=node.timing,
+            limits=node.limits or Limits.from_env(),
+            state_dir=state_directory(),
+            after_submit=release_free_memory,
+            spending_limits=spending_limits,
+            node_id=node_id,
+            prompt_id=prompt_id(),
+        ) as run.session:
+            try:
+                yield run
+            except StopRequested as stopped:
+                raise interruption(str(stopped)) from None
+    except RunComfyError as failure:
+        if not run.shown or run.shown[-1] != str(failure):  # a failure before any work said nothing under the node yet
+            send_progress_text(str(failure), node_id)
+        raise
+
+
+def list_values(inputs: dict[str, Any]) -> dict[str, list]:
+    """Every input as a list, as ComfyUI passes them to a node with `INPUT_IS_LIST`; a value that is not a list (a
+    script calling the node directly) is a list of one."""
+    values = {name: value if isinstance(value, list) else [value] for name, value in inputs.items()}
+    for name, value in values.items():
+        if not value:
+            raise InputError(name, "received an empty list. Connect a node that outputs at least one value.")
+    return values
+
+
+def list_items(values: dict[str, list]) -> list[dict[str, Any]]:
+    """One item per element of the longest list; a shorter list repeats its last element, as ComfyUI does."""
+    count = max((len(value) for value in values.values()), default=1)
+    return [{name: value[min(index, len(value) - 1)] for name, value in values.items()} for index in range(count)]
 
 
 def _module(name: str) -> ModuleType | None:

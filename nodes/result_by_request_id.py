@@ -1,13 +1,14 @@
-"""A companion node: the images of a job collected by its request id, free. All real work is `api.collection` and `api.pipeline.collect`."""
+"""A companion node: the images of a job collected by its request id, free. All real work is `api.batch.CollectList`
+and `api.pipeline.collect`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..api.collection import collect_all
+from ..api.batch import CollectList
 from ..api.config import Limits
 from ..api.pipeline import Timing
-from .seedream_edit_sequential import SEEDREAM_SEARCH_ALIASES, RunComfySeedream4EditSequential, run_in_comfy
+from . import comfy_bridge
 
 
 class RunComfyResultByRequestId:
@@ -17,10 +18,10 @@ class RunComfyResultByRequestId:
     limits: Limits | None = None  # memory and disk bounds; None: the defaults, or the environment's
 
     CATEGORY = "RunComfy/Seedream"
-    SEARCH_ALIASES = list(SEEDREAM_SEARCH_ALIASES)
+    SEARCH_ALIASES = list(comfy_bridge.SEARCH_ALIASES)
     FUNCTION = "collect"
-    RETURN_TYPES = RunComfySeedream4EditSequential.RETURN_TYPES
-    RETURN_NAMES = RunComfySeedream4EditSequential.RETURN_NAMES
+    RETURN_TYPES = comfy_bridge.RETURN_TYPES
+    RETURN_NAMES = comfy_bridge.RETURN_NAMES
     INPUT_IS_LIST = True  # a list of ids: one result per id
     OUTPUT_IS_LIST = (True, True, True, True)
     OUTPUT_TOOLTIPS = (
@@ -54,4 +55,5 @@ class RunComfyResultByRequestId:
 
     async def collect(self, **inputs: Any) -> dict[str, Any]:
         """Each input arrives as a list (`INPUT_IS_LIST`); each output is a list with one entry per id, and `ui` the final line."""
-        return await run_in_comfy(self, inputs, lambda values, session, show: collect_all(values.get("request_id", [""]), session, show))
+        async with comfy_bridge.node_run(self, inputs) as run:
+            return run.outputs(await CollectList(run.values.get("request_id", [""]), run.session, run.show).run())

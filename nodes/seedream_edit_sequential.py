@@ -1,14 +1,14 @@
-"""The ComfyUI node: widgets in, images out. All real work happens in `api.batch` and `api.pipeline`."""
+"""The ComfyUI node: widgets in, images out. All real work happens in `api.batch` and `api.pipeline`; what every
+RunComfy node does around its one call is `comfy_bridge.node_run`."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..api.batch import Batch, Item, LineSink
-from ..api.config import Limits, resolve_base_url, resolve_credentials
-from ..api.errors import InputError, RunComfyError, StopRequested
-from ..api.pipeline import GenerationResult, Session, Timing
+from ..api.batch import Item, SeedreamList
+from ..api.config import Limits
+from ..api.errors import RunComfyError
+from ..api.pipeline import Timing
 from ..api.references import REFERENCE_FORMATS
 from ..api.schema import (
     COUNT_IN_PROMPT_MODES,
@@ -21,15 +21,11 @@ from ..api.schema import (
     SEQUENTIAL_MODES,
     EditSequentialRequest,
 )
-from ..api.spending import SpendingLimits
 from . import comfy_bridge
-from .tensors import output_tensors, reference_frames
+from .tensors import reference_frames
 
 IMAGE_SOCKETS = tuple(f"image_{i}" for i in range(1, MAX_REFERENCES + 1))
 OPTIONAL_IMAGE_SOCKETS = IMAGE_SOCKETS[1:]
-PROGRESS_STEPS = 100
-# What ComfyUI's node search also finds the pack's Seedream nodes by (read by current ComfyUI, ignored by older)
-SEEDREAM_SEARCH_ALIASES = ("seedream", "bytedance", "runcomfy", "sequential", "storyboard", "character sheet", "image set")
 _DEFAULTS = EditSequentialRequest(  # the widgets' defaults are the request type's
     "Generate 3 images of this character in different poses, consistent style.", seed=0
 )
@@ -48,10 +44,10 @@ class RunComfySeedream4EditSequential:
     limits: Limits | None = None  # memory and disk bounds; None: the defaults, or the environment's
 
     CATEGORY = "RunComfy/Seedream"
-    SEARCH_ALIASES = list(SEEDREAM_SEARCH_ALIASES)
+    SEARCH_ALIASES = list(comfy_bridge.SEARCH_ALIASES)  # read by current ComfyUI's node search, ignored by older
     FUNCTION = "generate"
-    RETURN_TYPES = ("IMAGE", "IMAGE", "STRING", "STRING")
-    RETURN_NAMES = ("images", "image_list", "urls", "request_id")
+    RETURN_TYPES = comfy_bridge.RETURN_TYPES
+    RETURN_NAMES = comfy_bridge.RETURN_NAMES
     INPUT_IS_LIST = True  # a list input is a batch: ComfyUI hands the node every item in one call
     OUTPUT_IS_LIST = (True, True, True, True)  # per item: a batch, its URLs and its request id; image_list flat
     OUTPUT_TOOLTIPS = (
@@ -161,88 +157,10 @@ class RunComfySeedream4EditSequential:
     async def generate(self, **inputs: Any) -> dict[str, Any]:
         """Every input arrives as a list (`INPUT_IS_LIST`): one item per element of the longest, as ComfyUI maps
         other nodes. Each output is a list with one entry per item; `image_list` holds every image of every item.
-        The returned `ui` holds the run's final line (see `run_in_comfy`)."""
-
-        async def run(values: dict[str, list], session: Session, show: LineSink) -> list[GenerationResult]:
-            return await Batch([_item(one) for one in list_items(values)], session, show).run()
-
-        return await run_in_comfy(self, inputs, run)
-
-
-NodeWork = Callable[[dict[str, list], Session, LineSink], Awaitable[list[GenerationResult]]]
-FINAL_LINE = "runcomfy_line"  # the `ui` entry with the run's final line, shown under the node by web/js/runcomfy_final_line.js
-
-
-async def run_in_comfy(node: Any, inputs: dict[str, Any], work: NodeWork) -> dict[str, Any]:
-    """What each of the pack's RunComfy nodes does around its `work(values, session, show)`, as ComfyUI calls it:
-    every input a list, an unknown input refused, the token and spending limits first (a clear error, no work), ComfyUI's progress
-    text, bar and Stop (which latches in the Session), and the outputs as lists.
-
-    The last text shown is the run's final line ("Done: 4 images, request …, cost $0.12 …"). It is returned as the
-    node's `ui` output ({"runcomfy_line": [line]}, which ComfyUI also keeps in its history with the prompt's
-    outputs), and the pack's frontend extension keeps it under the node after the run, where the current frontend
-    removes the progress text. A run that fails shows what went wrong as its last progress text, also when it fails
-    before any work (a missing token), so that line is the one kept."""
-    shown: list[str] = []
-    values = list_values(inputs)
-    node_id = next((str(v) for v in values.pop("unique_id", []) if v is not None), None)
-
-    def show(text: str, fraction: float) -> None:
-        shown.append(text)
-        comfy_bridge.send_progress_text(text, node_id)
-        bar.set(round(fraction * PROGRESS_STEPS))
-
-    bar = comfy_bridge.ProgressBar(PROGRESS_STEPS, node_id)
-    try:
-        results = await _run_in_comfy(node, values, node_id, work, show)
-    except RunComfyError as failure:
-        if not shown or shown[-1] != str(failure):  # a failure before any work said nothing under the node yet
-            comfy_bridge.send_progress_text(str(failure), node_id)
-        raise
-    return {"ui": {FINAL_LINE: shown[-1:]}, "result": outputs(results)}
-
-
-async def _run_in_comfy(node: Any, values: dict[str, list], node_id: str | None, work: NodeWork, show: LineSink) -> list[GenerationResult]:
-    declared = node.INPUT_TYPES()
-    unknown = sorted(set(values) - set(declared["required"]) - set(declared.get("optional", {})))
-    if unknown:
-        raise InputError(unknown[0], "is not an input of this node.")
-    credentials = resolve_credentials(settings_file=comfy_bridge.token_file())  # first: a clear error, no work
-    base_url = resolve_base_url()
-    spending_limits = SpendingLimits.resolve(comfy_bridge.spending_file())
-    comfy_bridge.quiet_status_polls(base_url)
-    async with Session.open(
-        credentials=credentials,
-        base_url=base_url,
-        should_stop=comfy_bridge.processing_interrupted,
-        timing=node.timing,
-        limits=node.limits or Limits.from_env(),
-        state_dir=comfy_bridge.state_directory(),
-        after_submit=comfy_bridge.release_free_memory,
-        spending_limits=spending_limits,
-        node_id=node_id,
-        prompt_id=comfy_bridge.prompt_id(),
-    ) as session:
-        try:
-            return await work(values, session, show)
-        except StopRequested as stopped:
-            raise comfy_bridge.interruption(str(stopped)) from None
-
-
-def list_values(inputs: dict[str, Any]) -> dict[str, list]:
-    """Every input as a list, as ComfyUI passes them to a node with `INPUT_IS_LIST`; a value that is not a list (a
-    script calling the node directly) is a list of one."""
-    values = {name: value if isinstance(value, list) else [value] for name, value in inputs.items()}
-    for name, value in values.items():
-        if not value:
-            raise InputError(name, "received an empty list. Connect a node that outputs at least one value.")
-    return values
-
-
-def list_items(values: dict[str, list]) -> list[dict[str, Any]]:
-    """One item per element of the longest list; a shorter list repeats its last element, as ComfyUI does."""
-    count = max((len(value) for value in values.values()), default=1)
-    return [{name: value[min(index, len(value) - 1)] for name, value in values.items()} for index in range(count)]
+        The returned `ui` holds the run's final line (see `comfy_bridge.node_run`)."""
+        async with comfy_bridge.node_run(self, inputs) as run:
+            items = [_item(values) for values in comfy_bridge.list_items(run.values)]
+            return run.outputs(await SeedreamList(items, run.session, run.show).run())
 
 
 def _item(values: dict[str, Any]) -> Item | RunComfyError:
@@ -262,18 +180,3 @@ def _item(values: dict[str, Any]) -> Item | RunComfyError:
         return Item(references, request, values.get("reference_format", REFERENCE_FORMATS[0]))  # likewise
     except RunComfyError as unusable:
         return unusable
-
-
-def outputs(results: list[GenerationResult]) -> tuple[list, list, list, list]:
-    """The four output lists; identical items share one result, and so one tensor."""
-    images, image_list, urls, request_ids = [], [], [], []
-    converted: dict[int, tuple] = {}
-    for result in results:
-        if id(result) not in converted:
-            converted[id(result)] = output_tensors(result.images)
-        batch, singles = converted[id(result)]
-        images.append(batch)
-        image_list.extend(singles)
-        urls.append("\n".join(result.urls))
-        request_ids.append(result.request_id)
-    return images, image_list, urls, request_ids

@@ -24,6 +24,7 @@ from runcomfy_seedream.api import (
     RunComfyError,
     StopRequested,
 )
+from runcomfy_seedream.api.events import heard_by
 from runcomfy_seedream.api.job import UploadTracker, submit_watching
 from runcomfy_seedream.api.stop import Latch
 from runcomfy_seedream.fake_service import Fault
@@ -168,9 +169,11 @@ def test_status_reads_retry_through_429s_and_5xx_with_the_injected_policy(fake):
     fake.behaviour.inject("status", Fault("http", status=429, retry_after="0"), Fault("http", status=503), Fault("drop"))
 
     async def scenario():
-        async with client_for(fake, on_retry=notices.append) as client:
-            job = await client.submit(EditSequentialRequest("Generate 1 image.", max_images=1, images=(URL,)))
-            return await job.result(QUICK_POLLS)
+        with heard_by(lambda event: notices.append(event.message)):  # retries are announced as events
+            async with client_for(fake) as client:
+                job = await client.submit(EditSequentialRequest("Generate 1 image.", max_images=1, images=(URL,)))
+                notices.clear()  # the submit's own events
+                return await job.result(QUICK_POLLS)
 
     assert asyncio.run(scenario()).urls and fake.submits == 1
     assert len(notices) == 3 and all("the job is still running" in notice for notice in notices)
@@ -205,14 +208,15 @@ def test_a_status_answer_that_inflates_far_past_the_cap_is_never_held_whole(fake
     notices: list[str] = []
 
     async def scenario():
-        async with client_for(fake, on_retry=notices.append) as client:
-            job = await client.submit(EditSequentialRequest("Generate 2 images of a lighthouse.", max_images=2, images=(URL,)))
-            fake.behaviour.inject("status", Fault("inflating", size=size), Fault("inflating", size=size, layers=2))
-            tracemalloc.start()
-            try:
-                return await client.status(job.request_id), tracemalloc.get_traced_memory()[1]
-            finally:
-                tracemalloc.stop()
+        with heard_by(lambda event: notices.append(event.message)):  # retries are announced as events
+            async with client_for(fake) as client:
+                job = await client.submit(EditSequentialRequest("Generate 2 images of a lighthouse.", max_images=2, images=(URL,)))
+                fake.behaviour.inject("status", Fault("inflating", size=size), Fault("inflating", size=size, layers=2))
+                tracemalloc.start()
+                try:
+                    return await client.status(job.request_id), tracemalloc.get_traced_memory()[1]
+                finally:
+                    tracemalloc.stop()
 
     status, peak = asyncio.run(scenario())
     assert status.state == "in_queue"

@@ -20,6 +20,7 @@ import pytest
 from helpers import job_rows, node_inputs, node_object, quick_timing, run_node, single
 from runcomfy_seedream.api import Limits, RetryPolicy
 from runcomfy_seedream.api.errors import DeadlineExceededError, OutcomeUnknownError, ServiceError
+from runcomfy_seedream.api.events import heard_by
 from runcomfy_seedream.api.records import CachedResult, Records, request_fingerprint
 from runcomfy_seedream.api.resume import RunStore
 from runcomfy_seedream.fake_service import Fault
@@ -332,7 +333,7 @@ def test_the_run_lock_waits_stops_and_survives_cancelled_runs(tmp_path, fresh_pr
     from runcomfy_seedream.api.errors import StopRequested
 
     records = Records.at(tmp_path)
-    first, second = (RunStore(records, owner, lambda line: None, max_entries=10, max_bytes=2**20) for owner in ("first", "second"))
+    first, second = (RunStore(records, owner, max_entries=10, max_bytes=2**20) for owner in ("first", "second"))
     for owner in ("first", "second"):
         records.renew(owner, 600.0)  # both runs are alive: only an unlock frees the lock
     waits: list[str] = []
@@ -341,22 +342,24 @@ def test_the_run_lock_waits_stops_and_survives_cancelled_runs(tmp_path, fresh_pr
         holding, never = asyncio.Event(), asyncio.Event()
 
         async def holder():
-            async with first.exclusive("f" * 64, lambda: False, lambda: None):
+            async with first.exclusive("f" * 64, lambda: False, "waiting"):
                 holding.set()
                 await never.wait()
 
         task = asyncio.ensure_future(holder())
         await holding.wait()
         with pytest.raises(StopRequested) as stopped:  # Stop while waiting: nothing was sent
-            async with second.exclusive("f" * 64, lambda: bool(waits), lambda: waits.append("waiting")):
-                pass
+            with heard_by(lambda event: waits.append(event.message)):  # it says so once, while it waits
+                async with second.exclusive("f" * 64, lambda: bool(waits), "waiting"):
+                    pass
         assert "waiting for an identical run" in str(stopped.value)
         task.cancel()  # a cancelled run must let go of the lock
         await asyncio.gather(task, return_exceptions=True)
-        async with second.exclusive("f" * 64, lambda: False, lambda: waits.append("again")):
-            pass
-        async with first.exclusive("e" * 64, lambda: False, lambda: waits.append("other inputs")):
-            pass
+        with heard_by(lambda event: waits.append(event.message)):
+            async with second.exclusive("f" * 64, lambda: False, "again"):
+                pass
+            async with first.exclusive("e" * 64, lambda: False, "other inputs"):
+                pass
 
     asyncio.run(scenario())
     assert waits == ["waiting"]  # the lock was free again at once, and other inputs never wait

@@ -1,4 +1,4 @@
-"""The library's run and batch without the node: generate(), plan() and execute(), Batch, through real HTTP to the
+"""The library's run and batch without the node: generate(), plan() and execute(), SeedreamList, through real HTTP to the
 fake; and the pure pieces they are made of (phases, the one Stop, the list items)."""
 
 from __future__ import annotations
@@ -10,22 +10,22 @@ import pytest
 
 from helpers import quick_timing
 from runcomfy_seedream.api import (
-    Batch,
     Credentials,
     EditSequentialRequest,
     InputError,
     Item,
     Phase,
     Reference,
+    SeedreamList,
     Session,
     StopRequested,
     execute,
     generate,
     plan,
 )
-from runcomfy_seedream.api.progress import ProgressReporter
+from runcomfy_seedream.api.events import Event, View
 from runcomfy_seedream.api.stop import Latch, stoppable
-from runcomfy_seedream.nodes.seedream_edit_sequential import list_items, list_values
+from runcomfy_seedream.nodes.comfy_bridge import list_items, list_values
 
 
 def portrait(seed: int = 0) -> Reference:
@@ -55,7 +55,7 @@ def test_generate_runs_one_job_and_a_second_call_reuses_its_saved_images(fake, t
 def test_plan_refuses_what_cannot_be_sent_before_anything_is_sent(fake, tmp_path):
     async def planned(request):
         async with Session.open(**options(fake, tmp_path)) as session:
-            return await plan([portrait()], request, session, ProgressReporter(None), reference_format="png")
+            return await plan([portrait()], request, session, reference_format="png")
 
     with pytest.raises(InputError) as caught:
         asyncio.run(planned(EditSequentialRequest("Generate 2 images.", max_images=15)))  # 1 reference + 15 > 15
@@ -64,9 +64,7 @@ def test_plan_refuses_what_cannot_be_sent_before_anything_is_sent(fake, tmp_path
 
         async def jpeg2000():
             async with Session.open(**options(fake, tmp_path)) as session:
-                return await plan(
-                    [portrait()], EditSequentialRequest("Generate 1 image."), session, ProgressReporter(None), reference_format="jp2"
-                )
+                return await plan([portrait()], EditSequentialRequest("Generate 1 image."), session, reference_format="jp2")
 
         asyncio.run(jpeg2000())
     assert fake.requests == [] and fake.submits == 0
@@ -75,12 +73,9 @@ def test_plan_refuses_what_cannot_be_sent_before_anything_is_sent(fake, tmp_path
 def test_plan_then_execute_is_generate_in_two_halves_and_the_plan_names_what_is_paid_for(fake, tmp_path):
     async def halves():
         async with Session.open(**options(fake, tmp_path)) as session:
-            report = ProgressReporter(None)
-            planned = await plan(
-                [portrait(3)], EditSequentialRequest("Generate 3 images.", max_images=3), session, report, reference_format="png"
-            )
+            planned = await plan([portrait(3)], EditSequentialRequest("Generate 3 images.", max_images=3), session, reference_format="png")
             before = fake.submits
-            return planned, before, await execute(planned, session, report)
+            return planned, before, await execute(planned, session)
 
     planned, submits_before_execute, result = asyncio.run(halves())
     assert submits_before_execute == 0 and fake.submits == 1
@@ -95,7 +90,7 @@ def test_a_batch_runs_each_distinct_item_once_and_reports_one_line(fake, tmp_pat
 
     async def batch():
         async with Session.open(**options(fake, tmp_path)) as session:
-            return await Batch(items, session, lambda text, fraction: lines.append((text, fraction))).run()
+            return await SeedreamList(items, session, lambda text, fraction: lines.append((text, fraction))).run()
 
     results = asyncio.run(batch())
     assert fake.submits == 2 and results[0] is results[2] and results[1] is not results[0]
@@ -114,14 +109,16 @@ def test_phases_carry_their_label_and_their_share_of_the_bar():
     assert Phase("queued") is Phase.QUEUED and Phase.QUEUED == "queued"
 
 
-def test_the_progress_reporter_never_goes_back_and_keeps_warnings_and_pinned_lines_under_each_message():
-    shown = []
-    report = ProgressReporter(shown.append)
-    report("Downloading 1/2", Phase.DOWNLOADING, 0.5)
-    report("a retry notice")  # no phase: the bar stays
-    report("late event", Phase.QUEUED)  # an earlier phase cannot move the bar back
-    report.pin("Estimated cost: up to $0.09", key="cost")
-    report.warn("could not save", key="disk")
+def test_a_run_s_view_never_goes_back_and_keeps_warnings_and_pinned_lines_under_each_message():
+    view = View()
+    events = [
+        Event(Phase.DOWNLOADING, "Downloading 1/2", within=0.5),
+        Event(None, "a retry notice"),  # no phase: the bar stays
+        Event(Phase.QUEUED, "late event"),  # an earlier phase cannot move the bar back
+        Event(None, "Estimated cost: up to $0.09", pinned="cost"),
+        Event(None, "could not save", warning="disk"),
+    ]
+    shown = [view.take(event) for event in events]
     assert [p.fraction for p in shown][:3] == [Phase.DOWNLOADING.at(0.5)] * 3
     assert shown[-1].text == "Warning: could not save\nEstimated cost: up to $0.09"
 

@@ -316,7 +316,7 @@ def test_stop_is_seen_while_another_process_holds_the_records(tmp_path):
     import asyncio
 
     with pytest.raises(StopRequested) as stopped:
-        asyncio.run(spending.admit([JobPlan("f", 2, "p")], price, print))
+        asyncio.run(spending.admit([JobPlan("f", 2, "p")], price))
     assert "Stopped while waiting for the job records" in str(stopped.value) and len(asked) == 4
     holder.execute("ROLLBACK")
 
@@ -426,7 +426,7 @@ def test_a_damaged_database_is_set_aside_and_under_a_daily_limit_today_is_refuse
     import asyncio
 
     with pytest.raises(SpendingLimitError) as refused:
-        asyncio.run(spending.admit([JobPlan("f", 2, "p")], price, print))
+        asyncio.run(spending.admit([JobPlan("f", 2, "p")], price))
     assert aside.name in str(refused.value) and "Clear the daily limit until tomorrow" in str(refused.value)
     assert records.jobs() == []
 

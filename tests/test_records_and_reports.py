@@ -16,8 +16,9 @@ import torch
 
 from helpers import image_batch, node_inputs, node_object, run_list, run_node
 from runcomfy_seedream.api import GenerationResult, ImageBatch, StopRequested
-from runcomfy_seedream.api.batch import Batch
-from runcomfy_seedream.api.errors import BatchError, InputError
+from runcomfy_seedream.api.batch import Member, batch_done, batch_outcome
+from runcomfy_seedream.api.errors import BatchError
+from runcomfy_seedream.api.events import heard_by
 from runcomfy_seedream.api.records import MAX_ROWS, Records
 from runcomfy_seedream.api.spending import JobPlan, Spending, SpendingLimits
 
@@ -47,8 +48,8 @@ async def submitting(records: Records, fingerprint: str) -> tuple[Spending, str]
     """A run's reservation of one job, up to the last piece of its submit: it holds its inputs from now on."""
     records.renew("run", 600.0)
     spending = Spending(SpendingLimits(), records, service="https://model-api.runcomfy.net/v1", owner="run")
-    job_id = await spending.ticket(JobPlan(fingerprint, 3, "Generate 3 images."), usd_per_image, print)
-    await spending.may_have_sent(job_id, print)
+    job_id = await spending.ticket(JobPlan(fingerprint, 3, "Generate 3 images."), usd_per_image)
+    await spending.may_have_sent(job_id)
     return spending, job_id
 
 
@@ -74,7 +75,8 @@ def test_a_request_id_that_came_back_after_the_disk_filled_outranks_the_hold_wri
         spending, job_id = await submitting(records, "fp")  # on disk, just before the last piece of the upload
         block_the_disk(tmp_path)
         warned: list[str] = []
-        await spending.submitted(job_id, "req-1", warned.append)  # RunComfy answered; the disk refuses: kept in memory
+        with heard_by(lambda event: warned.append(event.message) if event.warning else None):
+            await spending.submitted(job_id, "req-1")  # RunComfy answered; the disk refuses: kept in memory
         return records.held("fp"), warned
 
     entry, warned = asyncio.run(scenario())
@@ -87,7 +89,7 @@ def test_a_release_the_disk_refuses_still_releases(tmp_path):
 
     async def scenario():
         spending, job_id = await submitting(records, "fp")
-        await spending.submitted(job_id, "req-1", print)
+        await spending.submitted(job_id, "req-1")
         block_the_disk(tmp_path)
         records.release("fp")  # the job was cancelled; the row on disk still holds the inputs
         return records.held("fp")
@@ -173,21 +175,21 @@ def test_an_item_whose_tensor_cannot_be_read_fails_alone(fake, comfy):
     assert "image_1: could not be read" in str(failed) and fake.submits == 1
 
 
-def _batch_of(*ends) -> Batch:
-    """A batch whose members ended as given: a result, or an error (the texts are pure functions of that)."""
-    batch = Batch([InputError("image_1", "unused")] * len(ends), session=None, on_line=lambda text, fraction: None)
+def _batch_of(*ends) -> list[Member]:
+    """A list's members, ended as given: a result, or an error (the texts are pure functions of that)."""
+    members = [Member(number) for number in range(1, len(ends) + 1)]
     images = ImageBatch([(4, 4)])
     images.place(0, np.zeros((4, 4, 3), dtype=np.uint8))
-    for member, end in zip(batch.members, ends, strict=True):
+    for member, end in zip(members, ends, strict=True):
         if isinstance(end, BaseException):
             member.end(error=end)
         else:
             member.end(result=GenerationResult(end[0], ("https://x/1.png",), images, end[1]))
-    return batch
+    return members
 
 
 def test_a_batch_total_says_when_a_job_did_not_report_its_cost():
-    line = _batch_of(("r1", 0.09), ("r2", None), ("r3", 0.09)).final_line()
+    line = batch_done(_batch_of(("r1", 0.09), ("r2", None), ("r3", 0.09)))
     assert line == "Batch of 3 done: 3 jobs, cost $0.18 for 2 of them (1 did not report a cost)"
 
 
@@ -197,7 +199,7 @@ def test_stop_says_which_jobs_were_not_cancelled_and_which_finished_without_bein
         StopRequested("stopped while downloading", request_id="r2", finished=True),
         ("r3", 0.09),
     )
-    assert str(batch.outcome()) == (
+    assert str(batch_outcome(batch)) == (
         "Stopped the batch of 3: 1 not cancelled (already generating, or the cancel was not confirmed) may still be "
         "charged; 1 done and saved; 1 finished at RunComfy but not downloaded (run the node again to collect them "
         "without paying)."

@@ -20,7 +20,6 @@ from runcomfy_seedream.api.errors import (
     JobFailedError,
     RequestNotFoundError,
 )
-from runcomfy_seedream.api.progress import ProgressReporter
 from runcomfy_seedream.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 BY_ID = "RunComfyResultByRequestId"
@@ -269,7 +268,7 @@ def test_collect_cancelled_by_its_caller_leaves_a_queued_job_alone(fake, tmp_pat
         async with Session.open(
             credentials=Credentials(fake.token), base_url=fake.base_url, timing=quick_timing(), state_dir=tmp_path
         ) as session:
-            task = asyncio.ensure_future(collect(request_id, session, ProgressReporter(None)))
+            task = asyncio.ensure_future(collect(request_id, session))
             while not [r for r in fake.requests if r.path.endswith("/status")]:
                 await asyncio.sleep(0.02)
             task.cancel()  # ComfyUI ending the prompt

@@ -18,6 +18,7 @@ import pytest
 from helpers import job_rows, node_inputs, quick_timing, run_list, run_node, state_dir
 from runcomfy_seedream.api import Limits, shared
 from runcomfy_seedream.api.errors import RecordsError, SpendingLimitError
+from runcomfy_seedream.api.events import heard_by
 from runcomfy_seedream.api.records import MAX_LEASE_S, Records, Totals, local_day_start
 from runcomfy_seedream.api.spending import PER_DAY_ENV, PER_RUN_ENV, SETTING, JobPlan, Spending, SpendingLimits
 from runcomfy_seedream.fake_service import Fault
@@ -213,11 +214,11 @@ WRITER = CHILD_START + textwrap.dedent(
         sys.stdin.readline()  # both start together
         for n in range(int(sys.argv[4])):
             plan = JobPlan(f"{{sys.argv[3]}}-{{n}}", 1, "p")
-            await spending.admit([plan], price, print)
-            job_id = await spending.ticket(plan, price, print)
-            await spending.may_have_sent(job_id, print)
-            await spending.submitted(job_id, f"{{sys.argv[3]}}-{{n}}", print)
-            await spending.settled(f"{{sys.argv[3]}}-{{n}}", "done", print, images=1, cost_usd=0.01)
+            await spending.admit([plan], price)
+            job_id = await spending.ticket(plan, price)
+            await spending.may_have_sent(job_id)
+            await spending.submitted(job_id, f"{{sys.argv[3]}}-{{n}}")
+            await spending.settled(f"{{sys.argv[3]}}-{{n}}", "done", images=1, cost_usd=0.01)
         print("trouble", records.trouble, flush=True)
 
     asyncio.run(main())
@@ -265,7 +266,7 @@ RACER = CHILD_START + textwrap.dedent(
         admitted = 0
         for n in range(8):
             try:
-                await spending.admit([JobPlan(f"{{sys.argv[3]}}-{{n}}", 2, "p")], price, print)
+                await spending.admit([JobPlan(f"{{sys.argv[3]}}-{{n}}", 2, "p")], price)
                 admitted += 1
             except SpendingLimitError:
                 pass
@@ -385,7 +386,7 @@ def test_records_another_process_holds_refuse_new_jobs_under_a_daily_limit_and_n
         return 0.03
 
     with pytest.raises(SpendingLimitError) as caught:
-        asyncio.run(spending.admit([JobPlan("f", 2, "p")], price, print))
+        asyncio.run(spending.admit([JobPlan("f", 2, "p")], price))
     message = str(caught.value)
     assert f"another program keeps the job records {tmp_path / 'records.db'} locked" in message
     assert "Collecting jobs already paid for still works" in message and message.endswith("Nothing was sent.")
@@ -406,16 +407,20 @@ def test_a_jobs_outcome_heard_while_another_process_writes_the_records_is_kept(t
 
     async def submitted():
         plan = JobPlan("f", 3, "p")
-        await spending.admit([plan], price, warnings.append)
-        job_id = await spending.ticket(plan, price, warnings.append)
-        await spending.may_have_sent(job_id, warnings.append)
-        await spending.submitted(job_id, "req-1", warnings.append)
+        with heard_by(lambda event: warnings.append(event.message) if event.warning else None):
+            await submitting(plan)
+
+    async def submitting(plan):
+        await spending.admit([plan], price)
+        job_id = await spending.ticket(plan, price)
+        await spending.may_have_sent(job_id)
+        await spending.submitted(job_id, "req-1")
 
     asyncio.run(submitted())
     holder = sqlite3.connect(tmp_path / "records.db", isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN EXCLUSIVE")  # what a commit of another process holds, for a moment
     _HELD.append(holder)
-    asyncio.run(spending.settled("req-1", "done", warnings.append, images=3, cost_usd=0.09))
+    asyncio.run(spending.settled("req-1", "done", images=3, cost_usd=0.09))  # its warnings: logged
     _HELD.pop().close()
     ((job,),) = [records.jobs()]
     assert (job.state, job.images, job.cost_usd) == ("done", 3, 0.09), warnings

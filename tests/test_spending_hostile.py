@@ -168,7 +168,7 @@ def test_a_fifo_in_place_of_the_records_is_never_written_into_or_waited_on(tmp_p
         records = Records.at(tmp_path)
         spending = Spending(SpendingLimits(), records, service="s", owner="run")
         jobs = [JobPlan(f"{n:064x}", 3, "Generate 3 images of a fox in the snow at dawn, wide") for n in range(200)]
-        asyncio.run(spending.admit(jobs, _price, print))
+        asyncio.run(spending.admit(jobs, _price))
         outcome.append(records)
 
     writer = threading.Thread(target=open_and_write, daemon=True)
@@ -504,7 +504,7 @@ def test_a_charge_above_its_estimate_holds_back_the_jobs_of_the_run_not_yet_sent
 
     from helpers import quick_timing
     from runcomfy_seedream.api import Credentials, EditSequentialRequest, Reference, Session, execute, plan
-    from runcomfy_seedream.api.progress import ProgressReporter
+    from runcomfy_seedream.api.events import View, heard_by
     from runcomfy_seedream.api.spending import SpendingLimits
 
     fake.behaviour.result_fields = {"cost": 0.5}  # RunComfy charges more than its catalog said ($0.09 for 3 images)
@@ -512,15 +512,18 @@ def test_a_charge_above_its_estimate_holds_back_the_jobs_of_the_run_not_yet_sent
     async def two_jobs_one_after_the_other():
         options = dict(credentials=Credentials(fake.token), base_url=fake.base_url, timing=quick_timing(), state_dir=tmp_path)
         async with Session.open(spending_limits=SpendingLimits(per_run_usd=1.0), **options) as session:
-            reports = [ProgressReporter(None), ProgressReporter(None)]
+            reports = [View(), View()]  # what each run said (its events)
             plans = []
             for seed, report in zip((1, 2), reports, strict=True):
                 pixels = np.random.default_rng(seed).random((48, 64, 3), dtype=np.float32)
                 request = EditSequentialRequest("Generate 3 images.", max_images=3, seed=seed)
-                plans.append(await plan([Reference("portrait", pixels)], request, session, report, reference_format="png"))
-            first = await execute(plans[0], session, reports[0])
+                with heard_by(report.take):
+                    plans.append(await plan([Reference("portrait", pixels)], request, session, reference_format="png"))
+            with heard_by(reports[0].take):
+                first = await execute(plans[0], session)
             try:
-                await execute(plans[1], session, reports[1])
+                with heard_by(reports[1].take):
+                    await execute(plans[1], session)
             except SpendingLimitError as held:
                 return first, held, reports
             raise AssertionError("the second job was sent")
@@ -528,7 +531,7 @@ def test_a_charge_above_its_estimate_holds_back_the_jobs_of_the_run_not_yet_sent
     first, held, reports = asyncio.run(two_jobs_one_after_the_other())
     assert fake.submits == 1
     assert any(
-        f"request {first.request_id} cost $0.50, more than the $0.09 your spending limit was checked with" in w for w in first.warnings
+        f"request {first.request_id} cost $0.50, more than the $0.09 your spending limit was checked with" in w for w in reports[0].warnings
     )
     assert f"Not sent: request {first.request_id} of this run cost $0.50, more than the $0.09 estimated" in str(held)
     assert not any("checked with" in w for w in reports[1].warnings)  # said once per run, not once per item
