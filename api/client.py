@@ -73,7 +73,7 @@ import functools
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -647,9 +647,9 @@ class RunComfyClient:
         """
         call = Call(action, idempotent, request_id, redact=self._token, proxy=self._proxy)
 
-        def send() -> Awaitable[Attempt]:
-            return self._send_once(method, path, idempotent=idempotent, params=params, body=body, headers=headers, upload=upload)
-
+        send = functools.partial(
+            self._send_once, method, path, idempotent=idempotent, params=params, body=body, headers=headers, upload=upload
+        )
         policy = self.job_retry if call.reads_job else self.retry
         return await with_retries(send, functools.partial(classify, call), policy, on_retry=self._retry_heard(call, announce))
 

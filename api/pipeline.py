@@ -293,7 +293,6 @@ class _Run:
     fingerprint: str  # what its saved result, job record and run lock are keyed by
     session: Session
     store: RunStore
-    client: RunComfyClient  # the session's pool, announcing its retries to this run
     plan: Plan | None = None
     output_budget: int | None = None  # bytes its outputs may take; None: `Limits.batch_max_bytes`
     notes: list[str] = field(default_factory=list)
@@ -301,10 +300,9 @@ class _Run:
 
     @classmethod
     def start(cls, fingerprint: str, session: Session, *, plan: Plan | None = None, output_budget: int | None = None) -> _Run:
-        """The run with its store (the session's folder, within the cache bounds) and its view of the session's pool."""
-        store = session.store()
+        """The run with its store: the session's folder, within the cache bounds."""
         notes = list(plan.notes) if plan is not None else []
-        return cls(fingerprint, session, store, session.client, plan, output_budget, notes)
+        return cls(fingerprint, session, session.store(), plan, output_budget, notes)
 
     @property
     def most_images(self) -> int:
@@ -399,7 +397,9 @@ async def collect(request_id: str, session: Session, *, output_budget: int | Non
         if saved is not None:
             return saved
         result, doubt = _sane_cost(run, _at_most_asked(run, await _collected(run, request_id)))
-        await _settled(run, result.request_id, "done", images=len(result.urls), cost_usd=result.cost_usd, detail=doubt)  # if ours
+        await run.session.spending.settled(
+            result.request_id, "done", images=len(result.urls), cost_usd=result.cost_usd, detail=doubt
+        )  # if ours
         files = await _download(run, result)
         await run.store.save(fingerprint, CachedResult(result.request_id, result.urls, result.cost_usd, files))
         return dataclasses.replace(await _deliver(run, result, files), resumed=True)
@@ -410,7 +410,7 @@ async def _collected(run: _Run, request_id: str) -> JobResult:
     cannot give one, what that means for the person collecting it."""
     say(f"Collecting request {request_id} from RunComfy (free: nothing is submitted)…")  # its state: once RunComfy says
     try:
-        return await _wait(run, Job.resume(run.client, request_id), leave_running=True)
+        return await _wait(run, Job.resume(run.session.client, request_id), leave_running=True)
     except RequestNotFoundError as gone:
         raise RequestNotFoundError(
             f"RunComfy does not know request {request_id}: the id may be mistyped, the request may have expired, or it was "
@@ -611,7 +611,7 @@ async def _send(run: _Run, job_id: str, sendable: EditSequentialRequest, message
 
     try:
         job = await submit_watching(
-            run.client,
+            run.session.client,
             sendable,
             should_stop=run.session.stop,
             upload=UploadTracker(on_last_piece=sending_last_piece),
@@ -653,24 +653,26 @@ async def _settle(run: _Run, job: Job) -> JobResult:
         result = await _wait(run, job)
     except JobFailedError as failed:
         await run.store.release(run.fingerprint)
-        await _settled(run, job.request_id, "failed", detail=failed.reason or str(failed))
+        await run.session.spending.settled(job.request_id, "failed", detail=failed.reason or str(failed))
         raise
     except JobCancelledError:
         await run.store.release(run.fingerprint)
-        await _settled(run, job.request_id, "cancelled")
+        await run.session.spending.settled(job.request_id, "cancelled")
         raise
     except (DeadlineExceededError, StopRequested) as ended:
         if ended.cancelled:  # the queued job was cancelled: nothing is left to collect
             await run.store.release(run.fingerprint)
-            await _settled(run, job.request_id, "cancelled")
+            await run.session.spending.settled(job.request_id, "cancelled")
         raise
     except asyncio.CancelledError:  # ComfyUI ended the prompt; the job cancelled its queued request on the way out
         if job.state == "cancelled":
             await run.store.release(run.fingerprint)
-            await _settled(run, job.request_id, "cancelled")
+            await run.session.spending.settled(job.request_id, "cancelled")
         raise
     result, doubt = _sane_cost(run, result)
-    await _settled(run, result.request_id, "done", images=min(len(result.urls), run.most_images), cost_usd=result.cost_usd, detail=doubt)
+    await run.session.spending.settled(
+        result.request_id, "done", images=min(len(result.urls), run.most_images), cost_usd=result.cost_usd, detail=doubt
+    )
     run.session.charged(result.request_id, result.cost_usd, run.estimate_usd)
     return result
 
@@ -685,21 +687,16 @@ def _sane_cost(run: _Run, result: JobResult) -> tuple[JobResult, str | None]:
     return dataclasses.replace(result, cost_usd=None), doubt
 
 
-async def _settled(run: _Run, request_id: str, status: str, **what) -> None:
-    """The records learn what became of a job; nothing they do can end the run."""
-    await run.session.spending.settled(request_id, status, **what)
-
-
 async def _resume(run: _Run, request_id: str) -> JobResult | None:
     """Wait for the request these inputs already paid for; None when the service no longer has it."""
     say(f"Resumed request {request_id} (submitted earlier with the same inputs)…", Phase.QUEUED)
     run.notes.append("request resumed")  # the request is named beside it
     try:
-        return await _settle(run, Job.resume(run.client, request_id))
+        return await _settle(run, Job.resume(run.session.client, request_id))
     except (RequestNotFoundError, AuthenticationError) as gone:
         if isinstance(gone, AuthenticationError) and gone.error_code != "403001":
             raise
-    await _settled(run, request_id, "gone", detail="RunComfy no longer knows this request")
+    await run.session.spending.settled(request_id, "gone", detail="RunComfy no longer knows this request")
     await run.store.release(run.fingerprint)
     run.notes[-1] = f"request {request_id} is no longer known to RunComfy, so a new one was submitted"
     say(f"Request {request_id} is no longer known to RunComfy; submitting a new one.")
