@@ -32,7 +32,8 @@ MAX_FUNCTION_LINES = 60
 
 
 def measure_run() -> tuple[set[tuple[str, str]], set[tuple[str, str]], list[str]]:
-    """(the distinct (module, function) pairs called on the run's thread, those called only in worker threads, the pack frames on the way to the submit's send)."""
+    """(the distinct (module, function) pairs called on the run's thread, those called only in worker threads, the pack
+    frames on the way to the submit's send)."""
     pack = load_pack()
     from runcomfy_seedream.fake_service import FakeBehaviour, FakeRunComfy
 

@@ -65,7 +65,9 @@ CHILD = textwrap.dedent(
             paused.append(True)
             print("paused", flush=True)
             import signal
-            os.kill(os.getpid(), signal.SIGSTOP)  # the test's own process control, on POSIX
+            from runcomfy_seedream.api.records import Records
+            with Records.at(Path(folder))._guard:  # between two of its transactions: paused holding no database lock
+                os.kill(os.getpid(), signal.SIGSTOP)  # the test's own process control, on POSIX
 
     async def main():
         request = EditSequentialRequest("Generate {{}} images of a red fox.".format(max_images), max_images=max_images)
