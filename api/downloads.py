@@ -35,6 +35,7 @@ Invariants this module owns:
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import math
 import mmap
@@ -43,7 +44,8 @@ import sys
 import threading
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -73,6 +75,7 @@ LINK_GONE_STATUSES = frozenset({403, 404, 410})  # a link that may have expired 
 
 ProgressCallback = Callable[[int, int], None]
 Resolver = Callable[[str, int], Awaitable[list[str]]]  # (host, port) -> IP addresses
+T = TypeVar("T")
 
 
 async def resolve_host(host: str, port: int) -> list[str]:
@@ -164,14 +167,6 @@ def _shown(url: str) -> str:
     return f"{parts.scheme}://{host}{parts.path}"[:120]
 
 
-def _probe(data: bytes, label: str, max_pixels: int) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    width, height = image.size
-    if width * height > max_pixels:
-        raise DownloadError(f"{label} claims to be {width}x{height} px, beyond the {max_pixels:,} px safety limit; not decoded.")
-    return image
-
-
 def _decode_errors(label: str, exc: Exception) -> DownloadError:
     if isinstance(exc, (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning)):
         kind = "too large to decode safely" if "ecompression" in type(exc).__name__ else "not an image"
@@ -179,36 +174,32 @@ def _decode_errors(label: str, exc: Exception) -> DownloadError:
     return DownloadError(f"{label} is a damaged image file ({type(exc).__name__}).")
 
 
-def image_size(data: bytes, label: str, *, max_pixels: int = MAX_OUTPUT_PIXELS) -> tuple[int, int]:
-    """(height, width) from the file's header, without decoding the pixels."""
+def _read_image(data: bytes, label: str, max_pixels: int, read: Callable[[Image.Image], T]) -> T:
+    """`read(image)` of a file whose header claims at most `max_pixels`, refusing non-images and decompression bombs."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with _probe(data, label, max_pixels) as image:
-                return image.size[1], image.size[0]
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    beyond = f"beyond the {max_pixels:,} px safety limit"
+                    raise DownloadError(f"{label} claims to be {width}x{height} px, {beyond}; not decoded.")
+                return read(image)
     except DownloadError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever PIL raises on a hostile file is "not usable"
         failure = _decode_errors(label, exc)
     raise failure
+
+
+def image_size(data: bytes, label: str, *, max_pixels: int = MAX_OUTPUT_PIXELS) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding the pixels."""
+    return _read_image(data, label, max_pixels, lambda image: (image.size[1], image.size[0]))
 
 
 def decode_image(data: bytes, label: str, *, max_pixels: int = MAX_OUTPUT_PIXELS) -> np.ndarray:
-    """PNG/JPEG/WebP bytes -> uint8 RGB (H, W, 3) (read-only), refusing non-images and decompression bombs."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with _probe(data, label, max_pixels) as image:
-                return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-    except DownloadError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - whatever PIL raises on a hostile file is "not usable"
-        failure = _decode_errors(label, exc)
-    raise failure
-
-
-class _LinkUnavailable(DownloadError):
-    """403/404/410 on a result link: tried again a few times, then reported (as transient)."""
+    """PNG/JPEG/WebP bytes -> uint8 RGB (H, W, 3) (read-only)."""
+    return _read_image(data, label, max_pixels, lambda image: np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
 
 
 @dataclass(frozen=True)
@@ -246,7 +237,7 @@ def classify_download(fetched: Fetched, tries: int, *, label: str, request_id: s
         return retry(fetched.transport or "no answer")
     status = fetched.status
     if status in LINK_GONE_STATUSES:
-        gone = _LinkUnavailable(
+        gone = DownloadError(
             f"{label} is not available (HTTP {status}). A link can fail for a moment right after a job "
             "finishes, or for good once it expires. If running the node again with the same inputs "
             "fails the same way, the links have expired: change the seed for a new, charged job.",
@@ -261,25 +252,17 @@ def classify_download(fetched: Fetched, tries: int, *, label: str, request_id: s
     return Fail(_refused(f"{label} could not be downloaded (HTTP {status}).", request_id))
 
 
+@dataclass(frozen=True)
 class ResultDownloader:
     """Downloads result files with bounded parallelism, within one overall deadline."""
 
-    def __init__(
-        self,
-        policy: UrlPolicy,
-        *,
-        concurrency: int = DEFAULT_CONCURRENCY,
-        max_bytes: int = MAX_DOWNLOAD_BYTES,
-        retry: RetryPolicy = DOWNLOAD_RETRY,
-        read_timeout_s: float = DOWNLOAD_READ_TIMEOUT_S,
-        deadline_s: float = DOWNLOAD_DEADLINE_S,
-    ) -> None:
-        self.policy = policy
-        self.concurrency = concurrency
-        self.max_bytes = max_bytes
-        self.retry = retry
-        self.read_timeout_s = read_timeout_s
-        self.deadline_s = deadline_s
+    policy: UrlPolicy
+    _: KW_ONLY
+    concurrency: int = DEFAULT_CONCURRENCY
+    max_bytes: int = MAX_DOWNLOAD_BYTES
+    retry: RetryPolicy = DOWNLOAD_RETRY
+    read_timeout_s: float = DOWNLOAD_READ_TIMEOUT_S
+    deadline_s: float = DOWNLOAD_DEADLINE_S
 
     async def fetch_all(
         self, urls: Sequence[str], *, request_id: str | None = None, on_progress: ProgressCallback | None = None
@@ -327,9 +310,7 @@ class ResultDownloader:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _fetch_bytes(self, http: httpx.AsyncClient, url: str, label: str, request_id: str | None) -> bytes:
-        def classify(fetched: Fetched, tries: int) -> Verdict[bytes]:
-            return classify_download(fetched, tries, label=label, request_id=request_id)
-
+        classify = functools.partial(classify_download, label=label, request_id=request_id)
         return await with_retries(lambda: self._get_once(http, url, label, request_id), classify, self.retry)
 
     async def _get_once(self, http: httpx.AsyncClient, url: str, label: str, request_id: str | None) -> Fetched:

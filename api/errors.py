@@ -205,14 +205,12 @@ def error_from_response(
     elif http_status == 429:
         cls, sentence = ServiceError, "RunComfy is rate limiting requests. Wait a minute and run again."
     elif http_status >= 500:
-        cls, sentence = ServiceError, "RunComfy reported a server error. Wait a moment and run again."
+        cls, sentence = _CODE_MESSAGES["500001"]
     elif http_status == 402:  # what RunComfy's own nodes take a 402 to mean
-        cls, sentence = (
-            InsufficientBalanceError,
-            (
-                "Your RunComfy balance has run out: RunComfy refused it for lack of credit, so no job was created and "
-                "nothing was charged. Top up at runcomfy.com, then run again."
-            ),
+        cls = InsufficientBalanceError
+        sentence = (
+            "Your RunComfy balance has run out: RunComfy refused it for lack of credit, so no job was created and "
+            "nothing was charged. Top up at runcomfy.com, then run again."
         )
     elif http_status == 404:  # without 404001 this may be a proxy's page, not RunComfy's word that the request is gone
         cls, sentence = ServiceError, "The service answered 404 (not found) without saying what was not found."

@@ -372,7 +372,7 @@ class Records:
         conn.execute("BEGIN IMMEDIATE")
         try:
             _create(conn)  # IF NOT EXISTS: a no-op on records of this version
-            imported = _import_earlier(conn, self.folder) if self.folder is not None else []  # also files an older version
+            imported = _import_earlier(conn, self.folder)  # also files an older version
             conn.execute(f"PRAGMA user_version = {VERSION}")  # wrote after this one (a downgrade and back)
             conn.execute("COMMIT")
         except BaseException:
@@ -580,10 +580,10 @@ class Records:
             changes["detail"] = clean_detail(changes["detail"])
         changes["updated"] = time.time()
         assignments = ", ".join(f"{name} = :{name}" for name in changes)
-        guard = "" if state is None else f" AND state NOT IN ({', '.join(repr(s) for s in FINAL)})"
-        if state is not None and state not in FINAL:
-            lower = [s for s, rank in RANK.items() if rank < RANK[state]]
-            guard = f" AND state IN ({', '.join(repr(s) for s in lower)})"
+        guard = ""
+        if state is not None:  # RANK names every state the table allows: an ending follows any live state
+            earlier = ", ".join(repr(s) for s, rank in RANK.items() if rank < RANK[state])
+            guard = f" AND state IN ({earlier})"
         self.write_even_if_busy(
             lambda c: c.execute(f"UPDATE jobs SET {assignments} WHERE id = :id{guard}", {**changes, "id": job_id}), wait_s=wait_s
         )

@@ -19,7 +19,6 @@ import io
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -35,12 +34,8 @@ from .schema import (
     DataUri,
     check_reference_dimensions,
 )
-from .shared import ENCODED, EncodedCache
+from .shared import ENCODED
 from .threads import map_in_threads
-
-T = TypeVar("T")
-R = TypeVar("R")
-
 
 MAX_SIDE = MAX_SIDE_EXCLUSIVE - 1
 BODY_SLACK_BYTES = 64 * 1024  # room in the request body for the prompt, URLs and the other fields
@@ -130,12 +125,12 @@ def prepare_reference(label: str, frame: np.ndarray) -> PreparedReference:
     return PreparedReference(label, rgb8, digest.hexdigest(), tuple(notes))
 
 
-def _file_bytes(image: Image.Image, fmt: str, png: PngSettings = DEFAULT_PNG) -> bytes:
+def _file_bytes(image: Image.Image, fmt: str) -> bytes:
     buffer = io.BytesIO()
     if fmt == "jpeg":
         image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     else:
-        image.save(buffer, format="PNG", compress_level=png.compress_level, compress_type=png.strategy)
+        image.save(buffer, format="PNG", compress_level=DEFAULT_PNG.compress_level, compress_type=DEFAULT_PNG.strategy)
     return buffer.getvalue()
 
 
@@ -152,39 +147,26 @@ class EncodedFile:
         return len(self.uri.base64)
 
 
-def encode_reference(
-    prepared: PreparedReference,
-    *,
-    max_file_bytes: int = MAX_REFERENCE_BYTES - 1,
-    fmt: str = "png",
-    png: PngSettings = DEFAULT_PNG,
-    cache: EncodedCache | None = ENCODED,
-) -> EncodedReference:
-    """Encode one reference as PNG or JPEG (quality 95), or take it from `cache` when these pixels were encoded
+def encode_reference(prepared: PreparedReference, *, max_file_bytes: int = MAX_REFERENCE_BYTES - 1, fmt: str = "png") -> EncodedReference:
+    """Encode one reference as PNG or JPEG (quality 95), or take it from `ENCODED` when these pixels were encoded
     the same way before. Too-large images are downscaled (aspect kept) until they fit; `_scaled` keeps every
     downscaled size within the schema's side and aspect rules."""
     if fmt not in REFERENCE_FORMATS:
         raise InputError("reference_format", f"{fmt!r} is not accepted. Choose one of: {', '.join(REFERENCE_FORMATS)}.")
-
-    def encode() -> EncodedFile:
-        return _encode_file(prepared.rgb8, max_file_bytes, fmt, png)
-
-    if cache is None:
-        encoded = encode()
-    else:
-        encoded = cache.get_or_encode((prepared.digest, fmt, max_file_bytes, png if fmt == "png" else None), encode)
+    key = (prepared.digest, fmt, max_file_bytes, DEFAULT_PNG if fmt == "png" else None)
+    encoded = ENCODED.get_or_encode(key, lambda: _encode_file(prepared.rgb8, max_file_bytes, fmt))
     return EncodedReference(prepared.label, encoded.uri, prepared.notes + encoded.notes)
 
 
-def _encode_file(rgb8: np.ndarray, max_file_bytes: int, fmt: str, png: PngSettings) -> EncodedFile:
+def _encode_file(rgb8: np.ndarray, max_file_bytes: int, fmt: str) -> EncodedFile:
     original = Image.fromarray(rgb8, mode="RGB")
-    scale = min(1.0, MAX_SIDE / max(original.size), _probe_scale(original, max_file_bytes, fmt, png))
+    scale = min(1.0, MAX_SIDE / max(original.size), _probe_scale(original, max_file_bytes, fmt))
     image = original if scale >= 1.0 else original.resize(_scaled(original.size, scale), Image.Resampling.LANCZOS)
-    data = _file_bytes(image, fmt, png)
+    data = _file_bytes(image, fmt)
     while len(data) > max_file_bytes:
         scale *= math.sqrt(max_file_bytes / len(data)) * 0.95
         image = original.resize(_scaled(original.size, scale), Image.Resampling.LANCZOS)
-        data = _file_bytes(image, fmt, png)
+        data = _file_bytes(image, fmt)
     notes: tuple[str, ...] = ()
     if image.size != original.size:
         notes = (
@@ -199,14 +181,12 @@ def encode_references(
     *,
     max_file_bytes: int,
     fmt: str = "png",
-    png: PngSettings = DEFAULT_PNG,
     on_done: Callable[[EncodedReference, int], None] | None = None,
-    cache: EncodedCache | None = ENCODED,
 ) -> Awaitable[list[EncodedReference]]:
-    """Encode every reference in parallel worker threads (those in `cache` are not encoded again);
+    """Encode every reference in parallel worker threads (those in `ENCODED` are not encoded again);
     `on_done(encoded, count_done)` runs on the loop."""
     return map_in_threads(
-        lambda ref: encode_reference(ref, max_file_bytes=max_file_bytes, fmt=fmt, png=png, cache=cache),
+        lambda ref: encode_reference(ref, max_file_bytes=max_file_bytes, fmt=fmt),
         prepared,
         on_done=on_done,
         name="runcomfy-encode",
@@ -221,7 +201,7 @@ def per_reference_byte_limit(data_reference_count: int) -> int:
     return min(MAX_REFERENCE_BYTES - 1, share)
 
 
-def _probe_scale(image: Image.Image, max_file_bytes: int, fmt: str, png: PngSettings) -> float:
+def _probe_scale(image: Image.Image, max_file_bytes: int, fmt: str) -> float:
     """A scale that should bring the file under `max_file_bytes`, from encoding a quarter-size centre crop.
 
     Avoids encoding a large reference twice (once too big, once downscaled). Returns 1.0
@@ -231,7 +211,7 @@ def _probe_scale(image: Image.Image, max_file_bytes: int, fmt: str, png: PngSett
     if width * height * 3 <= max_file_bytes * 0.98:
         return 1.0
     crop = image.crop((width // 4, height // 4, width // 4 + width // 2, height // 4 + height // 2))
-    estimate = len(_file_bytes(crop, fmt, png)) * (width * height) / max(1, crop.size[0] * crop.size[1])
+    estimate = len(_file_bytes(crop, fmt)) * (width * height) / max(1, crop.size[0] * crop.size[1])
     if estimate <= max_file_bytes * 0.9:
         return 1.0
     return math.sqrt(max_file_bytes * 0.9 / estimate)

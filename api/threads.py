@@ -21,8 +21,6 @@ async def map_in_threads(
     name: str = "runcomfy",
 ) -> list[R]:
     """[func(item) for item in items], computed in parallel; `on_done(result, count_done)` runs on the loop."""
-    if not items:
-        return []
     loop = asyncio.get_running_loop()
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, min(len(items), os.cpu_count() or 1)), thread_name_prefix=name) as pool:

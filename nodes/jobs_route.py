@@ -36,7 +36,7 @@ from ..api.records import Busy, Records
 from ..api.records import Job as JobRecord
 from ..api.shared import LIVE
 from ..api.spending import PER_DAY_ENV, PER_RUN_ENV, SpendingLimits, limit_value, read_saved, save_limits
-from .token_route import MAX_BODY_BYTES, read_capped, refusal
+from .token_route import MAX_BODY_BYTES, read_capped, refusal, refuse
 
 JOBS_ROUTE = "/runcomfy/seedream/jobs"
 SPENDING_ROUTE = "/runcomfy/seedream/spending"
@@ -195,10 +195,8 @@ async def cancel_queued(state_dir: Path, token_file: Path, request_id: str) -> t
         try:
             cancelled, message = await asyncio.wait_for(handle.cancel_queued(), CANCEL_TIMEOUT_S)
         except asyncio.TimeoutError:
-            cancelled, message = (
-                None,
-                f"Cancelling request {request_id} is unconfirmed (no answer in time); it may still run and be charged.",
-            )
+            cancelled = None
+            message = f"Cancelling request {request_id} is unconfirmed (no answer in time); it may still run and be charged."
     if cancelled or handle.state == "gone":
         state, detail = ("cancelled", "cancelled from the jobs panel") if cancelled else ("gone", "RunComfy no longer knows this request")
         await asyncio.to_thread(records.change, entry.id, state=state, detail=detail, hold=0)
@@ -225,12 +223,6 @@ def save_setting(spending_file: Path, per_run: float | None, per_day: float | No
         error = f"The spending limit could not be saved in {spending_file} ({reason}); the limits in effect are unchanged."
         return 500, {"ok": False, "error": error}
     return 200, spending_answer(spending_file)
-
-
-def refuse(status: int, message: str) -> Any:
-    from aiohttp import web
-
-    return web.json_response({"ok": False, "error": message}, status=status)
 
 
 def guarded(handler: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:

@@ -139,31 +139,29 @@ async def check_with_service(token: str, base_url: str) -> tuple[bool, str]:
 
 def refusal(request: Any) -> Any:
     """403 for a request another site could have made; None when it may be answered (every route of the pack)."""
-    from aiohttp import web
-
     host = request.headers.get("Host")
     if not reachable_host(host):
         shown = host_name(host or "")[:80]
-        return web.json_response(
-            {
-                "ok": False,
-                "error": f"The RunComfy settings and jobs panel only answer when ComfyUI is opened at localhost or an IP "
-                f"address, and this page was opened as {shown!r}. If that is how you reach this ComfyUI, add the name to the "
-                f"environment variable {ALLOWED_HOSTS_ENV} (comma-separated names, e.g. {ALLOWED_HOSTS_ENV}={shown}) and restart ComfyUI.",
-            },
-            status=403,
+        return refuse(
+            403,
+            f"The RunComfy settings and jobs panel only answer when ComfyUI is opened at localhost or an IP "
+            f"address, and this page was opened as {shown!r}. If that is how you reach this ComfyUI, add the name to the "
+            f"environment variable {ALLOWED_HOSTS_ENV} (comma-separated names, e.g. {ALLOWED_HOSTS_ENV}={shown}) and restart ComfyUI.",
         )
     if not same_origin(request.headers, host, request.scheme):
-        return web.json_response({"ok": False, "error": "Cross-site requests are not accepted."}, status=403)
+        return refuse(403, "Cross-site requests are not accepted.")
     return None
+
+
+def refuse(status: int, message: str) -> Any:
+    from aiohttp import web
+
+    return web.json_response({"ok": False, "error": message}, status=status)
 
 
 def register(routes: Any, token_path: Callable[[], Path]) -> None:
     """Add the route to ComfyUI's aiohttp route table (PromptServer.instance.routes)."""
     from aiohttp import web
-
-    def refuse(status: int, message: str) -> web.Response:
-        return web.json_response({"ok": False, "error": message}, status=status)
 
     @routes.get(ROUTE)
     async def get_token_status(request: web.Request) -> web.Response:
