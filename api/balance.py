@@ -45,12 +45,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .config import DEFAULT_BASE_URL, Credentials
+from .config import DEFAULT_BASE_URL, Credentials, unusable_proxy
 from .errors import InsufficientBalanceError, StopRequested
-from .proxies import unusable_proxy
+from .events import StopCheck, Waited, never_stop, wait_watching
 from .shared import LOOP_STATE, tls_context
 from .spending import JobPlan, describe
-from .stop import StopCheck, Waited, never_stop, wait_watching
 
 SERVERLESS_BASE_ENV = "RUNCOMFY_SERVERLESS_API_BASE"
 DEFAULT_SERVERLESS_BASE = "https://api.runcomfy.net/prod/v2"

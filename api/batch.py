@@ -30,13 +30,12 @@ from typing import Any
 from .balance import BalanceRanOutError, BalanceTooLowError
 from .client import Price
 from .errors import BatchError, InputError, InsufficientBalanceError, RunComfyError, StopRequested
-from .events import Event, Phase, View, heard_by
+from .events import Event, Phase, View, heard_by, plural
 from .job import check_request_id
 from .pipeline import GenerationResult, Plan, Reference, Session, collect, execute, paying, plan
-from .price_sanity import plausible
 from .records import Totals
 from .schema import EditSequentialRequest
-from .wording import plural
+from .spending import plausible
 
 MAX_LISTED_FAILURES = 10
 MAX_LIST_JOBS = 1000  # distinct items of one list: every job in flight keeps its record (the records never delete a job that may still run)

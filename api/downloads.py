@@ -53,12 +53,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .addresses import is_private_host, is_public_address
-from .config import DEFAULT_BATCH_BYTES, MAX_DOWNLOAD_BYTES
+from .client import Done, Fail, Retry, RetryPolicy, Verdict, opens_as_html_page, parse_retry_after, with_retries
+from .config import DEFAULT_BATCH_BYTES, MAX_DOWNLOAD_BYTES, proxy_for
 from .errors import DownloadError
-from .proxies import proxy_for
-from .retries import Done, Fail, Retry, RetryPolicy, Verdict, opens_as_html_page, parse_retry_after, with_retries
-from .shared import tls_context
-from .threads import map_in_threads
+from .shared import map_in_threads, tls_context
 
 MAX_OUTPUT_PIXELS = 40_000_000  # the largest Seedream output is ~4.2 MP; anything far beyond is hostile
 DEFAULT_CONCURRENCY = 4

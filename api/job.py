@@ -40,9 +40,7 @@ from .errors import (
     RunComfyError,
     StopRequested,
 )
-from .events import Event, Phase, generating_share, hand_up
-from .stop import StopCheck, Waited, cancel_and_wait, never_stop, wait_watching
-from .wording import shorten
+from .events import Event, Phase, StopCheck, Waited, cancel_and_wait, generating_share, hand_up, never_stop, shorten, wait_watching
 
 if TYPE_CHECKING:
     from .schema import EditSequentialRequest

@@ -53,9 +53,23 @@ from .errors import (
     SpendingLimitError,
     StopRequested,
 )
-from .events import Phase, Progress, View, also_heard_by, heard_by, pin, say, warn
+from .events import (
+    Latch,
+    Phase,
+    Progress,
+    StopCheck,
+    View,
+    Waited,
+    also_heard_by,
+    heard_by,
+    never_stop,
+    pin,
+    say,
+    stoppable,
+    wait_watching,
+    warn,
+)
 from .job import DEFAULT_DEADLINE_S, Job, JobResult, PollSchedule, UploadTracker, check_request_id, submit_watching
-from .price_sanity import overcharge_line, overcharge_refusal, overcharged, plausible
 from .records import (
     LEASE_S,
     LOCK_WAIT_S,
@@ -78,10 +92,8 @@ from .references import (
 )
 from .resume import RunStore, held_elsewhere
 from .schema import MAX_IMAGES_LIMIT, MODEL_ID, EditSequentialRequest, check_choice
-from .shared import LOOP_STATE
-from .spending import JobPlan, Spending, SpendingLimits
-from .stop import Latch, StopCheck, Waited, never_stop, stoppable, wait_watching
-from .threads import map_in_threads
+from .shared import LOOP_STATE, map_in_threads
+from .spending import JobPlan, Spending, SpendingLimits, overcharge_line, overcharge_refusal, overcharged, plausible
 
 log = logging.getLogger("runcomfy.seedream")
 NOTHING_SENT = "nothing was sent and nothing is charged."

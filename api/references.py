@@ -34,8 +34,7 @@ from .schema import (
     DataUri,
     check_reference_dimensions,
 )
-from .shared import ENCODED
-from .threads import map_in_threads
+from .shared import ENCODED, map_in_threads
 
 MAX_SIDE = MAX_SIDE_EXCLUSIVE - 1
 BODY_SLACK_BYTES = 64 * 1024  # room in the request body for the prompt, URLs and the other fields

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import RecordsError, StopRequested
-from .events import Phase, say, warn
+from .events import Phase, StopCheck, say, warn
 from .records import LEASE_S, LOCK_WAIT_S, Busy, CachedResult, Job, Records, renew_in
-from .stop import StopCheck
 
 LOCK_POLL_S = 0.1
 

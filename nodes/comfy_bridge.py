@@ -10,6 +10,9 @@ a user name and password or a signed query, so no URL in httpx's lines keeps a u
 password, and our own requests show "?…" for their query; and freed memory is handed back to
 the OS between the phases of a run, since glibc keeps freed heap pages mapped and the process
 would otherwise look as big as its largest past phase for as long as ComfyUI runs.
+
+And ComfyUI's IMAGE tensors to and from the numpy frames the api works on (`reference_frames`,
+`output_tensors`). torch is imported when a tensor is converted, not when the pack is imported.
 """
 
 from __future__ import annotations
@@ -21,18 +24,23 @@ import functools
 import importlib
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import numpy as np
+
 from ..api.config import Limits, default_state_dir, resolve_base_url, resolve_credentials
+from ..api.downloads import ImageBatch
 from ..api.errors import InputError, RunComfyError, StopRequested
-from ..api.pipeline import GenerationResult, Session
+from ..api.pipeline import GenerationResult, Reference, Session
 from ..api.spending import SpendingLimits
-from .tensors import output_tensors
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("runcomfy.seedream")
 PROGRESS_STEPS = 100
@@ -345,3 +353,48 @@ def release_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def reference_frames(inputs: Sequence[tuple[str, object]]) -> list[Reference]:
+    """Every frame of every connected IMAGE input, in socket order then batch order.
+
+    An IMAGE is a float tensor [B, H, W, C]; frames stay views (no copy) until encoding.
+    """
+    import torch
+
+    frames: list[Reference] = []
+    for name, tensor in inputs:
+        if tensor is None:
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise InputError(name, f"is a {type(tensor).__name__}, not an IMAGE. Connect an IMAGE output to it.")
+        if tensor.ndim != 4 or tensor.shape[-1] not in (1, 2, 3, 4):
+            raise InputError(
+                name,
+                f"has shape {tuple(tensor.shape)}; an IMAGE must be [batch, height, width, channels]. "
+                "Connect an IMAGE output (e.g. from Load Image) to it.",
+            )
+        if not tensor.is_floating_point():
+            raise InputError(name, f"has dtype {tensor.dtype}; an IMAGE holds floats in 0..1.")
+        try:
+            array = tensor.detach().to("cpu", copy=False)
+            pixels = (array if array.dtype == torch.float32 else array.float()).numpy()
+        except Exception as unreadable:  # noqa: BLE001 - a tensor without data here (a meta tensor, a broken device)
+            raise InputError(name, f"could not be read ({type(unreadable).__name__}). Connect an ordinary IMAGE output to it.") from None
+        batch = pixels.shape[0]
+        for index in range(batch):
+            label = name if batch == 1 else f"{name} frame {index + 1}"
+            frames.append(Reference(label, pixels[index]))
+    return frames
+
+
+def output_tensors(images: ImageBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The assembled results as ComfyUI IMAGEs, without copying: the batch [B, H, W, 3] shares the
+    assembler's memory, and each list item is [1, h, w, 3] at its native size (a view of the batch
+    unless sizes differ or the batch was scaled down, then the native copy the assembler kept)."""
+    import torch
+
+    batch = torch.from_numpy(images.array())
+    if not images.keeps_natives:
+        return batch, [batch[i : i + 1] for i in range(images.count)]
+    return batch, [torch.from_numpy(np.ascontiguousarray(images.native(i))).unsqueeze(0) for i in range(images.count)]

@@ -22,7 +22,7 @@ from ..api.schema import (
     EditSequentialRequest,
 )
 from . import comfy_bridge
-from .tensors import reference_frames
+from .comfy_bridge import reference_frames
 
 IMAGE_SOCKETS = tuple(f"image_{i}" for i in range(1, MAX_REFERENCES + 1))
 OPTIONAL_IMAGE_SOCKETS = IMAGE_SOCKETS[1:]

@@ -325,7 +325,7 @@ def test_the_jobs_panel_answers_with_a_proxy_the_balance_read_cannot_use(fake, c
     pytest.importorskip("aiohttp")
     from test_jobs_panel import call
 
-    from runcomfy_seedream.api.proxies import unusable_proxy
+    from runcomfy_seedream.api.config import unusable_proxy
 
     folder = state_dir(tmp_path)
     run_node(**item(1))

@@ -24,9 +24,8 @@ from runcomfy_seedream.api import (
     RunComfyError,
     StopRequested,
 )
-from runcomfy_seedream.api.events import heard_by
+from runcomfy_seedream.api.events import Latch, heard_by
 from runcomfy_seedream.api.job import UploadTracker, submit_watching
-from runcomfy_seedream.api.stop import Latch
 from runcomfy_seedream.fake_service import Fault
 
 ROOT = Path(__file__).resolve().parents[1]

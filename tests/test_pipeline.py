@@ -23,8 +23,7 @@ from runcomfy_seedream.api import (
     generate,
     plan,
 )
-from runcomfy_seedream.api.events import Event, View
-from runcomfy_seedream.api.stop import Latch, stoppable
+from runcomfy_seedream.api.events import Event, Latch, View, stoppable
 from runcomfy_seedream.nodes.comfy_bridge import list_items, list_values
 
 

@@ -7,8 +7,7 @@ import pytest
 
 from helpers import node_inputs, run_node, submitted_payloads
 from runcomfy_seedream.api.errors import InputError
-from runcomfy_seedream.api.prompt_count import stated_counts, stated_image_counts, writes_chinese
-from runcomfy_seedream.api.schema import EditSequentialRequest
+from runcomfy_seedream.api.schema import EditSequentialRequest, stated_counts, stated_image_counts, writes_chinese
 
 RECOGNISED = [
     ("Generate 4 images of a cat", (4,)),

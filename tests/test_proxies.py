@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from helpers import node_inputs, quick_timing, run_node
+from runcomfy_seedream.api.config import proxy_for, unusable_proxy
 from runcomfy_seedream.api.errors import ConfigurationError, ServiceError
-from runcomfy_seedream.api.proxies import proxy_for, unusable_proxy
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
@@ -107,9 +107,9 @@ def test_a_proxy_kind_httpx_cannot_use_is_refused_in_words(env, words):
 def test_a_download_through_a_dead_proxy_names_it(fake, no_proxies):
     import asyncio
 
+    from runcomfy_seedream.api.client import RetryPolicy
     from runcomfy_seedream.api.downloads import ResultDownloader, UrlPolicy
     from runcomfy_seedream.api.errors import DownloadError
-    from runcomfy_seedream.api.retries import RetryPolicy
 
     port = closed_port()
     no_proxies.setenv("HTTP_PROXY", f"http://corp:pw-51aa@127.0.0.1:{port}")

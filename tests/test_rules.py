@@ -644,7 +644,7 @@ def test_a_nat64_address_is_judged_by_the_ipv4_address_it_embeds(address, public
     ],
 )
 def test_a_price_that_cannot_be_right_is_not_trusted(reported, last, usd, said):
-    from runcomfy_seedream.api.price_sanity import judge_price
+    from runcomfy_seedream.api.spending import judge_price
 
     verdict = judge_price(reported, last)
     assert verdict.usd == usd and verdict.trusted == (said is None)
@@ -655,7 +655,7 @@ def test_a_price_that_cannot_be_right_is_not_trusted(reported, last, usd, said):
 
 
 def test_a_charge_is_above_its_estimate_only_past_rounding():
-    from runcomfy_seedream.api.price_sanity import money, overcharged
+    from runcomfy_seedream.api.spending import money, overcharged
 
     assert overcharged(0.15, 0.09) and not overcharged(0.094, 0.09) and not overcharged(None, 0.09) and not overcharged(0.5, None)
     assert [money(v) for v in (0, 0.0001, 0.0049, 0.03, 1.5)] == ["$0", "$0.0001", "$0.0049", "$0.030", "$1.500"]

@@ -20,12 +20,18 @@ from runcomfy_seedream.api.client import (
     MAX_ANSWER_BYTES,
     Attempt,
     Call,
+    Done,
+    Fail,
+    Retry,
+    RetryPolicy,
     Transport,
     classify,
     cost_or_none,
+    opens_as_html_page,
     queue_position_or_none,
     refused_codings,
     retry_notice,
+    with_retries,
 )
 from runcomfy_seedream.api.downloads import GONE_TRIES, Fetched, _a_page, classify_download
 from runcomfy_seedream.api.errors import (
@@ -36,7 +42,6 @@ from runcomfy_seedream.api.errors import (
     RequestNotFoundError,
     ServiceError,
 )
-from runcomfy_seedream.api.retries import Done, Fail, Retry, RetryPolicy, opens_as_html_page, with_retries
 
 TOKEN = "secret-token-123"
 SUBMIT = Call("Submitting the job", idempotent=False, redact=TOKEN)
