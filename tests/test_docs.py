@@ -78,3 +78,20 @@ def test_anchors_are_made_as_github_makes_them():
     page = "# What happens when…\n## I get fewer images than `max_images`\n```\n# not a heading\n```\n"
     page += "## I'm out of credit (429, 5xx)\n## Limits\n## Limits\n"
     assert anchors(page) == {"what-happens-when", "i-get-fewer-images-than-max_images", "im-out-of-credit-429-5xx", "limits", "limits-1"}
+
+
+def test_the_library_s_imports_run_the_one_way_contributing_md_gives():
+    """Each module of api/ imports only modules after it in the Layout's order (type-only imports included), so no
+    import cycle can come back unnoticed; a new module must be placed in that order."""
+    import ast
+
+    layout = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    listed = re.search(r"imports only modules after it in this order[^:]*:(.*?)The invariants", layout, re.S)
+    order = re.findall(r"`(\w+)`", listed.group(1)) if listed else []
+    modules = sorted(path.stem for path in (ROOT / "api").glob("*.py") if path.stem != "__init__")
+    assert sorted(order) == modules, "CONTRIBUTING.md's import order names every module of api/ once"
+    for module in order:
+        tree = ast.parse((ROOT / "api" / f"{module}.py").read_text(encoding="utf-8"))
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+        earlier = imported & set(order[: order.index(module) + 1])
+        assert not earlier, f"api/{module}.py imports {sorted(earlier)}, which come before it (or are itself) in CONTRIBUTING.md's order"
