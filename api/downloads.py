@@ -56,6 +56,7 @@ from .addresses import is_private_host, is_public_address
 from .client import Done, Fail, Retry, RetryPolicy, Verdict, opens_as_html_page, parse_retry_after, with_retries
 from .config import DEFAULT_BATCH_BYTES, MAX_DOWNLOAD_BYTES, proxy_for
 from .errors import DownloadError
+from .events import Phase, say
 from .shared import map_in_threads, tls_context
 
 MAX_OUTPUT_PIXELS = 40_000_000  # the largest Seedream output is ~4.2 MP; anything far beyond is hostile
@@ -71,7 +72,6 @@ ISO_MEDIA_IMAGES = (b"ftypavif", b"ftypavis", b"ftypheic", b"ftypheix", b"ftypmi
 PAGE_TYPES = frozenset({"text/html", "application/xhtml+xml"})  # a page for a browser (a proxy's block or login page)
 LINK_GONE_STATUSES = frozenset({403, 404, 410})  # a link that may have expired (or is not ready yet)
 
-ProgressCallback = Callable[[int, int], None]
 Resolver = Callable[[str, int], Awaitable[list[str]]]  # (host, port) -> IP addresses
 T = TypeVar("T")
 
@@ -262,10 +262,9 @@ class ResultDownloader:
     read_timeout_s: float = DOWNLOAD_READ_TIMEOUT_S
     deadline_s: float = DOWNLOAD_DEADLINE_S
 
-    async def fetch_all(
-        self, urls: Sequence[str], *, request_id: str | None = None, on_progress: ProgressCallback | None = None
-    ) -> list[bytes]:
-        """Every file as served, in the order of `urls`; `on_progress(done, total)` after each one."""
+    async def fetch_all(self, urls: Sequence[str], *, request_id: str | None = None) -> list[bytes]:
+        """Every file as served, in the order of `urls`, saying how many are done."""
+        say(f"Downloading 0/{len(urls)}", Phase.DOWNLOADING)
         for index, url in enumerate(urls, start=1):
             self.policy.check_form(url, f"Result image {index}", request_id=request_id)
         gate = asyncio.Semaphore(self.concurrency)
@@ -287,8 +286,7 @@ class ResultDownloader:
                 async with gate:
                     data = await self._fetch_bytes(http, url, f"Result image {index}", request_id)
                 done += 1
-                if on_progress is not None:
-                    on_progress(done, len(urls))
+                say(f"Downloading {done}/{len(urls)}", Phase.DOWNLOADING, done / len(urls))
                 return data
 
             tasks = [asyncio.ensure_future(one(i, url)) for i, url in enumerate(urls, start=1)]

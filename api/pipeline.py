@@ -88,11 +88,11 @@ from .references import (
     check_frame_shape,
     encode_references,
     per_reference_byte_limit,
-    prepare_reference,
+    prepare_references,
 )
 from .resume import RunStore, held_elsewhere
 from .schema import MAX_IMAGES_LIMIT, MODEL_ID, EditSequentialRequest, check_choice
-from .shared import LOOP_STATE, map_in_threads
+from .shared import LOOP_STATE
 from .spending import JobPlan, Spending, SpendingLimits, overcharge_line, overcharge_refusal, overcharged, plausible
 
 log = logging.getLogger("runcomfy.seedream")
@@ -517,18 +517,7 @@ async def _upload_turn(run: _Run) -> AsyncIterator[None]:
 
 async def _prepare(references: Sequence[Reference], stop: StopCheck) -> list[PreparedReference]:
     """Clean and fingerprint every reference in worker threads."""
-
-    def prepared_one(prepared: PreparedReference, done: int) -> None:
-        extra = f" ({prepared.label}: {'; '.join(prepared.notes)})" if prepared.notes else ""
-        say(f"Preparing references {done}/{len(references)}{extra}", Phase.PREPARING, done / len(references))
-
-    if references:
-        say(f"Preparing references 0/{len(references)}", Phase.PREPARING)
-    return await stoppable(
-        map_in_threads(lambda ref: prepare_reference(ref.label, ref.pixels), references, on_done=prepared_one),
-        stop,
-        f"Stopped while preparing the references: {NOTHING_SENT}",
-    )
+    return await stoppable(prepare_references(references), stop, f"Stopped while preparing the references: {NOTHING_SENT}")
 
 
 async def _submit(run: _Run) -> Job:
@@ -578,18 +567,8 @@ def _not_held_back(run: _Run) -> None:
 
 async def _encode(run: _Run, prepared: list[PreparedReference]) -> list[EncodedReference]:
     """Encode every reference in parallel, each within its share of the request body."""
-    total = len(prepared)
-    fmt = run.plan.reference_format
-
-    def encoded_one(encoded: EncodedReference, done: int) -> None:
-        fresh = [note for note in encoded.notes if note.startswith("downscaled")]
-        extra = f" ({encoded.label}: {'; '.join(fresh)})" if fresh else ""
-        say(f"Encoding references {done}/{total} as {fmt.upper()}{extra}", Phase.UPLOADING, 0.4 * done / total)
-
-    if total:
-        say(f"Encoding references 0/{total} as {fmt.upper()}", Phase.UPLOADING)
     encoded = await stoppable(
-        encode_references(prepared, max_file_bytes=per_reference_byte_limit(total), fmt=fmt, on_done=encoded_one),
+        encode_references(prepared, max_file_bytes=per_reference_byte_limit(len(prepared)), fmt=run.plan.reference_format),
         run.session.stop,
         f"Stopped while encoding the references: {NOTHING_SENT}",
     )
@@ -718,7 +697,6 @@ async def _resume(run: _Run, request_id: str) -> JobResult | None:
 async def _download(run: _Run, result: JobResult) -> list[bytes]:
     """Every result file as served, in parallel."""
     timing = run.session.timing
-    say(f"Downloading 0/{len(result.urls)}", Phase.DOWNLOADING)
     downloader = ResultDownloader(
         UrlPolicy.for_base_url(run.session.base_url),
         max_bytes=run.session.limits.max_download_bytes,
@@ -726,11 +704,7 @@ async def _download(run: _Run, result: JobResult) -> list[bytes]:
         read_timeout_s=timing.download_read_timeout_s,
         deadline_s=timing.download_deadline_s,
     )
-    fetching = downloader.fetch_all(
-        result.urls,
-        request_id=result.request_id,
-        on_progress=lambda done, total: say(f"Downloading {done}/{total}", Phase.DOWNLOADING, done / total),
-    )
+    fetching = downloader.fetch_all(result.urls, request_id=result.request_id)
     stopped = (
         f"Stopped while downloading the results of request {result.request_id}; the job itself is finished "
         "(and charged). Run the node again with the same inputs to collect them without paying again."

@@ -17,13 +17,15 @@ import base64
 import hashlib
 import io
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from .errors import InputError
+from .events import Phase, say
 from .schema import (
     MAX_ASPECT_EXCLUSIVE,
     MAX_BODY_BYTES,
@@ -175,20 +177,33 @@ def _encode_file(rgb8: np.ndarray, max_file_bytes: int, fmt: str) -> EncodedFile
     return EncodedFile(DataUri(f"image/{fmt}", base64.b64encode(data)), notes)
 
 
-def encode_references(
-    prepared: Sequence[PreparedReference],
-    *,
-    max_file_bytes: int,
-    fmt: str = "png",
-    on_done: Callable[[EncodedReference, int], None] | None = None,
-) -> Awaitable[list[EncodedReference]]:
-    """Encode every reference in parallel worker threads (those in `ENCODED` are not encoded again);
-    `on_done(encoded, count_done)` runs on the loop."""
-    return map_in_threads(
-        lambda ref: encode_reference(ref, max_file_bytes=max_file_bytes, fmt=fmt),
-        prepared,
-        on_done=on_done,
-        name="runcomfy-encode",
+async def prepare_references(references: Sequence[Any]) -> list[PreparedReference]:
+    """`prepare_reference` for every reference (each with a `label` and its `pixels`) in parallel worker threads,
+    saying how far it is."""
+
+    def prepared_one(prepared: PreparedReference, done: int) -> None:
+        extra = f" ({prepared.label}: {'; '.join(prepared.notes)})" if prepared.notes else ""
+        say(f"Preparing references {done}/{len(references)}{extra}", Phase.PREPARING, done / len(references))
+
+    if references:
+        say(f"Preparing references 0/{len(references)}", Phase.PREPARING)
+    return await map_in_threads(lambda ref: prepare_reference(ref.label, ref.pixels), references, on_done=prepared_one)
+
+
+async def encode_references(prepared: Sequence[PreparedReference], *, max_file_bytes: int, fmt: str = "png") -> list[EncodedReference]:
+    """Encode every reference in parallel worker threads (those in `ENCODED` are not encoded again), saying how far it
+    is and which were downscaled."""
+    total = len(prepared)
+
+    def encoded_one(encoded: EncodedReference, done: int) -> None:
+        fresh = [note for note in encoded.notes if note.startswith("downscaled")]
+        extra = f" ({encoded.label}: {'; '.join(fresh)})" if fresh else ""
+        say(f"Encoding references {done}/{total} as {fmt.upper()}{extra}", Phase.UPLOADING, 0.4 * done / total)
+
+    if total:
+        say(f"Encoding references 0/{total} as {fmt.upper()}", Phase.UPLOADING)
+    return await map_in_threads(
+        lambda ref: encode_reference(ref, max_file_bytes=max_file_bytes, fmt=fmt), prepared, on_done=encoded_one, name="runcomfy-encode"
     )
 
 
