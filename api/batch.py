@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,13 +31,14 @@ from typing import Any
 from .balance import BalanceRanOutError, BalanceTooLowError
 from .client import Price
 from .errors import BatchError, InputError, InsufficientBalanceError, RunComfyError, StopRequested
-from .events import Event, Phase, View, heard_by, plural
+from .events import Event, Phase, Progress, View, heard_by, plural
 from .job import check_request_id
 from .pipeline import GenerationResult, Plan, Reference, Session, collect, execute, paying, plan
 from .records import Totals
 from .schema import EditSequentialRequest
 from .spending import plausible
 
+log = logging.getLogger("runcomfy.seedream")
 MAX_LISTED_FAILURES = 10
 MAX_LIST_JOBS = 1000  # distinct items of one list: every job in flight keeps its record (the records never delete a job that may still run)
 OUTPUT_BYTES_PER_PIXEL = 3 * 4  # ComfyUI's IMAGE: float32 RGB
@@ -92,6 +94,15 @@ class Member:
     @property
     def request_id(self) -> str | None:
         return self.result.request_id if self.result is not None else self.error.request_id if self.error is not None else None
+
+    def hear(self, event: Event) -> Progress | None:
+        """What the item shows once `event` has happened; None once it has ended (a late word, such as a background
+        write of the records, keeps its warning but moves neither its phase nor the bar)."""
+        progress = self.view.take(event)
+        if self.phase.ended:
+            return None
+        self.phase, self.fraction = progress.phase, progress.fraction
+        return progress
 
     def end(self, *, result: GenerationResult | None = None, error: RunComfyError | None = None) -> None:
         self.result, self.error, self.fraction = result, error, 1.0
@@ -190,8 +201,9 @@ class ListRun:
     # --- what the node shows --------------------------------------------------------------------
 
     def _heard(self, member: Member, event: Event) -> None:
-        progress = member.view.take(event)
-        member.phase, member.fraction = progress.phase, progress.fraction
+        progress = member.hear(event)
+        if progress is None:
+            return
         if self.single():
             self._say(progress.text, progress.fraction)
         else:
@@ -199,11 +211,18 @@ class ListRun:
 
     def _say(self, text: str, fraction: float) -> None:
         self._shown = text
-        self.show(text, fraction)
+        try:
+            self.show(text, fraction)
+        except Exception:  # noqa: BLE001 - showing a line never ends a run, least of all a paid one
+            log.debug("showing the list's line failed", exc_info=True)
+
+    def counted(self) -> list[Member]:
+        """The members the line and the bar count: every item of the list."""
+        return self.members
 
     def single(self) -> bool:
         """A list of one says what a single run says."""
-        return len(self.members) == 1
+        return len(self.counted()) == 1
 
     def _changed(self) -> None:
         if not self.single() and (line := self._with_warning(self.line())) != self._shown:
@@ -216,7 +235,7 @@ class ListRun:
         return "\n".join([text, "Warning: " + "; ".join(parts)]) if parts and "\nWarning: " not in f"\n{text}" else text
 
     def fraction(self) -> float:
-        return sum(m.fraction for m in self.members) / max(1, len(self.members))
+        return sum(m.fraction for m in self.counted()) / max(1, len(self.counted()))
 
 
 class SeedreamList(ListRun):
@@ -299,20 +318,18 @@ class CollectList(ListRun):
     def start(self, member: Member) -> Coroutine[Any, Any, GenerationResult]:
         return collect(member.key, self.session, output_budget=member.output_budget)
 
-    def _distinct(self) -> list[Member]:
+    def counted(self) -> list[Member]:
+        """Each request once, however many items name it."""
         return [member for member in self.members if member.leader is None]
 
     def line(self) -> str:
-        return collect_line(self._distinct())
+        return collect_line(self.counted())
 
     def final_line(self, today: Totals | None) -> str:
-        return collect_done(self._distinct(), today)
+        return collect_done(self.counted(), today)
 
     def outcome(self) -> RunComfyError | None:
-        return collect_outcome(self._distinct())
-
-    def single(self) -> bool:
-        return len(self._distinct()) == 1
+        return collect_outcome(self.counted())
 
 
 # --- the Seedream node's words: pure functions of its members -----------------------------------------
@@ -374,11 +391,11 @@ def batch_outcome(members: list[Member]) -> RunComfyError | None:
 def _stopped(members: list[Member], stopped: list[Member], failed: list[Member]) -> StopRequested:
     """What Stop did to each job (identical items share one job, counted once)."""
     saved = sum(1 for m in members if m.error is None)
-    finished = sum(1 for m in stopped if m.error.finished)  # done at RunComfy, not downloaded yet
+    finished = len({m.request_id for m in stopped if m.error.finished})  # done at RunComfy, not downloaded yet
     cancelled = {m.request_id for m in stopped if m.error.cancelled}
     running = {m.request_id for m in stopped if m.request_id and not m.error.cancelled and not m.error.finished}
     unsent = sum(1 for m in stopped if not m.request_id)
-    collect = "run the node again to collect them without paying"
+    collect = f"run the node again to collect {'it' if saved + finished == 1 else 'them'} without paying"
     parts = [
         f"{plural(len(cancelled), 'queued job')} cancelled before {'it' if len(cancelled) == 1 else 'they'} started" if cancelled else "",
         f"{len(running)} not cancelled (already generating, or the cancel was not confirmed) may still be charged" if running else "",

@@ -264,7 +264,6 @@ class ResultDownloader:
 
     async def fetch_all(self, urls: Sequence[str], *, request_id: str | None = None) -> list[bytes]:
         """Every file as served, in the order of `urls`, saying how many are done."""
-        say(f"Downloading 0/{len(urls)}", Phase.DOWNLOADING)
         for index, url in enumerate(urls, start=1):
             self.policy.check_form(url, f"Result image {index}", request_id=request_id)
         gate = asyncio.Semaphore(self.concurrency)

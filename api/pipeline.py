@@ -309,6 +309,7 @@ class _Run:
     output_budget: int | None = None  # bytes its outputs may take; None: `Limits.batch_max_bytes`
     notes: list[str] = field(default_factory=list)
     estimate_usd: float | None = None  # what its submitted job was estimated at when the spending limit was checked
+    view: View = field(default_factory=View)  # what it said: its warning line goes with its result
 
     @classmethod
     def start(cls, fingerprint: str, session: Session, *, plan: Plan | None = None, output_budget: int | None = None) -> _Run:
@@ -337,11 +338,10 @@ async def generate(
     `reference_format` is "png" (lossless) or "jpeg" (quality 95, far fewer bytes to upload).
     """
     view = View()
-    with heard_by(lambda event: on_progress(view.take(event)) if on_progress is not None else view.take(event)):
+    with heard_by(lambda event: on_progress(view.take(event)) if on_progress is not None else None):
         async with Session.open(**session_options) as session:
             planned = await plan(references, request, session, reference_format=reference_format)
-            result = await execute(planned, session)
-    return dataclasses.replace(result, warnings=view.warnings)
+            return await execute(planned, session)
 
 
 async def plan(references: Sequence[Reference], request: EditSequentialRequest, session: Session, *, reference_format: str) -> Plan:
@@ -378,20 +378,21 @@ async def execute(planned: Plan, session: Session, *, output_budget: int | None 
     run = _Run.start(planned.fingerprint, session, plan=planned, output_budget=output_budget)
     store = run.store
     waiting = "Waiting for an identical run of these inputs to finish, to share its result instead of paying twice…"
-    async with store.exclusive(planned.fingerprint, session.stop, waiting):
-        saved, resume_id = await _saved_result(run)
-        if saved is not None:
-            return saved
-        resume_id = resume_id or await _held_request(run)
-        result = await _resume(run, resume_id) if resume_id else None
-        resumed = result is not None  # paid for by an earlier run: nothing is charged now
-        if result is None:
-            result = await _settle(run, await _submit(run))
-        result = _at_most_asked(run, result)
-        files = await _download(run, result)
-        # The job's record keeps holding the inputs: a second record if the saved copy is lost.
-        await store.save(run.fingerprint, CachedResult(result.request_id, result.urls, result.cost_usd, files))
-        return dataclasses.replace(await _deliver(run, result, files), resumed=resumed)
+    with also_heard_by(run.view.take):
+        async with store.exclusive(planned.fingerprint, session.stop, waiting):
+            saved, resume_id = await _saved_result(run)
+            if saved is not None:
+                return saved
+            resume_id = resume_id or await _held_request(run)
+            result = await _resume(run, resume_id) if resume_id else None
+            resumed = result is not None  # paid for by an earlier run: nothing is charged now
+            if result is None:
+                result = await _settle(run, await _submit(run))
+            result = _at_most_asked(run, result)
+            files = await _download(run, result)
+            # The job's record keeps holding the inputs: a second record if the saved copy is lost.
+            await store.save(run.fingerprint, CachedResult(result.request_id, result.urls, result.cost_usd, files))
+            return dataclasses.replace(await _deliver(run, result, files), resumed=resumed)
 
 
 async def collect(request_id: str, session: Session, *, output_budget: int | None = None) -> GenerationResult:
@@ -404,17 +405,16 @@ async def collect(request_id: str, session: Session, *, output_budget: int | Non
     fingerprint = collection_fingerprint(model_id=MODEL_ID, base_url=session.base_url, request_id=request_id)
     run = _Run.start(fingerprint, session, output_budget=output_budget)
     waiting = f"Waiting for another run collecting request {request_id} to finish, to share its result…"
-    async with run.store.exclusive(fingerprint, session.stop, waiting):
-        saved, _ = await _saved_result(run)  # saved files that are unusable: collected again below
-        if saved is not None:
-            return saved
-        result, doubt = _sane_cost(run, _at_most_asked(run, await _collected(run, request_id)))
-        await run.session.spending.settled(
-            result.request_id, "done", images=len(result.urls), cost_usd=result.cost_usd, detail=doubt
-        )  # if ours
-        files = await _download(run, result)
-        await run.store.save(fingerprint, CachedResult(result.request_id, result.urls, result.cost_usd, files))
-        return dataclasses.replace(await _deliver(run, result, files), resumed=True)
+    with also_heard_by(run.view.take):
+        async with run.store.exclusive(fingerprint, session.stop, waiting):
+            saved, _ = await _saved_result(run)  # saved files that are unusable: collected again below
+            if saved is not None:
+                return saved
+            result, doubt = _sane_cost(run, _at_most_asked(run, await _collected(run, request_id)))
+            await run.session.spending.settled(result.request_id, "done", images=len(result.urls), cost_usd=result.cost_usd, detail=doubt)
+            files = await _download(run, result)
+            await run.store.save(fingerprint, CachedResult(result.request_id, result.urls, result.cost_usd, files))
+            return dataclasses.replace(await _deliver(run, result, files), resumed=True)
 
 
 async def _collected(run: _Run, request_id: str) -> JobResult:
@@ -471,7 +471,7 @@ async def _saved_result(run: _Run) -> tuple[GenerationResult | None, str | None]
     say(f"Reused the saved images of request {cached.request_id}: nothing sent, nothing charged.", Phase.DONE)
     new_images = "; change the seed for new images" if run.plan is not None else ""
     notes = (f"saved result reused{new_images}", *run.notes)  # the request is named beside it
-    return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, reused=True), None
+    return GenerationResult(cached.request_id, cached.urls, images, cached.cost_usd, notes, run.view.warnings, reused=True), None
 
 
 async def _held_request(run: _Run) -> str | None:
@@ -497,7 +497,7 @@ async def _deliver(run: _Run, result: JobResult, files: list[bytes]) -> Generati
         await run.store.drop_saved(run.fingerprint)
         await run.store.release(run.fingerprint)
         raise DownloadError(f"{unusable} {_unusable(run, result.request_id)}", request_id=result.request_id) from None
-    return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(run.notes))
+    return GenerationResult(result.request_id, result.urls, images, result.cost_usd, tuple(run.notes), run.view.warnings)
 
 
 @contextlib.asynccontextmanager
@@ -697,6 +697,7 @@ async def _resume(run: _Run, request_id: str) -> JobResult | None:
 async def _download(run: _Run, result: JobResult) -> list[bytes]:
     """Every result file as served, in parallel."""
     timing = run.session.timing
+    say(f"Downloading 0/{len(result.urls)}", Phase.DOWNLOADING)
     downloader = ResultDownloader(
         UrlPolicy.for_base_url(run.session.base_url),
         max_bytes=run.session.limits.max_download_bytes,

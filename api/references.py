@@ -17,7 +17,7 @@ import base64
 import hashlib
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,9 +177,9 @@ def _encode_file(rgb8: np.ndarray, max_file_bytes: int, fmt: str) -> EncodedFile
     return EncodedFile(DataUri(f"image/{fmt}", base64.b64encode(data)), notes)
 
 
-async def prepare_references(references: Sequence[Any]) -> list[PreparedReference]:
+def prepare_references(references: Sequence[Any]) -> Awaitable[list[PreparedReference]]:
     """`prepare_reference` for every reference (each with a `label` and its `pixels`) in parallel worker threads,
-    saying how far it is."""
+    saying how far it is (its start at once, before anything is awaited)."""
 
     def prepared_one(prepared: PreparedReference, done: int) -> None:
         extra = f" ({prepared.label}: {'; '.join(prepared.notes)})" if prepared.notes else ""
@@ -187,12 +187,12 @@ async def prepare_references(references: Sequence[Any]) -> list[PreparedReferenc
 
     if references:
         say(f"Preparing references 0/{len(references)}", Phase.PREPARING)
-    return await map_in_threads(lambda ref: prepare_reference(ref.label, ref.pixels), references, on_done=prepared_one)
+    return map_in_threads(lambda ref: prepare_reference(ref.label, ref.pixels), references, on_done=prepared_one)
 
 
-async def encode_references(prepared: Sequence[PreparedReference], *, max_file_bytes: int, fmt: str = "png") -> list[EncodedReference]:
+def encode_references(prepared: Sequence[PreparedReference], *, max_file_bytes: int, fmt: str = "png") -> Awaitable[list[EncodedReference]]:
     """Encode every reference in parallel worker threads (those in `ENCODED` are not encoded again), saying how far it
-    is and which were downscaled."""
+    is (its start at once, before anything is awaited) and which were downscaled."""
     total = len(prepared)
 
     def encoded_one(encoded: EncodedReference, done: int) -> None:
@@ -202,7 +202,7 @@ async def encode_references(prepared: Sequence[PreparedReference], *, max_file_b
 
     if total:
         say(f"Encoding references 0/{total} as {fmt.upper()}", Phase.UPLOADING)
-    return await map_in_threads(
+    return map_in_threads(
         lambda ref: encode_reference(ref, max_file_bytes=max_file_bytes, fmt=fmt), prepared, on_done=encoded_one, name="runcomfy-encode"
     )
 

@@ -119,7 +119,7 @@ async def node_run(node: Any, inputs: dict[str, Any]) -> AsyncIterator[NodeRun]:
             except StopRequested as stopped:
                 raise interruption(str(stopped)) from None
     except RunComfyError as failure:
-        if not run.shown or run.shown[-1] != str(failure):  # a failure before any work said nothing under the node yet
+        if not run.shown or not run.shown[-1].startswith(str(failure)):  # a failure before any work said nothing yet
             send_progress_text(str(failure), node_id)
         raise
 

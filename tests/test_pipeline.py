@@ -10,6 +10,7 @@ import pytest
 
 from helpers import quick_timing
 from runcomfy_seedream.api import (
+    CollectList,
     Credentials,
     EditSequentialRequest,
     InputError,
@@ -23,7 +24,8 @@ from runcomfy_seedream.api import (
     generate,
     plan,
 )
-from runcomfy_seedream.api.events import Event, Latch, View, stoppable
+from runcomfy_seedream.api.batch import Member
+from runcomfy_seedream.api.events import Event, Latch, View, heard_by, stoppable
 from runcomfy_seedream.nodes.comfy_bridge import list_items, list_values
 
 
@@ -174,3 +176,59 @@ def test_an_empty_list_is_refused_with_the_input_named():
     with pytest.raises(InputError) as caught:
         list_values({"prompt": [], "seed": [1]})
     assert caught.value.field == "prompt" and "at least one value" in str(caught.value)
+
+
+def test_execute_s_result_carries_the_warning_line_its_run_said(fake, tmp_path):
+    state = tmp_path / "state"
+    state.write_text("a file where the folder should be")  # the records live in memory: the run warns of it
+    view = View()
+
+    async def halves():
+        with heard_by(view.take):
+            async with Session.open(**{**options(fake, tmp_path), "state_dir": state}) as session:
+                planned = await plan(
+                    [portrait()], EditSequentialRequest("Generate 2 images.", max_images=2), session, reference_format="png"
+                )
+                return await execute(planned, session)
+
+    result = asyncio.run(halves())
+    assert result.warnings and "kept in memory only" in result.warnings[0] and result.warnings == view.warnings
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_show_that_fails_on_the_final_line_never_loses_the_paid_results(fake, tmp_path, count):
+    shown = []
+
+    def show(text, fraction):
+        shown.append(text)
+        if text.startswith(("Done:", "Batch of 2 done")):
+            raise RuntimeError("the window went away")
+
+    async def listed():
+        async with Session.open(**options(fake, tmp_path)) as session:
+            items = [Item([portrait(seed)], EditSequentialRequest("Generate 2 images.", max_images=2)) for seed in range(count)]
+            return await SeedreamList(items, session, show).run()
+
+    results = asyncio.run(listed())
+    assert len(results) == count and fake.submits == count and shown[-1].startswith(("Done:", "Batch of 2 done"))
+
+
+def test_an_item_that_has_ended_keeps_a_late_warning_but_neither_its_phase_nor_its_bar_moves():
+    member = Member(1)
+    assert member.hear(Event(Phase.GENERATING, "Generating… 3 s", within=0.5)).phase is Phase.GENERATING
+    member.end(error=StopRequested("stopped"))
+    assert member.hear(Event(None, "the job records could not be updated (OSError)", warning="records")) is None
+    assert member.hear(Event(Phase.DOWNLOADING, "Downloading 0/2")) is None
+    assert (member.phase, member.fraction) == (Phase.STOPPED, 1.0) and member.view.warnings
+
+
+def test_a_collect_list_s_bar_counts_each_request_once():
+    """['a', 'a', 'a', 'b'] with a collected and b a fifth of the way through: the bar is at their mean."""
+    listed = CollectList(["a", "a", "a", "b"], session=None, show=lambda text, fraction: None)
+    first, *copies, other = listed.members
+    first.key, other.key = "a", "b"
+    for copy in copies:
+        copy.key, copy.leader = "a", first
+    first.end()
+    other.fraction = 0.2
+    assert listed.fraction() == pytest.approx(0.6) and not listed.single()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from helpers import image_batch, node_inputs, node_object, run_list, run_node
 from runcomfy_seedream.api import GenerationResult, ImageBatch, StopRequested
 from runcomfy_seedream.api.batch import Member, batch_done, batch_outcome
-from runcomfy_seedream.api.errors import BatchError
+from runcomfy_seedream.api.errors import BatchError, RunComfyError
 from runcomfy_seedream.api.events import heard_by
 from runcomfy_seedream.api.records import MAX_ROWS, Records
 from runcomfy_seedream.api.spending import JobPlan, Spending, SpendingLimits
@@ -203,4 +204,39 @@ def test_stop_says_which_jobs_were_not_cancelled_and_which_finished_without_bein
         "Stopped the batch of 3: 1 not cancelled (already generating, or the cancel was not confirmed) may still be "
         "charged; 1 done and saved; 1 finished at RunComfy but not downloaded (run the node again to collect them "
         "without paying)."
+    )
+
+
+def _records_in_memory(tmp_path) -> None:
+    """A file where the user folder should be: the records live in memory, and every run warns of it."""
+    state = state_dir(tmp_path)
+    state.parent.mkdir(parents=True)
+    state.write_text("a file where the folder should be")
+
+
+def test_a_run_that_fails_keeps_its_warning_line_under_the_error(fake, comfy, tmp_path):
+    _records_in_memory(tmp_path)
+    fake.behaviour.fail_with = "the model crashed"
+    with pytest.raises(RunComfyError):
+        run_node(**node_inputs())
+    last = comfy.progress_texts()[-1]
+    assert last.startswith("RunComfy reports the generation failed: the model crashed")
+    assert "kept in memory only" in last.splitlines()[-1]
+
+
+def test_a_list_s_records_warning_is_said_under_the_node_and_not_again_in_the_log(fake, comfy, tmp_path, caplog):
+    _records_in_memory(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="runcomfy.seedream"):
+        outputs = run_list([node_inputs(image_1=image_batch(1, 48, 64, seed=seed), unique_id="9") for seed in range(2)])
+    assert len(outputs) == 2 and "kept in memory only" in comfy.progress_texts()[-1]
+    assert [record.getMessage() for record in caplog.records if record.name == "runcomfy.seedream"] == []
+
+
+def test_stop_counts_a_job_shared_by_identical_items_once_and_names_one_item_as_it():
+    shared = StopRequested("stopped while downloading", request_id="r1", finished=True)
+    assert str(batch_outcome(_batch_of(shared, shared, StopRequested("not sent")))) == (
+        "Stopped the batch of 3: 1 finished at RunComfy but not downloaded (run the node again to collect it without paying); 1 not sent."
+    )
+    assert "1 done and saved (run the node again to collect it without paying)" in str(
+        batch_outcome(_batch_of(("r1", 0.09), StopRequested("not sent")))
     )

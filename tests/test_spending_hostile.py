@@ -491,8 +491,9 @@ def test_a_catalog_price_far_below_the_last_sound_one_checks_the_limit_with_the_
     outcome = run_list([node_inputs(seed=10 + i, max_images=5, prompt="Generate 5 images of a fox.") for i in range(10)])
     assert isinstance(outcome, SpendingLimitError) and fake.submits == 1
     assert "This run may cost up to $1.50 (10 jobs × up to 5 images × $0.030)" in str(outcome)
-    assert comfy.progress_texts()[-1] == str(outcome)  # the refusal is the final line under the node
-    shown = comfy.progress_texts()[-2]  # said just before it, why the limit was checked with $0.030
+    # The final line under the node: the refusal, and under it why the limit was checked with $0.030
+    refusal, shown = comfy.progress_texts()[-1].split("\nWarning: ")
+    assert refusal == str(outcome)
     assert "the price RunComfy reports ($0.0001 per image) does not look right for this model" in shown
     assert "checked with the last sound price seen, $0.030 per image" in shown
 
