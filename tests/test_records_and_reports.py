@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from helpers import image_batch, node_inputs, node_object, run_list, run_node
-from runcomfy_seedream.api import GenerationResult, ImageBatch, StopRequested
-from runcomfy_seedream.api.batch import Member, batch_done, batch_outcome
-from runcomfy_seedream.api.errors import BatchError, RunComfyError
+from runcomfy_seedream.api import EditSequentialRequest, GenerationResult, ImageBatch, Phase, Plan, StopRequested
+from runcomfy_seedream.api.batch import Member, batch_done, batch_line, batch_outcome, collect_done, collect_line, collect_outcome
+from runcomfy_seedream.api.errors import BatchError, RequestNotFoundError, RunComfyError
 from runcomfy_seedream.api.events import heard_by
 from runcomfy_seedream.api.records import MAX_ROWS, Records
 from runcomfy_seedream.api.spending import JobPlan, Spending, SpendingLimits
@@ -240,3 +240,37 @@ def test_stop_counts_a_job_shared_by_identical_items_once_and_names_one_item_as_
     assert "1 done and saved (run the node again to collect it without paying)" in str(
         batch_outcome(_batch_of(("r1", 0.09), StopRequested("not sent")))
     )
+
+
+def _requests_of(*ends) -> list[Member]:
+    """A collect list's distinct requests, ended as given (the words are pure functions of that)."""
+    members = _batch_of(*ends)
+    for member, end in zip(members, ends, strict=True):
+        member.key = end.request_id if isinstance(end, BaseException) else end[0]
+    return members
+
+
+def test_a_collect_list_says_each_request_s_fate_in_pure_words():
+    both = _requests_of(("r1", 0.06), ("r2", 0.03))
+    assert collect_done(both) == "Collected 2 requests: 2 images, paid $0.09 when they ran (nothing charged now)"
+    assert collect_line(both) == "Collecting 2 requests (free, nothing is submitted): 2 done"
+    stopped = _requests_of(("r1", 0.06), StopRequested("stopped waiting", request_id="r2"))
+    assert str(collect_outcome(stopped)) == (
+        "Stopped waiting: 1 of 2 requests not collected yet (r2); they go on at RunComfy: run this node again to collect "
+        "them. 1 collected and saved."
+    )
+    unknown = _requests_of(("r1", None), RequestNotFoundError("RunComfy does not know request r2.", request_id="r2"))
+    failed = collect_outcome(unknown)
+    assert isinstance(failed, BatchError) and failed.failures[0][:2] == (2, "r2")
+    assert str(failed) == "1 of 2 requests could not be collected. 1 collected and saved. item 2: RunComfy does not know request r2."
+
+
+def test_a_batch_line_counts_phases_and_the_estimate_of_each_distinct_input_once():
+    request = EditSequentialRequest("Generate 2 images.", max_images=2)
+    first, copy, other = (Member(number) for number in (1, 2, 3))
+    first.plan = other.plan = Plan(request, [], "png", "f", ())
+    copy.plan, copy.leader, copy.phase = first.plan, first, Phase.SHARING
+    first.end(result=None)
+    other.phase = Phase.QUEUED
+    assert batch_line([first, copy, other], None) == "Batch of 3: 1 done, 1 queued at RunComfy, 1 waiting for an identical item"
+    assert batch_line([first, copy, other], 0.03).endswith("; estimated cost up to $0.12")  # 2 distinct x 2 images x $0.03
