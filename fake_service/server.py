@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import selectors
+import socket
 import threading
 import time
 import zlib
@@ -387,6 +389,24 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", fake.port), _Handler)
         self.fake = fake
         self.open_connections: set[Any] = set()
+        self._wake, self._waker = socket.socketpair()  # a byte on `_waker` ends `serve` at once
+        self._closing = False
+        self._served = threading.Event()
+
+    def serve(self) -> None:
+        """Accept connections until `close_everything`. Like `serve_forever`, but woken at once to stop instead of
+        noticing at its next poll (a wait at the end of every test otherwise)."""
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self, selectors.EVENT_READ)
+                selector.register(self._wake, selectors.EVENT_READ)
+                while not self._closing:
+                    for key, _ in selector.select():
+                        if key.fileobj is self and not self._closing:
+                            self._handle_request_noblock()
+                    self.service_actions()
+        finally:
+            self._served.set()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         self.open_connections.add(request)
@@ -398,8 +418,12 @@ class _Server(ThreadingHTTPServer):
 
     def close_everything(self) -> None:
         """Stop listening and cut every open connection, as a crashed or restarted service would."""
-        self.shutdown()
+        self._closing = True
+        self._waker.send(b"\0")
+        self._served.wait()
         self.server_close()
+        self._wake.close()
+        self._waker.close()
         for connection in list(self.open_connections):
             try:
                 connection.shutdown(2)
@@ -436,7 +460,7 @@ class FakeRunComfy:
     def start(self) -> FakeRunComfy:
         self._server = _Server(self)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve, daemon=True)
         self._thread.start()
         return self
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 import types
@@ -26,6 +27,13 @@ if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
     signal.signal(signal.SIGINT, _interrupt)
 
 from runcomfy_seedream.fake_service import FakeBehaviour, FakeRunComfy  # noqa: E402
+
+
+def pytest_collection_finish(session):
+    """What collection imported (torch, numpy, the pack, the test modules and their parameters) lives as long as the
+    process: it is moved out of the garbage collector's sight, so that full collections during the tests and the
+    ones pytest runs at the end of the session do not walk its few hundred thousand objects again each time."""
+    gc.freeze()
 
 
 @pytest.fixture
