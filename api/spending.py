@@ -463,7 +463,7 @@ FAR_BELOW_SHARE = 0.25
 OVERCHARGE_SLACK_USD = 0.005
 
 
-def money(usd: float) -> str:
+def per_image(usd: float) -> str:
     """'$0.030', '$0.0001', '$0': as many digits as a small price needs to be seen for what it is."""
     if usd == 0:
         return "$0"
@@ -493,11 +493,11 @@ def judge_price(reported_usd: float, last_sound_usd: float | None) -> PriceVerdi
     far_below = last is not None and reported_usd < last * FAR_BELOW_SHARE
     if not (too_low or far_below):
         return PriceVerdict(reported_usd)
-    reported = f"the price RunComfy reports ({money(reported_usd)} per image) does not look right for this model"
+    reported = f"the price RunComfy reports ({per_image(reported_usd)} per image) does not look right for this model"
     if last is not None:
         return PriceVerdict(
             last,
-            note=f"{reported}; your spending limit is checked with the last sound price seen, {money(last)} per image",
+            note=f"{reported}; your spending limit is checked with the last sound price seen, {per_image(last)} per image",
             trusted=False,
         )
     return PriceVerdict(

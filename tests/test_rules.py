@@ -655,7 +655,7 @@ def test_a_price_that_cannot_be_right_is_not_trusted(reported, last, usd, said):
 
 
 def test_a_charge_is_above_its_estimate_only_past_rounding():
-    from runcomfy_seedream.api.spending import money, overcharged
+    from runcomfy_seedream.api.spending import overcharged, per_image
 
     assert overcharged(0.15, 0.09) and not overcharged(0.094, 0.09) and not overcharged(None, 0.09) and not overcharged(0.5, None)
-    assert [money(v) for v in (0, 0.0001, 0.0049, 0.03, 1.5)] == ["$0", "$0.0001", "$0.0049", "$0.030", "$1.500"]
+    assert [per_image(v) for v in (0, 0.0001, 0.0049, 0.03, 1.5)] == ["$0", "$0.0001", "$0.0049", "$0.030", "$1.500"]
