@@ -222,7 +222,7 @@ class Job:
             return True
         if result.state == "failed":
             raise JobFailedError(
-                f"RunComfy reports the generation failed: {result.error or 'no reason given'}. "
+                f"RunComfy reports the generation failed: {(result.error or 'no reason given').rstrip('. ')}. "
                 "Adjust the prompt or references and run again.",
                 request_id=self.request_id,
                 reason=result.error or "no reason given",

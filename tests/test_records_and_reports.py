@@ -216,11 +216,11 @@ def _records_in_memory(tmp_path) -> None:
 
 def test_a_run_that_fails_keeps_its_warning_line_under_the_error(fake, comfy, tmp_path):
     _records_in_memory(tmp_path)
-    fake.behaviour.fail_with = "the model crashed"
+    fake.behaviour.fail_with = "the model crashed."  # a reason that ends a sentence itself
     with pytest.raises(RunComfyError):
         run_node(**node_inputs())
     last = comfy.progress_texts()[-1]
-    assert last.startswith("RunComfy reports the generation failed: the model crashed")
+    assert last.startswith("RunComfy reports the generation failed: the model crashed. Adjust the prompt")
     assert "kept in memory only" in last.splitlines()[-1]
 
 
