@@ -367,9 +367,18 @@ async def plan(references: Sequence[Reference], request: EditSequentialRequest, 
 
 async def paying(plans: Sequence[Plan], session: Session) -> list[Plan]:
     """The plans whose run would submit a job: no saved result and no recorded request of their inputs (a request
-    that turns out to be gone is admitted when it is found to be)."""
-    held = await session.store().holding([p.fingerprint for p in plans])
-    return [p for p in plans if p.fingerprint not in held]
+    that turns out to be gone is admitted when it is found to be). A question only: records that cannot be read hold
+    nothing here, and warn of nothing (each run says its records' trouble itself, and fails closed on it)."""
+    records, fingerprints = session.records, [p.fingerprint for p in plans]
+
+    def held() -> set[str]:
+        return records.has_saved(fingerprints) | {fp for fp in fingerprints if records.held(fp) is not None}
+
+    try:
+        found = await asyncio.to_thread(held)
+    except Exception:  # noqa: BLE001 - a question, never a reason to warn or fail
+        found = set()
+    return [p for p in plans if p.fingerprint not in found]
 
 
 async def execute(planned: Plan, session: Session, *, output_budget: int | None = None) -> GenerationResult:

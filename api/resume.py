@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -147,18 +147,6 @@ class RunStore:
     async def release(self, fingerprint: str) -> None:
         """These inputs are held by no job any more: the next run of them submits anew."""
         await self._call("update the job records", lambda: self.records.release(fingerprint))
-
-    async def holding(self, fingerprints: Sequence[str]) -> set[str]:
-        """Which of these inputs have a saved result or a job they are held by (read only: nothing is set aside or
-        warned of; records that cannot be read hold nothing)."""
-
-        def holding() -> set[str]:
-            return self.records.has_saved(fingerprints) | {fp for fp in fingerprints if self.records.held(fp) is not None}
-
-        try:  # each run says its records' trouble itself
-            return await asyncio.to_thread(holding)
-        except Exception:  # noqa: BLE001 - a question, never a reason to warn or fail
-            return set()
 
     async def saved(self, fingerprint: str) -> CachedResult | None:
         """The saved result; whatever is wrong with it, it is set aside, and its request id still lets the run collect
